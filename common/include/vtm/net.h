@@ -1,0 +1,37 @@
+// Socket helpers: unix sockets for the API and instances, loopback TCP for a simulated
+// host TPM. Waiting uses bounded exponential back-off.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <string>
+
+#include "vtm/error.h"
+#include "vtm/unique_fd.h"
+
+namespace vtm {
+
+// Binds and listens on a unix socket at path (an old socket file is replaced), chmod mode.
+Result<UniqueFd> ListenUnix(const std::string& path, mode_t mode);
+Result<UniqueFd> ConnectUnix(const std::string& path);
+// Retries ConnectUnix until it succeeds or timeout passes.
+Result<UniqueFd> ConnectUnixWithRetry(const std::string& path, std::chrono::milliseconds timeout);
+// A loopback TCP port that was free a moment ago (the caller must cope with losing a race).
+Result<int> PickFreeTcpPort();
+// Waits until something accepts connections on 127.0.0.1:port.
+Status WaitForTcpPort(int port, std::chrono::milliseconds timeout);
+
+// Full-length read/write on a stream socket, retrying on EINTR and short transfers.
+Status WriteAll(int fd, const void* data, size_t len);
+Status ReadAll(int fd, void* data, size_t len);  // kUnavailable on EOF before len bytes
+
+// uid/gid of the process at the other end of a unix socket (SO_PEERCRED).
+struct PeerCredentials {
+  pid_t pid;
+  uid_t uid;
+  gid_t gid;
+};
+Result<PeerCredentials> GetPeerCredentials(int fd);
+
+}  // namespace vtm

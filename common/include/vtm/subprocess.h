@@ -1,0 +1,69 @@
+// The one door for starting and stopping child processes (swtpm, vtm-instance, QEMU in
+// tests). Secrets reach children only through inherited fds, never argv or environment.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "vtm/error.h"
+#include "vtm/unique_fd.h"
+
+namespace vtm {
+
+struct SpawnOptions {
+  // child fd number -> parent fd to dup2 there. Everything else is closed in the child
+  // except 0/1/2.
+  std::map<int, int> fds;
+  // Where stdout/stderr go (appended); empty means inherit. stdin is /dev/null.
+  std::string output_file;
+  // Drop to this uid/gid (supplementary groups cleared) before exec.
+  std::optional<uid_t> uid;
+  std::optional<gid_t> gid;
+  // New session so a terminal's signals don't reach the child.
+  bool new_session = true;
+  // Environment of the child. Only PATH is passed when empty.
+  std::vector<std::string> env;
+};
+
+class Subprocess {
+ public:
+  Subprocess() = default;
+  ~Subprocess();  // terminates (SIGTERM, then SIGKILL) a child still running
+  Subprocess(Subprocess&& o) noexcept;
+  Subprocess& operator=(Subprocess&& o) noexcept;
+  Subprocess(const Subprocess&) = delete;
+  Subprocess& operator=(const Subprocess&) = delete;
+
+  static Result<Subprocess> Spawn(const std::vector<std::string>& argv, const SpawnOptions& options);
+
+  pid_t pid() const { return pid_; }
+  bool running();  // false once the child has exited (and been reaped)
+  // Waits up to timeout; returns the wait status (as from waitpid) or kUnavailable on timeout.
+  Result<int> Wait(std::chrono::milliseconds timeout);
+  // SIGTERM, wait up to grace, then SIGKILL. Returns the wait status.
+  int Terminate(std::chrono::milliseconds grace = std::chrono::seconds(5));
+  // Gives up ownership: the destructor will no longer stop the child.
+  pid_t Release();
+
+ private:
+  explicit Subprocess(pid_t pid) : pid_(pid) {}
+  pid_t pid_ = -1;
+  int status_ = 0;
+  bool exited_ = false;
+};
+
+// Human-readable text for a wait status: "exited with status 1", "killed by signal 9".
+std::string DescribeWaitStatus(int status);
+
+// True if a process with this pid exists (signal 0).
+bool ProcessAlive(pid_t pid);
+
+// Absolute path of a program found next to the running executable, or else on PATH.
+std::string FindProgram(const std::string& name);
+
+}  // namespace vtm

@@ -1,0 +1,185 @@
+// fork/exec with an explicit fd map and privilege drop; reaping and termination.
+#include "vtm/subprocess.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+
+namespace vtm {
+
+Subprocess::~Subprocess() {
+  if (pid_ > 0 && !exited_) Terminate();
+}
+
+Subprocess::Subprocess(Subprocess&& o) noexcept
+    : pid_(std::exchange(o.pid_, -1)), status_(o.status_), exited_(o.exited_) {}
+
+Subprocess& Subprocess::operator=(Subprocess&& o) noexcept {
+  if (this != &o) {
+    if (pid_ > 0 && !exited_) Terminate();
+    pid_ = std::exchange(o.pid_, -1);
+    status_ = o.status_;
+    exited_ = o.exited_;
+  }
+  return *this;
+}
+
+pid_t Subprocess::Release() { return std::exchange(pid_, -1); }
+
+Result<Subprocess> Subprocess::Spawn(const std::vector<std::string>& argv, const SpawnOptions& options) {
+  if (argv.empty()) return Error(ErrorCode::kInvalidArgument, "empty command line");
+  // Everything the child needs is prepared before fork: after fork only async-signal-safe calls.
+  std::vector<char*> cargv;
+  for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+  cargv.push_back(nullptr);
+  std::vector<std::string> env = options.env;
+  if (env.empty()) env.push_back("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+  std::vector<char*> cenv;
+  for (auto& e : env) cenv.push_back(e.data());
+  cenv.push_back(nullptr);
+
+  UniqueFd out;
+  if (!options.output_file.empty()) {
+    out.reset(::open(options.output_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+    if (!out.valid()) return ErrnoError("opening log file " + options.output_file);
+  }
+  UniqueFd devnull(::open("/dev/null", O_RDWR | O_CLOEXEC));
+  if (!devnull.valid()) return ErrnoError("opening /dev/null");
+
+  // Exec errors travel back through a CLOEXEC pipe.
+  int errpipe[2];
+  if (pipe2(errpipe, O_CLOEXEC) != 0) return ErrnoError("pipe2");
+  UniqueFd err_r(errpipe[0]), err_w(errpipe[1]);
+
+  // Move the source fds above every target so dup2 never clobbers a source.
+  int max_target = 2;
+  for (auto& [target, src] : options.fds) max_target = std::max(max_target, target);
+  // Pre-sized before fork: the child must not allocate (vtmd is multi-threaded).
+  std::vector<std::pair<int, int>> fd_map(options.fds.begin(), options.fds.end());
+  std::vector<int> moved_fds(fd_map.size(), -1);
+
+  pid_t pid = fork();
+  if (pid < 0) return ErrnoError("fork");
+  if (pid == 0) {
+    auto fail = [&](int e) {
+      (void)!write(err_w.get(), &e, sizeof e);
+      _exit(127);
+    };
+    if (options.new_session) setsid();
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, nullptr);
+    signal(SIGPIPE, SIG_DFL);
+    // Relocate sources above max_target first.
+    int tmp_base = max_target + 1 + err_w.get();
+    for (size_t i = 0; i < fd_map.size(); ++i) {
+      moved_fds[i] = fcntl(fd_map[i].second, F_DUPFD, tmp_base);
+      if (moved_fds[i] < 0) fail(errno);
+    }
+    if (dup2(devnull.get(), 0) < 0) fail(errno);
+    if (out.valid()) {
+      if (dup2(out.get(), 1) < 0 || dup2(out.get(), 2) < 0) fail(errno);
+    }
+    for (size_t i = 0; i < fd_map.size(); ++i) {
+      if (dup2(moved_fds[i], fd_map[i].first) < 0) fail(errno);
+    }
+    // Close everything else.
+    int keep_err = err_w.get();
+    for (int fd = 3; fd < 1024; ++fd) {
+      if (fd == keep_err || options.fds.count(fd)) continue;
+      close(fd);
+    }
+    if (options.gid) {
+      if (setgroups(0, nullptr) != 0) fail(errno);
+      if (setresgid(*options.gid, *options.gid, *options.gid) != 0) fail(errno);
+    }
+    if (options.uid) {
+      if (setresuid(*options.uid, *options.uid, *options.uid) != 0) fail(errno);
+    }
+    execve(cargv[0], cargv.data(), cenv.data());
+    if (errno == ENOENT && std::strchr(cargv[0], '/') == nullptr) execvpe(cargv[0], cargv.data(), cenv.data());
+    fail(errno);
+  }
+  err_w.reset();
+  int child_errno = 0;
+  ssize_t n;
+  do {
+    n = read(err_r.get(), &child_errno, sizeof child_errno);
+  } while (n < 0 && errno == EINTR);
+  if (n == static_cast<ssize_t>(sizeof child_errno)) {
+    int st;
+    waitpid(pid, &st, 0);
+    return ErrnoError("starting " + argv[0], child_errno);
+  }
+  return Subprocess(pid);
+}
+
+bool Subprocess::running() {
+  if (pid_ <= 0 || exited_) return false;
+  int st;
+  pid_t r = waitpid(pid_, &st, WNOHANG);
+  if (r == pid_) {
+    exited_ = true;
+    status_ = st;
+    return false;
+  }
+  return true;
+}
+
+Result<int> Subprocess::Wait(std::chrono::milliseconds timeout) {
+  if (pid_ <= 0) return Error(ErrorCode::kFailedPrecondition, "no child process");
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto delay = std::chrono::milliseconds(1);
+  while (running()) {
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return Error(ErrorCode::kUnavailable, "process " + std::to_string(pid_) + " still running");
+    }
+    std::this_thread::sleep_for(delay);
+    delay = std::min(delay * 2, std::chrono::milliseconds(50));
+  }
+  return status_;
+}
+
+int Subprocess::Terminate(std::chrono::milliseconds grace) {
+  if (pid_ <= 0) return 0;
+  if (!running()) return status_;
+  kill(pid_, SIGTERM);
+  auto st = Wait(grace);
+  if (st.ok()) return *st;
+  kill(pid_, SIGKILL);
+  auto st2 = Wait(std::chrono::seconds(10));
+  return st2.ok() ? *st2 : -1;
+}
+
+std::string DescribeWaitStatus(int status) {
+  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return std::string("killed by signal ") + strsignal(WTERMSIG(status));
+  return "ended with wait status " + std::to_string(status);
+}
+
+bool ProcessAlive(pid_t pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
+
+std::string FindProgram(const std::string& name) {
+  std::error_code ec;
+  auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    // Build tree layout: <build>/<component>/<binary>; installed: same bin dir.
+    for (auto dir : {self.parent_path(), self.parent_path().parent_path() / "vtm-instance",
+                     self.parent_path().parent_path() / "vtm-manager"}) {
+      auto p = dir / name;
+      if (access(p.c_str(), X_OK) == 0) return p.string();
+    }
+  }
+  return name;  // resolved through PATH by Spawn
+}
+
+}  // namespace vtm
