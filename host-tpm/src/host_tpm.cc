@@ -1,0 +1,520 @@
+// HostTpm over tpm2-tss ESAPI: the only code that talks to the host's TPM. Every ESAPI handle
+// and buffer is owned by an RAII wrapper so that an early error return never leaks a TPM
+// object slot or leaves unsealed plaintext in freed memory.
+#include "vtm/host_tpm.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <tss2/tss2_esys.h>
+#include <tss2/tss2_tctildr.h>
+
+#include <cstdio>
+#include <cstring>
+#include <utility>
+
+#include "internal/pcr_bank.h"
+#include "internal/tpm_error.h"
+#include "internal/tpm_marshal.h"
+#include "vtm/log.h"
+
+namespace vtm {
+namespace {
+
+using internal::PcrBank;
+using internal::MarshalToString;
+using internal::TpmError;
+using internal::UnmarshalExactly;
+using internal::TpmResponseCode;
+
+constexpr size_t kMaxSealedSecret = 128;  // MAX_SYM_DATA: the most a sealed data object holds
+
+struct TctiDeleter {
+  void operator()(TSS2_TCTI_CONTEXT* tcti) const { Tss2_TctiLdr_Finalize(&tcti); }
+};
+struct EsysDeleter {
+  void operator()(ESYS_CONTEXT* esys) const { Esys_Finalize(&esys); }
+};
+
+// Owns a buffer that ESAPI allocated for an output parameter. With kWipe the buffer is
+// zeroized before it is freed, for outputs that hold secrets (TPM2B_SENSITIVE_DATA).
+template <typename T, bool kWipe = false>
+class EsysOut {
+ public:
+  EsysOut() = default;
+  ~EsysOut() {
+    if (p_ != nullptr && kWipe) OPENSSL_cleanse(p_, sizeof(T));
+    Esys_Free(p_);
+  }
+  EsysOut(const EsysOut&) = delete;
+  EsysOut& operator=(const EsysOut&) = delete;
+
+  T** out() { return &p_; }  // pass to ESAPI; call at most once per object
+  const T* operator->() const { return p_; }
+  const T& operator*() const { return *p_; }
+
+ private:
+  T* p_ = nullptr;
+};
+
+// A transient object or session in the TPM, flushed when this goes out of scope: TPMs have
+// only a handful of slots, and a leaked one makes later commands fail with TPM_RC_OBJECT_MEMORY.
+class ScopedTr {
+ public:
+  explicit ScopedTr(ESYS_CONTEXT* esys) : esys_(esys) {}
+  ~ScopedTr() { Flush(); }
+  ScopedTr(ScopedTr&& o) noexcept : esys_(o.esys_), tr_(std::exchange(o.tr_, ESYS_TR_NONE)) {}
+  ScopedTr& operator=(ScopedTr&&) = delete;
+  ScopedTr(const ScopedTr&) = delete;
+  ScopedTr& operator=(const ScopedTr&) = delete;
+
+  ESYS_TR* out() { return &tr_; }
+  ESYS_TR get() const { return tr_; }
+
+ private:
+  void Flush() {
+    if (tr_ == ESYS_TR_NONE) return;
+    TSS2_RC rc = Esys_FlushContext(esys_, tr_);
+    if (rc != TSS2_RC_SUCCESS) {
+      LOG_WARNING << TpmError("TPM2_FlushContext", rc).message() << " (a host TPM object slot may stay in use)";
+      Esys_TR_Close(esys_, &tr_);  // at least release ESAPI's bookkeeping
+    }
+    tr_ = ESYS_TR_NONE;
+  }
+
+  ESYS_CONTEXT* esys_;
+  ESYS_TR tr_ = ESYS_TR_NONE;
+};
+
+// Zeroizes a stack structure that held a secret (the sensitive part of a Create command).
+template <typename T>
+class WipeOnExit {
+ public:
+  explicit WipeOnExit(T* p) : p_(p) {}
+  ~WipeOnExit() { OPENSSL_cleanse(p_, sizeof(T)); }
+  WipeOnExit(const WipeOnExit&) = delete;
+  WipeOnExit& operator=(const WipeOnExit&) = delete;
+
+ private:
+  T* p_;
+};
+
+std::string Hex(const std::string& bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (unsigned char c : bytes) {
+    out += kDigits[c >> 4];
+    out += kDigits[c & 0xf];
+  }
+  return out;
+}
+
+// Returns a validated copy in canonical form; a hand-built PcrSelection gets the same checks
+// as a parsed one.
+Result<PcrSelection> Canonical(const PcrSelection& selection) {
+  if (selection.pcrs.empty()) {
+    return Error(ErrorCode::kInvalidArgument, "PCR selection " + selection.ToString() + " names no PCRs");
+  }
+  return PcrSelection::Parse(selection.ToString());
+}
+
+TPML_PCR_SELECTION ToTpml(const PcrBank& bank, const std::vector<int>& pcrs) {
+  TPML_PCR_SELECTION tpml{};
+  tpml.count = 1;
+  tpml.pcrSelections[0].hash = bank.alg;
+  tpml.pcrSelections[0].sizeofSelect = 3;  // 24 PCRs
+  for (int pcr : pcrs) tpml.pcrSelections[0].pcrSelect[pcr / 8] |= static_cast<uint8_t>(1u << (pcr % 8));
+  return tpml;
+}
+
+// The standard ECC P-256 storage key template (as in the TCG provisioning guidance's SRK and
+// `tpm2_createprimary -G ecc256:aes128cfb`). The key is derived from the owner seed and this
+// template alone, so re-creating it always yields the same key and nothing is persisted in NV.
+TPM2B_PUBLIC StoragePrimaryTemplate() {
+  TPM2B_PUBLIC t{};
+  TPMT_PUBLIC& area = t.publicArea;
+  area.type = TPM2_ALG_ECC;
+  area.nameAlg = TPM2_ALG_SHA256;
+  area.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
+                          TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA | TPMA_OBJECT_RESTRICTED |
+                          TPMA_OBJECT_DECRYPT;
+  TPMS_ECC_PARMS& ecc = area.parameters.eccDetail;
+  ecc.symmetric.algorithm = TPM2_ALG_AES;
+  ecc.symmetric.keyBits.aes = 128;
+  ecc.symmetric.mode.aes = TPM2_ALG_CFB;
+  ecc.scheme.scheme = TPM2_ALG_NULL;
+  ecc.curveID = TPM2_ECC_NIST_P256;
+  ecc.kdf.scheme = TPM2_ALG_NULL;
+  return t;
+}
+
+// Session parameter encryption: AES-128-CFB, the one symmetric mode every TPM 2.0 supports.
+TPMT_SYM_DEF SessionCipher() {
+  TPMT_SYM_DEF sym{};
+  sym.algorithm = TPM2_ALG_AES;
+  sym.keyBits.aes = 128;
+  sym.mode.aes = TPM2_ALG_CFB;
+  return sym;
+}
+
+// PolicyPCR's pcrDigest: the policy's hash (SHA-256) over the selected PCR values in
+// ascending order. Computed here from the values we read, so the policy is bound to exactly
+// the values recorded in pcrs_at_seal even if a PCR is extended in between.
+Result<TPM2B_DIGEST> PolicyPcrDigest(const PcrValues& values) {
+  std::string concatenated;
+  for (const auto& [pcr, digest] : values.digests) concatenated += digest;
+  TPM2B_DIGEST out{};
+  unsigned int len = 0;
+  if (EVP_Digest(concatenated.data(), concatenated.size(), out.buffer, &len, EVP_sha256(), nullptr) != 1) {
+    return Error(ErrorCode::kInternal, "SHA-256 of the PCR values failed");
+  }
+  out.size = static_cast<UINT16>(len);
+  return out;
+}
+
+class EsysHostTpm final : public HostTpm {
+ public:
+  static Result<std::unique_ptr<HostTpm>> Open(const std::string& tcti);
+
+  std::string Describe() override { return description_; }
+  Result<PcrValues> ReadPcrs(const PcrSelection& selection) override;
+  Status ExtendPcr(const std::string& bank, int pcr, const std::string& digest) override;
+  Result<SecretBytes> GetRandom(size_t n) override;
+  Result<SealedObject> Seal(const SecretBytes& secret, const PcrSelection& selection) override;
+  Result<SecretBytes> Unseal(const SealedObject& sealed) override;
+
+ private:
+  EsysHostTpm(std::string tcti, TSS2_TCTI_CONTEXT* tcti_ctx) : tcti_(std::move(tcti)), tcti_ctx_(tcti_ctx) {}
+
+  ESYS_CONTEXT* esys() { return esys_.get(); }
+  Result<std::string> DescribeTpm();
+  Result<ScopedTr> CreateStoragePrimary();
+  // An unbound session salted with the storage primary's key: its session key is derived from
+  // a secret only that TPM can decrypt, so parameter encryption protects secrets on the TCTI
+  // (bus, socket) against a passive observer.
+  Result<ScopedTr> StartSaltedSession(ESYS_TR storage_primary, TPM2_SE type, TPMA_SESSION attributes);
+  Error DiagnosePolicyFailure(const SealedObject& sealed, const Error& tpm_error);
+
+  std::string tcti_;
+  std::string description_;
+  // Declared in this order so the ESYS context is finalized before the TCTI it uses.
+  std::unique_ptr<TSS2_TCTI_CONTEXT, TctiDeleter> tcti_ctx_;
+  std::unique_ptr<ESYS_CONTEXT, EsysDeleter> esys_;
+};
+
+Result<std::unique_ptr<HostTpm>> EsysHostTpm::Open(const std::string& tcti) {
+  if (tcti.empty()) {
+    return Error(ErrorCode::kInvalidArgument,
+                 "no host TPM TCTI given; use e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321");
+  }
+  const std::string context = "opening the host TPM at " + tcti;
+  TSS2_TCTI_CONTEXT* tcti_ctx = nullptr;
+  TSS2_RC rc = Tss2_TctiLdr_Initialize(tcti.c_str(), &tcti_ctx);
+  if (rc != TSS2_RC_SUCCESS) return TpmError("loading the TCTI", rc).Context(context);
+  std::unique_ptr<EsysHostTpm> tpm(new EsysHostTpm(tcti, tcti_ctx));
+
+  ESYS_CONTEXT* esys = nullptr;
+  rc = Esys_Initialize(&esys, tcti_ctx, nullptr);
+  if (rc != TSS2_RC_SUCCESS) return TpmError("Esys_Initialize", rc).Context(context);
+  tpm->esys_.reset(esys);
+
+  // A resource manager (/dev/tpmrm0) or swtpm's startup-clear flag has usually started the
+  // TPM already; TPM_RC_INITIALIZE just says so.
+  rc = Esys_Startup(esys, TPM2_SU_CLEAR);
+  if (rc != TSS2_RC_SUCCESS && TpmResponseCode(rc) != TPM2_RC_INITIALIZE) {
+    return TpmError("TPM2_Startup", rc).Context(context);
+  }
+  auto description = tpm->DescribeTpm();
+  if (!description.ok()) return std::move(description).error().Context(context);
+  tpm->description_ = *description;
+  return std::unique_ptr<HostTpm>(std::move(tpm));
+}
+
+Result<std::string> EsysHostTpm::DescribeTpm() {
+  // TPM2_PT_MANUFACTURER through TPM2_PT_FIRMWARE_VERSION_2 are consecutive fixed properties.
+  constexpr UINT32 kCount = TPM2_PT_FIRMWARE_VERSION_2 - TPM2_PT_MANUFACTURER + 1;
+  TPMI_YES_NO more = TPM2_NO;
+  EsysOut<TPMS_CAPABILITY_DATA> caps;
+  TSS2_RC rc = Esys_GetCapability(esys(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_TPM_PROPERTIES,
+                                  TPM2_PT_MANUFACTURER, kCount, &more, caps.out());
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_GetCapability(TPM_PROPERTIES)", rc);
+  UINT32 manufacturer = 0, fw1 = 0, fw2 = 0;
+  const TPML_TAGGED_TPM_PROPERTY& props = caps->data.tpmProperties;
+  for (UINT32 i = 0; i < props.count && i < TPM2_MAX_TPM_PROPERTIES; ++i) {
+    if (props.tpmProperty[i].property == TPM2_PT_MANUFACTURER) manufacturer = props.tpmProperty[i].value;
+    if (props.tpmProperty[i].property == TPM2_PT_FIRMWARE_VERSION_1) fw1 = props.tpmProperty[i].value;
+    if (props.tpmProperty[i].property == TPM2_PT_FIRMWARE_VERSION_2) fw2 = props.tpmProperty[i].value;
+  }
+  // The manufacturer is four ASCII characters, big-endian, NUL-padded ("IBM\0", "INTC").
+  std::string vendor;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    char c = static_cast<char>((manufacturer >> shift) & 0xff);
+    if (c >= 0x20 && c < 0x7f) vendor += c;
+  }
+  char firmware[64];
+  std::snprintf(firmware, sizeof firmware, "%u.%u (0x%08x 0x%08x)", fw1 >> 16, fw1 & 0xffff, fw1, fw2);
+  return "TPM 2.0 at " + tcti_ + ", manufacturer " + (vendor.empty() ? "unknown" : vendor) + ", firmware " +
+         firmware;
+}
+
+Result<PcrValues> EsysHostTpm::ReadPcrs(const PcrSelection& selection) {
+  VTM_ASSIGN_OR_RETURN(PcrSelection canonical, Canonical(selection));
+  const PcrBank& bank = *internal::FindPcrBank(canonical.bank);
+  PcrValues values;
+  values.selection = canonical;
+  std::vector<int> remaining = canonical.pcrs;
+  // TPM2_PCR_Read returns at most 8 digests per call; ask again for whatever is left.
+  while (!remaining.empty()) {
+    TPML_PCR_SELECTION request = ToTpml(bank, remaining);
+    UINT32 update_counter = 0;
+    EsysOut<TPML_PCR_SELECTION> returned;
+    EsysOut<TPML_DIGEST> digests;
+    TSS2_RC rc = Esys_PCR_Read(esys(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &request, &update_counter,
+                               returned.out(), digests.out());
+    if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_PCR_Read(" + canonical.ToString() + ")", rc);
+    size_t next = 0;
+    std::vector<int> still_missing;
+    for (int pcr : remaining) {
+      bool read = false;
+      for (UINT32 s = 0; s < returned->count && s < TPM2_NUM_PCR_BANKS; ++s) {
+        const TPMS_PCR_SELECTION& sel = returned->pcrSelections[s];
+        if (sel.hash == bank.alg && static_cast<size_t>(pcr / 8) < sel.sizeofSelect &&
+            (sel.pcrSelect[pcr / 8] & (1u << (pcr % 8)))) {
+          read = true;
+        }
+      }
+      if (!read) {
+        still_missing.push_back(pcr);
+        continue;
+      }
+      // Digests come in the order of the returned selection: ascending PCR index.
+      if (next >= digests->count || digests->digests[next].size != bank.digest_size) {
+        return Error(ErrorCode::kTpm, "TPM2_PCR_Read(" + canonical.ToString() +
+                                          ") returned fewer or shorter digests than PCRs it selected");
+      }
+      values.digests[pcr].assign(reinterpret_cast<const char*>(digests->digests[next].buffer), bank.digest_size);
+      ++next;
+    }
+    if (still_missing.size() == remaining.size()) {
+      return Error(ErrorCode::kFailedPrecondition,
+                   "the host TPM returned no " + canonical.bank + " values for " + canonical.ToString() +
+                       "; is the " + canonical.bank + " PCR bank allocated? (see tpm2_getcap pcrs)");
+    }
+    remaining = std::move(still_missing);
+  }
+  return values;
+}
+
+Status EsysHostTpm::ExtendPcr(const std::string& bank_name, int pcr, const std::string& digest) {
+  const PcrBank* bank = internal::FindPcrBank(bank_name);
+  if (bank == nullptr) {
+    return Error(ErrorCode::kInvalidArgument, "unknown PCR bank \"" + bank_name + "\"; use sha1, sha256, sha384 or sha512");
+  }
+  if (pcr < 0 || pcr > internal::kMaxPcrIndex) {
+    return Error(ErrorCode::kInvalidArgument, "PCR " + std::to_string(pcr) + " is not an index from 0 to 23");
+  }
+  if (digest.size() != bank->digest_size) {
+    return Error(ErrorCode::kInvalidArgument, "a " + bank_name + " PCR is extended with a " +
+                                                  std::to_string(bank->digest_size) + "-byte digest, not " +
+                                                  std::to_string(digest.size()) + " bytes");
+  }
+  TPML_DIGEST_VALUES values{};
+  values.count = 1;
+  values.digests[0].hashAlg = bank->alg;
+  std::memcpy(&values.digests[0].digest, digest.data(), digest.size());
+  TSS2_RC rc = Esys_PCR_Extend(esys(), static_cast<ESYS_TR>(ESYS_TR_PCR0 + pcr), ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                               ESYS_TR_NONE, &values);
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_PCR_Extend(" + bank_name + ":" + std::to_string(pcr) + ")", rc);
+  return OkStatus();
+}
+
+Result<SecretBytes> EsysHostTpm::GetRandom(size_t n) {
+  SecretBytes out(n);
+  size_t filled = 0;
+  // A TPM returns at most one digest's worth per call.
+  while (filled < n) {
+    EsysOut<TPM2B_DIGEST, /*kWipe=*/true> chunk;
+    UINT16 want = static_cast<UINT16>(std::min<size_t>(n - filled, sizeof(TPMU_HA)));
+    TSS2_RC rc = Esys_GetRandom(esys(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, want, chunk.out());
+    if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_GetRandom", rc);
+    if (chunk->size == 0 || chunk->size > want) {
+      return Error(ErrorCode::kTpm, "TPM2_GetRandom returned " + std::to_string(chunk->size) + " bytes for " +
+                                        std::to_string(want) + " requested");
+    }
+    std::memcpy(out.data() + filled, chunk->buffer, chunk->size);
+    filled += chunk->size;
+  }
+  return out;
+}
+
+Result<ScopedTr> EsysHostTpm::CreateStoragePrimary() {
+  TPM2B_SENSITIVE_CREATE sensitive{};  // empty auth, no data: the TPM derives the key
+  TPM2B_PUBLIC in_public = StoragePrimaryTemplate();
+  TPM2B_DATA outside_info{};
+  TPML_PCR_SELECTION creation_pcrs{};
+  ScopedTr primary(esys());
+  TSS2_RC rc = Esys_CreatePrimary(esys(), ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                                  &sensitive, &in_public, &outside_info, &creation_pcrs, primary.out(), nullptr,
+                                  nullptr, nullptr, nullptr);
+  if (rc != TSS2_RC_SUCCESS) {
+    return TpmError("TPM2_CreatePrimary(owner hierarchy, ECC P-256 storage key)", rc);
+  }
+  return primary;
+}
+
+Result<ScopedTr> EsysHostTpm::StartSaltedSession(ESYS_TR storage_primary, TPM2_SE type, TPMA_SESSION attributes) {
+  TPMT_SYM_DEF cipher = SessionCipher();
+  ScopedTr session(esys());
+  TSS2_RC rc = Esys_StartAuthSession(esys(), storage_primary, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                     ESYS_TR_NONE, nullptr, type, &cipher, TPM2_ALG_SHA256, session.out());
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_StartAuthSession(salted)", rc);
+  // CONTINUESESSION stays set so the session outlives each command and ScopedTr flushes it.
+  rc = Esys_TRSess_SetAttributes(esys(), session.get(), attributes | TPMA_SESSION_CONTINUESESSION, 0xff);
+  if (rc != TSS2_RC_SUCCESS) return TpmError("Esys_TRSess_SetAttributes", rc);
+  return session;
+}
+
+Result<SealedObject> EsysHostTpm::Seal(const SecretBytes& secret, const PcrSelection& selection) {
+  if (secret.empty() || secret.size() > kMaxSealedSecret) {
+    return Error(ErrorCode::kInvalidArgument, "a sealed secret holds 1 to " + std::to_string(kMaxSealedSecret) +
+                                                  " bytes, not " + std::to_string(secret.size()));
+  }
+  VTM_ASSIGN_OR_RETURN(PcrSelection canonical, Canonical(selection));
+  const PcrBank& bank = *internal::FindPcrBank(canonical.bank);
+  const TPML_PCR_SELECTION pcrs = ToTpml(bank, canonical.pcrs);
+
+  VTM_ASSIGN_OR_RETURN(ScopedTr primary, CreateStoragePrimary());
+  VTM_ASSIGN_OR_RETURN(PcrValues pcr_values, ReadPcrs(canonical));
+  VTM_ASSIGN_OR_RETURN(TPM2B_DIGEST pcr_digest, PolicyPcrDigest(pcr_values));
+
+  // The policy digest comes from the TPM itself (a trial session), so it is computed exactly
+  // the way the TPM will check it at unseal time.
+  TPM2B_DIGEST policy{};
+  {
+    TPMT_SYM_DEF no_cipher{};
+    no_cipher.algorithm = TPM2_ALG_NULL;
+    ScopedTr trial(esys());
+    TSS2_RC rc = Esys_StartAuthSession(esys(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                       ESYS_TR_NONE, nullptr, TPM2_SE_TRIAL, &no_cipher, TPM2_ALG_SHA256,
+                                       trial.out());
+    if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_StartAuthSession(trial)", rc);
+    rc = Esys_PolicyPCR(esys(), trial.get(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &pcr_digest, &pcrs);
+    if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_PolicyPCR(trial, " + canonical.ToString() + ")", rc);
+    EsysOut<TPM2B_DIGEST> digest;
+    rc = Esys_PolicyGetDigest(esys(), trial.get(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, digest.out());
+    if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_PolicyGetDigest", rc);
+    policy = *digest;
+  }
+
+  // A sealed data object: fixed to this TPM and parent, usable only through its policy (no
+  // userWithAuth), its data supplied by us rather than generated (no sensitiveDataOrigin).
+  TPM2B_PUBLIC in_public{};
+  in_public.publicArea.type = TPM2_ALG_KEYEDHASH;
+  in_public.publicArea.nameAlg = TPM2_ALG_SHA256;
+  in_public.publicArea.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT;
+  in_public.publicArea.authPolicy = policy;
+  in_public.publicArea.parameters.keyedHashDetail.scheme.scheme = TPM2_ALG_NULL;
+
+  TPM2B_SENSITIVE_CREATE in_sensitive{};
+  WipeOnExit wipe_sensitive(&in_sensitive);
+  in_sensitive.sensitive.data.size = static_cast<UINT16>(secret.size());
+  std::memcpy(in_sensitive.sensitive.data.buffer, secret.data(), secret.size());
+
+  // The secret is TPM2_Create's first parameter: DECRYPT on a salted session sends it
+  // encrypted to the TPM.
+  VTM_ASSIGN_OR_RETURN(ScopedTr session, StartSaltedSession(primary.get(), TPM2_SE_HMAC, TPMA_SESSION_DECRYPT));
+  TPM2B_DATA outside_info{};
+  TPML_PCR_SELECTION creation_pcrs{};
+  EsysOut<TPM2B_PRIVATE> out_private;
+  EsysOut<TPM2B_PUBLIC> out_public;
+  TSS2_RC rc = Esys_Create(esys(), primary.get(), session.get(), ESYS_TR_NONE, ESYS_TR_NONE, &in_sensitive,
+                           &in_public, &outside_info, &creation_pcrs, out_private.out(), out_public.out(), nullptr,
+                           nullptr, nullptr);
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_Create(sealed data object)", rc);
+
+  SealedObject sealed;
+  VTM_ASSIGN_OR_RETURN(sealed.tpm2b_public,
+                       (MarshalToString<TPM2B_PUBLIC, Tss2_MU_TPM2B_PUBLIC_Marshal>(*out_public, "TPM2B_PUBLIC")));
+  VTM_ASSIGN_OR_RETURN(sealed.tpm2b_private, (MarshalToString<TPM2B_PRIVATE, Tss2_MU_TPM2B_PRIVATE_Marshal>(
+                                                 *out_private, "TPM2B_PRIVATE")));
+  sealed.pcrs_at_seal = std::move(pcr_values);
+  return sealed;
+}
+
+Result<SecretBytes> EsysHostTpm::Unseal(const SealedObject& sealed) {
+  VTM_ASSIGN_OR_RETURN(PcrSelection canonical, Canonical(sealed.pcrs_at_seal.selection));
+  const PcrBank& bank = *internal::FindPcrBank(canonical.bank);
+  const TPML_PCR_SELECTION pcrs = ToTpml(bank, canonical.pcrs);
+  VTM_ASSIGN_OR_RETURN(TPM2B_PUBLIC in_public,
+                       (UnmarshalExactly<TPM2B_PUBLIC, Tss2_MU_TPM2B_PUBLIC_Unmarshal>(sealed.tpm2b_public, "TPM2B_PUBLIC")));
+  VTM_ASSIGN_OR_RETURN(TPM2B_PRIVATE in_private,
+                       (UnmarshalExactly<TPM2B_PRIVATE, Tss2_MU_TPM2B_PRIVATE_Unmarshal>(sealed.tpm2b_private, "TPM2B_PRIVATE")));
+
+  VTM_ASSIGN_OR_RETURN(ScopedTr primary, CreateStoragePrimary());
+  ScopedTr object(esys());
+  TSS2_RC rc = Esys_Load(esys(), primary.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &in_private,
+                         &in_public, object.out());
+  if (rc != TSS2_RC_SUCCESS) {
+    Error error = TpmError("TPM2_Load(sealed object)", rc);
+    return Error(error.code(), error.message() +
+                                   "; the sealed object is corrupt, or was sealed by another TPM or before this "
+                                   "TPM's owner hierarchy was cleared");
+  }
+
+  // Policy session salted with the storage key, with ENCRYPT so the TPM encrypts the
+  // unsealed secret in its response and it never crosses the TCTI in clear.
+  VTM_ASSIGN_OR_RETURN(ScopedTr session, StartSaltedSession(primary.get(), TPM2_SE_POLICY, TPMA_SESSION_ENCRYPT));
+  // An empty pcrDigest makes the TPM use the PCRs' current values; TPM2_Unseal then checks the
+  // resulting policy digest against the object's authPolicy.
+  TPM2B_DIGEST current{};
+  rc = Esys_PolicyPCR(esys(), session.get(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &current, &pcrs);
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_PolicyPCR(" + canonical.ToString() + ")", rc);
+
+  EsysOut<TPM2B_SENSITIVE_DATA, /*kWipe=*/true> data;
+  rc = Esys_Unseal(esys(), object.get(), session.get(), ESYS_TR_NONE, ESYS_TR_NONE, data.out());
+  if (rc != TSS2_RC_SUCCESS) {
+    Error error = TpmError("TPM2_Unseal", rc);
+    if (error.code() == ErrorCode::kPolicyMismatch) return DiagnosePolicyFailure(sealed, error);
+    return error;
+  }
+  return SecretBytes(data->buffer, data->size);
+}
+
+// Names each PCR whose value moved since sealing, so an operator sees *what* changed (a
+// firmware update, a different boot path) rather than a bare TPM_RC_POLICY_FAIL.
+Error EsysHostTpm::DiagnosePolicyFailure(const SealedObject& sealed, const Error& tpm_error) {
+  const std::string advice =
+      "if the change is expected (e.g. a firmware or boot-chain update), restore the master key from its "
+      "backup and seal it again to the new PCR values";
+  auto now = ReadPcrs(sealed.pcrs_at_seal.selection);
+  if (!now.ok()) {
+    return Error(ErrorCode::kPolicyMismatch, tpm_error.message() + "; the current PCR values could not be read (" +
+                                                 now.error().message() + "); " + advice);
+  }
+  const std::string& bank = sealed.pcrs_at_seal.selection.bank;
+  std::string changes;
+  for (const auto& [pcr, value] : now->digests) {
+    auto at_seal = sealed.pcrs_at_seal.digests.find(pcr);
+    std::string sealed_hex = at_seal == sealed.pcrs_at_seal.digests.end() ? "unknown" : Hex(at_seal->second);
+    if (at_seal != sealed.pcrs_at_seal.digests.end() && at_seal->second == value) continue;
+    if (!changes.empty()) changes += "; ";
+    changes += "host PCR " + bank + ":" + std::to_string(pcr) + " changed since the master key was sealed (sealed value " +
+               sealed_hex + ", now " + Hex(value) + ")";
+  }
+  if (changes.empty()) {
+    // The TPM refused although the recorded values still match: the record in the file does
+    // not describe the object's real policy (edited file, or pieces of two sealed objects).
+    return Error(ErrorCode::kPolicyMismatch,
+                 "the host TPM refused the PCR policy of the sealed object although host PCRs " +
+                     sealed.pcrs_at_seal.selection.ToString() +
+                     " still hold the values recorded at seal time; the sealed file's PCR record does not match "
+                     "its policy (corrupt or tampered file) [" + tpm_error.message() + "]");
+  }
+  return Error(ErrorCode::kPolicyMismatch, changes + "; " + advice);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<HostTpm>> HostTpm::Open(const std::string& tcti) { return EsysHostTpm::Open(tcti); }
+
+}  // namespace vtm

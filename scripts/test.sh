@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what is missing, builds, runs the unit,
+# integration and e2e tiers, then builds again with ASan+UBSan and runs the unit and
+# integration tiers under the sanitizers. Benchmarks are not part of it (scripts/bench.sh).
+#   scripts/test.sh            everything
+#   VTM_TEST_LABELS=unit scripts/test.sh      one tier (a ctest -L regex)
+#   VTM_SKIP_SANITIZERS=1 scripts/test.sh     skip the sanitizer pass
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+labels=${VTM_TEST_LABELS:-unit|integration|e2e}
+
+"$repo/scripts/setup.sh" "$repo/build"
+# The e2e tier boots a real guest; build its kernel+initramfs once (cached in build/guest).
+if [[ $labels == *e2e* ]]; then
+  "$repo/tests/guest/build-guest.sh" "$repo/build/guest"
+fi
+(cd "$repo/build" && ctest --output-on-failure -L "$labels" -j2)
+
+if [[ -z ${VTM_SKIP_SANITIZERS:-} ]]; then
+  "$repo/scripts/setup.sh" "$repo/build-asan" -DVTM_SANITIZE=address,undefined -DCMAKE_BUILD_TYPE=Debug
+  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+  (cd "$repo/build-asan" && ctest --output-on-failure -L "unit|integration" -j2)
+fi

@@ -1,0 +1,451 @@
+// Integration tests for vtm-instance with a real swtpm and real processes (no QEMU): the
+// test plays QEMU's tpm-emulator on tpm.sock (SET_DATAFD with SCM_RIGHTS, INIT, TPM
+// commands on the data socket) and checks keys, uids, encryption at rest and clean stops.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "ctrl_protocol.h"
+#include "test_env.h"
+#include "vtm/fs.h"
+#include "vtm/net.h"
+#include "vtm/subprocess.h"
+
+namespace vtm::instance {
+namespace {
+
+using vtm::testing::BuildPath;
+using vtm::testing::TempDir;
+
+constexpr uid_t kUid = 61234;
+constexpr gid_t kGid = 61234;
+constexpr const char* kVm = "6f1c2b7e-0d7a-4c55-9a40-3f0b8c1d2e11";
+
+std::vector<uint8_t> Be32(uint32_t v) {
+  return {static_cast<uint8_t>(v >> 24), static_cast<uint8_t>(v >> 16), static_cast<uint8_t>(v >> 8),
+          static_cast<uint8_t>(v)};
+}
+uint32_t LoadBe32(const uint8_t* p) {
+  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
+}
+
+void SetTimeouts(int fd) {
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+std::string ProcStatusLine(pid_t pid, const std::string& key) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ":", 0) == 0) return line;
+  }
+  return "";
+}
+
+// Keys as vtmd would pass them: 32-byte state key then 32-byte migration key.
+std::string TestKeys(char seed) {
+  std::string k(64, '\0');
+  for (size_t i = 0; i < k.size(); ++i) k[i] = static_cast<char>(seed + static_cast<char>(i * 7));
+  return k;
+}
+
+// One vtm-instance started the way vtmd starts it. Stops it (and, if it was killed, its
+// swtpm) when destroyed, so a failing test leaves nothing behind.
+class Instance {
+ public:
+  Instance(const std::string& base, std::string keys, std::vector<std::string> extra_args = {})
+      : base_(base) {
+    int kp[2], rp[2];
+    if (pipe2(kp, O_CLOEXEC) != 0 || pipe2(rp, O_CLOEXEC) != 0) return;
+    UniqueFd keys_r(kp[0]), keys_w(kp[1]);
+    ready_r_.reset(rp[0]);
+    UniqueFd ready_w(rp[1]);
+    (void)!write(keys_w.get(), keys.data(), keys.size());
+    keys_w.reset();  // EOF after the keys, as vtmd does
+    std::vector<std::string> argv = {BuildPath("vtm-instance/vtm-instance"),
+                                     "--vm", kVm,
+                                     "--tpm-state-dir", base + "/state",
+                                     "--run-dir", base + "/run",
+                                     "--log-dir", base + "/log",
+                                     "--uid", std::to_string(kUid),
+                                     "--gid", std::to_string(kGid),
+                                     "--keys-fd", "5",
+                                     "--ready-fd", "6",
+                                     "--log-level", "debug"};
+    argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+    SpawnOptions options;
+    options.fds = {{5, keys_r.get()}, {6, ready_w.get()}};
+    options.output_file = base + "/instance.log";
+    auto p = Subprocess::Spawn(argv, options);
+    if (p.ok()) process_ = std::move(*p);
+  }
+
+  ~Instance() {
+    if (process_.pid() > 0) process_.Terminate(std::chrono::seconds(15));
+    if (swtpm_pid_ > 0 && ProcessAlive(swtpm_pid_)) kill(swtpm_pid_, SIGKILL);
+  }
+
+  // The line vtm-instance writes to its ready fd ("READY" or "ERROR ..."), without "\n".
+  std::string ReadyLine() {
+    std::string line;
+    char c;
+    for (;;) {
+      pollfd p{ready_r_.get(), POLLIN, 0};
+      if (poll(&p, 1, 15000) <= 0) return line + "<timeout>";
+      ssize_t n = read(ready_r_.get(), &c, 1);
+      if (n <= 0 || c == '\n') break;
+      line += c;
+    }
+    if (line == "READY") {
+      auto pid = ReadFile(base_ + "/run/swtpm.pid");
+      if (pid.ok()) swtpm_pid_ = std::atoi(pid->c_str());
+    }
+    return line;
+  }
+
+  Subprocess& process() { return process_; }
+  pid_t swtpm_pid() const { return swtpm_pid_; }
+  std::string Log() const {
+    auto s = ReadFile(base_ + "/instance.log");
+    return s.ok() ? *s : "";
+  }
+
+ private:
+  std::string base_;
+  UniqueFd ready_r_;
+  Subprocess process_;
+  pid_t swtpm_pid_ = -1;
+};
+
+// A control-channel client that behaves like QEMU's tpm-emulator backend.
+class FakeQemu {
+ public:
+  explicit FakeQemu(const std::string& tpm_sock) {
+    auto c = ConnectUnix(tpm_sock);
+    if (c.ok()) {
+      ctrl_ = std::move(*c);
+      SetTimeouts(ctrl_.get());
+    }
+  }
+  bool connected() const { return ctrl_.valid(); }
+
+  // Sends one request in one write (as QEMU does), optionally with an fd, and reads
+  // response_size bytes.
+  std::vector<uint8_t> Call(CtrlCommand cmd, const std::vector<uint8_t>& body, size_t response_size,
+                            int pass_fd = -1) {
+    auto req = Be32(static_cast<uint32_t>(cmd));
+    req.insert(req.end(), body.begin(), body.end());
+    iovec iov{req.data(), req.size()};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    if (pass_fd >= 0) {
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+      cmsghdr* c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int));
+      std::memcpy(CMSG_DATA(c), &pass_fd, sizeof pass_fd);
+    }
+    if (sendmsg(ctrl_.get(), &msg, MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) return {};
+    std::vector<uint8_t> resp(response_size);
+    if (!ReadAll(ctrl_.get(), resp.data(), resp.size()).ok()) return {};
+    return resp;
+  }
+
+  // GET_CAPABILITY, SET_DATAFD (a socketpair end), INIT: QEMU's start sequence.
+  ::testing::AssertionResult Start() {
+    auto caps = Call(CtrlCommand::kGetCapability, {}, 8);
+    if (caps.size() != 8) return ::testing::AssertionFailure() << "GET_CAPABILITY got no answer";
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ::testing::AssertionFailure() << "socketpair";
+    data_.reset(sv[0]);
+    UniqueFd theirs(sv[1]);
+    SetTimeouts(data_.get());
+    auto r = Call(CtrlCommand::kSetDataFd, {}, 4, theirs.get());
+    if (r.size() != 4 || LoadBe32(r.data()) != 0) return ::testing::AssertionFailure() << "SET_DATAFD failed";
+    r = Call(CtrlCommand::kInit, Be32(0), 4);
+    if (r.size() != 4) return ::testing::AssertionFailure() << "INIT got no answer";
+    if (LoadBe32(r.data()) != 0) return ::testing::AssertionFailure() << "INIT result 0x" << std::hex << LoadBe32(r.data());
+    return ::testing::AssertionSuccess();
+  }
+
+  // One TPM command on the data socket; returns the whole response.
+  std::vector<uint8_t> Tpm(const std::vector<uint8_t>& cmd) {
+    if (!WriteAll(data_.get(), cmd.data(), cmd.size()).ok()) return {};
+    std::vector<uint8_t> resp(10);
+    if (!ReadAll(data_.get(), resp.data(), 10).ok()) return {};
+    uint32_t size = LoadBe32(resp.data() + 2);
+    if (size < 10 || size > 4096) return {};
+    resp.resize(size);
+    if (!ReadAll(data_.get(), resp.data() + 10, size - 10).ok()) return {};
+    return resp;
+  }
+
+  // TPM2_Startup(CLEAR) then TPM2_GetRandom(16): a working TPM answers both with success.
+  ::testing::AssertionResult StartupAndGetRandom() {
+    auto st = Tpm({0x80, 0x01, 0, 0, 0, 0x0c, 0, 0, 0x01, 0x44, 0x00, 0x00});
+    if (st.size() != 10) return ::testing::AssertionFailure() << "no TPM2_Startup response";
+    if (LoadBe32(st.data() + 6) != 0) return ::testing::AssertionFailure() << "TPM2_Startup rc 0x" << std::hex << LoadBe32(st.data() + 6);
+    auto rnd = Tpm({0x80, 0x01, 0, 0, 0, 0x0c, 0, 0, 0x01, 0x7b, 0x00, 0x10});
+    if (rnd.size() != 10 + 2 + 16) return ::testing::AssertionFailure() << "GetRandom response size " << rnd.size();
+    if (LoadBe32(rnd.data() + 6) != 0) return ::testing::AssertionFailure() << "GetRandom rc 0x" << std::hex << LoadBe32(rnd.data() + 6);
+    if (rnd[10] != 0 || rnd[11] != 16) return ::testing::AssertionFailure() << "GetRandom returned the wrong size";
+    return ::testing::AssertionSuccess();
+  }
+
+  void Disconnect() {
+    data_.reset();
+    ctrl_.reset();
+  }
+  int ctrl_fd() const { return ctrl_.get(); }
+
+ private:
+  UniqueFd ctrl_;
+  UniqueFd data_;
+};
+
+class InstanceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root (uid drop to " << kUid << ")";
+    if (FindProgram("swtpm") == "swtpm" && access("/usr/bin/swtpm", X_OK) != 0) GTEST_SKIP() << "swtpm not installed";
+    // Runs as kUid after setup: the temp dir must be traversable.
+    chmod(dir_.path().c_str(), 0755);
+  }
+  std::string Path(const std::string& rel) const { return dir_.path() + "/" + rel; }
+
+  TempDir dir_;
+};
+
+TEST_F(InstanceTest, RelaysTwoQemuSessionsAndStopsCleanly) {
+  Instance inst(dir_.path(), TestKeys(1));
+  ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
+  ASSERT_GT(inst.swtpm_pid(), 0);
+
+  // Both processes run as the VM's uid.
+  EXPECT_EQ(ProcStatusLine(inst.swtpm_pid(), "Uid"), "Uid:\t61234\t61234\t61234\t61234");
+  EXPECT_EQ(ProcStatusLine(inst.process().pid(), "Uid"), "Uid:\t61234\t61234\t61234\t61234");
+  EXPECT_EQ(ProcStatusLine(inst.process().pid(), "Gid"), "Gid:\t61234\t61234\t61234\t61234");
+  EXPECT_EQ(ProcStatusLine(inst.process().pid(), "Seccomp"), "Seccomp:\t2");
+  struct stat st {};
+  ASSERT_EQ(stat(Path("run").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700u);
+  EXPECT_EQ(st.st_uid, kUid);
+
+  for (int session = 0; session < 2; ++session) {
+    SCOPED_TRACE("session " + std::to_string(session));
+    FakeQemu qemu(Path("run/tpm.sock"));
+    ASSERT_TRUE(qemu.connected());
+    ASSERT_TRUE(qemu.Start()) << inst.Log();
+    ASSERT_TRUE(qemu.StartupAndGetRandom()) << inst.Log();
+    // QEMU sends SHUTDOWN when it exits; the vTPM must outlive it.
+    auto r = qemu.Call(CtrlCommand::kShutdown, {}, 4);
+    ASSERT_EQ(r.size(), 4u);
+    EXPECT_EQ(LoadBe32(r.data()), 0u);
+    qemu.Disconnect();
+    usleep(100 * 1000);
+    ASSERT_TRUE(ProcessAlive(inst.swtpm_pid())) << inst.Log();
+  }
+
+  ASSERT_EQ(kill(inst.process().pid(), SIGTERM), 0);
+  auto status = inst.process().Wait(std::chrono::seconds(15));
+  ASSERT_TRUE(status.ok());
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << DescribeWaitStatus(*status) << inst.Log();
+  EXPECT_FALSE(PathExists(Path("run/tpm.sock")));
+  EXPECT_FALSE(PathExists(Path("run/swtpm-ctrl.sock")));
+  EXPECT_FALSE(ProcessAlive(inst.swtpm_pid()));
+
+  std::string log = inst.Log();
+  EXPECT_NE(log.find("ctrl SET_DATAFD"), std::string::npos);
+  EXPECT_NE(log.find("ctrl INIT"), std::string::npos);
+  EXPECT_NE(log.find("2 QEMU session(s) served"), std::string::npos) << log;
+  // Key material never reaches the log: check for the raw key bytes and their hex.
+  std::string keys = TestKeys(1);
+  EXPECT_EQ(log.find(keys.substr(0, 16)), std::string::npos);
+}
+
+TEST_F(InstanceTest, StateIsEncryptedAtRestAndNeedsTheKey) {
+  {
+    Instance inst(dir_.path(), TestKeys(2));
+    ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
+    FakeQemu qemu(Path("run/tpm.sock"));
+    ASSERT_TRUE(qemu.Start());
+    ASSERT_TRUE(qemu.StartupAndGetRandom());
+    qemu.Disconnect();
+    kill(inst.process().pid(), SIGTERM);
+    ASSERT_TRUE(inst.process().Wait(std::chrono::seconds(15)).ok());
+  }
+  // swtpm's state file: header (version, min version, header size, flags, total length)
+  // then TLVs. Flag 0x01 = encrypted with the file key, 0x08 = 256-bit key; the first TLV
+  // must be TAG_ENCRYPTED_DATA (2), not plaintext TAG_DATA (1).
+  auto blob = ReadFile(Path("state/tpm2-00.permall"));
+  ASSERT_TRUE(blob.ok()) << blob.error().message();
+  ASSERT_GT(blob->size(), 16u);
+  const auto* b = reinterpret_cast<const uint8_t*>(blob->data());
+  uint16_t hdrsize = static_cast<uint16_t>((b[2] << 8) | b[3]);
+  uint16_t flags = static_cast<uint16_t>((b[4] << 8) | b[5]);
+  EXPECT_EQ(flags & 0x01, 0x01) << "state not encrypted, flags 0x" << std::hex << flags;
+  EXPECT_EQ(flags & 0x08, 0x08) << "not a 256-bit key, flags 0x" << std::hex << flags;
+  ASSERT_LT(hdrsize + 2u, blob->size());
+  EXPECT_EQ((b[hdrsize] << 8) | b[hdrsize + 1], 2) << "first TLV is not encrypted data";
+
+  // Same state with the right keys: INIT loads it.
+  {
+    Instance inst(dir_.path(), TestKeys(2));
+    ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
+    FakeQemu qemu(Path("run/tpm.sock"));
+    EXPECT_TRUE(qemu.Start()) << inst.Log();
+  }
+  // With other keys: swtpm cannot decrypt the state, so INIT fails.
+  {
+    Instance inst(dir_.path(), TestKeys(3));
+    ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
+    FakeQemu qemu(Path("run/tpm.sock"));
+    EXPECT_FALSE(qemu.Start());
+  }
+  // Plain swtpm without --key on the same state: INIT fails as well.
+  std::string ctrl = Path("plain-ctrl.sock");
+  auto swtpm = Subprocess::Spawn({FindProgram("swtpm"), "socket", "--tpm2", "--tpmstate", "dir=" + Path("state"),
+                                  "--ctrl", "type=unixio,path=" + ctrl, "--log", "file=" + Path("plain.log")},
+                                 SpawnOptions{});
+  ASSERT_TRUE(swtpm.ok());
+  auto conn = ConnectUnixWithRetry(ctrl, std::chrono::seconds(10));
+  ASSERT_TRUE(conn.ok());
+  SetTimeouts(conn->get());
+  auto init = Be32(static_cast<uint32_t>(CtrlCommand::kInit));
+  auto zero = Be32(0);
+  init.insert(init.end(), zero.begin(), zero.end());
+  ASSERT_TRUE(WriteAll(conn->get(), init.data(), init.size()).ok());
+  uint8_t res[4];
+  ASSERT_TRUE(ReadAll(conn->get(), res, 4).ok());
+  EXPECT_NE(LoadBe32(res), 0u) << "swtpm without the key loaded the state";
+}
+
+TEST_F(InstanceTest, ShortKeysAreReportedOnTheReadyFd) {
+  Instance inst(dir_.path(), TestKeys(4).substr(0, 40));
+  std::string line = inst.ReadyLine();
+  EXPECT_EQ(line.rfind("ERROR ", 0), 0u) << line;
+  EXPECT_NE(line.find("40 bytes"), std::string::npos) << line;
+  EXPECT_NE(line.find(kVm), std::string::npos) << line;
+  auto status = inst.process().Wait(std::chrono::seconds(15));
+  ASSERT_TRUE(status.ok());
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 1) << DescribeWaitStatus(*status);
+}
+
+TEST_F(InstanceTest, TooManyKeyBytesAreRefused) {
+  Instance inst(dir_.path(), TestKeys(4) + "x");
+  EXPECT_EQ(inst.ReadyLine().rfind("ERROR ", 0), 0u);
+  auto status = inst.process().Wait(std::chrono::seconds(15));
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ(WEXITSTATUS(*status), 1);
+}
+
+TEST_F(InstanceTest, SwtpmThatCannotStartIsReported) {
+  Instance inst(dir_.path(), TestKeys(5), {"--swtpm", "/bin/false"});
+  std::string line = inst.ReadyLine();
+  EXPECT_EQ(line.rfind("ERROR ", 0), 0u) << line;
+  EXPECT_NE(line.find("swtpm"), std::string::npos) << line;
+  auto status = inst.process().Wait(std::chrono::seconds(15));
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ(WEXITSTATUS(*status), 1);
+}
+
+TEST_F(InstanceTest, SocketOwnerAndModeAndSecondInstanceRefused) {
+  Instance inst(dir_.path(), TestKeys(6), {"--socket-uid", "61235", "--socket-gid", "61236", "--socket-mode", "0660"});
+  ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
+  struct stat st {};
+  ASSERT_EQ(stat(Path("run/tpm.sock").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 61235u);
+  EXPECT_EQ(st.st_gid, 61236u);
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  // QEMU's uid differs from the instance's: it may traverse the run dir but not list it.
+  ASSERT_EQ(stat(Path("run").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0711u);
+
+  Instance second(dir_.path(), TestKeys(6));
+  std::string line = second.ReadyLine();
+  EXPECT_EQ(line.rfind("ERROR ", 0), 0u) << line;
+  EXPECT_NE(line.find("already serves"), std::string::npos) << line;
+  // The first one is untouched.
+  EXPECT_TRUE(PathExists(Path("run/tpm.sock")));
+  FakeQemu qemu(Path("run/tpm.sock"));
+  EXPECT_TRUE(qemu.Start()) << inst.Log();
+}
+
+TEST_F(InstanceTest, MalformedClientIsDroppedAndTheNextOneServed) {
+  Instance inst(dir_.path(), TestKeys(7));
+  ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
+  {
+    FakeQemu bad(Path("run/tpm.sock"));
+    ASSERT_TRUE(bad.connected());
+    // SET_STATEBLOB announcing 4 GiB.
+    std::vector<uint8_t> req = Be32(static_cast<uint32_t>(CtrlCommand::kSetStateBlob));
+    for (uint32_t v : {0u, 1u, 0xffffffffu}) {
+      auto x = Be32(v);
+      req.insert(req.end(), x.begin(), x.end());
+    }
+    ASSERT_TRUE(WriteAll(bad.ctrl_fd(), req.data(), req.size()).ok());
+    uint8_t c;
+    EXPECT_EQ(read(bad.ctrl_fd(), &c, 1), 0) << "the relay should hang up";
+  }
+  {
+    // An unknown command is passed on; swtpm answers it with an error code.
+    FakeQemu odd(Path("run/tpm.sock"));
+    auto r = odd.Call(static_cast<CtrlCommand>(0x77), {}, 4);
+    ASSERT_EQ(r.size(), 4u);
+    EXPECT_NE(LoadBe32(r.data()), 0u);
+  }
+  FakeQemu good(Path("run/tpm.sock"));
+  ASSERT_TRUE(good.Start()) << inst.Log();
+  EXPECT_TRUE(good.StartupAndGetRandom());
+  EXPECT_NE(inst.Log().find("malformed control stream"), std::string::npos);
+  EXPECT_NE(inst.Log().find("unknown control command UNKNOWN(0x00000077)"), std::string::npos);
+}
+
+TEST_F(InstanceTest, SigtermWhileQemuIsAttachedStopsSwtpm) {
+  Instance inst(dir_.path(), TestKeys(9));
+  ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
+  FakeQemu qemu(Path("run/tpm.sock"));
+  ASSERT_TRUE(qemu.Start()) << inst.Log();
+  ASSERT_EQ(kill(inst.process().pid(), SIGTERM), 0);
+  auto status = inst.process().Wait(std::chrono::seconds(15));
+  ASSERT_TRUE(status.ok());
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << DescribeWaitStatus(*status) << inst.Log();
+  EXPECT_FALSE(ProcessAlive(inst.swtpm_pid()));
+  EXPECT_FALSE(PathExists(Path("run/tpm.sock")));
+  // The client sees the connection go away.
+  uint8_t c;
+  EXPECT_LE(read(qemu.ctrl_fd(), &c, 1), 0);
+}
+
+TEST_F(InstanceTest, SwtpmDeathEndsTheInstanceWithFailure) {
+  Instance inst(dir_.path(), TestKeys(8));
+  ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
+  ASSERT_EQ(kill(inst.swtpm_pid(), SIGKILL), 0);
+  auto status = inst.process().Wait(std::chrono::seconds(15));
+  ASSERT_TRUE(status.ok());
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) != 0) << DescribeWaitStatus(*status);
+  EXPECT_NE(inst.Log().find("killed by signal"), std::string::npos) << inst.Log();
+  EXPECT_FALSE(PathExists(Path("run/tpm.sock")));
+}
+
+}  // namespace
+}  // namespace vtm::instance

@@ -1,0 +1,204 @@
+// vtmd against a simulated host TPM, driven through the real vtmctl: the lifecycle, the
+// errors an operator sees, restart behaviour and the host-PCR policy on the master key.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <thread>
+
+#include "vtm/fs.h"
+#include "vtm/subprocess.h"
+#include "vtmd_fixture.h"
+
+namespace vtm::testing {
+namespace {
+
+constexpr const char* kUuid = "6f1b2e6c-0a1b-4c2d-8e3f-00112233aabb";
+
+class VtmdTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog(); }
+  void TearDown() override {
+    if (HasFailure()) std::cerr << "---- vtmd log ----\n" << f.VtmdLog();
+  }
+  VtmdFixture f;
+};
+
+TEST_F(VtmdTest, CreateStartStopDeleteList) {
+  auto created = f.Vtmctl({"create", "--uuid", kUuid, "--name", "web1"});
+  ASSERT_EQ(created.exit_code, 0) << created.output;
+  EXPECT_EQ(Field(created.output, "state"), "provisioned");
+  EXPECT_EQ(Field(created.output, "name"), "web1");
+
+  auto started = f.Vtmctl({"start", "web1"});
+  ASSERT_EQ(started.exit_code, 0) << started.output;
+  EXPECT_EQ(Field(started.output, "state"), "running");
+  std::string socket = Field(started.output, "tpm socket");
+  EXPECT_TRUE(PathExists(socket)) << socket;
+  pid_t instance = static_cast<pid_t>(std::stol(Field(started.output, "instance pid")));
+  EXPECT_TRUE(ProcessAlive(instance));
+  // swtpm runs for this VM as the VM's own unprivileged uid, with its state encrypted.
+  long uid = std::stol(Field(started.output, "instance uid"));
+  EXPECT_GE(uid, 61000);
+  auto swtpms = FindProcesses({"swtpm", f.state_dir() + "/vms/" + kUuid});
+  ASSERT_EQ(swtpms.size(), 1u);
+  EXPECT_EQ(ProcessUid(swtpms[0]), uid);
+  auto cmdline = ReadFile("/proc/" + std::to_string(swtpms[0]) + "/cmdline");
+  ASSERT_TRUE(cmdline.ok());
+  EXPECT_NE(cmdline->find("--key"), std::string::npos);
+  EXPECT_NE(cmdline->find("fd="), std::string::npos);  // key by fd, never in argv
+
+  auto list = f.Vtmctl({"list"});
+  ASSERT_EQ(list.exit_code, 0);
+  EXPECT_NE(list.output.find(kUuid), std::string::npos);
+  EXPECT_NE(list.output.find("running"), std::string::npos);
+
+  auto json = f.Vtmctl({"--json", "show", kUuid});
+  ASSERT_EQ(json.exit_code, 0);
+  EXPECT_NE(json.output.find("\"state\": \"VM_STATE_RUNNING\""), std::string::npos) << json.output;
+
+  auto stopped = f.Vtmctl({"stop", kUuid});
+  ASSERT_EQ(stopped.exit_code, 0) << stopped.output;
+  EXPECT_EQ(Field(stopped.output, "state"), "stopped");
+  EXPECT_FALSE(ProcessAlive(instance));
+  EXPECT_TRUE(FindProcesses({"swtpm", f.state_dir() + "/vms/" + kUuid}).empty());
+
+  auto deleted = f.Vtmctl({"delete", "web1"});
+  ASSERT_EQ(deleted.exit_code, 0) << deleted.output;
+  EXPECT_FALSE(PathExists(f.state_dir() + "/vms/" + kUuid));
+  auto gone = f.Vtmctl({"show", kUuid});
+  EXPECT_EQ(gone.exit_code, 3) << gone.output;
+  auto empty = f.Vtmctl({"list"});
+  EXPECT_EQ(empty.output.find(kUuid), std::string::npos);
+}
+
+TEST_F(VtmdTest, WrongRequestsGiveClearErrorsAndChangeNothing) {
+  ASSERT_EQ(f.Vtmctl({"create", "--uuid", kUuid, "--name", "web1"}).exit_code, 0);
+  ASSERT_EQ(f.Vtmctl({"start", kUuid}).exit_code, 0);
+  auto before = f.Vtmctl({"show", kUuid});
+
+  auto second = f.Vtmctl({"start", kUuid});
+  EXPECT_EQ(second.exit_code, 4) << second.output;
+  EXPECT_NE(second.output.find("already running"), std::string::npos) << second.output;
+
+  auto unknown = f.Vtmctl({"start", "00000000-0000-4000-8000-000000000000"});
+  EXPECT_EQ(unknown.exit_code, 3) << unknown.output;
+  EXPECT_NE(unknown.output.find("no vTPM for VM"), std::string::npos) << unknown.output;
+
+  auto del = f.Vtmctl({"delete", kUuid});
+  EXPECT_EQ(del.exit_code, 4) << del.output;
+  EXPECT_NE(del.output.find("stop it first"), std::string::npos) << del.output;
+
+  auto dup = f.Vtmctl({"create", "--uuid", kUuid});
+  EXPECT_EQ(dup.exit_code, 4) << dup.output;
+  auto bad = f.Vtmctl({"create", "--uuid", "nope"});
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  auto usage = f.Vtmctl({"frobnicate"});
+  EXPECT_EQ(usage.exit_code, 2);
+
+  // Nothing changed: same state, same generation, same instance.
+  auto after = f.Vtmctl({"show", kUuid});
+  EXPECT_EQ(Field(after.output, "state"), "running");
+  EXPECT_EQ(Field(after.output, "generation"), Field(before.output, "generation"));
+  EXPECT_EQ(Field(after.output, "instance pid"), Field(before.output, "instance pid"));
+  EXPECT_TRUE(PathExists(f.state_dir() + "/vms/" + kUuid + "/tpm"));
+}
+
+TEST_F(VtmdTest, RestartKeepsRegistryAndAdoptsRunningInstances) {
+  ASSERT_EQ(f.Vtmctl({"create", "--uuid", kUuid, "--name", "web1"}).exit_code, 0);
+  ASSERT_EQ(f.Vtmctl({"create", "--name", "idle"}).exit_code, 0);
+  auto started = f.Vtmctl({"start", kUuid});
+  ASSERT_EQ(started.exit_code, 0);
+  std::string pid = Field(started.output, "instance pid");
+
+  int st = f.StopVtmd();
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << DescribeWaitStatus(st) << f.VtmdLog();
+  // The VM keeps its vTPM while vtmd is down.
+  EXPECT_TRUE(ProcessAlive(static_cast<pid_t>(std::stol(pid))));
+
+  ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+  auto shown = f.Vtmctl({"show", kUuid});
+  ASSERT_EQ(shown.exit_code, 0) << shown.output;
+  EXPECT_EQ(Field(shown.output, "state"), "running");
+  EXPECT_EQ(Field(shown.output, "instance pid"), pid);
+  auto idle = f.Vtmctl({"show", "idle"});
+  EXPECT_EQ(Field(idle.output, "state"), "provisioned");
+  // The adopted instance can be stopped by the new vtmd.
+  auto stopped = f.Vtmctl({"stop", kUuid});
+  ASSERT_EQ(stopped.exit_code, 0) << stopped.output;
+  EXPECT_FALSE(ProcessAlive(static_cast<pid_t>(std::stol(pid))));
+}
+
+TEST_F(VtmdTest, InstanceCrashIsRecordedAndVmCanStartAgain) {
+  ASSERT_EQ(f.Vtmctl({"create", "--uuid", kUuid}).exit_code, 0);
+  auto started = f.Vtmctl({"start", kUuid});
+  ASSERT_EQ(started.exit_code, 0);
+  pid_t pid = static_cast<pid_t>(std::stol(Field(started.output, "instance pid")));
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  std::string state;
+  for (int i = 0; i < 100 && state != "failed"; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    state = Field(f.Vtmctl({"show", kUuid}).output, "state");
+  }
+  EXPECT_EQ(state, "failed");
+  EXPECT_NE(f.Vtmctl({"show", kUuid}).output.find("unexpectedly"), std::string::npos);
+  for (pid_t p : FindProcesses({"swtpm", f.state_dir() + "/vms/" + kUuid})) kill(p, SIGKILL);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  auto again = f.Vtmctl({"start", kUuid});
+  EXPECT_EQ(again.exit_code, 0) << again.output << f.VtmdLog();
+}
+
+TEST_F(VtmdTest, NonRootCallersAreRefusedUnlessInTheGroup) {
+  // uid 65534 without the group: refused with a message saying who may use vtmd.
+  auto denied = RunCommand({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            BuildPath("vtm-manager/vtmctl"), "--socket", f.socket(), "list"});
+  EXPECT_EQ(denied.exit_code, 5) << denied.output;
+  EXPECT_NE(denied.output.find("permission denied"), std::string::npos) << denied.output;
+}
+
+TEST(VtmdGroupTest, GroupMembersAreServedOthersRefusedByPeerCredentials) {
+  VtmdFixture f;
+  // The socket is group-accessible; the daemon itself checks SO_PEERCRED.
+  ASSERT_TRUE(f.StartVtmd({"--group", "tss"})) << f.VtmdLog();
+  auto member = RunCommand({"setpriv", "--reuid=65534", "--regid=65534", "--groups=tss",
+                            BuildPath("vtm-manager/vtmctl"), "--socket", f.socket(), "list"});
+  EXPECT_EQ(member.exit_code, 0) << member.output;
+  auto other = RunCommand({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           BuildPath("vtm-manager/vtmctl"), "--socket", f.socket(), "list"});
+  EXPECT_EQ(other.exit_code, 5) << other.output;
+}
+
+TEST(VtmdHostPcrTest, ChangedHostPcrMakesVtmdRefuseToStart) {
+  VtmdFixture f;
+  ASSERT_TRUE(f.StartVtmd({"--host-pcrs", "sha256:0,7"})) << f.VtmdLog();
+  ASSERT_EQ(f.Vtmctl({"create", "--uuid", kUuid}).exit_code, 0);
+  f.StopVtmd();
+
+  // A PCR outside the policy may change.
+  auto ext16 = RunCommand({"env", "TPM2TOOLS_TCTI=" + f.host_tcti(), "tpm2_pcrextend",
+                           "16:sha256=" + std::string(64, 'a')});
+  ASSERT_EQ(ext16.exit_code, 0) << ext16.output;
+  ASSERT_TRUE(f.StartVtmd({"--host-pcrs", "sha256:0,7"})) << f.VtmdLog();
+  f.StopVtmd();
+
+  // PCR 7 (secure boot policy) changes: vtmd refuses and names the PCR.
+  auto ext7 = RunCommand({"env", "TPM2TOOLS_TCTI=" + f.host_tcti(), "tpm2_pcrextend",
+                          "7:sha256=" + std::string(64, 'b')});
+  ASSERT_EQ(ext7.exit_code, 0) << ext7.output;
+  auto refused = f.RunVtmdExpectingExit({"--host-pcrs", "sha256:0,7"});
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.output.find("sha256:7"), std::string::npos) << refused.output;
+  EXPECT_EQ(refused.output.find("sha256:0 "), std::string::npos) << refused.output;
+  // The registry is untouched.
+  EXPECT_TRUE(PathExists(f.state_dir() + "/registry.db"));
+}
+
+TEST(VtmdStartupTest, SecondVtmdOnSameStateIsRefused) {
+  VtmdFixture f;
+  ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+  auto second = f.RunVtmdExpectingExit({"--socket", f.run_dir() + "/other.sock"});
+  EXPECT_NE(second.exit_code, 0);
+  EXPECT_NE(second.output.find("another vtmd"), std::string::npos) << second.output;
+}
+
+}  // namespace
+}  // namespace vtm::testing

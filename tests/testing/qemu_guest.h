@@ -1,0 +1,78 @@
+// The end-to-end test guest: Debian's cloud kernel and a busybox + tpm2-tools initramfs
+// (built by tests/guest/build-guest.sh) booted under QEMU TCG with a vTPM on a unix socket.
+//
+//   std::string error;
+//   bool apt_unreachable = false;
+//   if (!EnsureGuestImage(&error, &apt_unreachable)) {
+//     if (apt_unreachable) GTEST_SKIP() << error;
+//     FAIL() << error;
+//   }
+//   GuestOptions o;
+//   o.tpm_socket = swtpm_ctrl_socket;          // QEMU's tpm-emulator backend connects here
+//   o.script = "tpm2_pcrread sha256:10\n";     // becomes /vtm-test.sh in the guest
+//   GuestRun run = RunGuest(o);
+//   EXPECT_TRUE(run.booted) << run.console;
+//   EXPECT_EQ(run.exit_code, 0) << run.console;
+//
+// The guest prints "VTM-GUEST: boot ok", runs the script with `sh` (tpm2-tools reach the
+// TPM through TPM2TOOLS_TCTI=device:/dev/tpmrm0), prints "VTM-GUEST: exit <code>" and
+// powers off. See tests/guest/README.md.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace vtm::testing {
+
+// Build-tree directory holding vmlinuz and initrd.img.
+std::string GuestDir();
+
+// Runs tests/guest/build-guest.sh GuestDir() unless the images are up to date (once per
+// process; concurrent processes are serialised by the script's lock). On failure returns
+// false with the reason and the build log's tail in *error; *apt_unreachable (optional) is
+// set when the kernel package could not be fetched, the one case a test may skip for.
+bool EnsureGuestImage(std::string* error, bool* apt_unreachable = nullptr);
+
+// Writes base_initrd followed by a newc cpio holding `script` as /vtm-test.sh (mode 0755)
+// to out_path. Linux unpacks concatenated archives, so the base image is reused as is.
+bool MakeScriptInitrd(const std::string& base_initrd, const std::string& script,
+                      const std::string& out_path, std::string* error);
+
+struct GuestOptions {
+  // Unix socket of an swtpm (or vtm-instance) control channel; empty: no TPM device.
+  std::string tpm_socket;
+  // "tpm-crb" or "tpm-tis".
+  std::string tpm_device = "tpm-crb";
+  // Shell text run as /vtm-test.sh; empty: the guest prints `tpm2_pcrread sha256`.
+  std::string script;
+  // Whole run, QEMU start to exit. QEMU is killed when it runs out.
+  std::chrono::seconds timeout{120};
+  // Where console.log, qemu.log and the per-run initrd go. Empty: a temporary directory
+  // that is removed afterwards.
+  std::string work_dir;
+  // Appended to "console=ttyS0 quiet panic=-1 ima_policy=tcb".
+  std::string extra_cmdline;
+  std::vector<std::string> extra_qemu_args;
+  int memory_mb = 256;
+};
+
+struct GuestRun {
+  int exit_code = -1;         // from "VTM-GUEST: exit N"; -1 if the line never came
+  std::string console;        // the serial console, '\r' removed
+  bool booted = false;        // "VTM-GUEST: boot ok" seen
+  bool timed_out = false;     // QEMU killed after GuestOptions::timeout
+  std::string error;          // set when the run could not be set up or QEMU failed
+  std::string qemu_log;       // QEMU's own stdout/stderr
+  double seconds_to_boot = 0; // QEMU start to "boot ok" (0 if never)
+  double seconds_total = 0;   // QEMU start to exit
+
+  // The script's output: console text between the boot and exit markers.
+  std::string ScriptOutput() const;
+  // One line for assertion messages: how the run ended plus the console.
+  std::string Describe() const;
+};
+
+GuestRun RunGuest(const GuestOptions& options);
+
+}  // namespace vtm::testing

@@ -1,0 +1,124 @@
+// VtmdFixture: real vtmd, real host-TPM swtpm, temp dirs, guaranteed cleanup.
+#include "vtmd_fixture.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include "vtm/fs.h"
+#include "vtm/net.h"
+
+namespace vtm::testing {
+
+VtmdFixture::VtmdFixture() {
+  state_dir_ = dir_.path() + "/state";
+  run_dir_ = dir_.path() + "/run";
+  socket_ = run_dir_ + "/vtmd.sock";
+  log_ = dir_.path() + "/vtmd.log";
+  // Per-VM uids must be able to traverse to their directories (mkdtemp makes 0700).
+  chmod(dir_.path().c_str(), 0711);
+  auto tpm = SimulatedHostTpm::Start(dir_.path() + "/host-tpm");
+  if (!tpm.ok()) throw std::runtime_error("simulated host TPM: " + tpm.error().ToString());
+  host_tpm_ = std::move(tpm).value();
+}
+
+VtmdFixture::~VtmdFixture() {
+  // Stop every instance this test's vtmd started, then vtmd. Instances are found by the
+  // test's unique run dir, so nothing outside the test is touched.
+  if (vtmd_.running()) {
+    auto list = Vtmctl({"list"});
+    std::istringstream in(list.output);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.find(" running ") != std::string::npos) Vtmctl({"stop", line.substr(0, 36)});
+    }
+    StopVtmd();
+  }
+  for (pid_t pid : FindProcesses({"vtm-instance", run_dir_})) kill(pid, SIGKILL);
+  for (pid_t pid : FindProcesses({"swtpm", state_dir_ + "/vms/"})) kill(pid, SIGKILL);
+}
+
+std::vector<std::string> VtmdFixture::VtmdArgv(const std::vector<std::string>& extra) const {
+  std::vector<std::string> argv = {BuildPath("vtm-manager/vtmd"), "--config", "/dev/null",
+                                   "--state-dir", state_dir_, "--run-dir", run_dir_,
+                                   "--socket", socket_, "--host-tpm", host_tpm_->tcti(),
+                                   "--group", "", "--instance-uid-base", "61000"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return argv;
+}
+
+bool VtmdFixture::StartVtmd(const std::vector<std::string>& extra_args) {
+  SpawnOptions opts;
+  opts.output_file = log_;
+  auto p = Subprocess::Spawn(VtmdArgv(extra_args), opts);
+  if (!p.ok()) return false;
+  vtmd_ = std::move(p).value();
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (!vtmd_.running()) return false;
+    if (ConnectUnix(socket_).ok()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+int VtmdFixture::StopVtmd() { return vtmd_.Terminate(std::chrono::seconds(20)); }
+
+CommandResult VtmdFixture::RunVtmdExpectingExit(const std::vector<std::string>& extra_args) {
+  return RunCommand(VtmdArgv(extra_args));
+}
+
+CommandResult VtmdFixture::Vtmctl(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {BuildPath("vtm-manager/vtmctl"), "--socket", socket_};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunCommand(argv);
+}
+
+std::string VtmdFixture::VtmdLog() const {
+  auto text = ReadFile(log_);
+  return text.ok() ? *text : "";
+}
+
+std::vector<pid_t> FindProcesses(const std::vector<std::string>& needles) {
+  std::vector<pid_t> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+    std::string name = e.path().filename().string();
+    if (name.empty() || !isdigit(static_cast<unsigned char>(name[0]))) continue;
+    auto cmd = ReadFile(e.path().string() + "/cmdline");
+    if (!cmd.ok()) continue;
+    bool all = true;
+    for (const auto& n : needles) all = all && cmd->find(n) != std::string::npos;
+    if (all) out.push_back(static_cast<pid_t>(std::stol(name)));
+  }
+  return out;
+}
+
+long ProcessUid(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Uid:", 0) == 0) return std::stol(line.substr(4));
+  }
+  return -1;
+}
+
+std::string Field(const std::string& output, const std::string& key) {
+  std::istringstream in(output);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ":", 0) == 0) {
+      std::string v = line.substr(key.size() + 1);
+      v.erase(0, v.find_first_not_of(' '));
+      return v;
+    }
+  }
+  return "";
+}
+
+}  // namespace vtm::testing

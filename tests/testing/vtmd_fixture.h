@@ -1,0 +1,53 @@
+// Runs a real vtmd (and vtmctl against it) for integration and e2e tests: a simulated host
+// TPM started by the test (so it survives vtmd restarts), temp state/run dirs, and cleanup
+// of every process on destruction, also when an assertion failed.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "test_env.h"
+#include "vtm/host_tpm.h"
+#include "vtm/subprocess.h"
+
+namespace vtm::testing {
+
+class VtmdFixture {
+ public:
+  VtmdFixture();
+  ~VtmdFixture();
+
+  // Starts vtmd with the test's host TPM; returns false (and fills log()) if it exits early.
+  bool StartVtmd(const std::vector<std::string>& extra_args = {});
+  // SIGTERM and wait; returns vtmd's wait status.
+  int StopVtmd();
+  // Runs vtmd in the foreground until it exits (for start-up failures).
+  CommandResult RunVtmdExpectingExit(const std::vector<std::string>& extra_args = {});
+
+  CommandResult Vtmctl(const std::vector<std::string>& args);
+  std::string VtmdLog() const;
+
+  const std::string& state_dir() const { return state_dir_; }
+  const std::string& run_dir() const { return run_dir_; }
+  const std::string& socket() const { return socket_; }
+  const std::string& host_tcti() const { return host_tpm_->tcti(); }
+  pid_t vtmd_pid() const { return vtmd_.pid(); }
+
+ private:
+  std::vector<std::string> VtmdArgv(const std::vector<std::string>& extra) const;
+  TempDir dir_;
+  std::string state_dir_, run_dir_, socket_, log_;
+  std::unique_ptr<SimulatedHostTpm> host_tpm_;
+  Subprocess vtmd_;
+  std::vector<std::string> started_vms_;
+};
+
+// Pids of processes whose command line contains every one of the given strings.
+std::vector<pid_t> FindProcesses(const std::vector<std::string>& needles);
+// The real uid of a process, from /proc/<pid>/status; -1 if gone.
+long ProcessUid(pid_t pid);
+// Value of "key: value" in vtmctl's human output.
+std::string Field(const std::string& output, const std::string& key);
+
+}  // namespace vtm::testing

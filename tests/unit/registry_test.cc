@@ -1,0 +1,113 @@
+// Registry: persistence, compare-and-set transitions, uid allocation, name/uuid uniqueness.
+#include "registry.h"
+
+#include <gtest/gtest.h>
+
+#include "test_env.h"
+
+namespace vtm {
+namespace {
+
+VmRecord NewVm(const std::string& uuid, const std::string& name) {
+  VmRecord r;
+  r.uuid = uuid;
+  r.name = name;
+  r.wrapped_state_key = std::string("\x01\x00\x02", 3);
+  r.wrapped_migration_key = "m";
+  return r;
+}
+
+TEST(RegistryTest, InsertGetListAndPersistAcrossReopen) {
+  testing::TempDir dir;
+  std::string db = dir.path() + "/r.db";
+  {
+    auto reg = Registry::Open(db);
+    ASSERT_TRUE(reg.ok()) << reg.error().ToString();
+    VmRecord a = NewVm("00000000-0000-4000-8000-000000000001", "a");
+    ASSERT_TRUE((*reg)->Insert(&a, 1000, 10).ok());
+    EXPECT_EQ(a.instance_uid, 1000u);
+    EXPECT_EQ(a.generation, 1u);
+    VmRecord b = NewVm("00000000-0000-4000-8000-000000000002", "b");
+    ASSERT_TRUE((*reg)->Insert(&b, 1000, 10).ok());
+    EXPECT_EQ(b.instance_uid, 1001u);
+  }
+  auto reg = Registry::Open(db);
+  ASSERT_TRUE(reg.ok());
+  auto list = (*reg)->List();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 2u);
+  auto byname = (*reg)->Get("b");
+  ASSERT_TRUE(byname.ok());
+  EXPECT_EQ(byname->uuid, "00000000-0000-4000-8000-000000000002");
+  EXPECT_EQ(byname->wrapped_state_key, std::string("\x01\x00\x02", 3));  // blobs keep NUL bytes
+}
+
+TEST(RegistryTest, DuplicateUuidOrNameRefused) {
+  testing::TempDir dir;
+  auto reg = Registry::Open(dir.path() + "/r.db");
+  ASSERT_TRUE(reg.ok());
+  VmRecord a = NewVm("00000000-0000-4000-8000-000000000001", "a");
+  ASSERT_TRUE((*reg)->Insert(&a, 1000, 10).ok());
+  VmRecord same_uuid = NewVm("00000000-0000-4000-8000-000000000001", "other");
+  auto st = (*reg)->Insert(&same_uuid, 1000, 10);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code(), ErrorCode::kAlreadyExists);
+  VmRecord same_name = NewVm("00000000-0000-4000-8000-000000000009", "a");
+  st = (*reg)->Insert(&same_name, 1000, 10);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.error().message().find("name 'a' is taken"), std::string::npos);
+}
+
+TEST(RegistryTest, UidRangeExhaustionAndReuseOfFreedUid) {
+  testing::TempDir dir;
+  auto reg = Registry::Open(dir.path() + "/r.db");
+  ASSERT_TRUE(reg.ok());
+  VmRecord a = NewVm("00000000-0000-4000-8000-000000000001", "a");
+  VmRecord b = NewVm("00000000-0000-4000-8000-000000000002", "b");
+  VmRecord c = NewVm("00000000-0000-4000-8000-000000000003", "c");
+  ASSERT_TRUE((*reg)->Insert(&a, 50, 2).ok());
+  ASSERT_TRUE((*reg)->Insert(&b, 50, 2).ok());
+  auto st = (*reg)->Insert(&c, 50, 2);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code(), ErrorCode::kUnavailable);
+  ASSERT_TRUE((*reg)->Remove(a.uuid).ok());
+  ASSERT_TRUE((*reg)->Insert(&c, 50, 2).ok());
+  EXPECT_EQ(c.instance_uid, 50u);
+}
+
+TEST(RegistryTest, TransitionIsCompareAndSet) {
+  testing::TempDir dir;
+  auto reg = Registry::Open(dir.path() + "/r.db");
+  ASSERT_TRUE(reg.ok());
+  VmRecord a = NewVm("00000000-0000-4000-8000-000000000001", "a");
+  ASSERT_TRUE((*reg)->Insert(&a, 1000, 10).ok());
+  auto r = (*reg)->Transition(a.uuid, {VmState::kProvisioned}, VmState::kStarting, 42);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->state, VmState::kStarting);
+  EXPECT_EQ(r->generation, 2u);
+  EXPECT_EQ(r->instance_pid, 42);
+  // A second transition from the old state fails and changes nothing.
+  auto again = (*reg)->Transition(a.uuid, {VmState::kProvisioned}, VmState::kStarting);
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.error().code(), ErrorCode::kFailedPrecondition);
+  auto now = (*reg)->Get(a.uuid);
+  ASSERT_TRUE(now.ok());
+  EXPECT_EQ(now->generation, 2u);
+  auto missing = (*reg)->Transition("00000000-0000-4000-8000-00000000000f", {VmState::kProvisioned}, VmState::kStopped);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().code(), ErrorCode::kNotFound);
+}
+
+TEST(RegistryTest, CorruptDatabaseGivesClearError) {
+  testing::TempDir dir;
+  std::string db = dir.path() + "/r.db";
+  FILE* f = fopen(db.c_str(), "w");
+  fputs("this is not a database, just some text long enough to be a header......", f);
+  fclose(f);
+  auto reg = Registry::Open(db);
+  ASSERT_FALSE(reg.ok());
+  EXPECT_NE(reg.error().message().find("registry"), std::string::npos) << reg.error().message();
+}
+
+}  // namespace
+}  // namespace vtm

@@ -1,0 +1,27 @@
+// Connects to vtmd's socket and exchanges one framed request/response.
+#include "api_client.h"
+
+#include "vtm/framing.h"
+#include "vtm/net.h"
+
+namespace vtm {
+
+Result<api::Response> CallVtmd(const std::string& socket_path, const api::Request& request) {
+  auto conn = ConnectUnix(socket_path);
+  if (!conn.ok()) {
+    if (conn.error().code() == ErrorCode::kPermissionDenied) {
+      return Error(ErrorCode::kPermissionDenied,
+                   "cannot connect to vtmd at " + socket_path + ": permission denied (use root or the vtm group)");
+    }
+    return Error(ErrorCode::kUnavailable, "cannot reach vtmd at " + socket_path + " (" + conn.error().message() +
+                                              "); is vtmd running? (systemctl status vtmd)");
+  }
+  VTM_RETURN_IF_ERROR(WriteFrame(conn->get(), request.SerializeAsString()));
+  auto frame = ReadFrame(conn->get());
+  if (!frame.ok()) return Error(ErrorCode::kUnavailable, "vtmd closed the connection: " + frame.error().message());
+  api::Response resp;
+  if (!resp.ParseFromString(*frame)) return Error(ErrorCode::kDataLoss, "vtmd sent a malformed response");
+  return resp;
+}
+
+}  // namespace vtm

@@ -1,0 +1,121 @@
+// Accept loop, peer-credential authorization and per-connection request handling.
+#include "api_server.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <sstream>
+#include <thread>
+
+#include "vtm/framing.h"
+#include "vtm/fs.h"
+#include "vtm/log.h"
+#include "vtm/net.h"
+
+namespace vtm {
+namespace {
+constexpr int kMaxConnections = 64;
+}
+
+ApiServer::ApiServer(ApiService& service, std::optional<gid_t> allowed_gid, std::string group_name)
+    : service_(service), allowed_gid_(allowed_gid), group_name_(std::move(group_name)) {}
+
+Status ApiServer::Listen(const std::string& socket_path) {
+  VTM_ASSIGN_OR_RETURN(listen_fd_, ListenUnix(socket_path, allowed_gid_ ? 0660 : 0600));
+  if (allowed_gid_ && chown(socket_path.c_str(), 0, *allowed_gid_) != 0) {
+    return ErrnoError("giving " + socket_path + " to group " + group_name_);
+  }
+  socket_path_ = socket_path;
+  return OkStatus();
+}
+
+bool ApiServer::Authorized(pid_t pid, uid_t uid, gid_t gid) const {
+  if (uid == 0) return true;
+  if (!allowed_gid_) return false;
+  if (gid == *allowed_gid_) return true;
+  // Supplementary groups of the connecting process, as the kernel has them.
+  auto status = ReadFile("/proc/" + std::to_string(pid) + "/status");
+  if (!status.ok()) return false;
+  std::istringstream in(*status);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Groups:", 0) != 0) continue;
+    std::istringstream groups(line.substr(7));
+    gid_t g;
+    while (groups >> g) {
+      if (g == *allowed_gid_) return true;
+    }
+  }
+  return false;
+}
+
+void ApiServer::Serve() {
+  while (!stopping_) {
+    pollfd p{listen_fd_.get(), POLLIN, 0};
+    int r = poll(&p, 1, 500);
+    if (r <= 0) continue;
+    UniqueFd conn(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!conn.valid()) continue;
+    if (active_ >= kMaxConnections) {
+      api::Response busy;
+      busy.set_status(api::STATUS_UNAVAILABLE);
+      busy.set_error("vtmd is serving " + std::to_string(kMaxConnections) + " connections; try again");
+      (void)WriteFrame(conn.get(), busy.SerializeAsString());
+      continue;
+    }
+    ++active_;
+    std::thread([this, c = std::move(conn)]() mutable {
+      HandleConnection(std::move(c));
+      --active_;
+    }).detach();
+  }
+  // Let in-flight requests finish (a start may take a few seconds).
+  for (int i = 0; i < 300 && active_ > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ::unlink(socket_path_.c_str());
+}
+
+void ApiServer::Shutdown() { stopping_ = true; }
+
+void ApiServer::HandleConnection(UniqueFd conn) {
+  auto cred = GetPeerCredentials(conn.get());
+  if (!cred.ok()) return;
+  // Bound how long a silent client can hold a connection.
+  timeval tv{300, 0};
+  setsockopt(conn.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (!Authorized(cred->pid, cred->uid, cred->gid)) {
+    LOG_WARNING << "refused API connection from uid " << cred->uid << " (pid " << cred->pid << ")";
+    api::Response denied;
+    denied.set_status(api::STATUS_PERMISSION_DENIED);
+    denied.set_error("uid " + std::to_string(cred->uid) + " may not use vtmd: only root" +
+                     (allowed_gid_ ? " and members of group '" + group_name_ + "'" : std::string()) + " may");
+    (void)WriteFrame(conn.get(), denied.SerializeAsString());
+    return;
+  }
+  for (;;) {
+    auto frame = ReadFrame(conn.get());
+    if (!frame.ok()) {
+      if (frame.error().code() == ErrorCode::kInvalidArgument) {
+        api::Response bad;
+        bad.set_status(api::STATUS_INVALID_ARGUMENT);
+        bad.set_error(frame.error().message());
+        (void)WriteFrame(conn.get(), bad.SerializeAsString());
+      }
+      return;
+    }
+    api::Response resp;
+    auto req = ParseRequest(*frame);
+    if (!req.ok()) {
+      resp.set_status(ToApiStatus(req.error().code()));
+      resp.set_error(req.error().message());
+    } else {
+      resp = service_.Handle(*req);
+      if (resp.status() != api::STATUS_OK) {
+        LOG_INFO << "uid " << cred->uid << ": request failed: " << resp.error();
+      }
+    }
+    if (!WriteFrame(conn.get(), resp.SerializeAsString()).ok()) return;
+  }
+}
+
+}  // namespace vtm

@@ -1,0 +1,40 @@
+// vtmd's API endpoint: a unix socket; each connection carries framed api::Request /
+// api::Response messages (vtm/framing.h). The caller's uid is taken from the kernel
+// (SO_PEERCRED): root and members of the configured group are served, everyone else gets a
+// PERMISSION_DENIED response that says who may use vtmd.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <optional>
+#include <string>
+
+#include "api_service.h"
+#include "vtm/unique_fd.h"
+
+namespace vtm {
+
+class ApiServer {
+ public:
+  // allowed_gid: members of this group may use the API besides root (nullopt: root only).
+  ApiServer(ApiService& service, std::optional<gid_t> allowed_gid, std::string group_name);
+  // Binds the socket (mode 0660, group allowed_gid) and serves until Shutdown().
+  Status Listen(const std::string& socket_path);
+  void Serve();
+  void Shutdown();  // async-signal-unsafe; call from a normal thread
+
+ private:
+  void HandleConnection(UniqueFd conn);
+  bool Authorized(pid_t pid, uid_t uid, gid_t gid) const;
+
+  ApiService& service_;
+  std::optional<gid_t> allowed_gid_;
+  std::string group_name_;
+  UniqueFd listen_fd_;
+  std::string socket_path_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<int> active_{0};
+};
+
+}  // namespace vtm

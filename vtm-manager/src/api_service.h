@@ -1,0 +1,35 @@
+// Turns API requests into Manager calls and Manager results into API responses. Kept apart
+// from the socket server so the request path can be fuzzed and tested without sockets.
+#pragma once
+
+#include <string>
+
+#include "manager.h"
+#include "vtm.pb.h"
+
+namespace vtm {
+
+struct HostDescription {
+  std::string host_tpm;
+  bool simulated = false;
+  std::string pcr_policy;
+};
+
+// Parses a serialized api::Request and checks its fields (UUIDs, names, exactly one op).
+Result<api::Request> ParseRequest(const std::string& bytes);
+
+// The status and message a client sees for an Error.
+api::Status ToApiStatus(ErrorCode code);
+
+class ApiService {
+ public:
+  ApiService(Manager& manager, HostDescription host) : manager_(manager), host_(std::move(host)) {}
+  api::Response Handle(const api::Request& request);
+
+ private:
+  void FillVm(const VmRecord& rec, api::Vm* out);
+  Manager& manager_;
+  HostDescription host_;
+};
+
+}  // namespace vtm

@@ -1,0 +1,211 @@
+// vtm-instance process management: launch with key/ready pipes, pidfd-based monitoring.
+#include "instance_supervisor.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <vector>
+
+#include "vtm/log.h"
+#include "vtm/net.h"
+#include "vtm/subprocess.h"
+
+namespace vtm {
+
+Result<UniqueFd> OpenPidFd(pid_t pid) {
+  int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) return ErrnoError("pidfd_open(" + std::to_string(pid) + ")");
+  return UniqueFd(fd);
+}
+
+InstanceSupervisor::InstanceSupervisor(std::string instance_binary, ExitCallback on_unexpected_exit)
+    : instance_binary_(std::move(instance_binary)), on_exit_(std::move(on_unexpected_exit)) {
+  wake_fd_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  monitor_ = std::thread([this] { MonitorLoop(); });
+}
+
+InstanceSupervisor::~InstanceSupervisor() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    shutting_down_ = true;
+  }
+  Wake();
+  monitor_.join();
+}
+
+void InstanceSupervisor::Wake() {
+  uint64_t one = 1;
+  (void)!write(wake_fd_.get(), &one, sizeof one);
+}
+
+void InstanceSupervisor::Watch(const std::string& vm_uuid, pid_t pid, UniqueFd pidfd, bool is_child) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Entry& e = entries_[vm_uuid];
+    e = Entry{};
+    e.pid = pid;
+    e.pidfd = std::move(pidfd);
+    e.is_child = is_child;
+  }
+  Wake();
+}
+
+bool InstanceSupervisor::Watching(const std::string& vm_uuid) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(vm_uuid);
+  return it != entries_.end() && !it->second.exited;
+}
+
+Result<pid_t> InstanceSupervisor::Launch(const InstanceLaunch& launch, std::chrono::milliseconds ready_timeout) {
+  int keys[2], ready[2];
+  if (pipe2(keys, O_CLOEXEC) != 0) return ErrnoError("pipe2");
+  UniqueFd keys_r(keys[0]), keys_w(keys[1]);
+  if (pipe2(ready, O_CLOEXEC) != 0) return ErrnoError("pipe2");
+  UniqueFd ready_r(ready[0]), ready_w(ready[1]);
+  // 64 bytes fit in the pipe buffer, so they are written before the child exists.
+  VTM_RETURN_IF_ERROR(WriteAll(keys_w.get(), launch.state_key.data(), launch.state_key.size()));
+  VTM_RETURN_IF_ERROR(WriteAll(keys_w.get(), launch.migration_key.data(), launch.migration_key.size()));
+  keys_w.reset();
+
+  SpawnOptions opts;
+  opts.fds = {{3, keys_r.get()}, {4, ready_w.get()}};
+  opts.output_file = launch.log_dir + "/instance.log";
+  std::vector<std::string> argv = {instance_binary_,
+                                   "--vm", launch.vm_uuid,
+                                   "--tpm-state-dir", launch.tpm_state_dir,
+                                   "--run-dir", launch.run_dir,
+                                   "--log-dir", launch.log_dir,
+                                   "--uid", std::to_string(launch.uid),
+                                   "--gid", std::to_string(launch.gid),
+                                   "--socket-uid", std::to_string(launch.socket_uid),
+                                   "--socket-gid", std::to_string(launch.socket_gid),
+                                   "--keys-fd", "3",
+                                   "--ready-fd", "4"};
+  VTM_ASSIGN_OR_RETURN(Subprocess child, Subprocess::Spawn(argv, opts));
+  keys_r.reset();
+  ready_w.reset();
+
+  // Read the readiness line; the Subprocess destructor kills the child on every error path.
+  std::string line;
+  auto deadline = std::chrono::steady_clock::now() + ready_timeout;
+  while (line.find('\n') == std::string::npos) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      return Error(ErrorCode::kUnavailable, "vtm-instance did not become ready within " +
+                                                std::to_string(ready_timeout.count()) + " ms; see " +
+                                                opts.output_file);
+    }
+    pollfd p{ready_r.get(), POLLIN, 0};
+    int r = poll(&p, 1, static_cast<int>(left.count()));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) continue;
+    char buf[512];
+    ssize_t n = read(ready_r.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      auto st = child.Wait(std::chrono::seconds(2));
+      return Error(ErrorCode::kInternal, "vtm-instance " +
+                                             (st.ok() ? DescribeWaitStatus(*st) : std::string("closed its ready pipe")) +
+                                             " before it was ready; see " + opts.output_file);
+    }
+    line.append(buf, static_cast<size_t>(n));
+    if (line.size() > 4096) break;
+  }
+  line = line.substr(0, line.find('\n'));
+  if (line != "READY") {
+    std::string msg = line.rfind("ERROR ", 0) == 0 ? line.substr(6) : "unexpected readiness message '" + line + "'";
+    (void)child.Wait(std::chrono::seconds(2));
+    return Error(ErrorCode::kInternal, "vTPM instance failed to start: " + msg + " (log: " + opts.output_file + ")");
+  }
+  VTM_ASSIGN_OR_RETURN(UniqueFd pidfd, OpenPidFd(child.pid()));
+  pid_t pid = child.Release();
+  Watch(launch.vm_uuid, pid, std::move(pidfd), /*is_child=*/true);
+  return pid;
+}
+
+Status InstanceSupervisor::Adopt(const std::string& vm_uuid, pid_t pid) {
+  VTM_ASSIGN_OR_RETURN(UniqueFd pidfd, OpenPidFd(pid));
+  Watch(vm_uuid, pid, std::move(pidfd), /*is_child=*/false);
+  return OkStatus();
+}
+
+Status InstanceSupervisor::Stop(const std::string& vm_uuid, std::chrono::milliseconds grace) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = entries_.find(vm_uuid);
+  if (it == entries_.end()) return OkStatus();  // not ours to stop: already gone
+  Entry& e = it->second;
+  e.stop_requested = true;
+  if (!e.exited) syscall(SYS_pidfd_send_signal, e.pidfd.get(), SIGTERM, nullptr, 0);
+  if (!cv_.wait_for(lock, grace, [&] { return entries_.find(vm_uuid) == entries_.end() || entries_[vm_uuid].exited; })) {
+    LOG_WARNING << "vtm-instance for VM " << vm_uuid << " ignored SIGTERM for " << grace.count()
+                << " ms; sending SIGKILL";
+    syscall(SYS_pidfd_send_signal, e.pidfd.get(), SIGKILL, nullptr, 0);
+    if (!cv_.wait_for(lock, std::chrono::seconds(10),
+                      [&] { return entries_.find(vm_uuid) == entries_.end() || entries_[vm_uuid].exited; })) {
+      return Error(ErrorCode::kInternal, "vtm-instance for VM " + vm_uuid + " survived SIGKILL");
+    }
+  }
+  entries_.erase(vm_uuid);
+  return OkStatus();
+}
+
+void InstanceSupervisor::MonitorLoop() {
+  for (;;) {
+    std::vector<pollfd> fds;
+    std::vector<std::string> uuids;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (shutting_down_) return;
+      fds.push_back({wake_fd_.get(), POLLIN, 0});
+      for (auto& [uuid, e] : entries_) {
+        if (e.exited) continue;
+        fds.push_back({e.pidfd.get(), POLLIN, 0});
+        uuids.push_back(uuid);
+      }
+    }
+    int r = poll(fds.data(), fds.size(), 1000);
+    if (r < 0 && errno != EINTR) {
+      LOG_ERROR << "instance monitor poll failed: " << errno;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      continue;
+    }
+    if (fds[0].revents) {
+      uint64_t v;
+      (void)!read(wake_fd_.get(), &v, sizeof v);
+    }
+    std::vector<std::pair<std::string, std::string>> unexpected;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t i = 1; i < fds.size(); ++i) {
+        if (!fds[i].revents) continue;
+        auto it = entries_.find(uuids[i - 1]);
+        if (it == entries_.end()) continue;
+        Entry& e = it->second;
+        std::string how = "exited";
+        if (e.is_child) {
+          int st = 0;
+          if (waitpid(e.pid, &st, WNOHANG) == e.pid) how = DescribeWaitStatus(st);
+        }
+        e.exited = true;
+        e.how = how;
+        if (!e.stop_requested) {
+          unexpected.emplace_back(it->first, how);
+          entries_.erase(it);
+        }
+      }
+    }
+    cv_.notify_all();
+    for (auto& [uuid, how] : unexpected) {
+      LOG_ERROR << "vtm-instance for VM " << uuid << " " << how << " unexpectedly";
+      if (on_exit_) on_exit_(uuid, how);
+    }
+  }
+}
+
+}  // namespace vtm

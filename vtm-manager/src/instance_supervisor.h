@@ -1,0 +1,83 @@
+// Spawns, watches and stops the per-VM vtm-instance processes. Keys reach an instance through
+// a pipe (never argv or environment); readiness comes back on another pipe as "READY" or
+// "ERROR <message>". Instances outlive a vtmd restart: a new vtmd adopts them by pid.
+//
+// Thread safety: all methods may be called from any thread. The exit callback runs on the
+// supervisor's monitor thread and must not call back into the supervisor.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "vtm/error.h"
+#include "vtm/secret.h"
+#include "vtm/unique_fd.h"
+
+namespace vtm {
+
+struct InstanceLaunch {
+  std::string vm_uuid;
+  std::string tpm_state_dir;
+  std::string run_dir;
+  std::string log_dir;
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint32_t socket_uid = 0;  // owner of the socket QEMU connects to
+  uint32_t socket_gid = 0;
+  SecretBytes state_key;      // 32 bytes
+  SecretBytes migration_key;  // 32 bytes
+};
+
+class InstanceSupervisor {
+ public:
+  // Called once per instance that ended without Stop() having been asked for it.
+  using ExitCallback = std::function<void(const std::string& vm_uuid, const std::string& how)>;
+
+  InstanceSupervisor(std::string instance_binary, ExitCallback on_unexpected_exit);
+  ~InstanceSupervisor();  // stops watching; running instances are left running on purpose
+  InstanceSupervisor(const InstanceSupervisor&) = delete;
+  InstanceSupervisor& operator=(const InstanceSupervisor&) = delete;
+
+  // Starts vtm-instance and waits until it reports READY. On any failure the process is gone
+  // when this returns and the error carries the instance's own message.
+  Result<pid_t> Launch(const InstanceLaunch& launch, std::chrono::milliseconds ready_timeout);
+  // Takes over watching an instance started by an earlier vtmd.
+  Status Adopt(const std::string& vm_uuid, pid_t pid);
+  // SIGTERM, then SIGKILL after grace; returns once the process is gone.
+  Status Stop(const std::string& vm_uuid, std::chrono::milliseconds grace);
+  bool Watching(const std::string& vm_uuid);
+
+ private:
+  struct Entry {
+    pid_t pid = -1;
+    UniqueFd pidfd;
+    bool is_child = false;
+    bool stop_requested = false;
+    bool exited = false;
+    std::string how;  // description of the exit
+  };
+  void Watch(const std::string& vm_uuid, pid_t pid, UniqueFd pidfd, bool is_child);
+  void MonitorLoop();
+  void Wake();
+
+  std::string instance_binary_;
+  ExitCallback on_exit_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::string, Entry> entries_;
+  UniqueFd wake_fd_;  // eventfd that interrupts the monitor's poll
+  bool shutting_down_ = false;
+  std::thread monitor_;
+};
+
+// Opens a pidfd for pid (Linux >= 5.3).
+Result<UniqueFd> OpenPidFd(pid_t pid);
+
+}  // namespace vtm

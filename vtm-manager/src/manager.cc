@@ -1,0 +1,288 @@
+// Lifecycle operations over the registry, the master key and the instance supervisor.
+#include "manager.h"
+
+#include <openssl/rand.h>
+
+#include <cctype>
+#include <filesystem>
+
+#include "vtm/fs.h"
+#include "vtm/log.h"
+#include "vtm/subprocess.h"
+
+namespace vtm {
+namespace {
+constexpr size_t kKeyLen = 32;
+constexpr const char* kStateKey = "state-key";
+constexpr const char* kMigrationKey = "migration-key";
+
+// True if pid is a vtm-instance serving uuid (guards against pid reuse after a reboot).
+bool IsInstanceOf(int64_t pid, const std::string& uuid) {
+  if (pid <= 0 || !ProcessAlive(static_cast<pid_t>(pid))) return false;
+  auto cmdline = ReadFile("/proc/" + std::to_string(pid) + "/cmdline");
+  if (!cmdline.ok()) return false;
+  return cmdline->find("vtm-instance") != std::string::npos && cmdline->find(uuid) != std::string::npos;
+}
+
+// The pid of a vtm-instance serving uuid, found by scanning /proc; 0 if there is none. Used
+// where a crash came between spawning an instance and recording its pid.
+int64_t FindInstanceOf(const std::string& uuid) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || !std::isdigit(static_cast<unsigned char>(name[0]))) continue;
+    int64_t pid = std::stoll(name);
+    if (IsInstanceOf(pid, uuid)) return pid;
+  }
+  return 0;
+}
+}  // namespace
+
+Result<std::string> NormalizeUuid(const std::string& text) {
+  static constexpr int kGroups[] = {8, 4, 4, 4, 12};
+  std::string out;
+  size_t pos = 0;
+  for (int g = 0; g < 5; ++g) {
+    for (int i = 0; i < kGroups[g]; ++i, ++pos) {
+      if (pos >= text.size() || !std::isxdigit(static_cast<unsigned char>(text[pos]))) {
+        return Error(ErrorCode::kInvalidArgument, "'" + text + "' is not a UUID (expected xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
+      }
+      out.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(text[pos]))));
+    }
+    if (g < 4) {
+      if (pos >= text.size() || text[pos] != '-') {
+        return Error(ErrorCode::kInvalidArgument, "'" + text + "' is not a UUID (expected xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
+      }
+      out.push_back('-');
+      ++pos;
+    }
+  }
+  if (pos != text.size()) return Error(ErrorCode::kInvalidArgument, "'" + text + "' is not a UUID");
+  return out;
+}
+
+Result<std::string> GenerateUuid() {
+  uint8_t b[16];
+  if (RAND_bytes(b, sizeof b) != 1) return Error(ErrorCode::kInternal, "random UUID failed");
+  b[6] = static_cast<uint8_t>((b[6] & 0x0f) | 0x40);
+  b[8] = static_cast<uint8_t>((b[8] & 0x3f) | 0x80);
+  char buf[37];
+  snprintf(buf, sizeof buf, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2],
+           b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+  return std::string(buf);
+}
+
+Status ValidateVmName(const std::string& name) {
+  if (name.empty() || name.size() > 64 || name[0] == '-') {
+    return Error(ErrorCode::kInvalidArgument, "VM name must be 1-64 characters and not start with '-'");
+  }
+  for (char c : name) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
+      return Error(ErrorCode::kInvalidArgument, "VM name '" + name + "' may only contain letters, digits, '.', '_' and '-'");
+    }
+  }
+  return OkStatus();
+}
+
+Manager::Manager(ManagerConfig config, Registry& registry, const MasterKey& master_key,
+                 const std::string& instance_binary)
+    : config_(std::move(config)),
+      registry_(registry),
+      master_key_(master_key),
+      supervisor_(instance_binary, [this](const std::string& uuid, const std::string& how) { OnInstanceExit(uuid, how); }) {}
+
+VmPaths Manager::PathsFor(const std::string& uuid) const {
+  VmPaths p;
+  p.vm_dir = config_.state_dir + "/vms/" + uuid;
+  p.tpm_dir = p.vm_dir + "/tpm";
+  p.log_dir = p.vm_dir + "/log";
+  p.run_dir = config_.run_dir + "/vms/" + uuid;
+  p.tpm_socket = p.run_dir + "/tpm.sock";
+  return p;
+}
+
+Result<VmRecord> Manager::Create(const std::string& uuid_in, const std::string& name_in) {
+  std::string uuid;
+  if (uuid_in.empty()) {
+    VTM_ASSIGN_OR_RETURN(uuid, GenerateUuid());
+  } else {
+    VTM_ASSIGN_OR_RETURN(uuid, NormalizeUuid(uuid_in));
+  }
+  std::string name = name_in.empty() ? uuid : name_in;
+  VTM_RETURN_IF_ERROR(ValidateVmName(name));
+  if (name != uuid && NormalizeUuid(name).ok()) {
+    return Error(ErrorCode::kInvalidArgument, "a VM name may not look like a UUID");
+  }
+
+  VmRecord rec;
+  rec.uuid = uuid;
+  rec.name = name;
+  rec.state = VmState::kProvisioned;
+  {
+    VTM_ASSIGN_OR_RETURN(SecretBytes state_key, RandomSecret(kKeyLen));
+    VTM_ASSIGN_OR_RETURN(SecretBytes migration_key, RandomSecret(kKeyLen));
+    VTM_ASSIGN_OR_RETURN(rec.wrapped_state_key, master_key_.Wrap(state_key, WrapLabel(uuid, kStateKey)));
+    VTM_ASSIGN_OR_RETURN(rec.wrapped_migration_key, master_key_.Wrap(migration_key, WrapLabel(uuid, kMigrationKey)));
+  }
+  // The binding is committed first; directories are (re)made by every start, so a crash
+  // here leaves nothing that a later start or delete cannot handle.
+  VTM_RETURN_IF_ERROR(registry_.Insert(&rec, config_.instance_uid_base, config_.instance_uid_count));
+  VmPaths paths = PathsFor(uuid);
+  // Every level above a VM's own directories must be traversable by its uid.
+  Status dirs = MakeDir(config_.state_dir + "/vms", 0711, 0, 0);
+  if (dirs.ok()) dirs = MakeDir(paths.vm_dir, 0711, 0, 0);
+  if (dirs.ok()) dirs = MakeDir(paths.tpm_dir, 0700, rec.instance_uid, rec.instance_uid);
+  if (dirs.ok()) dirs = MakeDir(paths.log_dir, 0700, rec.instance_uid, rec.instance_uid);
+  if (!dirs.ok()) {
+    (void)RemoveTree(paths.vm_dir);
+    (void)registry_.Remove(uuid);
+    return std::move(dirs).error().Context("creating the directories of VM " + uuid);
+  }
+  LOG_INFO << "created vTPM for VM " << uuid << " (" << name << "), instance uid " << rec.instance_uid;
+  return rec;
+}
+
+Result<VmRecord> Manager::Start(const std::string& vm) {
+  VTM_ASSIGN_OR_RETURN(VmRecord rec, registry_.Get(vm));
+  const std::string& uuid = rec.uuid;
+  if (rec.state == VmState::kRunning || rec.state == VmState::kStarting) {
+    return Error(ErrorCode::kFailedPrecondition, "the vTPM of VM " + uuid + " is already " + VmStateName(rec.state) +
+                                                     " (vtm-instance pid " + std::to_string(rec.instance_pid) +
+                                                     "); its socket is " + PathsFor(uuid).tpm_socket);
+  }
+  auto moved = registry_.Transition(uuid, {VmState::kProvisioned, VmState::kStopped, VmState::kFailed},
+                                    VmState::kStarting, 0, "");
+  if (!moved.ok()) {
+    return std::move(moved).error().Context("cannot start the vTPM of VM " + uuid);
+  }
+  auto fail = [&](Error err) -> Error {
+    (void)registry_.Transition(uuid, {VmState::kStarting}, VmState::kFailed, 0, err.message());
+    return std::move(err).Context("starting the vTPM of VM " + uuid);
+  };
+
+  VmPaths paths = PathsFor(uuid);
+  InstanceLaunch launch;
+  launch.vm_uuid = uuid;
+  launch.tpm_state_dir = paths.tpm_dir;
+  launch.run_dir = paths.run_dir;
+  launch.log_dir = paths.log_dir;
+  launch.uid = launch.gid = rec.instance_uid;
+  launch.socket_uid = config_.socket_uid;
+  launch.socket_gid = config_.socket_gid;
+  auto state_key = master_key_.Unwrap(rec.wrapped_state_key, WrapLabel(uuid, kStateKey));
+  if (!state_key.ok()) return fail(std::move(state_key).error());
+  auto migration_key = master_key_.Unwrap(rec.wrapped_migration_key, WrapLabel(uuid, kMigrationKey));
+  if (!migration_key.ok()) return fail(std::move(migration_key).error());
+  launch.state_key = std::move(state_key).value();
+  launch.migration_key = std::move(migration_key).value();
+
+  Status dirs = MakeDir(config_.run_dir + "/vms", 0711, 0, 0);
+  if (dirs.ok()) dirs = MakeDir(config_.state_dir + "/vms", 0711, 0, 0);
+  if (dirs.ok()) dirs = MakeDir(paths.vm_dir, 0711, 0, 0);
+  if (dirs.ok()) dirs = MakeDir(paths.tpm_dir, 0700, rec.instance_uid, rec.instance_uid);
+  if (dirs.ok()) dirs = MakeDir(paths.log_dir, 0700, rec.instance_uid, rec.instance_uid);
+  if (!dirs.ok()) return fail(std::move(dirs).error());
+
+  auto pid = supervisor_.Launch(launch, config_.ready_timeout);
+  if (!pid.ok()) return fail(std::move(pid).error());
+  auto running = registry_.Transition(uuid, {VmState::kStarting}, VmState::kRunning, *pid, "");
+  if (!running.ok()) {
+    (void)supervisor_.Stop(uuid, config_.stop_grace);
+    return std::move(running).error().Context("recording the start of VM " + uuid);
+  }
+  LOG_INFO << "started vTPM for VM " << uuid << ": vtm-instance pid " << *pid << ", socket " << paths.tpm_socket;
+  return running;
+}
+
+Result<VmRecord> Manager::Stop(const std::string& vm) {
+  VTM_ASSIGN_OR_RETURN(VmRecord rec, registry_.Get(vm));
+  const std::string& uuid = rec.uuid;
+  if (rec.state == VmState::kFailed) {
+    // The instance is already gone; stopping acknowledges the failure.
+    return registry_.Transition(uuid, {VmState::kFailed}, VmState::kStopped, 0);
+  }
+  if (rec.state != VmState::kRunning) {
+    return Error(ErrorCode::kFailedPrecondition,
+                 "the vTPM of VM " + uuid + " is not running (it is " + VmStateName(rec.state) + ")");
+  }
+  auto stopping = registry_.Transition(uuid, {VmState::kRunning}, VmState::kStopping);
+  if (!stopping.ok()) return std::move(stopping).error().Context("cannot stop the vTPM of VM " + uuid);
+  Status stopped = supervisor_.Stop(uuid, config_.stop_grace);
+  if (!stopped.ok()) {
+    (void)registry_.Transition(uuid, {VmState::kStopping}, VmState::kFailed, std::nullopt, stopped.error().message());
+    return std::move(stopped).error().Context("stopping the vTPM of VM " + uuid);
+  }
+  LOG_INFO << "stopped vTPM for VM " << uuid;
+  return registry_.Transition(uuid, {VmState::kStopping}, VmState::kStopped, 0);
+}
+
+Status Manager::Delete(const std::string& vm) {
+  VTM_ASSIGN_OR_RETURN(VmRecord rec, registry_.Get(vm));
+  const std::string& uuid = rec.uuid;
+  if (rec.state == VmState::kRunning || rec.state == VmState::kStarting || rec.state == VmState::kStopping) {
+    return Error(ErrorCode::kFailedPrecondition, "the vTPM of VM " + uuid + " is " + VmStateName(rec.state) +
+                                                     "; stop it first with `vtmctl stop " + uuid + "`");
+  }
+  auto deleting = registry_.Transition(
+      uuid, {VmState::kProvisioned, VmState::kStopped, VmState::kFailed, VmState::kDeleting}, VmState::kDeleting);
+  if (!deleting.ok()) return std::move(deleting).error().Context("cannot delete the vTPM of VM " + uuid);
+  VmPaths paths = PathsFor(uuid);
+  VTM_RETURN_IF_ERROR(RemoveTree(paths.vm_dir));
+  VTM_RETURN_IF_ERROR(RemoveTree(paths.run_dir));
+  // Removing the row destroys the only (wrapped) copies of the VM's keys.
+  VTM_RETURN_IF_ERROR(registry_.Remove(uuid));
+  LOG_INFO << "deleted vTPM for VM " << uuid << ": state and keys destroyed";
+  return OkStatus();
+}
+
+Result<std::vector<VmRecord>> Manager::List() { return registry_.List(); }
+
+Result<VmRecord> Manager::Show(const std::string& vm) { return registry_.Get(vm); }
+
+void Manager::OnInstanceExit(const std::string& uuid, const std::string& how) {
+  std::string log = PathsFor(uuid).log_dir;
+  auto r = registry_.Transition(uuid, {VmState::kRunning}, VmState::kFailed, 0,
+                                "vtm-instance " + how + " unexpectedly; see " + log + "/instance.log and " + log +
+                                    "/swtpm.log");
+  if (!r.ok()) LOG_WARNING << "recording the exit of VM " << uuid << ": " << r.error().message();
+}
+
+Status Manager::Reconcile() {
+  VTM_ASSIGN_OR_RETURN(auto vms, registry_.List());
+  for (const auto& rec : vms) {
+    switch (rec.state) {
+      case VmState::kRunning:
+        if (IsInstanceOf(rec.instance_pid, rec.uuid)) {
+          VTM_RETURN_IF_ERROR(supervisor_.Adopt(rec.uuid, static_cast<pid_t>(rec.instance_pid)));
+          LOG_INFO << "adopted running vTPM of VM " << rec.uuid << " (pid " << rec.instance_pid << ")";
+        } else {
+          (void)registry_.Transition(rec.uuid, {VmState::kRunning}, VmState::kFailed, 0,
+                                     "vtm-instance ended while vtmd was not running");
+          LOG_WARNING << "the vTPM of VM " << rec.uuid << " ended while vtmd was down; marked failed";
+        }
+        break;
+      case VmState::kStarting:
+      case VmState::kStopping:
+        // Interrupted half-way: the instance's readiness or exit was never recorded. Leave no
+        // unrecorded process behind.
+        if (int64_t pid = FindInstanceOf(rec.uuid); pid > 0) {
+          if (supervisor_.Adopt(rec.uuid, static_cast<pid_t>(pid)).ok()) {
+            (void)supervisor_.Stop(rec.uuid, config_.stop_grace);
+          }
+        }
+        (void)registry_.Transition(rec.uuid, {rec.state}, VmState::kStopped, 0,
+                                   std::string("vtmd stopped while the vTPM was ") + VmStateName(rec.state));
+        LOG_WARNING << "VM " << rec.uuid << " was " << VmStateName(rec.state) << " when vtmd stopped; now stopped";
+        break;
+      case VmState::kDeleting:
+        LOG_WARNING << "finishing the interrupted deletion of VM " << rec.uuid;
+        VTM_RETURN_IF_ERROR(Delete(rec.uuid));
+        break;
+      default:
+        break;
+    }
+  }
+  return OkStatus();
+}
+
+}  // namespace vtm

@@ -1,0 +1,74 @@
+// The vTM Manager's lifecycle logic (ISO/IEC 27070 5.3): create, start, stop, delete and
+// list the vTPM of each VM. Each operation commits its registry transition before the side
+// effect it allows; Reconcile() finishes or undoes what a crash interrupted.
+//
+// Thread safety: all methods may be called concurrently; conflicting operations on one VM
+// are serialized by the registry's compare-and-set transitions.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "instance_supervisor.h"
+#include "master_key.h"
+#include "registry.h"
+#include "vtm/error.h"
+
+namespace vtm {
+
+struct ManagerConfig {
+  std::string state_dir;  // registry, sealed master key, vms/<uuid>/{tpm,log}
+  std::string run_dir;    // vms/<uuid>/tpm.sock
+  uint32_t instance_uid_base = 500000000;
+  uint32_t instance_uid_count = 65536;
+  uint32_t socket_uid = 0;  // owner of each VM's tpm.sock (the uid QEMU runs as)
+  uint32_t socket_gid = 0;
+  std::chrono::milliseconds ready_timeout{10000};
+  std::chrono::milliseconds stop_grace{10000};
+};
+
+// Where a VM's files live.
+struct VmPaths {
+  std::string vm_dir;   // <state>/vms/<uuid>        0711 root
+  std::string tpm_dir;  // <state>/vms/<uuid>/tpm    0700 instance uid (encrypted swtpm state)
+  std::string log_dir;  // <state>/vms/<uuid>/log    0700 instance uid
+  std::string run_dir;  // <run>/vms/<uuid>
+  std::string tpm_socket;  // <run>/vms/<uuid>/tpm.sock
+};
+
+class Manager {
+ public:
+  Manager(ManagerConfig config, Registry& registry, const MasterKey& master_key, const std::string& instance_binary);
+
+  VmPaths PathsFor(const std::string& uuid) const;
+
+  // uuid may be empty (one is generated); name defaults to the uuid.
+  Result<VmRecord> Create(const std::string& uuid, const std::string& name);
+  Result<VmRecord> Start(const std::string& vm);
+  Result<VmRecord> Stop(const std::string& vm);
+  Status Delete(const std::string& vm);
+  Result<std::vector<VmRecord>> List();
+  Result<VmRecord> Show(const std::string& vm);
+
+  // At start-up: adopts instances that survived a vtmd restart, marks dead ones failed,
+  // and completes interrupted deletions.
+  Status Reconcile();
+
+ private:
+  void OnInstanceExit(const std::string& uuid, const std::string& how);
+
+  ManagerConfig config_;
+  Registry& registry_;
+  const MasterKey& master_key_;
+  InstanceSupervisor supervisor_;
+};
+
+// Checks a UUID in canonical 8-4-4-4-12 hex form (lower-cases it).
+Result<std::string> NormalizeUuid(const std::string& text);
+Result<std::string> GenerateUuid();
+// Names: 1-64 characters of [A-Za-z0-9._-], not starting with '-'.
+Status ValidateVmName(const std::string& name);
+
+}  // namespace vtm

@@ -1,0 +1,273 @@
+// SQLite-backed registry: schema, compare-and-set transitions, uid allocation.
+#include "registry.h"
+
+#include <ctime>
+
+namespace vtm {
+namespace {
+
+constexpr int kSchemaVersion = 1;
+
+struct StateName {
+  VmState state;
+  const char* name;
+};
+constexpr StateName kStateNames[] = {
+    {VmState::kProvisioned, "provisioned"}, {VmState::kStarting, "starting"}, {VmState::kRunning, "running"},
+    {VmState::kStopping, "stopping"},       {VmState::kStopped, "stopped"},   {VmState::kDeleting, "deleting"},
+    {VmState::kFailed, "failed"},
+};
+
+std::string NowUtc() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+Error SqlError(sqlite3* db, const std::string& what) {
+  return Error(ErrorCode::kIo, "registry: " + what + ": " + sqlite3_errmsg(db));
+}
+
+// Finalizes a prepared statement on scope exit.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const std::string& sql) { rc_ = sqlite3_prepare_v2(db, sql.c_str(), -1, &s_, nullptr); }
+  ~Stmt() { sqlite3_finalize(s_); }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+  bool ok() const { return rc_ == SQLITE_OK; }
+  sqlite3_stmt* get() { return s_; }
+  void Text(int i, const std::string& v) { sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT); }
+  void Blob(int i, const std::string& v) { sqlite3_bind_blob(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT); }
+  void Int(int i, int64_t v) { sqlite3_bind_int64(s_, i, v); }
+  std::string ColText(int i) {
+    auto* p = sqlite3_column_blob(s_, i);
+    return p ? std::string(static_cast<const char*>(p), static_cast<size_t>(sqlite3_column_bytes(s_, i))) : "";
+  }
+  int64_t ColInt(int i) { return sqlite3_column_int64(s_, i); }
+
+ private:
+  sqlite3_stmt* s_ = nullptr;
+  int rc_;
+};
+
+// Rolls back unless committed.
+class Txn {
+ public:
+  explicit Txn(sqlite3* db) : db_(db) { ok_ = sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK; }
+  ~Txn() {
+    if (ok_ && !done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  bool ok() const { return ok_; }
+  Status Commit() {
+    done_ = true;
+    if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) return SqlError(db_, "commit");
+    return OkStatus();
+  }
+
+ private:
+  sqlite3* db_;
+  bool ok_ = false;
+  bool done_ = false;
+};
+
+constexpr const char* kColumns =
+    "uuid, name, state, generation, instance_uid, wrapped_state_key, wrapped_migration_key, instance_pid, "
+    "created_at, updated_at, last_error";
+
+}  // namespace
+
+const char* VmStateName(VmState state) {
+  for (const auto& s : kStateNames) {
+    if (s.state == state) return s.name;
+  }
+  return "unknown";
+}
+
+Result<VmState> ParseVmState(const std::string& name) {
+  for (const auto& s : kStateNames) {
+    if (name == s.name) return s.state;
+  }
+  return Error(ErrorCode::kDataLoss, "registry holds an unknown VM state '" + name + "'");
+}
+
+Result<std::unique_ptr<Registry>> Registry::Open(const std::string& path) {
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                           nullptr);
+  if (rc != SQLITE_OK) {
+    std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return Error(ErrorCode::kIo, "opening registry " + path + ": " + msg);
+  }
+  std::unique_ptr<Registry> reg(new Registry(db));
+  sqlite3_busy_timeout(db, 5000);
+  // WAL + FULL sync: a committed transition survives a power cut. secure_delete zeroes the
+  // pages that held a deleted VM's wrapped keys.
+  VTM_RETURN_IF_ERROR(reg->Exec("PRAGMA journal_mode=WAL"));
+  VTM_RETURN_IF_ERROR(reg->Exec("PRAGMA synchronous=FULL"));
+  VTM_RETURN_IF_ERROR(reg->Exec("PRAGMA secure_delete=ON"));
+  VTM_RETURN_IF_ERROR(reg->Exec(
+      "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+      "CREATE TABLE IF NOT EXISTS vms ("
+      " uuid TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, state TEXT NOT NULL,"
+      " generation INTEGER NOT NULL, instance_uid INTEGER NOT NULL UNIQUE,"
+      " wrapped_state_key BLOB NOT NULL, wrapped_migration_key BLOB NOT NULL,"
+      " instance_pid INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,"
+      " last_error TEXT NOT NULL DEFAULT '');"));
+  Stmt get(db, "SELECT value FROM meta WHERE key='schema_version'");
+  if (!get.ok()) return SqlError(db, "reading schema version");
+  if (sqlite3_step(get.get()) == SQLITE_ROW) {
+    int64_t v = std::stoll(get.ColText(0));
+    if (v != kSchemaVersion) {
+      return Error(ErrorCode::kFailedPrecondition, "registry " + path + " has schema version " + std::to_string(v) +
+                                                       "; this vtmd understands version " +
+                                                       std::to_string(kSchemaVersion));
+    }
+  } else {
+    VTM_RETURN_IF_ERROR(reg->Exec("INSERT INTO meta VALUES ('schema_version', '" + std::to_string(kSchemaVersion) + "')"));
+  }
+  return reg;
+}
+
+Registry::~Registry() { sqlite3_close(db_); }
+
+Status Registry::Exec(const std::string& sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : "unknown";
+    sqlite3_free(err);
+    return Error(ErrorCode::kIo, "registry: " + msg);
+  }
+  return OkStatus();
+}
+
+Status Registry::Insert(VmRecord* record, uint32_t uid_base, uint32_t uid_count) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Txn txn(db_);
+  if (!txn.ok()) return SqlError(db_, "begin");
+  {
+    Stmt dup(db_, "SELECT uuid, name FROM vms WHERE uuid=?1 OR name=?2");
+    dup.Text(1, record->uuid);
+    dup.Text(2, record->name);
+    if (sqlite3_step(dup.get()) == SQLITE_ROW) {
+      bool same_uuid = dup.ColText(0) == record->uuid;
+      return Error(ErrorCode::kAlreadyExists,
+                   same_uuid ? "a vTPM for VM " + record->uuid + " exists already"
+                             : "the name '" + record->name + "' is taken by VM " + dup.ColText(0));
+    }
+  }
+  // Lowest free uid: the registry is the only allocator of the range.
+  uint32_t uid = uid_base;
+  {
+    Stmt used(db_, "SELECT instance_uid FROM vms WHERE instance_uid >= ?1 AND instance_uid < ?2 ORDER BY instance_uid");
+    used.Int(1, uid_base);
+    used.Int(2, static_cast<int64_t>(uid_base) + uid_count);
+    while (sqlite3_step(used.get()) == SQLITE_ROW) {
+      if (static_cast<uint32_t>(used.ColInt(0)) != uid) break;
+      ++uid;
+    }
+  }
+  if (uid >= static_cast<uint64_t>(uid_base) + uid_count) {
+    return Error(ErrorCode::kUnavailable, "all " + std::to_string(uid_count) + " instance uids from " +
+                                              std::to_string(uid_base) + " are in use; raise --instance-uid-count");
+  }
+  record->instance_uid = uid;
+  record->generation = 1;
+  record->created_at = record->updated_at = NowUtc();
+  Stmt ins(db_, std::string("INSERT INTO vms (") + kColumns + ") VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)");
+  ins.Text(1, record->uuid);
+  ins.Text(2, record->name);
+  ins.Text(3, VmStateName(record->state));
+  ins.Int(4, static_cast<int64_t>(record->generation));
+  ins.Int(5, record->instance_uid);
+  ins.Blob(6, record->wrapped_state_key);
+  ins.Blob(7, record->wrapped_migration_key);
+  ins.Int(8, record->instance_pid);
+  ins.Text(9, record->created_at);
+  ins.Text(10, record->updated_at);
+  ins.Text(11, record->last_error);
+  if (sqlite3_step(ins.get()) != SQLITE_DONE) return SqlError(db_, "inserting VM " + record->uuid);
+  return txn.Commit();
+}
+
+Result<std::vector<VmRecord>> Registry::Query(const std::string& where, const std::vector<std::string>& args) {
+  Stmt q(db_, std::string("SELECT ") + kColumns + " FROM vms " + where);
+  if (!q.ok()) return SqlError(db_, "query");
+  for (size_t i = 0; i < args.size(); ++i) q.Text(static_cast<int>(i + 1), args[i]);
+  std::vector<VmRecord> out;
+  int rc;
+  while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) {
+    VmRecord r;
+    r.uuid = q.ColText(0);
+    r.name = q.ColText(1);
+    VTM_ASSIGN_OR_RETURN(r.state, ParseVmState(q.ColText(2)));
+    r.generation = static_cast<uint64_t>(q.ColInt(3));
+    r.instance_uid = static_cast<uint32_t>(q.ColInt(4));
+    r.wrapped_state_key = q.ColText(5);
+    r.wrapped_migration_key = q.ColText(6);
+    r.instance_pid = q.ColInt(7);
+    r.created_at = q.ColText(8);
+    r.updated_at = q.ColText(9);
+    r.last_error = q.ColText(10);
+    out.push_back(std::move(r));
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "query");
+  return out;
+}
+
+Result<VmRecord> Registry::Get(const std::string& uuid_or_name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VTM_ASSIGN_OR_RETURN(auto rows, Query("WHERE uuid=?1 OR name=?1 ORDER BY (uuid=?1) DESC", {uuid_or_name}));
+  if (rows.empty()) {
+    return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid_or_name + "'; `vtmctl list` shows the known VMs");
+  }
+  return rows.front();
+}
+
+Result<std::vector<VmRecord>> Registry::List() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return Query("ORDER BY created_at, name", {});
+}
+
+Result<VmRecord> Registry::Transition(const std::string& uuid, const std::set<VmState>& from, VmState to,
+                                      std::optional<int64_t> pid, std::optional<std::string> last_error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Txn txn(db_);
+  if (!txn.ok()) return SqlError(db_, "begin");
+  VTM_ASSIGN_OR_RETURN(auto rows, Query("WHERE uuid=?1", {uuid}));
+  if (rows.empty()) return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid + "'");
+  VmRecord r = std::move(rows.front());
+  if (!from.count(r.state)) {
+    return Error(ErrorCode::kFailedPrecondition, std::string("VM ") + uuid + " is " + VmStateName(r.state));
+  }
+  r.state = to;
+  r.generation += 1;
+  r.updated_at = NowUtc();
+  if (pid) r.instance_pid = *pid;
+  if (last_error) r.last_error = *last_error;
+  Stmt up(db_,
+          "UPDATE vms SET state=?1, generation=?2, updated_at=?3, instance_pid=?4, last_error=?5 WHERE uuid=?6");
+  up.Text(1, VmStateName(r.state));
+  up.Int(2, static_cast<int64_t>(r.generation));
+  up.Text(3, r.updated_at);
+  up.Int(4, r.instance_pid);
+  up.Text(5, r.last_error);
+  up.Text(6, uuid);
+  if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "updating VM " + uuid);
+  VTM_RETURN_IF_ERROR(txn.Commit());
+  return r;
+}
+
+Status Registry::Remove(const std::string& uuid) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt del(db_, "DELETE FROM vms WHERE uuid=?1");
+  del.Text(1, uuid);
+  if (sqlite3_step(del.get()) != SQLITE_DONE) return SqlError(db_, "deleting VM " + uuid);
+  return OkStatus();
+}
+
+}  // namespace vtm

@@ -1,0 +1,296 @@
+// vtmd: the vTM Manager daemon. Opens the host TPM, unseals the master key, opens the
+// registry, adopts surviving instances and serves the API until SIGTERM/SIGINT. Instances
+// keep running across a vtmd restart, so VMs never lose their TPM when the daemon is updated.
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <thread>
+
+#include "api_server.h"
+#include "api_service.h"
+#include "manager.h"
+#include "master_key.h"
+#include "registry.h"
+#include "vtm/fs.h"
+#include "vtm/host_tpm.h"
+#include "vtm/log.h"
+#include "vtm/subprocess.h"
+
+namespace vtm {
+namespace {
+
+constexpr const char* kUsage = R"(usage: vtmd [options]
+
+Runs the vTPM manager daemon. Options may also be given in a config file as
+"name = value" lines (--config); the command line wins.
+
+  --config FILE            read options from FILE (default /etc/vtm/vtmd.conf if it exists)
+  --state-dir DIR          registry, sealed master key, VM state (default /var/lib/vtm)
+  --run-dir DIR            sockets (default /run/vtm)
+  --socket PATH            API socket (default <run-dir>/vtmd.sock)
+  --host-tpm SPEC          auto | simulated | a TCTI string such as device:/dev/tpmrm0 or
+                           swtpm:host=127.0.0.1,port=2321 (default auto: the device if
+                           /dev/tpmrm0 exists, else a SIMULATED host TPM)
+  --host-pcrs SEL          host PCRs the master key is sealed to (default sha256:0,1,2,3,4,5,6,7)
+  --group NAME             members may use the API besides root (default vtm, if it exists)
+  --qemu-user USER         owner of each VM's tpm.sock, the user QEMU runs as (default root)
+  --instance-uid-base N    first uid for per-VM processes (default 500000000)
+  --instance-uid-count N   size of that uid range (default 65536)
+  --log-level LEVEL        debug | info | warning | error (default info)
+  --help
+)";
+
+struct Options {
+  std::string state_dir = "/var/lib/vtm";
+  std::string run_dir = "/run/vtm";
+  std::string socket;
+  std::string host_tpm = "auto";
+  std::string host_pcrs = "sha256:0,1,2,3,4,5,6,7";
+  std::string group;
+  bool group_given = false;
+  std::string qemu_user = "root";
+  uint32_t uid_base = 500000000;
+  uint32_t uid_count = 65536;
+  std::string log_level = "info";
+};
+
+Status Apply(Options* o, const std::string& name, const std::string& value) {
+  auto number = [&](uint32_t* out) -> Status {
+    try {
+      size_t used = 0;
+      unsigned long v = std::stoul(value, &used);
+      if (used != value.size() || v > 0xFFFFFFFFul) throw std::out_of_range(value);
+      *out = static_cast<uint32_t>(v);
+      return OkStatus();
+    } catch (const std::exception&) {
+      return Error(ErrorCode::kInvalidArgument, "--" + name + " needs a number, not '" + value + "'");
+    }
+  };
+  if (name == "state-dir") o->state_dir = value;
+  else if (name == "run-dir") o->run_dir = value;
+  else if (name == "socket") o->socket = value;
+  else if (name == "host-tpm") o->host_tpm = value;
+  else if (name == "host-pcrs") o->host_pcrs = value;
+  else if (name == "group") { o->group = value; o->group_given = true; }
+  else if (name == "qemu-user") o->qemu_user = value;
+  else if (name == "instance-uid-base") return number(&o->uid_base);
+  else if (name == "instance-uid-count") return number(&o->uid_count);
+  else if (name == "log-level") o->log_level = value;
+  else return Error(ErrorCode::kInvalidArgument, "unknown option '" + name + "'");
+  return OkStatus();
+}
+
+Status ReadConfigFile(const std::string& path, Options* o) {
+  VTM_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  std::istringstream in(text);
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) {
+    ++n;
+    auto hash = line.find('#');
+    if (hash != std::string::npos) line.resize(hash);
+    auto trim = [](std::string s) {
+      s.erase(0, s.find_first_not_of(" \t"));
+      s.erase(s.find_last_not_of(" \t\r") + 1);
+      return s;
+    };
+    line = trim(line);
+    if (line.empty()) continue;
+    auto eq = line.find('=');
+    if (eq == std::string::npos) {
+      return Error(ErrorCode::kInvalidArgument, path + ":" + std::to_string(n) + ": expected 'name = value'");
+    }
+    Status st = Apply(o, trim(line.substr(0, eq)), trim(line.substr(eq + 1)));
+    if (!st.ok()) return Error(ErrorCode::kInvalidArgument, path + ":" + std::to_string(n) + ": " + st.error().message());
+  }
+  return OkStatus();
+}
+
+Result<Options> ParseOptions(int argc, char** argv) {
+  Options o;
+  std::string config;
+  std::vector<std::pair<std::string, std::string>> given;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::cout << kUsage;
+      std::exit(0);
+    }
+    if (arg.rfind("--", 0) != 0) return Error(ErrorCode::kInvalidArgument, "unexpected argument '" + arg + "'");
+    std::string name = arg.substr(2), value;
+    auto eq = name.find('=');
+    if (eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name.resize(eq);
+    } else {
+      if (i + 1 >= argc) return Error(ErrorCode::kInvalidArgument, "--" + name + " needs a value");
+      value = argv[++i];
+    }
+    if (name == "config") config = value;
+    else given.emplace_back(name, value);
+  }
+  if (!config.empty()) {
+    VTM_RETURN_IF_ERROR(ReadConfigFile(config, &o));
+  } else if (PathExists("/etc/vtm/vtmd.conf")) {
+    VTM_RETURN_IF_ERROR(ReadConfigFile("/etc/vtm/vtmd.conf", &o));
+  }
+  for (auto& [name, value] : given) VTM_RETURN_IF_ERROR(Apply(&o, name, value));
+  if (o.socket.empty()) o.socket = o.run_dir + "/vtmd.sock";
+  return o;
+}
+
+// Every ancestor of dir must be searchable by others (o+x), or per-VM uids cannot reach
+// their own directories below it.
+Status CheckTraversable(const std::string& dir) {
+  std::filesystem::path p = std::filesystem::absolute(dir);
+  for (; !p.empty(); p = p.parent_path()) {
+    struct stat st;
+    if (::stat(p.c_str(), &st) == 0 && !(st.st_mode & S_IXOTH)) {
+      return Error(ErrorCode::kFailedPrecondition,
+                   p.string() + " (mode " + std::to_string((st.st_mode >> 6) & 7) + std::to_string((st.st_mode >> 3) & 7) +
+                       std::to_string(st.st_mode & 7) + ") is not searchable by other users; the per-VM uids need to "
+                       "reach " + dir + " through it (chmod o+x " + p.string() + ")");
+    }
+    if (p == p.parent_path()) break;
+  }
+  return OkStatus();
+}
+
+int Run(int argc, char** argv) {
+  SetLogComponent("vtmd");
+  // Signals are taken by one dedicated thread; every thread (created later) has them blocked.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  auto opts_or = ParseOptions(argc, argv);
+  if (!opts_or.ok()) {
+    std::cerr << "vtmd: " << opts_or.error().message() << "\n" << kUsage;
+    return 2;
+  }
+  Options opts = std::move(opts_or).value();
+  static const std::map<std::string, LogLevel> kLevels = {
+      {"debug", LogLevel::kDebug}, {"info", LogLevel::kInfo}, {"warning", LogLevel::kWarning}, {"error", LogLevel::kError}};
+  if (!kLevels.count(opts.log_level)) {
+    std::cerr << "vtmd: unknown --log-level '" << opts.log_level << "'\n";
+    return 2;
+  }
+  SetLogLevel(kLevels.at(opts.log_level));
+  // No core dumps or ptrace by other users: this process holds the master key.
+  prctl(PR_SET_DUMPABLE, 0);
+  umask(077);
+
+  auto fatal = [](const Error& e) {
+    LOG_ERROR << e.message();
+    std::cerr << "vtmd: " << e.message() << "\n";
+    return 1;
+  };
+
+  auto pcrs = PcrSelection::Parse(opts.host_pcrs);
+  if (!pcrs.ok()) return fatal(std::move(pcrs).error().Context("--host-pcrs"));
+
+  std::optional<gid_t> group;
+  std::string group_name = opts.group_given ? opts.group : "vtm";
+  if (!group_name.empty()) {
+    if (struct group* g = getgrnam(group_name.c_str())) {
+      group = g->gr_gid;
+    } else if (opts.group_given) {
+      return fatal(Error(ErrorCode::kInvalidArgument, "group '" + group_name + "' does not exist"));
+    }
+  }
+  uid_t qemu_uid = 0;
+  gid_t qemu_gid = 0;
+  if (struct passwd* pw = getpwnam(opts.qemu_user.c_str())) {
+    qemu_uid = pw->pw_uid;
+    qemu_gid = pw->pw_gid;
+  } else {
+    return fatal(Error(ErrorCode::kInvalidArgument, "--qemu-user '" + opts.qemu_user + "' does not exist"));
+  }
+
+  if (auto st = MakeDir(opts.state_dir, 0711, 0, 0); !st.ok()) return fatal(st.error());
+  if (auto st = MakeDir(opts.run_dir, 0711, 0, 0); !st.ok()) return fatal(st.error());
+  // Per-VM processes run under their own uids and must reach their directories below these.
+  for (const std::string& dir : {opts.state_dir, opts.run_dir}) {
+    if (auto st = CheckTraversable(dir); !st.ok()) return fatal(st.error());
+  }
+  // One vtmd per state directory.
+  std::string lock_path = opts.state_dir + "/vtmd.lock";
+  UniqueFd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!lock.valid() || flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
+    return fatal(Error(ErrorCode::kFailedPrecondition,
+                       "another vtmd is already using " + opts.state_dir + " (lock " + lock_path + ")"));
+  }
+
+  std::unique_ptr<SimulatedHostTpm> simulated;
+  std::string tcti = opts.host_tpm;
+  if (tcti == "auto") tcti = PathExists("/dev/tpmrm0") ? "device:/dev/tpmrm0" : "simulated";
+  if (tcti == "simulated") {
+    auto sim = SimulatedHostTpm::Start(opts.state_dir + "/simulated-host-tpm");
+    if (!sim.ok()) return fatal(std::move(sim).error().Context("starting the simulated host TPM"));
+    simulated = std::move(sim).value();
+    tcti = simulated->tcti();
+  }
+  auto tpm = HostTpm::Open(tcti);
+  if (!tpm.ok()) return fatal(std::move(tpm).error().Context("opening the host TPM " + tcti));
+  std::string description = (*tpm)->Describe();
+  LOG_INFO << "host TPM: " << description;
+
+  auto master = MasterKey::LoadOrCreate(**tpm, opts.state_dir + "/master-key.sealed", *pcrs);
+  if (!master.ok()) {
+    return fatal(std::move(master).error().Context("vtmd refuses to start"));
+  }
+  auto registry = Registry::Open(opts.state_dir + "/registry.db");
+  if (!registry.ok()) return fatal(registry.error());
+
+  ManagerConfig mc;
+  mc.state_dir = opts.state_dir;
+  mc.run_dir = opts.run_dir;
+  mc.instance_uid_base = opts.uid_base;
+  mc.instance_uid_count = opts.uid_count;
+  mc.socket_uid = qemu_uid;
+  mc.socket_gid = qemu_gid;
+  Manager manager(mc, **registry, *master, FindProgram("vtm-instance"));
+  if (auto st = manager.Reconcile(); !st.ok()) return fatal(std::move(st).error().Context("reconciling the registry"));
+
+  HostDescription host{description, simulated != nullptr, pcrs->ToString()};
+  ApiService service(manager, host);
+  ApiServer server(service, group, group_name);
+  if (auto st = server.Listen(opts.socket); !st.ok()) return fatal(st.error());
+
+  std::thread signals([&] {
+    int sig = 0;
+    sigwait(&set, &sig);
+    LOG_INFO << "received " << strsignal(sig) << "; shutting down (vTPM instances keep running)";
+    server.Shutdown();
+  });
+  signals.detach();
+
+  LOG_INFO << "vtmd " << VTM_VERSION << " ready on " << opts.socket << " (state " << opts.state_dir << ")";
+  server.Serve();
+  LOG_INFO << "vtmd stopped";
+  return 0;
+}
+
+}  // namespace
+}  // namespace vtm
+
+int main(int argc, char** argv) { return vtm::Run(argc, argv); }
