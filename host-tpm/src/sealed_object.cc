@@ -117,7 +117,9 @@ Result<PcrSelection> PcrSelection::Parse(const std::string& text) {
     bool digits = !item.empty() && item.size() <= 2 &&
                   std::all_of(item.begin(), item.end(), [](char c) { return c >= '0' && c <= '9'; });
     int pcr = 0;
-    for (char c : item) pcr = pcr * 10 + (c - '0');
+    if (digits) {
+      for (char c : item) pcr = pcr * 10 + (c - '0');
+    }
     if (!digits || pcr > internal::kMaxPcrIndex) {
       return SelectionError(text, "PCR " + Quote(item) + " is not an index from 0 to " +
                                       std::to_string(internal::kMaxPcrIndex));

@@ -82,7 +82,17 @@ Status ProbeTpm(int port) {
   if (Status st = ReadAll(fd.get(), header, sizeof header); !st.ok()) {
     return std::move(st).error().Context("swtpm did not answer a TPM command");
   }
-  uint32_t rc = (uint32_t{header[6]} << 24) | (uint32_t{header[7]} << 16) | (uint32_t{header[8]} << 8) | header[9];
+  auto be32 = [&](int at) {
+    return (uint32_t{header[at]} << 24) | (uint32_t{header[at + 1]} << 16) | (uint32_t{header[at + 2]} << 8) |
+           header[at + 3];
+  };
+  uint32_t size = be32(2), rc = be32(6);
+  // Read the rest too: closing with unread data would reset the connection under swtpm.
+  uint8_t body[64];
+  if (size < sizeof header || size - sizeof header > sizeof body) {
+    return Error(ErrorCode::kUnavailable, "swtpm sent a malformed response (" + std::to_string(size) + " bytes)");
+  }
+  VTM_RETURN_IF_ERROR(ReadAll(fd.get(), body, size - sizeof header));
   if (rc != 0) {
     return Error(ErrorCode::kUnavailable, "swtpm answered TPM2_GetRandom with response code " + std::to_string(rc));
   }
@@ -93,6 +103,7 @@ Status ProbeTpm(int port) {
 // (a lost port race, a state directory in use) or hung.
 Status WaitUntilServing(Subprocess& swtpm, int port) {
   auto deadline = std::chrono::steady_clock::now() + kStartTimeout;
+  Status last = Error(ErrorCode::kUnavailable, "swtpm did not listen on 127.0.0.1:" + std::to_string(port));
   for (;;) {
     if (!swtpm.running()) {
       auto status = swtpm.Wait(std::chrono::milliseconds(0));
@@ -101,18 +112,14 @@ Status WaitUntilServing(Subprocess& swtpm, int port) {
     }
     if (WaitForTcpPort(port, std::chrono::milliseconds(50)).ok() &&
         WaitForTcpPort(port + 1, std::chrono::milliseconds(50)).ok()) {
-      if (Status answered = ProbeTpm(port); !answered.ok()) {
-        // Most likely swtpm is exiting; the next round reports its exit status.
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        if (swtpm.running()) return answered;
-        continue;
-      }
-      return OkStatus();
+      last = ProbeTpm(port);
+      if (last.ok()) return OkStatus();
     }
     if (std::chrono::steady_clock::now() >= deadline) {
-      return Error(ErrorCode::kUnavailable, "swtpm did not listen on 127.0.0.1:" + std::to_string(port) + " within " +
-                                                std::to_string(kStartTimeout.count()) + " s");
+      return Error(ErrorCode::kUnavailable, "swtpm was not ready within " + std::to_string(kStartTimeout.count()) +
+                                                " s: " + last.error().message());
     }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 }
 

@@ -188,6 +188,8 @@ TEST_F(HostTpmTest, ExtendingOtherPcrsKeepsUnsealWorking) {
 
   ASSERT_NO_FATAL_FAILURE(Tpm2ExtendPcr(23, "sha256", Sha256("unrelated")));
   ASSERT_TRUE(tpm_->ExtendPcr("sha256", 15, Sha256("also unrelated")).ok());
+  // The same index in another bank is another PCR as far as the policy is concerned.
+  ASSERT_NO_FATAL_FAILURE(Tpm2ExtendPcr(16, "sha1", std::string(20, '\x01')));
 
   auto unsealed = tpm_->Unseal(*sealed);
   ASSERT_TRUE(unsealed.ok()) << unsealed.error().ToString();

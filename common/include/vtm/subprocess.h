@@ -60,7 +60,7 @@ class Subprocess {
 // Human-readable text for a wait status: "exited with status 1", "killed by signal 9".
 std::string DescribeWaitStatus(int status);
 
-// True if a process with this pid exists (signal 0).
+// True if a process with this pid exists and is not a zombie.
 bool ProcessAlive(pid_t pid);
 
 // Absolute path of a program found next to the running executable, or else on PATH.
