@@ -20,11 +20,11 @@
 namespace vtm {
 namespace {
 
-using internal::PcrBank;
 using internal::MarshalToString;
+using internal::PcrBank;
 using internal::TpmError;
-using internal::UnmarshalExactly;
 using internal::TpmResponseCode;
+using internal::UnmarshalExactly;
 
 constexpr size_t kMaxSealedSecret = 128;  // MAX_SYM_DATA: the most a sealed data object holds
 
@@ -308,7 +308,8 @@ Result<PcrValues> EsysHostTpm::ReadPcrs(const PcrSelection& selection) {
 Status EsysHostTpm::ExtendPcr(const std::string& bank_name, int pcr, const std::string& digest) {
   const PcrBank* bank = internal::FindPcrBank(bank_name);
   if (bank == nullptr) {
-    return Error(ErrorCode::kInvalidArgument, "unknown PCR bank \"" + bank_name + "\"; use sha1, sha256, sha384 or sha512");
+    return Error(ErrorCode::kInvalidArgument,
+                 "unknown PCR bank \"" + bank_name + "\"; use sha1, sha256, sha384 or sha512");
   }
   if (pcr < 0 || pcr > internal::kMaxPcrIndex) {
     return Error(ErrorCode::kInvalidArgument, "PCR " + std::to_string(pcr) + " is not an index from 0 to 23");
@@ -445,10 +446,10 @@ Result<SecretBytes> EsysHostTpm::Unseal(const SealedObject& sealed) {
   VTM_ASSIGN_OR_RETURN(PcrSelection canonical, Canonical(sealed.pcrs_at_seal.selection));
   const PcrBank& bank = *internal::FindPcrBank(canonical.bank);
   const TPML_PCR_SELECTION pcrs = ToTpml(bank, canonical.pcrs);
-  VTM_ASSIGN_OR_RETURN(TPM2B_PUBLIC in_public,
-                       (UnmarshalExactly<TPM2B_PUBLIC, Tss2_MU_TPM2B_PUBLIC_Unmarshal>(sealed.tpm2b_public, "TPM2B_PUBLIC")));
-  VTM_ASSIGN_OR_RETURN(TPM2B_PRIVATE in_private,
-                       (UnmarshalExactly<TPM2B_PRIVATE, Tss2_MU_TPM2B_PRIVATE_Unmarshal>(sealed.tpm2b_private, "TPM2B_PRIVATE")));
+  VTM_ASSIGN_OR_RETURN(TPM2B_PUBLIC in_public, (UnmarshalExactly<TPM2B_PUBLIC, Tss2_MU_TPM2B_PUBLIC_Unmarshal>(
+                                                   sealed.tpm2b_public, "TPM2B_PUBLIC")));
+  VTM_ASSIGN_OR_RETURN(TPM2B_PRIVATE in_private, (UnmarshalExactly<TPM2B_PRIVATE, Tss2_MU_TPM2B_PRIVATE_Unmarshal>(
+                                                     sealed.tpm2b_private, "TPM2B_PRIVATE")));
 
   VTM_ASSIGN_OR_RETURN(ScopedTr primary, CreateStoragePrimary());
   ScopedTr object(esys());
@@ -498,8 +499,8 @@ Error EsysHostTpm::DiagnosePolicyFailure(const SealedObject& sealed, const Error
     std::string sealed_hex = at_seal == sealed.pcrs_at_seal.digests.end() ? "unknown" : Hex(at_seal->second);
     if (at_seal != sealed.pcrs_at_seal.digests.end() && at_seal->second == value) continue;
     if (!changes.empty()) changes += "; ";
-    changes += "host PCR " + bank + ":" + std::to_string(pcr) + " changed since the master key was sealed (sealed value " +
-               sealed_hex + ", now " + Hex(value) + ")";
+    changes += "host PCR " + bank + ":" + std::to_string(pcr) +
+               " changed since the master key was sealed (sealed value " + sealed_hex + ", now " + Hex(value) + ")";
   }
   if (changes.empty()) {
     // The TPM refused although the recorded values still match: the record in the file does

@@ -181,7 +181,9 @@ Result<SealedObject> SealedObject::Parse(const std::string& bytes) {
   VTM_ASSIGN_OR_RETURN(std::string selection_text, in.ReadBytes(selection_len, "PCR selection"));
   auto selection = PcrSelection::Parse(selection_text);
   if (!selection.ok()) return Corrupt(selection.error().message());
-  if (selection->ToString() != selection_text) return Corrupt("PCR selection " + Quote(selection_text) + " is not canonical");
+  if (selection->ToString() != selection_text) {
+    return Corrupt("PCR selection " + Quote(selection_text) + " is not canonical");
+  }
   sealed.pcrs_at_seal.selection = *selection;
   const internal::PcrBank* bank = internal::FindPcrBank(selection->bank);
 

@@ -2,14 +2,13 @@
 // test plays QEMU's tpm-emulator on tpm.sock (SET_DATAFD with SCM_RIGHTS, INIT, TPM
 // commands on the data socket) and checks keys, uids, encryption at rest and clean stops.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <cstring>
 #include <fstream>
@@ -68,8 +67,7 @@ std::string TestKeys(char seed) {
 // swtpm) when destroyed, so a failing test leaves nothing behind.
 class Instance {
  public:
-  Instance(const std::string& base, std::string keys, std::vector<std::string> extra_args = {})
-      : base_(base) {
+  Instance(const std::string& base, std::string keys, std::vector<std::string> extra_args = {}) : base_(base) {
     int kp[2], rp[2];
     if (pipe2(kp, O_CLOEXEC) != 0 || pipe2(rp, O_CLOEXEC) != 0) return;
     UniqueFd keys_r(kp[0]), keys_w(kp[1]);
@@ -78,18 +76,28 @@ class Instance {
     (void)!write(keys_w.get(), keys.data(), keys.size());
     keys_w.reset();  // EOF after the keys, as vtmd does
     std::vector<std::string> argv = {BuildPath("vtm-instance/vtm-instance"),
-                                     "--vm", kVm,
-                                     "--tpm-state-dir", base + "/state",
-                                     "--run-dir", base + "/run",
-                                     "--log-dir", base + "/log",
-                                     "--uid", std::to_string(kUid),
-                                     "--gid", std::to_string(kGid),
-                                     "--keys-fd", "5",
-                                     "--ready-fd", "6",
-                                     "--log-level", "debug"};
+                                     "--vm",
+                                     kVm,
+                                     "--tpm-state-dir",
+                                     base + "/state",
+                                     "--run-dir",
+                                     base + "/run",
+                                     "--log-dir",
+                                     base + "/log",
+                                     "--uid",
+                                     std::to_string(kUid),
+                                     "--gid",
+                                     std::to_string(kGid),
+                                     "--keys-fd",
+                                     "3",
+                                     "--ready-fd",
+                                     "4",
+                                     "--log-level",
+                                     "debug"};
     argv.insert(argv.end(), extra_args.begin(), extra_args.end());
     SpawnOptions options;
-    options.fds = {{5, keys_r.get()}, {6, ready_w.get()}};
+    // fds 3 and 4 as vtmd passes them: the same numbers swtpm later gets its key pipes on.
+    options.fds = {{3, keys_r.get()}, {4, ready_w.get()}};
     options.output_file = base + "/instance.log";
     auto p = Subprocess::Spawn(argv, options);
     if (p.ok()) process_ = std::move(*p);
@@ -146,8 +154,7 @@ class FakeQemu {
 
   // Sends one request in one write (as QEMU does), optionally with an fd, and reads
   // response_size bytes.
-  std::vector<uint8_t> Call(CtrlCommand cmd, const std::vector<uint8_t>& body, size_t response_size,
-                            int pass_fd = -1) {
+  std::vector<uint8_t> Call(CtrlCommand cmd, const std::vector<uint8_t>& body, size_t response_size, int pass_fd = -1) {
     auto req = Be32(static_cast<uint32_t>(cmd));
     req.insert(req.end(), body.begin(), body.end());
     iovec iov{req.data(), req.size()};
@@ -175,7 +182,8 @@ class FakeQemu {
     auto caps = Call(CtrlCommand::kGetCapability, {}, 8);
     if (caps.size() != 8) return ::testing::AssertionFailure() << "GET_CAPABILITY got no answer";
     int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ::testing::AssertionFailure() << "socketpair";
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+      return ::testing::AssertionFailure() << "socketpair";
     data_.reset(sv[0]);
     UniqueFd theirs(sv[1]);
     SetTimeouts(data_.get());
@@ -183,7 +191,8 @@ class FakeQemu {
     if (r.size() != 4 || LoadBe32(r.data()) != 0) return ::testing::AssertionFailure() << "SET_DATAFD failed";
     r = Call(CtrlCommand::kInit, Be32(0), 4);
     if (r.size() != 4) return ::testing::AssertionFailure() << "INIT got no answer";
-    if (LoadBe32(r.data()) != 0) return ::testing::AssertionFailure() << "INIT result 0x" << std::hex << LoadBe32(r.data());
+    if (LoadBe32(r.data()) != 0)
+      return ::testing::AssertionFailure() << "INIT result 0x" << std::hex << LoadBe32(r.data());
     return ::testing::AssertionSuccess();
   }
 
@@ -203,10 +212,12 @@ class FakeQemu {
   ::testing::AssertionResult StartupAndGetRandom() {
     auto st = Tpm({0x80, 0x01, 0, 0, 0, 0x0c, 0, 0, 0x01, 0x44, 0x00, 0x00});
     if (st.size() != 10) return ::testing::AssertionFailure() << "no TPM2_Startup response";
-    if (LoadBe32(st.data() + 6) != 0) return ::testing::AssertionFailure() << "TPM2_Startup rc 0x" << std::hex << LoadBe32(st.data() + 6);
+    if (LoadBe32(st.data() + 6) != 0)
+      return ::testing::AssertionFailure() << "TPM2_Startup rc 0x" << std::hex << LoadBe32(st.data() + 6);
     auto rnd = Tpm({0x80, 0x01, 0, 0, 0, 0x0c, 0, 0, 0x01, 0x7b, 0x00, 0x10});
     if (rnd.size() != 10 + 2 + 16) return ::testing::AssertionFailure() << "GetRandom response size " << rnd.size();
-    if (LoadBe32(rnd.data() + 6) != 0) return ::testing::AssertionFailure() << "GetRandom rc 0x" << std::hex << LoadBe32(rnd.data() + 6);
+    if (LoadBe32(rnd.data() + 6) != 0)
+      return ::testing::AssertionFailure() << "GetRandom rc 0x" << std::hex << LoadBe32(rnd.data() + 6);
     if (rnd[10] != 0 || rnd[11] != 16) return ::testing::AssertionFailure() << "GetRandom returned the wrong size";
     return ::testing::AssertionSuccess();
   }

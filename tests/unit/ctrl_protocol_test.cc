@@ -77,11 +77,12 @@ TEST(CtrlProtocolTest, EveryPrefixOfARequestNeedsMore) {
       Request(CtrlCommand::kInit, Be32(0)),
       Request(CtrlCommand::kGetInfo, std::vector<uint8_t>(16, 1)),
       SetStateBlob(2, 1, std::vector<uint8_t>(100, 7)),
-      Request(CtrlCommand::kHashData, [] {
-        auto b = Be32(5);
-        b.insert(b.end(), {1, 2, 3, 4, 5});
-        return b;
-      }()),
+      Request(CtrlCommand::kHashData,
+              [] {
+                auto b = Be32(5);
+                b.insert(b.end(), {1, 2, 3, 4, 5});
+                return b;
+              }()),
   };
   for (const auto& req : requests) {
     for (size_t len = 0; len < req.size(); ++len) {
@@ -179,10 +180,30 @@ TEST(CtrlProtocolTest, RandomGarbageNeverBreaksTheContract) {
 
 // The command line and swtpm's argv are part of the contract with vtmd.
 TEST(InstanceCommandLineTest, ParsesTheFullContract) {
-  auto c = ParseCommandLine({"--vm", "0f8fad5b-d9cb-469f-a165-70867728950e", "--tpm-state-dir", "/s", "--run-dir",
-                             "/r", "--log-dir", "/l", "--uid", "61234", "--gid", "61235", "--socket-uid", "107",
-                             "--socket-gid", "108", "--socket-mode", "0660", "--keys-fd", "5", "--ready-fd", "6",
-                             "--swtpm", "/usr/bin/swtpm"});
+  auto c = ParseCommandLine({"--vm",
+                             "0f8fad5b-d9cb-469f-a165-70867728950e",
+                             "--tpm-state-dir",
+                             "/s",
+                             "--run-dir",
+                             "/r",
+                             "--log-dir",
+                             "/l",
+                             "--uid",
+                             "61234",
+                             "--gid",
+                             "61235",
+                             "--socket-uid",
+                             "107",
+                             "--socket-gid",
+                             "108",
+                             "--socket-mode",
+                             "0660",
+                             "--keys-fd",
+                             "5",
+                             "--ready-fd",
+                             "6",
+                             "--swtpm",
+                             "/usr/bin/swtpm"});
   ASSERT_TRUE(c.ok()) << c.error().ToString();
   EXPECT_EQ(c->uid, 61234u);
   EXPECT_EQ(c->gid, 61235u);
@@ -202,8 +223,8 @@ TEST(InstanceCommandLineTest, ParsesTheFullContract) {
 }
 
 TEST(InstanceCommandLineTest, RejectsBadInput) {
-  std::vector<std::string> base = {"--vm", "abc", "--tpm-state-dir", "/s", "--run-dir", "/r", "--log-dir", "/l",
-                                   "--uid", "1", "--gid", "1", "--keys-fd", "5", "--ready-fd", "6"};
+  std::vector<std::string> base = {"--vm",  "abc", "--tpm-state-dir", "/s", "--run-dir", "/r", "--log-dir",  "/l",
+                                   "--uid", "1",   "--gid",           "1",  "--keys-fd", "5",  "--ready-fd", "6"};
   EXPECT_TRUE(ParseCommandLine(base).ok());
   auto with = [&](std::vector<std::string> extra) {
     auto a = base;

@@ -65,7 +65,8 @@ TEST(PcrSelectionTest, ParsesBankAndPcrs) {
   EXPECT_EQ(sel->pcrs, (std::vector<int>{0, 1, 7}));
   EXPECT_EQ(sel->ToString(), "sha256:0,1,7");
 
-  for (const char* text : {"sha1:23", "sha384:0", "sha512:0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23"}) {
+  for (const char* text :
+       {"sha1:23", "sha384:0", "sha512:0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23"}) {
     auto parsed = PcrSelection::Parse(text);
     ASSERT_TRUE(parsed.ok()) << text << ": " << parsed.error().ToString();
     EXPECT_EQ(parsed->ToString(), text);

@@ -9,16 +9,14 @@ namespace vtm::instance {
 namespace {
 
 uint32_t ReadBe32(std::span<const uint8_t> b, size_t off) {
-  return (uint32_t{b[off]} << 24) | (uint32_t{b[off + 1]} << 16) | (uint32_t{b[off + 2]} << 8) |
-         uint32_t{b[off + 3]};
+  return (uint32_t{b[off]} << 24) | (uint32_t{b[off + 1]} << 16) | (uint32_t{b[off + 2]} << 8) | uint32_t{b[off + 3]};
 }
 
 constexpr std::array<const char*, kMaxKnownCtrlCommand + 1> kNames = {
-    nullptr,          "GET_CAPABILITY", "INIT",          "SHUTDOWN",
-    "GET_TPMESTABLISHED", "SET_LOCALITY", "HASH_START",  "HASH_DATA",
-    "HASH_END",       "CANCEL_TPM_CMD", "STORE_VOLATILE", "RESET_TPMESTABLISHED",
-    "GET_STATEBLOB",  "SET_STATEBLOB",  "STOP",          "GET_CONFIG",
-    "SET_DATAFD",     "SET_BUFFERSIZE", "GET_INFO",
+    nullptr,          "GET_CAPABILITY",       "INIT",           "SHUTDOWN",      "GET_TPMESTABLISHED",
+    "SET_LOCALITY",   "HASH_START",           "HASH_DATA",      "HASH_END",      "CANCEL_TPM_CMD",
+    "STORE_VOLATILE", "RESET_TPMESTABLISHED", "GET_STATEBLOB",  "SET_STATEBLOB", "STOP",
+    "GET_CONFIG",     "SET_DATAFD",           "SET_BUFFERSIZE", "GET_INFO",
 };
 
 // ptm_setstate.u.req up to data: state_flags, type, length.

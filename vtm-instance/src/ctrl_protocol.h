@@ -53,8 +53,8 @@ struct StateBlobHeader {
 // One complete request at the start of a byte stream.
 struct CtrlRequest {
   uint32_t code = 0;
-  bool known = false;          // code is one of CtrlCommand
-  size_t size = 0;             // bytes of the whole request, code included
+  bool known = false;                         // code is one of CtrlCommand
+  size_t size = 0;                            // bytes of the whole request, code included
   std::optional<StateBlobHeader> state_blob;  // SET_STATEBLOB only
   std::optional<uint32_t> init_flags;         // INIT only
 };

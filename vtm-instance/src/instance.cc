@@ -47,8 +47,7 @@ void StoreBe32(uint32_t v, uint8_t* p) {
   p[3] = static_cast<uint8_t>(v);
 }
 
-Result<unsigned long> ParseNumber(const std::string& option, const std::string& text, int base,
-                                  unsigned long max) {
+Result<unsigned long> ParseNumber(const std::string& option, const std::string& text, int base, unsigned long max) {
   if (text.empty()) return Error(ErrorCode::kInvalidArgument, option + " needs a value");
   errno = 0;
   char* end = nullptr;
@@ -72,7 +71,8 @@ Status CheckPath(const std::string& option, const std::string& path) {
 
 bool LooksLikeUuid(const std::string& s) {
   if (s.empty() || s.size() > 64) return false;
-  return std::all_of(s.begin(), s.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) || c == '-'; });
+  return std::all_of(s.begin(), s.end(),
+                     [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) || c == '-'; });
 }
 
 void SetIoTimeouts(int fd) {
@@ -90,7 +90,8 @@ Result<std::vector<uint8_t>> SwtpmCtrlCall(int fd, CtrlCommand cmd, size_t respo
   VTM_RETURN_IF_ERROR(WriteAll(fd, req, sizeof req));
   std::vector<uint8_t> resp(response_size);
   auto st = ReadAll(fd, resp.data(), resp.size());
-  if (!st.ok()) return std::move(st).error().Context("reading swtpm's answer to " + CtrlCommandName(static_cast<uint32_t>(cmd)));
+  if (!st.ok())
+    return std::move(st).error().Context("reading swtpm's answer to " + CtrlCommandName(static_cast<uint32_t>(cmd)));
   return resp;
 }
 
@@ -150,11 +151,16 @@ Result<InstanceConfig> ParseCommandLine(const std::vector<std::string>& args) {
       if (val.empty()) return Error(ErrorCode::kInvalidArgument, "--swtpm needs a path");
       c.swtpm_path = val;
     } else if (opt == "--log-level") {
-      if (val == "debug") c.log_level = LogLevel::kDebug;
-      else if (val == "info") c.log_level = LogLevel::kInfo;
-      else if (val == "warning") c.log_level = LogLevel::kWarning;
-      else if (val == "error") c.log_level = LogLevel::kError;
-      else return Error(ErrorCode::kInvalidArgument, "--log-level must be debug, info, warning or error");
+      if (val == "debug")
+        c.log_level = LogLevel::kDebug;
+      else if (val == "info")
+        c.log_level = LogLevel::kInfo;
+      else if (val == "warning")
+        c.log_level = LogLevel::kWarning;
+      else if (val == "error")
+        c.log_level = LogLevel::kError;
+      else
+        return Error(ErrorCode::kInvalidArgument, "--log-level must be debug, info, warning or error");
     } else {
       return Error(ErrorCode::kInvalidArgument, "unknown option " + opt);
     }
@@ -185,9 +191,8 @@ Result<InstanceKeys> ReadInstanceKeys(int fd, std::chrono::milliseconds timeout)
   for (;;) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
-      return Error(ErrorCode::kUnavailable, "timed out reading the keys from --keys-fd (got " +
-                                                std::to_string(got) + " of " + std::to_string(2 * kKeySize) +
-                                                " bytes and no EOF)");
+      return Error(ErrorCode::kUnavailable, "timed out reading the keys from --keys-fd (got " + std::to_string(got) +
+                                                " of " + std::to_string(2 * kKeySize) + " bytes and no EOF)");
     }
     pollfd p{fd, POLLIN, 0};
     int r = poll(&p, 1, static_cast<int>(left.count()));
@@ -220,13 +225,20 @@ std::vector<std::string> BuildSwtpmArgv(const InstanceConfig& c, int state_key_f
       c.swtpm_path,
       "socket",
       "--tpm2",
-      "--tpmstate", "dir=" + c.tpm_state_dir + ",mode=0600",
-      "--ctrl", "type=unixio,path=" + c.SwtpmCtrlSocketPath() + ",mode=0600",
-      "--key", "fd=" + std::to_string(state_key_fd) + ",mode=aes-256-cbc,format=binary,remove=true",
-      "--migration-key", "fd=" + std::to_string(migration_key_fd) + ",mode=aes-256-cbc,format=binary,remove=true",
-      "--log", "file=" + c.SwtpmLogPath() + ",level=1",
-      "--pid", "file=" + c.SwtpmPidPath(),
-      "--seccomp", "action=kill",
+      "--tpmstate",
+      "dir=" + c.tpm_state_dir + ",mode=0600",
+      "--ctrl",
+      "type=unixio,path=" + c.SwtpmCtrlSocketPath() + ",mode=0600",
+      "--key",
+      "fd=" + std::to_string(state_key_fd) + ",mode=aes-256-cbc,format=binary,remove=true",
+      "--migration-key",
+      "fd=" + std::to_string(migration_key_fd) + ",mode=aes-256-cbc,format=binary,remove=true",
+      "--log",
+      "file=" + c.SwtpmLogPath() + ",level=1",
+      "--pid",
+      "file=" + c.SwtpmPidPath(),
+      "--seccomp",
+      "action=kill",
   };
 }
 
@@ -269,7 +281,8 @@ Status ControlRelay::Serve(int wake_fd) {
 void ControlRelay::AcceptClient() {
   UniqueFd client(accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
   if (!client.valid()) {
-    if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) LOG_WARNING << ErrnoError("accepting a client on tpm.sock").message();
+    if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+      LOG_WARNING << ErrnoError("accepting a client on tpm.sock").message();
     return;
   }
   std::string peer = "unknown peer";
@@ -278,8 +291,9 @@ void ControlRelay::AcceptClient() {
   }
   auto swtpm = ConnectUnix(swtpm_ctrl_path_);
   if (!swtpm.ok()) {
-    LOG_ERROR << "QEMU (" << peer << ") connected but swtpm's control channel is unreachable: "
-              << swtpm.error().message() << "; dropping the client";
+    LOG_ERROR << "QEMU (" << peer
+              << ") connected but swtpm's control channel is unreachable: " << swtpm.error().message()
+              << "; dropping the client";
     return;
   }
   SetIoTimeouts(client.get());
@@ -576,7 +590,8 @@ Status InstanceProcess::WaitForSwtpm(std::chrono::milliseconds timeout) {
   (void)caps;
   VTM_ASSIGN_OR_RETURN(auto config, SwtpmCtrlCall(fd.get(), CtrlCommand::kGetConfig, 8));
   uint32_t result = LoadBe32(config.data()), flags = LoadBe32(config.data() + 4);
-  if (result != 0) return Error(ErrorCode::kUnavailable, "swtpm refused GET_CONFIG (TPM result " + std::to_string(result) + ")");
+  if (result != 0)
+    return Error(ErrorCode::kUnavailable, "swtpm refused GET_CONFIG (TPM result " + std::to_string(result) + ")");
   if ((flags & kPtmConfigFlagFileKey) == 0 || (flags & kPtmConfigFlagMigrationKey) == 0) {
     return Error(ErrorCode::kFailedPrecondition,
                  "swtpm runs without its state or migration key (GET_CONFIG flags 0x" + std::to_string(flags) + ")");
@@ -605,17 +620,19 @@ Status InstanceProcess::DropPrivileges() {
     // Tests and development: nothing to drop, but the process must already be the target.
     if (getuid() == config_.uid && getgid() == config_.gid) return OkStatus();
     return Error(ErrorCode::kPermissionDenied, "vtm-instance runs as uid " + std::to_string(getuid()) +
-                                                   ", not root, and cannot become uid " +
-                                                   std::to_string(config_.uid));
+                                                   ", not root, and cannot become uid " + std::to_string(config_.uid));
   }
   if (setgroups(0, nullptr) != 0) return ErrnoError("clearing supplementary groups");
-  if (setresgid(config_.gid, config_.gid, config_.gid) != 0) return ErrnoError("setresgid " + std::to_string(config_.gid));
-  if (setresuid(config_.uid, config_.uid, config_.uid) != 0) return ErrnoError("setresuid " + std::to_string(config_.uid));
+  if (setresgid(config_.gid, config_.gid, config_.gid) != 0)
+    return ErrnoError("setresgid " + std::to_string(config_.gid));
+  if (setresuid(config_.uid, config_.uid, config_.uid) != 0)
+    return ErrnoError("setresuid " + std::to_string(config_.uid));
   uid_t r, e, s;
   if (getresuid(&r, &e, &s) != 0 || r != config_.uid || e != config_.uid || s != config_.uid) {
     return Error(ErrorCode::kInternal, "privileges were not dropped to uid " + std::to_string(config_.uid));
   }
-  if (config_.uid != 0 && setuid(0) == 0) return Error(ErrorCode::kInternal, "could regain root after dropping privileges");
+  if (config_.uid != 0 && setuid(0) == 0)
+    return Error(ErrorCode::kInternal, "could regain root after dropping privileges");
   LOG_INFO << "running as uid " << config_.uid << ", gid " << config_.gid;
   return OkStatus();
 }
@@ -632,17 +649,50 @@ Status InstanceProcess::ApplySeccomp() {
   // What the relay loop, logging, the allocator and the shutdown path use. Nothing opens
   // files, executes programs or creates non-unix sockets after setup.
   const int allowed[] = {
-      SCMP_SYS(read),          SCMP_SYS(write),        SCMP_SYS(writev),        SCMP_SYS(close),
-      SCMP_SYS(poll),          SCMP_SYS(ppoll),        SCMP_SYS(accept4),       SCMP_SYS(accept),
-      SCMP_SYS(connect),       SCMP_SYS(recvmsg),      SCMP_SYS(sendmsg),       SCMP_SYS(recvfrom),
-      SCMP_SYS(sendto),        SCMP_SYS(getsockopt),   SCMP_SYS(setsockopt),    SCMP_SYS(shutdown),
-      SCMP_SYS(wait4),         SCMP_SYS(waitid),       SCMP_SYS(nanosleep),     SCMP_SYS(clock_nanosleep),
-      SCMP_SYS(clock_gettime), SCMP_SYS(gettimeofday), SCMP_SYS(getpid),        SCMP_SYS(gettid),
-      SCMP_SYS(unlink),        SCMP_SYS(unlinkat),     SCMP_SYS(brk),           SCMP_SYS(mmap),
-      SCMP_SYS(munmap),        SCMP_SYS(mremap),       SCMP_SYS(madvise),       SCMP_SYS(mprotect),
-      SCMP_SYS(futex),         SCMP_SYS(rt_sigprocmask), SCMP_SYS(rt_sigreturn), SCMP_SYS(rt_sigaction),
-      SCMP_SYS(fstat),         SCMP_SYS(newfstatat),   SCMP_SYS(lseek),         SCMP_SYS(fcntl),
-      SCMP_SYS(restart_syscall), SCMP_SYS(exit),       SCMP_SYS(exit_group),    SCMP_SYS(getrandom),
+      SCMP_SYS(read),
+      SCMP_SYS(write),
+      SCMP_SYS(writev),
+      SCMP_SYS(close),
+      SCMP_SYS(poll),
+      SCMP_SYS(ppoll),
+      SCMP_SYS(accept4),
+      SCMP_SYS(accept),
+      SCMP_SYS(connect),
+      SCMP_SYS(recvmsg),
+      SCMP_SYS(sendmsg),
+      SCMP_SYS(recvfrom),
+      SCMP_SYS(sendto),
+      SCMP_SYS(getsockopt),
+      SCMP_SYS(setsockopt),
+      SCMP_SYS(shutdown),
+      SCMP_SYS(wait4),
+      SCMP_SYS(waitid),
+      SCMP_SYS(nanosleep),
+      SCMP_SYS(clock_nanosleep),
+      SCMP_SYS(clock_gettime),
+      SCMP_SYS(gettimeofday),
+      SCMP_SYS(getpid),
+      SCMP_SYS(gettid),
+      SCMP_SYS(unlink),
+      SCMP_SYS(unlinkat),
+      SCMP_SYS(brk),
+      SCMP_SYS(mmap),
+      SCMP_SYS(munmap),
+      SCMP_SYS(mremap),
+      SCMP_SYS(madvise),
+      SCMP_SYS(mprotect),
+      SCMP_SYS(futex),
+      SCMP_SYS(rt_sigprocmask),
+      SCMP_SYS(rt_sigreturn),
+      SCMP_SYS(rt_sigaction),
+      SCMP_SYS(fstat),
+      SCMP_SYS(newfstatat),
+      SCMP_SYS(lseek),
+      SCMP_SYS(fcntl),
+      SCMP_SYS(restart_syscall),
+      SCMP_SYS(exit),
+      SCMP_SYS(exit_group),
+      SCMP_SYS(getrandom),
   };
   for (int sys : allowed) {
     if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, sys, 0) != 0) {
@@ -654,9 +704,12 @@ Status InstanceProcess::ApplySeccomp() {
     return Error(ErrorCode::kInternal, "seccomp_rule_add failed for socket");
   }
   // Signals only to our own swtpm (Terminate) and to ourselves (abort()).
-  if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(kill), 1, SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(swtpm_.pid()))) != 0 ||
-      seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(kill), 1, SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(getpid()))) != 0 ||
-      seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(tgkill), 1, SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(getpid()))) != 0) {
+  if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(kill), 1,
+                       SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(swtpm_.pid()))) != 0 ||
+      seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(kill), 1,
+                       SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(getpid()))) != 0 ||
+      seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(tgkill), 1,
+                       SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(getpid()))) != 0) {
     return Error(ErrorCode::kInternal, "seccomp_rule_add failed for kill");
   }
   int rc = seccomp_load(ctx);

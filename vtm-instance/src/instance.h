@@ -35,7 +35,7 @@ struct InstanceConfig {
   int keys_fd = -1;
   int ready_fd = -1;
   std::string swtpm_path = "swtpm";
-  bool seccomp = true;                 // --no-seccomp turns the relay's filter off (debugging)
+  bool seccomp = true;  // --no-seccomp turns the relay's filter off (debugging)
   LogLevel log_level = LogLevel::kInfo;
 
   std::string TpmSocketPath() const { return run_dir + "/tpm.sock"; }
@@ -92,7 +92,7 @@ class ControlRelay {
   std::string swtpm_ctrl_path_;
   UniqueFd client_;
   UniqueFd swtpm_;
-  std::vector<uint8_t> from_client_;  // request bytes not yet forwarded
+  std::vector<uint8_t> from_client_;   // request bytes not yet forwarded
   std::vector<UniqueFd> pending_fds_;  // SCM_RIGHTS fds received with those bytes
   std::map<uint32_t, uint64_t> counts_;
   uint64_t session_requests_ = 0;
