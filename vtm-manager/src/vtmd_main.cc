@@ -195,6 +195,9 @@ int Run(int argc, char** argv) {
     return 2;
   }
   SetLogLevel(kLevels.at(opts.log_level));
+  // tpm2-tss would print its own lines for failures that vtmd already reports with context
+  // (e.g. a policy mismatch); TSS2_LOG in the environment still overrides this.
+  setenv("TSS2_LOG", "all+none", 0);
   // No core dumps or ptrace by other users: this process holds the master key.
   prctl(PR_SET_DUMPABLE, 0);
   umask(077);
