@@ -1,6 +1,6 @@
-// HostTpm over tpm2-tss ESAPI: the only code that talks to the host's TPM. Every ESAPI handle
-// and buffer is owned by an RAII wrapper so that an early error return never leaks a TPM
-// object slot or leaves unsealed plaintext in freed memory.
+// The ESAPI Tpm, part 1: opening a TPM (TCTI string or stream), describing it, PCRs, random
+// bytes and sealing. Every ESAPI handle and buffer is owned by an RAII wrapper so that an early
+// error return never leaks a TPM object slot or leaves unsealed plaintext in freed memory.
 #include "vtm/host_tpm.h"
 
 #include <openssl/crypto.h>
@@ -12,91 +12,19 @@
 #include <cstring>
 #include <utility>
 
+#include "internal/esys_handles.h"
+#include "internal/esys_tpm.h"
 #include "internal/pcr_bank.h"
+#include "internal/stream_tcti.h"
 #include "internal/tpm_error.h"
 #include "internal/tpm_marshal.h"
 #include "vtm/log.h"
+#include "vtm/tpm.h"
 
-namespace vtm {
+namespace vtm::internal {
 namespace {
 
-using internal::MarshalToString;
-using internal::PcrBank;
-using internal::TpmError;
-using internal::TpmResponseCode;
-using internal::UnmarshalExactly;
-
 constexpr size_t kMaxSealedSecret = 128;  // MAX_SYM_DATA: the most a sealed data object holds
-
-struct TctiDeleter {
-  void operator()(TSS2_TCTI_CONTEXT* tcti) const { Tss2_TctiLdr_Finalize(&tcti); }
-};
-struct EsysDeleter {
-  void operator()(ESYS_CONTEXT* esys) const { Esys_Finalize(&esys); }
-};
-
-// Owns a buffer that ESAPI allocated for an output parameter. With kWipe the buffer is
-// zeroized before it is freed, for outputs that hold secrets (TPM2B_SENSITIVE_DATA).
-template <typename T, bool kWipe = false>
-class EsysOut {
- public:
-  EsysOut() = default;
-  ~EsysOut() {
-    if (p_ != nullptr && kWipe) OPENSSL_cleanse(p_, sizeof(T));
-    Esys_Free(p_);
-  }
-  EsysOut(const EsysOut&) = delete;
-  EsysOut& operator=(const EsysOut&) = delete;
-
-  T** out() { return &p_; }  // pass to ESAPI; call at most once per object
-  const T* operator->() const { return p_; }
-  const T& operator*() const { return *p_; }
-
- private:
-  T* p_ = nullptr;
-};
-
-// A transient object or session in the TPM, flushed when this goes out of scope: TPMs have
-// only a handful of slots, and a leaked one makes later commands fail with TPM_RC_OBJECT_MEMORY.
-class ScopedTr {
- public:
-  explicit ScopedTr(ESYS_CONTEXT* esys) : esys_(esys) {}
-  ~ScopedTr() { Flush(); }
-  ScopedTr(ScopedTr&& o) noexcept : esys_(o.esys_), tr_(std::exchange(o.tr_, ESYS_TR_NONE)) {}
-  ScopedTr& operator=(ScopedTr&&) = delete;
-  ScopedTr(const ScopedTr&) = delete;
-  ScopedTr& operator=(const ScopedTr&) = delete;
-
-  ESYS_TR* out() { return &tr_; }
-  ESYS_TR get() const { return tr_; }
-
- private:
-  void Flush() {
-    if (tr_ == ESYS_TR_NONE) return;
-    TSS2_RC rc = Esys_FlushContext(esys_, tr_);
-    if (rc != TSS2_RC_SUCCESS) {
-      LOG_WARNING << TpmError("TPM2_FlushContext", rc).message() << " (a host TPM object slot may stay in use)";
-      Esys_TR_Close(esys_, &tr_);  // at least release ESAPI's bookkeeping
-    }
-    tr_ = ESYS_TR_NONE;
-  }
-
-  ESYS_CONTEXT* esys_;
-  ESYS_TR tr_ = ESYS_TR_NONE;
-};
-
-// Zeroizes a stack structure that held a secret (the sensitive part of a Create command).
-template <typename T>
-class WipeOnExit {
- public:
-  explicit WipeOnExit(T* p) : p_(p) {}
-  ~WipeOnExit() { OPENSSL_cleanse(p_, sizeof(T)); }
-  WipeOnExit(const WipeOnExit&) = delete;
-  WipeOnExit& operator=(const WipeOnExit&) = delete;
-
- private:
-  T* p_;
-};
 
 std::string Hex(const std::string& bytes) {
   static constexpr char kDigits[] = "0123456789abcdef";
@@ -108,6 +36,32 @@ std::string Hex(const std::string& bytes) {
   }
   return out;
 }
+
+// Session parameter encryption: AES-128-CFB, the one symmetric mode every TPM 2.0 supports.
+TPMT_SYM_DEF SessionCipher() {
+  TPMT_SYM_DEF sym{};
+  sym.algorithm = TPM2_ALG_AES;
+  sym.keyBits.aes = 128;
+  sym.mode.aes = TPM2_ALG_CFB;
+  return sym;
+}
+
+// PolicyPCR's pcrDigest: the policy's hash (SHA-256) over the selected PCR values in
+// ascending order. Computed here from the values we read, so the policy is bound to exactly
+// the values recorded in pcrs_at_seal even if a PCR is extended in between.
+Result<TPM2B_DIGEST> PolicyPcrDigest(const PcrValues& values) {
+  std::string concatenated;
+  for (const auto& [pcr, digest] : values.digests) concatenated += digest;
+  TPM2B_DIGEST out{};
+  unsigned int len = 0;
+  if (EVP_Digest(concatenated.data(), concatenated.size(), out.buffer, &len, EVP_sha256(), nullptr) != 1) {
+    return Error(ErrorCode::kInternal, "SHA-256 of the PCR values failed");
+  }
+  out.size = static_cast<UINT16>(len);
+  return out;
+}
+
+}  // namespace
 
 // Returns a validated copy in canonical form; a hand-built PcrSelection gets the same checks
 // as a parsed one.
@@ -148,73 +102,12 @@ TPM2B_PUBLIC StoragePrimaryTemplate() {
   return t;
 }
 
-// Session parameter encryption: AES-128-CFB, the one symmetric mode every TPM 2.0 supports.
-TPMT_SYM_DEF SessionCipher() {
-  TPMT_SYM_DEF sym{};
-  sym.algorithm = TPM2_ALG_AES;
-  sym.keyBits.aes = 128;
-  sym.mode.aes = TPM2_ALG_CFB;
-  return sym;
-}
-
-// PolicyPCR's pcrDigest: the policy's hash (SHA-256) over the selected PCR values in
-// ascending order. Computed here from the values we read, so the policy is bound to exactly
-// the values recorded in pcrs_at_seal even if a PCR is extended in between.
-Result<TPM2B_DIGEST> PolicyPcrDigest(const PcrValues& values) {
-  std::string concatenated;
-  for (const auto& [pcr, digest] : values.digests) concatenated += digest;
-  TPM2B_DIGEST out{};
-  unsigned int len = 0;
-  if (EVP_Digest(concatenated.data(), concatenated.size(), out.buffer, &len, EVP_sha256(), nullptr) != 1) {
-    return Error(ErrorCode::kInternal, "SHA-256 of the PCR values failed");
-  }
-  out.size = static_cast<UINT16>(len);
-  return out;
-}
-
-class EsysHostTpm final : public HostTpm {
- public:
-  static Result<std::unique_ptr<HostTpm>> Open(const std::string& tcti);
-
-  std::string Describe() override { return description_; }
-  Result<PcrValues> ReadPcrs(const PcrSelection& selection) override;
-  Status ExtendPcr(const std::string& bank, int pcr, const std::string& digest) override;
-  Result<SecretBytes> GetRandom(size_t n) override;
-  Result<SealedObject> Seal(const SecretBytes& secret, const PcrSelection& selection) override;
-  Result<SecretBytes> Unseal(const SealedObject& sealed) override;
-
- private:
-  EsysHostTpm(std::string tcti, TSS2_TCTI_CONTEXT* tcti_ctx) : tcti_(std::move(tcti)), tcti_ctx_(tcti_ctx) {}
-
-  ESYS_CONTEXT* esys() { return esys_.get(); }
-  Result<std::string> DescribeTpm();
-  Result<ScopedTr> CreateStoragePrimary();
-  // An unbound session salted with the storage primary's key: its session key is derived from
-  // a secret only that TPM can decrypt, so parameter encryption protects secrets on the TCTI
-  // (bus, socket) against a passive observer.
-  Result<ScopedTr> StartSaltedSession(ESYS_TR storage_primary, TPM2_SE type, TPMA_SESSION attributes);
-  Error DiagnosePolicyFailure(const SealedObject& sealed, const Error& tpm_error);
-
-  std::string tcti_;
-  std::string description_;
-  // Declared in this order so the ESYS context is finalized before the TCTI it uses.
-  std::unique_ptr<TSS2_TCTI_CONTEXT, TctiDeleter> tcti_ctx_;
-  std::unique_ptr<ESYS_CONTEXT, EsysDeleter> esys_;
-};
-
-Result<std::unique_ptr<HostTpm>> EsysHostTpm::Open(const std::string& tcti) {
-  if (tcti.empty()) {
-    return Error(ErrorCode::kInvalidArgument,
-                 "no host TPM TCTI given; use e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321");
-  }
-  const std::string context = "opening the host TPM at " + tcti;
-  TSS2_TCTI_CONTEXT* tcti_ctx = nullptr;
-  TSS2_RC rc = Tss2_TctiLdr_Initialize(tcti.c_str(), &tcti_ctx);
-  if (rc != TSS2_RC_SUCCESS) return TpmError("loading the TCTI", rc).Context(context);
-  std::unique_ptr<EsysHostTpm> tpm(new EsysHostTpm(tcti, tcti_ctx));
+Result<std::unique_ptr<Tpm>> EsysTpm::Open(TctiPtr tcti, const std::string& where) {
+  const std::string context = "opening the TPM at " + where;
+  std::unique_ptr<EsysTpm> tpm(new EsysTpm(std::move(tcti), where));
 
   ESYS_CONTEXT* esys = nullptr;
-  rc = Esys_Initialize(&esys, tcti_ctx, nullptr);
+  TSS2_RC rc = Esys_Initialize(&esys, tpm->tcti_ctx_.get(), nullptr);
   if (rc != TSS2_RC_SUCCESS) return TpmError("Esys_Initialize", rc).Context(context);
   tpm->esys_.reset(esys);
 
@@ -227,10 +120,10 @@ Result<std::unique_ptr<HostTpm>> EsysHostTpm::Open(const std::string& tcti) {
   auto description = tpm->DescribeTpm();
   if (!description.ok()) return std::move(description).error().Context(context);
   tpm->description_ = *description;
-  return std::unique_ptr<HostTpm>(std::move(tpm));
+  return std::unique_ptr<Tpm>(std::move(tpm));
 }
 
-Result<std::string> EsysHostTpm::DescribeTpm() {
+Result<std::string> EsysTpm::DescribeTpm() {
   // TPM2_PT_MANUFACTURER through TPM2_PT_FIRMWARE_VERSION_2 are consecutive fixed properties.
   constexpr UINT32 kCount = TPM2_PT_FIRMWARE_VERSION_2 - TPM2_PT_MANUFACTURER + 1;
   TPMI_YES_NO more = TPM2_NO;
@@ -253,11 +146,11 @@ Result<std::string> EsysHostTpm::DescribeTpm() {
   }
   char firmware[64];
   std::snprintf(firmware, sizeof firmware, "%u.%u (0x%08x 0x%08x)", fw1 >> 16, fw1 & 0xffff, fw1, fw2);
-  return "TPM 2.0 at " + tcti_ + ", manufacturer " + (vendor.empty() ? "unknown" : vendor) + ", firmware " +
+  return "TPM 2.0 at " + where_ + ", manufacturer " + (vendor.empty() ? "unknown" : vendor) + ", firmware " +
          firmware;
 }
 
-Result<PcrValues> EsysHostTpm::ReadPcrs(const PcrSelection& selection) {
+Result<PcrValues> EsysTpm::ReadPcrs(const PcrSelection& selection) {
   VTM_ASSIGN_OR_RETURN(PcrSelection canonical, Canonical(selection));
   const PcrBank& bank = *internal::FindPcrBank(canonical.bank);
   PcrValues values;
@@ -305,7 +198,7 @@ Result<PcrValues> EsysHostTpm::ReadPcrs(const PcrSelection& selection) {
   return values;
 }
 
-Status EsysHostTpm::ExtendPcr(const std::string& bank_name, int pcr, const std::string& digest) {
+Status EsysTpm::ExtendPcr(const std::string& bank_name, int pcr, const std::string& digest) {
   const PcrBank* bank = internal::FindPcrBank(bank_name);
   if (bank == nullptr) {
     return Error(ErrorCode::kInvalidArgument,
@@ -329,7 +222,7 @@ Status EsysHostTpm::ExtendPcr(const std::string& bank_name, int pcr, const std::
   return OkStatus();
 }
 
-Result<SecretBytes> EsysHostTpm::GetRandom(size_t n) {
+Result<SecretBytes> EsysTpm::GetRandom(size_t n) {
   SecretBytes out(n);
   size_t filled = 0;
   // A TPM returns at most one digest's worth per call.
@@ -348,22 +241,11 @@ Result<SecretBytes> EsysHostTpm::GetRandom(size_t n) {
   return out;
 }
 
-Result<ScopedTr> EsysHostTpm::CreateStoragePrimary() {
-  TPM2B_SENSITIVE_CREATE sensitive{};  // empty auth, no data: the TPM derives the key
-  TPM2B_PUBLIC in_public = StoragePrimaryTemplate();
-  TPM2B_DATA outside_info{};
-  TPML_PCR_SELECTION creation_pcrs{};
-  ScopedTr primary(esys());
-  TSS2_RC rc = Esys_CreatePrimary(esys(), ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                                  &sensitive, &in_public, &outside_info, &creation_pcrs, primary.out(), nullptr,
-                                  nullptr, nullptr, nullptr);
-  if (rc != TSS2_RC_SUCCESS) {
-    return TpmError("TPM2_CreatePrimary(owner hierarchy, ECC P-256 storage key)", rc);
-  }
-  return primary;
+Result<ScopedTr> EsysTpm::CreateStoragePrimary() {
+  return CreatePrimary(ESYS_TR_RH_OWNER, StoragePrimaryTemplate(), "owner hierarchy, ECC P-256 storage key");
 }
 
-Result<ScopedTr> EsysHostTpm::StartSaltedSession(ESYS_TR storage_primary, TPM2_SE type, TPMA_SESSION attributes) {
+Result<ScopedTr> EsysTpm::StartSaltedSession(ESYS_TR storage_primary, TPM2_SE type, TPMA_SESSION attributes) {
   TPMT_SYM_DEF cipher = SessionCipher();
   ScopedTr session(esys());
   TSS2_RC rc = Esys_StartAuthSession(esys(), storage_primary, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
@@ -375,7 +257,7 @@ Result<ScopedTr> EsysHostTpm::StartSaltedSession(ESYS_TR storage_primary, TPM2_S
   return session;
 }
 
-Result<SealedObject> EsysHostTpm::Seal(const SecretBytes& secret, const PcrSelection& selection) {
+Result<SealedObject> EsysTpm::Seal(const SecretBytes& secret, const PcrSelection& selection) {
   if (secret.empty() || secret.size() > kMaxSealedSecret) {
     return Error(ErrorCode::kInvalidArgument, "a sealed secret holds 1 to " + std::to_string(kMaxSealedSecret) +
                                                   " bytes, not " + std::to_string(secret.size()));
@@ -442,7 +324,7 @@ Result<SealedObject> EsysHostTpm::Seal(const SecretBytes& secret, const PcrSelec
   return sealed;
 }
 
-Result<SecretBytes> EsysHostTpm::Unseal(const SealedObject& sealed) {
+Result<SecretBytes> EsysTpm::Unseal(const SealedObject& sealed) {
   VTM_ASSIGN_OR_RETURN(PcrSelection canonical, Canonical(sealed.pcrs_at_seal.selection));
   const PcrBank& bank = *internal::FindPcrBank(canonical.bank);
   const TPML_PCR_SELECTION pcrs = ToTpml(bank, canonical.pcrs);
@@ -483,7 +365,7 @@ Result<SecretBytes> EsysHostTpm::Unseal(const SealedObject& sealed) {
 
 // Names each PCR whose value moved since sealing, so an operator sees *what* changed (a
 // firmware update, a different boot path) rather than a bare TPM_RC_POLICY_FAIL.
-Error EsysHostTpm::DiagnosePolicyFailure(const SealedObject& sealed, const Error& tpm_error) {
+Error EsysTpm::DiagnosePolicyFailure(const SealedObject& sealed, const Error& tpm_error) {
   const std::string advice =
       "if the change is expected (e.g. a firmware or boot-chain update), restore the master key from its "
       "backup and seal it again to the new PCR values";
@@ -514,8 +396,32 @@ Error EsysHostTpm::DiagnosePolicyFailure(const SealedObject& sealed, const Error
   return Error(ErrorCode::kPolicyMismatch, changes + "; " + advice);
 }
 
-}  // namespace
+}  // namespace vtm::internal
 
-Result<std::unique_ptr<HostTpm>> HostTpm::Open(const std::string& tcti) { return EsysHostTpm::Open(tcti); }
+namespace vtm {
+
+Result<std::unique_ptr<Tpm>> Tpm::OpenTcti(const std::string& tcti) {
+  if (tcti.empty()) {
+    return Error(ErrorCode::kInvalidArgument,
+                 "no TPM TCTI given; use e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321");
+  }
+  TSS2_TCTI_CONTEXT* tcti_ctx = nullptr;
+  TSS2_RC rc = Tss2_TctiLdr_Initialize(tcti.c_str(), &tcti_ctx);
+  if (rc != TSS2_RC_SUCCESS) return internal::TpmError("loading the TCTI", rc).Context("opening the TPM at " + tcti);
+  internal::TctiPtr owned(tcti_ctx, [](TSS2_TCTI_CONTEXT* ctx) { Tss2_TctiLdr_Finalize(&ctx); });
+  return internal::EsysTpm::Open(std::move(owned), tcti);
+}
+
+Result<std::unique_ptr<Tpm>> Tpm::OpenStream(UniqueFd fd, const std::string& label) {
+  if (!fd.valid()) return Error(ErrorCode::kInvalidArgument, "no socket given for the TPM " + label);
+  VTM_ASSIGN_OR_RETURN(internal::TctiPtr tcti, internal::NewStreamTcti(std::move(fd)));
+  return internal::EsysTpm::Open(std::move(tcti), label);
+}
+
+// The host's TPM is a Tpm like any other; HostTpm is the narrower view most of vtmd needs.
+Result<std::unique_ptr<HostTpm>> HostTpm::Open(const std::string& tcti) {
+  VTM_ASSIGN_OR_RETURN(std::unique_ptr<Tpm> tpm, Tpm::OpenTcti(tcti));
+  return std::unique_ptr<HostTpm>(std::move(tpm));
+}
 
 }  // namespace vtm

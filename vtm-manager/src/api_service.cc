@@ -1,13 +1,21 @@
 // Request validation and dispatch for the vtmd API.
 #include "api_service.h"
 
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include <ctime>
+
 #include "vtm/log.h"
+#include "vtpm_provisioner.h"
+#include "vtm/x509.h"
 
 namespace vtm {
 namespace {
 
 api::VmState ToApiState(VmState s) {
   switch (s) {
+    case VmState::kDefined: return api::VM_STATE_DEFINED;
     case VmState::kProvisioned: return api::VM_STATE_PROVISIONED;
     case VmState::kStarting: return api::VM_STATE_STARTING;
     case VmState::kRunning: return api::VM_STATE_RUNNING;
@@ -17,6 +25,21 @@ api::VmState ToApiState(VmState s) {
     case VmState::kFailed: return api::VM_STATE_FAILED;
   }
   return api::VM_STATE_UNSPECIFIED;
+}
+
+// True for an RSA key, false for an EC key; anything else is refused.
+Result<bool> IsRsaSpki(const std::string& spki) {
+  const auto* p = reinterpret_cast<const unsigned char*>(spki.data());
+  EVP_PKEY* key = d2i_PUBKEY(nullptr, &p, static_cast<long>(spki.size()));
+  if (key == nullptr || p != reinterpret_cast<const unsigned char*>(spki.data()) + spki.size()) {
+    EVP_PKEY_free(key);
+    return Error(ErrorCode::kInvalidArgument, "the EK public key is not a DER SubjectPublicKeyInfo");
+  }
+  int id = EVP_PKEY_get_base_id(key);
+  EVP_PKEY_free(key);
+  if (id == EVP_PKEY_RSA) return true;
+  if (id == EVP_PKEY_EC) return false;
+  return Error(ErrorCode::kInvalidArgument, "the EK public key is neither RSA nor EC");
 }
 
 Status CheckVmRef(const api::VmRef& ref) {
@@ -46,7 +69,27 @@ Result<api::Request> ParseRequest(const std::string& bytes) {
     case api::Request::kCreate:
       if (!req.create().uuid().empty()) VTM_RETURN_IF_ERROR(NormalizeUuid(req.create().uuid()));
       if (!req.create().name().empty()) VTM_RETURN_IF_ERROR(ValidateVmName(req.create().name()));
+      if (!req.create().service().empty()) VTM_RETURN_IF_ERROR(ValidateVmName(req.create().service()));
       break;
+    case api::Request::kCerts: VTM_RETURN_IF_ERROR(CheckVmRef(req.certs())); break;
+    case api::Request::kCaInstall:
+      if (req.ca_install().certificate_pem().empty()) {
+        return Error(ErrorCode::kInvalidArgument, "ca install needs the certificate issued by the fleet CA");
+      }
+      break;
+    case api::Request::kCaShow:
+    case api::Request::kCaCsr:
+    case api::Request::kCaCrl: break;
+    case api::Request::kIssueEkCert: {
+      const auto& r = req.issue_ek_cert();
+      if (r.ek_spki_der().empty() || r.ek_spki_der().size() > 4096) {
+        return Error(ErrorCode::kInvalidArgument, "issue_ek_cert needs the EK public key (DER SubjectPublicKeyInfo)");
+      }
+      for (const std::string* field : {&r.tpm_manufacturer(), &r.tpm_model(), &r.tpm_version(), &r.vm_id()}) {
+        if (field->size() > 128) return Error(ErrorCode::kInvalidArgument, "issue_ek_cert: a field is over 128 bytes");
+      }
+      break;
+    }
     case api::Request::kStart: VTM_RETURN_IF_ERROR(CheckVmRef(req.start())); break;
     case api::Request::kStop: VTM_RETURN_IF_ERROR(CheckVmRef(req.stop())); break;
     case api::Request::kDelete: VTM_RETURN_IF_ERROR(CheckVmRef(req.delete_())); break;
@@ -72,6 +115,62 @@ void ApiService::FillVm(const VmRecord& rec, api::Vm* out) {
   out->set_created_at(rec.created_at);
   out->set_updated_at(rec.updated_at);
   out->set_last_error(rec.last_error);
+  out->set_service(rec.service);
+}
+
+Status ApiService::HandleCa(const api::Request& req, api::Response* resp) {
+  if (identity_ == nullptr) return Error(ErrorCode::kFailedPrecondition, "this vtmd runs without a host CA");
+  switch (req.op_case()) {
+    case api::Request::kCaShow: {
+      auto* ca = resp->mutable_ca();
+      ca->set_certificate_pem(ca::DerToPem(identity_->ca_certificate()));
+      std::string chain = identity_->ca_chain_der().substr(identity_->ca_certificate().size());
+      if (!chain.empty()) ca->set_chain_pem(ca::DerToPem(chain));
+      ca->set_residency("tpm");
+      if (!identity_->ek_certificate().empty()) ca->set_host_ek_certificate_pem(ca::DerToPem(identity_->ek_certificate()));
+      ca->set_host_ak_public_pem(ca::DerToPem(identity_->ak_public().spki_der, "PUBLIC KEY"));
+      return OkStatus();
+    }
+    case api::Request::kCaCsr: {
+      VTM_ASSIGN_OR_RETURN(std::string csr, identity_->CreateCsr());
+      resp->set_pem(ca::DerToPem(csr, "CERTIFICATE REQUEST"));
+      return OkStatus();
+    }
+    case api::Request::kCaInstall:
+      return identity_->InstallCertificate(req.ca_install().certificate_pem(), req.ca_install().chain_pem());
+    case api::Request::kIssueEkCert: {
+      const auto& r = req.issue_ek_cert();
+      ca::EkCertRequest ek;
+      ek.ek_spki_der = r.ek_spki_der();
+      VTM_ASSIGN_OR_RETURN(ek.rsa, IsRsaSpki(ek.ek_spki_der));
+      ek.tpm_manufacturer = r.tpm_manufacturer().empty() ? "id:00001014" : r.tpm_manufacturer();
+      ek.tpm_model = r.tpm_model().empty() ? "swtpm" : r.tpm_model();
+      ek.tpm_version = r.tpm_version().empty() ? "id:20191023" : r.tpm_version();
+      VTM_ASSIGN_OR_RETURN(ek.serial, registry_.NextSerial());
+      ek.validity.not_before = std::time(nullptr) - 60;
+      VTM_ASSIGN_OR_RETURN(std::string der, ca::IssueEkCertificate(identity_->ca_signer(), identity_->ca_certificate(), ek));
+      CertRecord rec;
+      rec.serial = ek.serial;
+      rec.vm_uuid = "swtpm_setup:" + (r.vm_id().empty() ? std::string("-") : r.vm_id());
+      rec.kind = ek.rsa ? "ek-rsa" : "ek-ecc";
+      rec.der = der;
+      VTM_RETURN_IF_ERROR(registry_.AddCertificates({rec}));
+      resp->set_pem(ca::DerToPem(der));
+      return OkStatus();
+    }
+    case api::Request::kCaCrl: {
+      VTM_ASSIGN_OR_RETURN(auto revoked, registry_.RevokedCertificates());
+      std::vector<ca::RevokedCert> list;
+      for (const auto& c : revoked) list.push_back({c.serial, static_cast<std::time_t>(c.revoked_unix)});
+      VTM_ASSIGN_OR_RETURN(uint64_t number, registry_.NextCrlNumber());
+      std::time_t now = std::time(nullptr);
+      VTM_ASSIGN_OR_RETURN(std::string crl, ca::CreateCrl(identity_->ca_signer(), identity_->ca_certificate(), list,
+                                                          number, now, now + 7 * 24 * 3600));
+      resp->set_pem(ca::DerToPem(crl, "X509 CRL"));
+      return OkStatus();
+    }
+    default: return Error(ErrorCode::kInvalidArgument, "not a CA request");
+  }
 }
 
 api::Response ApiService::Handle(const api::Request& req) {
@@ -88,7 +187,36 @@ api::Response ApiService::Handle(const api::Request& req) {
     }
   };
   switch (req.op_case()) {
-    case api::Request::kCreate: one(manager_.Create(req.create().uuid(), req.create().name())); break;
+    case api::Request::kCreate:
+      one(manager_.Create(req.create().uuid(), req.create().name(), req.create().service()));
+      break;
+    case api::Request::kCerts: {
+      auto certs = manager_.Certificates(req.certs().uuid());
+      if (!certs.ok()) {
+        fail(certs.error());
+        break;
+      }
+      for (const auto& c : *certs) {
+        auto* out = resp.add_certificates();
+        out->set_kind(c.kind);
+        out->set_serial(c.serial);
+        out->set_pem(ca::DerToPem(c.der));
+        out->set_nv_index(NvIndexOfCertKind(c.kind));
+        out->set_revoked_at(c.revoked_at);
+      }
+      if (identity_ != nullptr) {
+        auto* ca = resp.mutable_ca();
+        ca->set_certificate_pem(ca::DerToPem(identity_->ca_certificate()));
+      }
+      break;
+    }
+    case api::Request::kCaShow:
+    case api::Request::kCaCsr:
+    case api::Request::kCaInstall:
+    case api::Request::kCaCrl:
+    case api::Request::kIssueEkCert:
+      if (Status st = HandleCa(req, &resp); !st.ok()) fail(st.error());
+      break;
     case api::Request::kStart: one(manager_.Start(req.start().uuid())); break;
     case api::Request::kStop: one(manager_.Stop(req.stop().uuid())); break;
     case api::Request::kShow: one(manager_.Show(req.show().uuid())); break;

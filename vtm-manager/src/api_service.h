@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "host_identity.h"
 #include "manager.h"
 #include "vtm.pb.h"
 
@@ -23,12 +24,17 @@ api::Status ToApiStatus(ErrorCode code);
 
 class ApiService {
  public:
-  ApiService(Manager& manager, HostDescription host) : manager_(manager), host_(std::move(host)) {}
+  // identity may be null (no CA: certificate requests are refused).
+  ApiService(Manager& manager, Registry& registry, HostIdentity* identity, HostDescription host)
+      : manager_(manager), registry_(registry), identity_(identity), host_(std::move(host)) {}
   api::Response Handle(const api::Request& request);
 
  private:
   void FillVm(const VmRecord& rec, api::Vm* out);
+  Status HandleCa(const api::Request& req, api::Response* resp);
   Manager& manager_;
+  Registry& registry_;
+  HostIdentity* identity_;
   HostDescription host_;
 };
 

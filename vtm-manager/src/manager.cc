@@ -85,10 +85,11 @@ Status ValidateVmName(const std::string& name) {
 }
 
 Manager::Manager(ManagerConfig config, Registry& registry, const MasterKey& master_key,
-                 const std::string& instance_binary)
+                 const std::string& instance_binary, VtpmProvisioner* provisioner)
     : config_(std::move(config)),
       registry_(registry),
       master_key_(master_key),
+      provisioner_(provisioner),
       supervisor_(instance_binary, [this](const std::string& uuid, const std::string& how) { OnInstanceExit(uuid, how); }) {}
 
 VmPaths Manager::PathsFor(const std::string& uuid) const {
@@ -101,7 +102,7 @@ VmPaths Manager::PathsFor(const std::string& uuid) const {
   return p;
 }
 
-Result<VmRecord> Manager::Create(const std::string& uuid_in, const std::string& name_in) {
+Result<VmRecord> Manager::Create(const std::string& uuid_in, const std::string& name_in, const std::string& service) {
   std::string uuid;
   if (uuid_in.empty()) {
     VTM_ASSIGN_OR_RETURN(uuid, GenerateUuid());
@@ -113,19 +114,25 @@ Result<VmRecord> Manager::Create(const std::string& uuid_in, const std::string& 
   if (name != uuid && NormalizeUuid(name).ok()) {
     return Error(ErrorCode::kInvalidArgument, "a VM name may not look like a UUID");
   }
+  if (!service.empty() && !ValidateVmName(service).ok()) {
+    return Error(ErrorCode::kInvalidArgument,
+                 "service name '" + service + "' must be 1-64 letters, digits, '.', '_' or '-'");
+  }
 
   VmRecord rec;
   rec.uuid = uuid;
   rec.name = name;
-  rec.state = VmState::kProvisioned;
+  rec.service = service;
+  rec.state = VmState::kDefined;
+  SecretBytes state_key, migration_key;
   {
-    VTM_ASSIGN_OR_RETURN(SecretBytes state_key, RandomSecret(kKeyLen));
-    VTM_ASSIGN_OR_RETURN(SecretBytes migration_key, RandomSecret(kKeyLen));
+    VTM_ASSIGN_OR_RETURN(state_key, RandomSecret(kKeyLen));
+    VTM_ASSIGN_OR_RETURN(migration_key, RandomSecret(kKeyLen));
     VTM_ASSIGN_OR_RETURN(rec.wrapped_state_key, master_key_.Wrap(state_key, WrapLabel(uuid, kStateKey)));
     VTM_ASSIGN_OR_RETURN(rec.wrapped_migration_key, master_key_.Wrap(migration_key, WrapLabel(uuid, kMigrationKey)));
   }
-  // The binding is committed first; directories are (re)made by every start, so a crash
-  // here leaves nothing that a later start or delete cannot handle.
+  // The binding is committed first, as `defined`; a crash before `provisioned` is undone by
+  // Reconcile, so a half-provisioned vTPM is never started.
   VTM_RETURN_IF_ERROR(registry_.Insert(&rec, config_.instance_uid_base, config_.instance_uid_count));
   VmPaths paths = PathsFor(uuid);
   // Every level above a VM's own directories must be traversable by its uid.
@@ -134,12 +141,21 @@ Result<VmRecord> Manager::Create(const std::string& uuid_in, const std::string& 
   if (dirs.ok()) dirs = MakeDir(paths.tpm_dir, 0700, rec.instance_uid, rec.instance_uid);
   if (dirs.ok()) dirs = MakeDir(paths.log_dir, 0700, rec.instance_uid, rec.instance_uid);
   if (!dirs.ok()) {
-    (void)RemoveTree(paths.vm_dir);
-    (void)registry_.Remove(uuid);
+    (void)Destroy(uuid);
     return std::move(dirs).error().Context("creating the directories of VM " + uuid);
   }
+  if (provisioner_ != nullptr) {
+    auto certs = provisioner_->Provision(rec, paths.tpm_dir, state_key, migration_key);
+    Status recorded = certs.ok() ? registry_.AddCertificates(*certs) : Status(certs.error());
+    if (!recorded.ok()) {
+      (void)Destroy(uuid);
+      return std::move(recorded).error().Context("provisioning the vTPM of VM " + uuid);
+    }
+  }
+  auto provisioned = registry_.Transition(uuid, {VmState::kDefined}, VmState::kProvisioned);
+  if (!provisioned.ok()) return std::move(provisioned).error().Context("recording the creation of VM " + uuid);
   LOG_INFO << "created vTPM for VM " << uuid << " (" << name << "), instance uid " << rec.instance_uid;
-  return rec;
+  return provisioned;
 }
 
 Result<VmRecord> Manager::Start(const std::string& vm) {
@@ -226,13 +242,25 @@ Status Manager::Delete(const std::string& vm) {
   auto deleting = registry_.Transition(
       uuid, {VmState::kProvisioned, VmState::kStopped, VmState::kFailed, VmState::kDeleting}, VmState::kDeleting);
   if (!deleting.ok()) return std::move(deleting).error().Context("cannot delete the vTPM of VM " + uuid);
+  VTM_RETURN_IF_ERROR(Destroy(uuid));
+  LOG_INFO << "deleted vTPM for VM " << uuid << ": state and keys destroyed, certificates revoked";
+  return OkStatus();
+}
+
+Status Manager::Destroy(const std::string& uuid) {
+  // Revoked first: if anything below fails, the identity is already dead.
+  auto revoked = registry_.RevokeCertificatesOf(uuid);
+  if (!revoked.ok()) return std::move(revoked).error();
   VmPaths paths = PathsFor(uuid);
   VTM_RETURN_IF_ERROR(RemoveTree(paths.vm_dir));
   VTM_RETURN_IF_ERROR(RemoveTree(paths.run_dir));
   // Removing the row destroys the only (wrapped) copies of the VM's keys.
-  VTM_RETURN_IF_ERROR(registry_.Remove(uuid));
-  LOG_INFO << "deleted vTPM for VM " << uuid << ": state and keys destroyed";
-  return OkStatus();
+  return registry_.Remove(uuid);
+}
+
+Result<std::vector<CertRecord>> Manager::Certificates(const std::string& vm) {
+  VTM_ASSIGN_OR_RETURN(VmRecord rec, registry_.Get(vm));
+  return registry_.CertificatesOf(rec.uuid);
 }
 
 Result<std::vector<VmRecord>> Manager::List() { return registry_.List(); }
@@ -277,6 +305,10 @@ Status Manager::Reconcile() {
       case VmState::kDeleting:
         LOG_WARNING << "finishing the interrupted deletion of VM " << rec.uuid;
         VTM_RETURN_IF_ERROR(Delete(rec.uuid));
+        break;
+      case VmState::kDefined:
+        LOG_WARNING << "undoing the interrupted creation of VM " << rec.uuid;
+        VTM_RETURN_IF_ERROR(Destroy(rec.uuid));
         break;
       default:
         break;

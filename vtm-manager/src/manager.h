@@ -18,6 +18,16 @@
 
 namespace vtm {
 
+// Gives a freshly created vTPM its identity (EKs, AK, IK, certificates in NV) before any VM
+// attaches; returns the certificates issued. Implemented over a provisioning swtpm in vtmd,
+// injectable for tests.
+class VtpmProvisioner {
+ public:
+  virtual ~VtpmProvisioner() = default;
+  virtual Result<std::vector<CertRecord>> Provision(const VmRecord& vm, const std::string& tpm_state_dir,
+                                                    const SecretBytes& state_key, const SecretBytes& migration_key) = 0;
+};
+
 struct ManagerConfig {
   std::string state_dir;  // registry, sealed master key, vms/<uuid>/{tpm,log}
   std::string run_dir;    // vms/<uuid>/tpm.sock
@@ -40,17 +50,20 @@ struct VmPaths {
 
 class Manager {
  public:
-  Manager(ManagerConfig config, Registry& registry, const MasterKey& master_key, const std::string& instance_binary);
+  // provisioner may be null: vTPMs are then created without identity (no certificates).
+  Manager(ManagerConfig config, Registry& registry, const MasterKey& master_key, const std::string& instance_binary,
+          VtpmProvisioner* provisioner);
 
   VmPaths PathsFor(const std::string& uuid) const;
 
-  // uuid may be empty (one is generated); name defaults to the uuid.
-  Result<VmRecord> Create(const std::string& uuid, const std::string& name);
+  // uuid may be empty (one is generated); name defaults to the uuid; service names the IK.
+  Result<VmRecord> Create(const std::string& uuid, const std::string& name, const std::string& service = "");
   Result<VmRecord> Start(const std::string& vm);
   Result<VmRecord> Stop(const std::string& vm);
   Status Delete(const std::string& vm);
   Result<std::vector<VmRecord>> List();
   Result<VmRecord> Show(const std::string& vm);
+  Result<std::vector<CertRecord>> Certificates(const std::string& vm);
 
   // At start-up: adopts instances that survived a vtmd restart, marks dead ones failed,
   // and completes interrupted deletions.
@@ -58,10 +71,14 @@ class Manager {
 
  private:
   void OnInstanceExit(const std::string& uuid, const std::string& how);
+  // Removes a VM's files and row (its certificates are revoked). For delete and for undoing
+  // an incomplete create.
+  Status Destroy(const std::string& uuid);
 
   ManagerConfig config_;
   Registry& registry_;
   const MasterKey& master_key_;
+  VtpmProvisioner* provisioner_;
   InstanceSupervisor supervisor_;
 };
 

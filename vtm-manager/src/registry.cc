@@ -6,14 +6,14 @@
 namespace vtm {
 namespace {
 
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;
 
 struct StateName {
   VmState state;
   const char* name;
 };
 constexpr StateName kStateNames[] = {
-    {VmState::kProvisioned, "provisioned"}, {VmState::kStarting, "starting"}, {VmState::kRunning, "running"},
+    {VmState::kDefined, "defined"}, {VmState::kProvisioned, "provisioned"}, {VmState::kStarting, "starting"}, {VmState::kRunning, "running"},
     {VmState::kStopping, "stopping"},       {VmState::kStopped, "stopped"},   {VmState::kDeleting, "deleting"},
     {VmState::kFailed, "failed"},
 };
@@ -75,7 +75,7 @@ class Txn {
 };
 
 constexpr const char* kColumns =
-    "uuid, name, state, generation, instance_uid, wrapped_state_key, wrapped_migration_key, instance_pid, "
+    "uuid, name, service, state, generation, instance_uid, wrapped_state_key, wrapped_migration_key, instance_pid, "
     "created_at, updated_at, last_error";
 
 }  // namespace
@@ -113,15 +113,25 @@ Result<std::unique_ptr<Registry>> Registry::Open(const std::string& path) {
   VTM_RETURN_IF_ERROR(reg->Exec(
       "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
       "CREATE TABLE IF NOT EXISTS vms ("
-      " uuid TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, state TEXT NOT NULL,"
+      " uuid TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, service TEXT NOT NULL DEFAULT '', state TEXT NOT NULL,"
       " generation INTEGER NOT NULL, instance_uid INTEGER NOT NULL UNIQUE,"
       " wrapped_state_key BLOB NOT NULL, wrapped_migration_key BLOB NOT NULL,"
       " instance_pid INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,"
-      " last_error TEXT NOT NULL DEFAULT '');"));
+      " last_error TEXT NOT NULL DEFAULT '');"
+      "CREATE TABLE IF NOT EXISTS certificates ("
+      " serial INTEGER PRIMARY KEY, vm_uuid TEXT NOT NULL, kind TEXT NOT NULL, der BLOB NOT NULL,"
+      " issued_at TEXT NOT NULL, revoked_at TEXT NOT NULL DEFAULT '', revoked_unix INTEGER NOT NULL DEFAULT 0);"
+      "CREATE INDEX IF NOT EXISTS certificates_vm ON certificates (vm_uuid);"));
   Stmt get(db, "SELECT value FROM meta WHERE key='schema_version'");
   if (!get.ok()) return SqlError(db, "reading schema version");
   if (sqlite3_step(get.get()) == SQLITE_ROW) {
     int64_t v = std::stoll(get.ColText(0));
+    if (v == 1) {
+      // v1 -> v2: the IK's service name (certificates came with their own table above).
+      VTM_RETURN_IF_ERROR(reg->Exec("ALTER TABLE vms ADD COLUMN service TEXT NOT NULL DEFAULT '';"
+                                    "UPDATE meta SET value='2' WHERE key='schema_version'"));
+      v = 2;
+    }
     if (v != kSchemaVersion) {
       return Error(ErrorCode::kFailedPrecondition, "registry " + path + " has schema version " + std::to_string(v) +
                                                        "; this vtmd understands version " +
@@ -178,18 +188,19 @@ Status Registry::Insert(VmRecord* record, uint32_t uid_base, uint32_t uid_count)
   record->instance_uid = uid;
   record->generation = 1;
   record->created_at = record->updated_at = NowUtc();
-  Stmt ins(db_, std::string("INSERT INTO vms (") + kColumns + ") VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)");
+  Stmt ins(db_, std::string("INSERT INTO vms (") + kColumns + ") VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)");
   ins.Text(1, record->uuid);
   ins.Text(2, record->name);
-  ins.Text(3, VmStateName(record->state));
-  ins.Int(4, static_cast<int64_t>(record->generation));
-  ins.Int(5, record->instance_uid);
-  ins.Blob(6, record->wrapped_state_key);
-  ins.Blob(7, record->wrapped_migration_key);
-  ins.Int(8, record->instance_pid);
-  ins.Text(9, record->created_at);
-  ins.Text(10, record->updated_at);
-  ins.Text(11, record->last_error);
+  ins.Text(3, record->service);
+  ins.Text(4, VmStateName(record->state));
+  ins.Int(5, static_cast<int64_t>(record->generation));
+  ins.Int(6, record->instance_uid);
+  ins.Blob(7, record->wrapped_state_key);
+  ins.Blob(8, record->wrapped_migration_key);
+  ins.Int(9, record->instance_pid);
+  ins.Text(10, record->created_at);
+  ins.Text(11, record->updated_at);
+  ins.Text(12, record->last_error);
   if (sqlite3_step(ins.get()) != SQLITE_DONE) return SqlError(db_, "inserting VM " + record->uuid);
   return txn.Commit();
 }
@@ -204,15 +215,16 @@ Result<std::vector<VmRecord>> Registry::Query(const std::string& where, const st
     VmRecord r;
     r.uuid = q.ColText(0);
     r.name = q.ColText(1);
-    VTM_ASSIGN_OR_RETURN(r.state, ParseVmState(q.ColText(2)));
-    r.generation = static_cast<uint64_t>(q.ColInt(3));
-    r.instance_uid = static_cast<uint32_t>(q.ColInt(4));
-    r.wrapped_state_key = q.ColText(5);
-    r.wrapped_migration_key = q.ColText(6);
-    r.instance_pid = q.ColInt(7);
-    r.created_at = q.ColText(8);
-    r.updated_at = q.ColText(9);
-    r.last_error = q.ColText(10);
+    r.service = q.ColText(2);
+    VTM_ASSIGN_OR_RETURN(r.state, ParseVmState(q.ColText(3)));
+    r.generation = static_cast<uint64_t>(q.ColInt(4));
+    r.instance_uid = static_cast<uint32_t>(q.ColInt(5));
+    r.wrapped_state_key = q.ColText(6);
+    r.wrapped_migration_key = q.ColText(7);
+    r.instance_pid = q.ColInt(8);
+    r.created_at = q.ColText(9);
+    r.updated_at = q.ColText(10);
+    r.last_error = q.ColText(11);
     out.push_back(std::move(r));
   }
   if (rc != SQLITE_DONE) return SqlError(db_, "query");
@@ -268,6 +280,89 @@ Status Registry::Remove(const std::string& uuid) {
   del.Text(1, uuid);
   if (sqlite3_step(del.get()) != SQLITE_DONE) return SqlError(db_, "deleting VM " + uuid);
   return OkStatus();
+}
+
+Result<uint64_t> Registry::NextSerial() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return NextCounter("next_serial");
+}
+
+Result<uint64_t> Registry::NextCrlNumber() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return NextCounter("next_crl_number");
+}
+
+Result<uint64_t> Registry::NextCounter(const std::string& key) {
+  Txn txn(db_);
+  if (!txn.ok()) return SqlError(db_, "begin");
+  uint64_t next = 1;
+  {
+    Stmt get(db_, "SELECT value FROM meta WHERE key=?1");
+    get.Text(1, key);
+    if (sqlite3_step(get.get()) == SQLITE_ROW) next = std::stoull(get.ColText(0));
+  }
+  Stmt put(db_, "INSERT OR REPLACE INTO meta VALUES (?1, ?2)");
+  put.Text(1, key);
+  put.Text(2, std::to_string(next + 1));
+  if (sqlite3_step(put.get()) != SQLITE_DONE) return SqlError(db_, "counter " + key);
+  VTM_RETURN_IF_ERROR(txn.Commit());
+  return next;
+}
+
+Status Registry::AddCertificates(const std::vector<CertRecord>& certs) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Txn txn(db_);
+  if (!txn.ok()) return SqlError(db_, "begin");
+  for (const auto& c : certs) {
+    Stmt ins(db_, "INSERT INTO certificates (serial, vm_uuid, kind, der, issued_at) VALUES (?1,?2,?3,?4,?5)");
+    ins.Int(1, static_cast<int64_t>(c.serial));
+    ins.Text(2, c.vm_uuid);
+    ins.Text(3, c.kind);
+    ins.Blob(4, c.der);
+    ins.Text(5, c.issued_at.empty() ? NowUtc() : c.issued_at);
+    if (sqlite3_step(ins.get()) != SQLITE_DONE) return SqlError(db_, "recording certificate " + std::to_string(c.serial));
+  }
+  return txn.Commit();
+}
+
+Result<std::vector<CertRecord>> Registry::QueryCerts(const std::string& where, const std::string& arg) {
+  Stmt q(db_, "SELECT serial, vm_uuid, kind, der, issued_at, revoked_at, revoked_unix FROM certificates " + where);
+  if (!arg.empty()) q.Text(1, arg);
+  std::vector<CertRecord> out;
+  int rc;
+  while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) {
+    CertRecord c;
+    c.serial = static_cast<uint64_t>(q.ColInt(0));
+    c.vm_uuid = q.ColText(1);
+    c.kind = q.ColText(2);
+    c.der = q.ColText(3);
+    c.issued_at = q.ColText(4);
+    c.revoked_at = q.ColText(5);
+    c.revoked_unix = q.ColInt(6);
+    out.push_back(std::move(c));
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "certificate query");
+  return out;
+}
+
+Result<std::vector<CertRecord>> Registry::CertificatesOf(const std::string& vm_uuid) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return QueryCerts("WHERE vm_uuid=?1 ORDER BY serial", vm_uuid);
+}
+
+Result<std::vector<CertRecord>> Registry::RevokedCertificates() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return QueryCerts("WHERE revoked_at != '' ORDER BY serial", "");
+}
+
+Result<int> Registry::RevokeCertificatesOf(const std::string& vm_uuid) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt up(db_, "UPDATE certificates SET revoked_at=?1, revoked_unix=?2 WHERE vm_uuid=?3 AND revoked_at=''");
+  up.Text(1, NowUtc());
+  up.Int(2, static_cast<int64_t>(std::time(nullptr)));
+  up.Text(3, vm_uuid);
+  if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "revoking certificates of VM " + vm_uuid);
+  return sqlite3_changes(db_);
 }
 
 }  // namespace vtm

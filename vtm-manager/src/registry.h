@@ -21,7 +21,7 @@
 
 namespace vtm {
 
-enum class VmState { kProvisioned, kStarting, kRunning, kStopping, kStopped, kDeleting, kFailed };
+enum class VmState { kDefined, kProvisioned, kStarting, kRunning, kStopping, kStopped, kDeleting, kFailed };
 
 const char* VmStateName(VmState state);  // "provisioned", "running", ...
 Result<VmState> ParseVmState(const std::string& name);
@@ -29,6 +29,7 @@ Result<VmState> ParseVmState(const std::string& name);
 struct VmRecord {
   std::string uuid;
   std::string name;
+  std::string service;  // the service this VM's identity key (IK) is for; may be empty
   VmState state = VmState::kProvisioned;
   uint64_t generation = 0;
   uint32_t instance_uid = 0;
@@ -38,6 +39,17 @@ struct VmRecord {
   std::string created_at;
   std::string updated_at;
   std::string last_error;
+};
+
+// A certificate the host CA issued. Kept after its VM is deleted (revoked), for the CRL.
+struct CertRecord {
+  uint64_t serial = 0;
+  std::string vm_uuid;
+  std::string kind;  // "ek-ecc", "ek-rsa", "ak", "ik"
+  std::string der;
+  std::string issued_at;
+  std::string revoked_at;  // empty while valid
+  int64_t revoked_unix = 0;
 };
 
 class Registry {
@@ -61,13 +73,26 @@ class Registry {
   Result<VmRecord> Transition(const std::string& uuid, const std::set<VmState>& from, VmState to,
                               std::optional<int64_t> pid = std::nullopt,
                               std::optional<std::string> last_error = std::nullopt);
-  // Removes the row (and with it the only copies of the VM's wrapped keys).
+  // Removes the row (and with it the only copies of the VM's wrapped keys). The VM's
+  // certificates stay, revoked.
   Status Remove(const std::string& uuid);
+
+  // Certificates. Serials come from NextSerial (a monotonic counter, never reused).
+  Result<uint64_t> NextSerial();
+  Status AddCertificates(const std::vector<CertRecord>& certs);
+  Result<std::vector<CertRecord>> CertificatesOf(const std::string& vm_uuid);
+  Result<std::vector<CertRecord>> RevokedCertificates();
+  // Marks every valid certificate of the VM revoked now; returns how many.
+  Result<int> RevokeCertificatesOf(const std::string& vm_uuid);
+  // Next CRL number (monotonic).
+  Result<uint64_t> NextCrlNumber();
 
  private:
   explicit Registry(sqlite3* db) : db_(db) {}
   Status Exec(const std::string& sql);
   Result<std::vector<VmRecord>> Query(const std::string& where, const std::vector<std::string>& args);
+  Result<std::vector<CertRecord>> QueryCerts(const std::string& where, const std::string& arg);
+  Result<uint64_t> NextCounter(const std::string& key);  // caller holds mu_
 
   std::mutex mu_;
   sqlite3* db_;

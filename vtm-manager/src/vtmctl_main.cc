@@ -4,6 +4,8 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <iomanip>
 #include <iostream>
 #include <string>
@@ -18,13 +20,20 @@ namespace {
 constexpr const char* kUsage = R"(usage: vtmctl [--socket PATH] [--json] COMMAND [ARGS]
 
 Commands:
-  create [--uuid UUID] [--name NAME]   create a vTPM for a VM (keys, directories)
+  create [--uuid UUID] [--name NAME] [--service SVC]
+                                       create a vTPM for a VM: keys, directories, EKs,
+                                       AK, IK and their certificates from the host CA
   start VM                             start the VM's vTPM; prints the socket for QEMU
   stop VM                              stop the VM's vTPM (its state is kept)
   delete VM                            destroy the VM's vTPM state and keys (must be stopped)
   list                                 list all vTPMs
   show VM                              show one vTPM
+  certs VM [--kind ek-ecc|ek-rsa|ak|ik] print the VM's vTPM certificates (PEM)
   host                                 show the host TPM and policy vtmd uses
+  ca show                              print the host CA certificate (PEM)
+  ca csr                               print a CSR for the host CA key, for a fleet CA
+  ca install CERT.pem [CHAIN.pem]      install the fleet CA's certificate for the CA key
+  ca crl                               print a CRL of every revoked vTPM certificate
 
 VM is a UUID or a name. --socket defaults to $VTM_SOCKET or /run/vtm/vtmd.sock.
 
@@ -61,6 +70,7 @@ void PrintVm(const api::Vm& vm) {
             << "generation:    " << vm.generation() << "\n"
             << "tpm socket:    " << vm.tpm_socket() << "\n"
             << "state dir:     " << vm.state_dir() << "\n"
+            << "service:       " << (vm.service().empty() ? "-" : vm.service()) << "\n"
             << "instance uid:  " << vm.instance_uid() << "\n"
             << "instance pid:  " << (vm.instance_pid() ? std::to_string(vm.instance_pid()) : "-") << "\n"
             << "created:       " << vm.created_at() << "\n"
@@ -85,6 +95,7 @@ int Run(int argc, char** argv) {
     return kUsage_;
   }
   const std::string cmd = args[0];
+  std::string kind_filter;
   api::Request req;
   auto need_vm = [&](api::VmRef* ref) -> bool {
     if (args.size() != 2) {
@@ -99,6 +110,7 @@ int Run(int argc, char** argv) {
     for (size_t i = 1; i < args.size(); ++i) {
       if (args[i] == "--uuid" && i + 1 < args.size()) c->set_uuid(args[++i]);
       else if (args[i] == "--name" && i + 1 < args.size()) c->set_name(args[++i]);
+      else if (args[i] == "--service" && i + 1 < args.size()) c->set_service(args[++i]);
       else {
         std::cerr << "vtmctl create: unexpected argument '" << args[i] << "'\n";
         return kUsage_;
@@ -116,6 +128,36 @@ int Run(int argc, char** argv) {
     req.mutable_list();
   } else if (cmd == "host") {
     req.mutable_host();
+  } else if (cmd == "certs") {
+    if (args.size() == 4 && args[2] == "--kind") {
+      kind_filter = args[3];
+      args.resize(2);
+    }
+    if (!need_vm(req.mutable_certs())) return kUsage_;
+  } else if (cmd == "ca") {
+    const std::string sub = args.size() > 1 ? args[1] : "";
+    if (sub == "show" && args.size() == 2) {
+      req.mutable_ca_show();
+    } else if (sub == "csr" && args.size() == 2) {
+      req.mutable_ca_csr();
+    } else if (sub == "crl" && args.size() == 2) {
+      req.mutable_ca_crl();
+    } else if (sub == "install" && (args.size() == 3 || args.size() == 4)) {
+      auto* in = req.mutable_ca_install();
+      for (size_t i = 2; i < args.size(); ++i) {
+        std::ifstream f(args[i], std::ios::binary);
+        if (!f) {
+          std::cerr << "vtmctl ca install: cannot read " << args[i] << "\n";
+          return kUsage_;
+        }
+        std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+        if (i == 2) in->set_certificate_pem(text);
+        else in->set_chain_pem(text);
+      }
+    } else {
+      std::cerr << "vtmctl ca: use 'ca show', 'ca csr', 'ca install CERT [CHAIN]' or 'ca crl'\n";
+      return kUsage_;
+    }
   } else {
     std::cerr << "vtmctl: unknown command '" << cmd << "'\n" << kUsage;
     return kUsage_;
@@ -157,7 +199,27 @@ int Run(int argc, char** argv) {
               << "PCR policy:  " << h.pcr_policy() << "\n"
               << "vtmd:        " << h.version() << "\n";
   } else if (cmd == "delete") {
-    std::cout << "deleted the vTPM of VM " << resp->vms(0).uuid() << " (state and keys destroyed)\n";
+    std::cout << "deleted the vTPM of VM " << resp->vms(0).uuid()
+              << " (state and keys destroyed, certificates revoked)\n";
+  } else if (cmd == "certs") {
+    bool any = false;
+    for (const auto& c : resp->certificates()) {
+      if (!kind_filter.empty() && c.kind() != kind_filter) continue;
+      any = true;
+      if (kind_filter.empty()) {
+        std::cout << "# " << c.kind() << " serial " << c.serial() << " NV 0x" << std::hex << c.nv_index() << std::dec
+                  << (c.revoked_at().empty() ? "" : " REVOKED " + c.revoked_at()) << "\n";
+      }
+      std::cout << c.pem();
+    }
+    if (!any) {
+      std::cerr << "vtmctl certs: no " << (kind_filter.empty() ? "" : kind_filter + " ") << "certificate\n";
+      return kNotFound;
+    }
+  } else if (cmd == "ca") {
+    if (args[1] == "show") std::cout << resp->ca().certificate_pem() << resp->ca().chain_pem();
+    else if (args[1] == "install") std::cout << "installed the fleet-CA-issued certificate for the host CA\n";
+    else std::cout << resp->pem();
   } else if (!resp->vms().empty()) {
     PrintVm(resp->vms(0));
   }

@@ -24,11 +24,15 @@
 
 #include "api_server.h"
 #include "api_service.h"
+#include "host_identity.h"
+#include "simulated_manufacturer.h"
+#include "swtpm_provisioner.h"
 #include "manager.h"
 #include "master_key.h"
 #include "registry.h"
 #include "vtm/fs.h"
 #include "vtm/host_tpm.h"
+#include "vtm/tpm.h"
 #include "vtm/log.h"
 #include "vtm/subprocess.h"
 
@@ -252,7 +256,7 @@ int Run(int argc, char** argv) {
     simulated = std::move(sim).value();
     tcti = simulated->tcti();
   }
-  auto tpm = HostTpm::Open(tcti);
+  auto tpm = Tpm::OpenTcti(tcti);
   if (!tpm.ok()) return fatal(std::move(tpm).error().Context("opening the host TPM " + tcti));
   std::string description = (*tpm)->Describe();
   LOG_INFO << "host TPM: " << description;
@@ -264,6 +268,17 @@ int Run(int argc, char** argv) {
   auto registry = Registry::Open(opts.state_dir + "/registry.db");
   if (!registry.ok()) return fatal(registry.error());
 
+  if (simulated) {
+    if (auto st = ManufactureSimulatedHostTpm(**tpm, opts.state_dir + "/simulated-host-tpm"); !st.ok()) {
+      return fatal(std::move(st).error().Context("manufacturing the simulated host TPM"));
+    }
+  }
+  char hostname[256] = "";
+  gethostname(hostname, sizeof hostname - 1);
+  auto identity = HostIdentity::LoadOrCreate(**tpm, opts.state_dir + "/host-identity", hostname);
+  if (!identity.ok()) return fatal(std::move(identity).error().Context("loading the host identity"));
+  SwtpmProvisioner provisioner(**identity, **registry);
+
   ManagerConfig mc;
   mc.state_dir = opts.state_dir;
   mc.run_dir = opts.run_dir;
@@ -271,11 +286,11 @@ int Run(int argc, char** argv) {
   mc.instance_uid_count = opts.uid_count;
   mc.socket_uid = qemu_uid;
   mc.socket_gid = qemu_gid;
-  Manager manager(mc, **registry, *master, FindProgram("vtm-instance"));
+  Manager manager(mc, **registry, *master, FindProgram("vtm-instance"), &provisioner);
   if (auto st = manager.Reconcile(); !st.ok()) return fatal(std::move(st).error().Context("reconciling the registry"));
 
   HostDescription host{description, simulated != nullptr, pcrs->ToString()};
-  ApiService service(manager, host);
+  ApiService service(manager, **registry, identity->get(), host);
   ApiServer server(service, group, group_name);
   if (auto st = server.Listen(opts.socket); !st.ok()) return fatal(st.error());
 

@@ -1,0 +1,144 @@
+// X.509 for vtm's certificate authority: vTPM EK certificates per the TCG EK Credential
+// Profile, AK/IK certificates naming the VM and the service, the host CA certificate with a
+// TPM2_Certify proof that its key lives in the host TPM, CSRs for a fleet CA, and CRLs.
+// Every signature is made by a Signer, so the CA key may live inside the host TPM (a TPM
+// signing key) or be a software key sealed by the host TPM; this library never sees a
+// TPM-resident private key. Parsers of outside data (certificates, CSRs, CRLs, the certify
+// extension) refuse malformed input with kInvalidArgument/kDataLoss and are fuzzed.
+#pragma once
+
+#include <cstdint>
+#include <ctime>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "vtm/error.h"
+#include "vtm/secret.h"
+
+namespace vtm::ca {
+
+// Makes ECDSA P-256 signatures over SHA-256 digests.
+class Signer {
+ public:
+  virtual ~Signer() = default;
+  // DER ECDSA-Sig-Value over a 32-byte SHA-256 digest.
+  virtual Result<std::string> SignDigest(const std::string& sha256_digest) = 0;
+  // DER SubjectPublicKeyInfo of the signing key.
+  virtual const std::string& PublicKeySpki() const = 0;
+};
+
+// A software P-256 key (the `sealed` CA residency mode, test manufacturer CAs, tests).
+class SoftwareSigner : public Signer {
+ public:
+  static Result<std::unique_ptr<SoftwareSigner>> Generate();
+  // From a DER PKCS#8 / EC private key.
+  static Result<std::unique_ptr<SoftwareSigner>> FromPrivateKeyDer(const SecretBytes& der);
+  SecretBytes PrivateKeyDer() const;
+  Result<std::string> SignDigest(const std::string& sha256_digest) override;
+  const std::string& PublicKeySpki() const override { return spki_; }
+  ~SoftwareSigner() override;
+
+ private:
+  SoftwareSigner() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::string spki_;
+};
+
+struct Validity {
+  std::time_t not_before = 0;
+  std::time_t not_after = 0;  // 0: 99991231235959Z (RFC 5280 "no well-defined expiration")
+};
+
+// Evidence that a key lives in a TPM: TPM2_Certify of the key by an AK.
+struct CertifyEvidence {
+  std::string key_tpm2b_public;  // TPM2B_PUBLIC of the certified key (its SPKI must match)
+  std::string attest;            // marshalled TPMS_ATTEST (type TPM_ST_ATTEST_CERTIFY)
+  std::string signature;         // marshalled TPMT_SIGNATURE by the AK
+  std::string ak_tpm2b_public;   // TPM2B_PUBLIC of the AK
+};
+
+// OID of the certify-evidence extension: a UUID-based OID (ITU-T X.667, arc 2.25), so no
+// registration is needed. Documented in docs/architecture.md.
+extern const char* const kCertifyEvidenceOid;
+
+// The host CA's own certificate: self-signed (subject == issuer), CA:TRUE, pathlen 0,
+// keyCertSign|cRLSign, carrying the certify evidence as a non-critical extension.
+struct CaCertRequest {
+  std::string common_name;  // e.g. "vtm host CA <hostname>"
+  std::string organization = "vtm";
+  uint64_t serial = 1;
+  Validity validity;
+  CertifyEvidence evidence;
+};
+Result<std::string> CreateSelfSignedCaCertificate(Signer& ca_key, const CaCertRequest& req);  // DER
+// The same subject, key and extension as a PKCS#10 CSR, for an operator's fleet CA.
+Result<std::string> CreateCaCsr(Signer& ca_key, const CaCertRequest& req);  // DER
+
+// TCG EK Credential Profile certificate for a vTPM EK.
+struct EkCertRequest {
+  std::string ek_spki_der;
+  bool rsa = false;              // keyEncipherment for RSA, keyAgreement for ECC
+  std::string tpm_manufacturer;  // e.g. "id:00001014" (TPM_PT_MANUFACTURER as 8 hex digits)
+  std::string tpm_model;         // e.g. "swtpm"
+  std::string tpm_version;       // e.g. "id:20191023"
+  uint64_t serial = 0;           // unique per issuer, positive (RFC 5280)
+  Validity validity;
+  // TPMSpecification in subjectDirectoryAttributes (tcg-at-tpmSpecification, 2.23.133.2.16):
+  // family "2.0", level 0 and revision = TPM_PT_REVISION of the vTPM (159 for rev 1.59).
+  std::string tpm_spec_family = "2.0";
+  uint32_t tpm_spec_level = 0;
+  uint32_t tpm_spec_revision = 159;
+};
+// issuer_cert_der: the CA certificate whose subject becomes the issuer.
+Result<std::string> IssueEkCertificate(Signer& ca_key, const std::string& issuer_cert_der, const EkCertRequest& req);
+
+// AK / IK certificate naming the VM (URI SAN urn:uuid:<vm>) and the service
+// (URI SAN vtm:service:<name>); digitalSignature; subject CN = "<vm uuid> <role>".
+struct IdentityCertRequest {
+  std::string spki_der;
+  std::string vm_uuid;
+  std::string service;   // may be empty
+  bool attestation_key;  // true: AK, false: IK
+  uint64_t serial = 0;
+  Validity validity;
+};
+Result<std::string> IssueIdentityCertificate(Signer& ca_key, const std::string& issuer_cert_der,
+                                             const IdentityCertRequest& req);
+
+struct RevokedCert {
+  uint64_t serial;
+  std::time_t revoked_at;
+};
+Result<std::string> CreateCrl(Signer& ca_key, const std::string& issuer_cert_der,
+                              const std::vector<RevokedCert>& revoked, uint64_t crl_number, std::time_t this_update,
+                              std::time_t next_update);  // DER
+
+// Parsed facts about a certificate.
+struct CertificateInfo {
+  std::string subject;  // RFC 2253
+  std::string issuer;
+  // Serials vtm issues fit 64 bits; a fleet CA's (often 128-160 random bits) do not: then
+  // serial is 0 and only serial_hex (upper-case hex, as `openssl x509 -serial` prints) names it.
+  uint64_t serial = 0;
+  std::string serial_hex;
+  std::string spki_der;
+  bool is_ca = false;
+  std::vector<std::string> uris;  // URI SANs
+};
+// Accepts DER or PEM; kInvalidArgument with a clear message for anything else.
+Result<CertificateInfo> ParseCertificate(const std::string& der_or_pem);
+Result<std::string> CertificateToDer(const std::string& der_or_pem);
+std::string DerToPem(const std::string& der, const char* label = "CERTIFICATE");
+// Extracts and structurally checks the certify-evidence extension (kNotFound if absent).
+Result<CertifyEvidence> ExtractCertifyEvidence(const std::string& cert_der_or_pem);
+// Verifies that evidence proves the certificate's key lives in the TPM of that AK:
+// the AK's signature over attest, attest is a TPM_ST_ATTEST_CERTIFY with magic TPM_GENERATED,
+// the certified name equals the TPM name of key_tpm2b_public, and that public key equals the
+// certificate's SPKI. kDataLoss / kInvalidArgument with what failed.
+Status VerifyCertifyEvidence(const std::string& cert_der_or_pem, const CertifyEvidence& evidence);
+// True if cert_der was signed by issuer_der's key (signature check only).
+Status VerifySignedBy(const std::string& cert_der, const std::string& issuer_der);
+
+}  // namespace vtm::ca

@@ -1,0 +1,43 @@
+// libFuzzer target for the TPM-public-area helpers of host-tpm (SpkiFromTpmPublic,
+// TpmNameOfPublic): verifiers feed them EK/AK publics from other hosts and from files. Beyond
+// "no crash": rejections carry kInvalidArgument/kDataLoss only, and every SPKI produced parses.
+// Link: vtm_host_tpm.
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+
+#include "vtm/tpm.h"
+
+extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
+  setenv("TSS2_LOG", "all+none", /*overwrite=*/0);  // tss2-mu logs every malformed input
+  return 0;
+}
+
+namespace {
+bool Expected(vtm::ErrorCode code) {
+  return code == vtm::ErrorCode::kInvalidArgument || code == vtm::ErrorCode::kDataLoss;
+}
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string input(reinterpret_cast<const char*>(data), size);
+  auto spki = vtm::SpkiFromTpmPublic(input);
+  if (spki.ok()) {
+    const auto* p = reinterpret_cast<const unsigned char*>(spki->data());
+    EVP_PKEY* key = d2i_PUBKEY(nullptr, &p, static_cast<long>(spki->size()));
+    if (key == nullptr) __builtin_trap();
+    EVP_PKEY_free(key);
+  } else if (!Expected(spki.error().code())) {
+    __builtin_trap();
+  }
+  auto name = vtm::TpmNameOfPublic(input);
+  if (name.ok()) {
+    if (name->size() < 2 + 20) __builtin_trap();  // nameAlg + at least a SHA-1 digest
+  } else if (!Expected(name.error().code())) {
+    __builtin_trap();
+  }
+  return 0;
+}

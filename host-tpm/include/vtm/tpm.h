@@ -1,0 +1,146 @@
+// A TPM 2.0 reached through tpm2-tss ESAPI: the host's TPM (a TCTI string) or a vTPM that vtmd
+// provisions before any VM attaches (swtpm's data channel, a connected socket). One class
+// serves both, because creating an EK, an AK, certifying a key or writing an NV certificate is
+// the same TPM work whichever TPM does it. TSS2 return codes become vtm::Error here and
+// nowhere else (see internal/tpm_error.h).
+//
+// Thread safety: a Tpm is not thread-safe; callers serialize access.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "vtm/error.h"
+#include "vtm/host_tpm.h"
+#include "vtm/secret.h"
+#include "vtm/unique_fd.h"
+
+namespace vtm {
+
+enum class KeyAlg { kEccP256, kRsa2048 };
+
+// What a key is for; each role has one fixed template (documented in docs/architecture.md).
+enum class KeyRole {
+  kAttestation,  // AK: restricted signing, ECDSA-SHA256 (ECC P-256), fixedTPM|fixedParent
+  kSigning,      // IK / CA key: unrestricted signing, ECDSA-SHA256 (ECC P-256), fixedTPM|fixedParent
+};
+
+// Public parts of a TPM key, in the forms verifiers and X.509 need.
+struct TpmKeyPublic {
+  std::string tpm2b_public;  // marshalled TPM2B_PUBLIC
+  std::string name;          // TPM name: nameAlg (2 bytes) || digest of TPMT_PUBLIC
+  std::string spki_der;      // DER SubjectPublicKeyInfo of the same key
+};
+
+// A key created under a parent: reloadable with Tpm::LoadKey. The private part is encrypted
+// by the parent (only this TPM can load it), so the blob may be stored as a file.
+struct TpmKeyBlob {
+  std::string tpm2b_public;
+  std::string tpm2b_private;
+};
+
+// A signed TPM attestation (TPM2_Certify, TPM2_Quote).
+struct TpmAttestation {
+  std::string attest;     // marshalled TPMS_ATTEST (the bytes the signature covers)
+  std::string signature;  // marshalled TPMT_SIGNATURE
+};
+
+// TPM2_MakeCredential output, for TPM2_ActivateCredential.
+struct TpmCredential {
+  std::string id_object;         // marshalled TPM2B_ID_OBJECT
+  std::string encrypted_secret;  // marshalled TPM2B_ENCRYPTED_SECRET
+};
+
+class Tpm;
+
+// A loaded object (transient: flushed on destruction; persistent: left in place, only the
+// TSS's reference to it is released). Must not outlive the Tpm that made it.
+class TpmKey {
+ public:
+  TpmKey() = default;
+  TpmKey(Tpm* tpm, uint32_t esys_handle, bool transient) : tpm_(tpm), handle_(esys_handle), transient_(transient) {}
+  ~TpmKey();
+  TpmKey(TpmKey&& o) noexcept;
+  TpmKey& operator=(TpmKey&& o) noexcept;
+  TpmKey(const TpmKey&) = delete;
+  TpmKey& operator=(const TpmKey&) = delete;
+  uint32_t esys_handle() const { return handle_; }
+  bool valid() const { return tpm_ != nullptr; }
+  const Tpm* owner() const { return tpm_; }  // lets a Tpm refuse another TPM's key
+
+ private:
+  Tpm* tpm_ = nullptr;
+  uint32_t handle_ = 0;
+  bool transient_ = false;
+};
+
+class Tpm : public HostTpm {
+ public:
+  // From a TCTI string ("device:/dev/tpmrm0", "swtpm:host=127.0.0.1,port=N"); sends
+  // TPM2_Startup(CLEAR) if needed.
+  static Result<std::unique_ptr<Tpm>> OpenTcti(const std::string& tcti);
+  // Over a connected stream socket that carries raw TPM commands and responses (swtpm's data
+  // channel, handed over with CMD_SET_DATAFD). `label` names the TPM in errors and Describe().
+  static Result<std::unique_ptr<Tpm>> OpenStream(UniqueFd fd, const std::string& label);
+
+  // Primaries, re-derived from their templates on each call.
+  // EK per the TCG EK Credential Profile 2.x default templates: RSA 2048 (template L-1, cert
+  // index 0x01C00002) or ECC NIST P-256 (template L-2, index 0x01C0000A). The same key that
+  // `tpm2_createek -G rsa|ecc` recreates.
+  virtual Result<TpmKey> CreateEk(KeyAlg alg) = 0;
+  // The storage root key, owner hierarchy, ECC P-256 (the TCG SRK template; same as Seal uses).
+  virtual Result<TpmKey> CreateSrk() = 0;
+
+  virtual Result<TpmKeyBlob> CreateKey(const TpmKey& parent, KeyRole role) = 0;
+  virtual Result<TpmKey> LoadKey(const TpmKey& parent, const TpmKeyBlob& blob) = 0;
+  // A public key only (TPM2_LoadExternal, NULL hierarchy), e.g. another TPM's EK.
+  virtual Result<TpmKey> LoadExternalPublic(const std::string& tpm2b_public) = 0;
+  virtual Result<TpmKeyPublic> ReadPublic(const TpmKey& key) = 0;
+
+  // ECDSA over a SHA-256 digest with an unrestricted signing key; returns the DER
+  // ECDSA-Sig-Value that X.509 and OpenSSL expect.
+  virtual Result<std::string> SignDigest(const TpmKey& key, const std::string& sha256_digest) = 0;
+  // TPM2_Certify of object by signer (an AK), with qualifying data.
+  virtual Result<TpmAttestation> Certify(const TpmKey& object, const TpmKey& signer, const std::string& qualifying) = 0;
+  // TPM2_Quote over selection by ak, nonce as qualifying data.
+  virtual Result<TpmAttestation> Quote(const TpmKey& ak, const PcrSelection& selection, const std::string& nonce) = 0;
+
+  // TPM2_MakeCredential with a loaded (public) EK: wraps secret so that only the TPM holding
+  // that EK can recover it, and only for the object named object_name.
+  virtual Result<TpmCredential> MakeCredential(const TpmKey& ek_public, const std::string& secret,
+                                               const std::string& object_name) = 0;
+  // TPM2_ActivateCredential: activated (e.g. an AK) with the EK (policy session with
+  // PolicySecret(TPM_RH_ENDORSEMENT)). Returns the secret.
+  virtual Result<SecretBytes> ActivateCredential(const TpmKey& activated, const TpmKey& ek,
+                                                 const TpmCredential& credential) = 0;
+
+  // TPM2_EvictControl (owner auth) of key to persistent_handle (0x81xxxxxx); replaces any
+  // object already there.
+  virtual Status MakePersistent(const TpmKey& key, uint32_t persistent_handle) = 0;
+  virtual Result<TpmKey> LoadPersistent(uint32_t persistent_handle) = 0;
+
+  // Defines nv_index (platform hierarchy, TPMA_NV_PLATFORMCREATE | PPWRITE | WRITEDEFINE |
+  // PPREAD | OWNERREAD | AUTHREAD | NO_DA), writes data in chunks and write-locks it, so that
+  // neither the owner nor a guest can rewrite or undefine it once the platform hierarchy is
+  // disabled by firmware. An existing index is undefined first (platform auth).
+  virtual Status WriteNvCertificate(uint32_t nv_index, const std::string& data) = 0;
+  // Reads a whole NV index (owner auth, in chunks). kNotFound if it is not defined.
+  virtual Result<std::string> ReadNv(uint32_t nv_index) = 0;
+
+  // Flushes a transient object (used by TpmKey's destructor).
+  virtual void Flush(uint32_t esys_handle) = 0;
+  // Releases the TSS's reference to a persistent object, which stays in the TPM (used by
+  // TpmKey's destructor).
+  virtual void Forget(uint32_t esys_handle) = 0;
+};
+
+// The DER SubjectPublicKeyInfo of a marshalled TPM2B_PUBLIC (ECC NIST P-256/P-384 or RSA), for
+// verifiers that hold a TPM public area but no TPM. kInvalidArgument for other key types,
+// kDataLoss for malformed bytes.
+Result<std::string> SpkiFromTpmPublic(const std::string& tpm2b_public);
+// The TPM name of a marshalled TPM2B_PUBLIC: nameAlg (2 bytes) || nameAlg digest of the
+// marshalled TPMT_PUBLIC. Lets a verifier check that a TPMS_ATTEST certifies a given key.
+Result<std::string> TpmNameOfPublic(const std::string& tpm2b_public);
+
+}  // namespace vtm

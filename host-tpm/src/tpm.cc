@@ -1,0 +1,744 @@
+// The ESAPI Tpm, part 2: the identity work vtmd does on the host TPM and on each new vTPM
+// (EKs from the TCG templates, SRK, AK/IK, signing, TPM2_Certify/Quote, credential activation,
+// persistent objects, NV certificates), plus TpmKey and the TPM-public-to-X.509 helpers.
+#include "vtm/tpm.h"
+
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+#include <openssl/x509.h>
+#include <tss2/tss2_esys.h>
+#include <tss2/tss2_mu.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <utility>
+
+#include "internal/esys_handles.h"
+#include "internal/esys_tpm.h"
+#include "internal/pcr_bank.h"
+#include "internal/tpm_error.h"
+#include "internal/tpm_marshal.h"
+#include "vtm/log.h"
+
+namespace vtm {
+namespace {
+
+using internal::EsysOut;
+using internal::MarshalToString;
+using internal::ScopedTr;
+using internal::ScopedTrRef;
+using internal::TpmError;
+using internal::TpmResponseCode;
+using internal::UnmarshalExactly;
+using internal::WipeOnExit;
+
+void ReleaseKey(Tpm* tpm, uint32_t handle, bool transient) {
+  if (tpm == nullptr) return;
+  if (transient) {
+    tpm->Flush(handle);
+  } else {
+    tpm->Forget(handle);
+  }
+}
+
+std::string Hex32(uint32_t v) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "0x%08x", v);
+  return buf;
+}
+
+template <typename T>
+std::string Bytes(const T& tpm2b_buffer, size_t size) {
+  return std::string(reinterpret_cast<const char*>(tpm2b_buffer), size);
+}
+
+// Copies bytes into a TPM2B of fixed capacity, refusing what does not fit.
+template <typename T>
+Status Fill(T& tpm2b, const std::string& bytes, const char* what) {
+  if (bytes.size() > sizeof(tpm2b.buffer)) {
+    return Error(ErrorCode::kInvalidArgument, std::string(what) + " holds at most " +
+                                                  std::to_string(sizeof(tpm2b.buffer)) + " bytes, not " +
+                                                  std::to_string(bytes.size()));
+  }
+  tpm2b.size = static_cast<UINT16>(bytes.size());
+  std::memcpy(tpm2b.buffer, bytes.data(), bytes.size());
+  return OkStatus();
+}
+
+// ---- Templates --------------------------------------------------------------------------
+
+// TCG EK Credential Profile 2.x, policy A: TPM2_PolicySecret(TPM_RH_ENDORSEMENT) with SHA-256.
+// The EK's private key is usable only with the endorsement hierarchy's authorization.
+constexpr uint8_t kEkPolicyA[32] = {0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xb3, 0xf8, 0x1a, 0x90, 0xcc,
+                                    0x8d, 0x46, 0xa5, 0xd7, 0x24, 0xfd, 0x52, 0xd7, 0x6e, 0x06, 0x52,
+                                    0x0b, 0x64, 0xf2, 0xa1, 0xda, 0x1b, 0x33, 0x14, 0x69, 0xaa};
+
+// The profile's default low-range templates L-1 (RSA 2048) and L-2 (ECC NIST P-256). The unique
+// field is zero-filled to the key size, so every party that follows the profile (tpm2_createek,
+// guest tools, verifiers) re-derives the very same key from the endorsement seed.
+TPM2B_PUBLIC EkTemplate(KeyAlg alg) {
+  TPM2B_PUBLIC t{};
+  TPMT_PUBLIC& area = t.publicArea;
+  area.nameAlg = TPM2_ALG_SHA256;
+  area.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
+                          TPMA_OBJECT_ADMINWITHPOLICY | TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT;
+  area.authPolicy.size = sizeof kEkPolicyA;
+  std::memcpy(area.authPolicy.buffer, kEkPolicyA, sizeof kEkPolicyA);
+  if (alg == KeyAlg::kRsa2048) {
+    area.type = TPM2_ALG_RSA;
+    TPMS_RSA_PARMS& rsa = area.parameters.rsaDetail;
+    rsa.symmetric.algorithm = TPM2_ALG_AES;
+    rsa.symmetric.keyBits.aes = 128;
+    rsa.symmetric.mode.aes = TPM2_ALG_CFB;
+    rsa.scheme.scheme = TPM2_ALG_NULL;
+    rsa.keyBits = 2048;
+    rsa.exponent = 0;  // the default, 65537
+    area.unique.rsa.size = 256;
+  } else {
+    area.type = TPM2_ALG_ECC;
+    TPMS_ECC_PARMS& ecc = area.parameters.eccDetail;
+    ecc.symmetric.algorithm = TPM2_ALG_AES;
+    ecc.symmetric.keyBits.aes = 128;
+    ecc.symmetric.mode.aes = TPM2_ALG_CFB;
+    ecc.scheme.scheme = TPM2_ALG_NULL;
+    ecc.curveID = TPM2_ECC_NIST_P256;
+    ecc.kdf.scheme = TPM2_ALG_NULL;
+    area.unique.ecc.x.size = 32;
+    area.unique.ecc.y.size = 32;
+  }
+  return t;
+}
+
+// ECC P-256 signing keys with a fixed ECDSA-SHA256 scheme, so a key can never be used with
+// another scheme. Both are fixedTPM: they never leave the TPM that created them.
+TPM2B_PUBLIC SigningKeyTemplate(KeyRole role) {
+  TPM2B_PUBLIC t{};
+  TPMT_PUBLIC& area = t.publicArea;
+  area.type = TPM2_ALG_ECC;
+  area.nameAlg = TPM2_ALG_SHA256;
+  area.objectAttributes = TPMA_OBJECT_SIGN_ENCRYPT | TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
+                          TPMA_OBJECT_SENSITIVEDATAORIGIN | TPMA_OBJECT_USERWITHAUTH;
+  // Restricted: the AK signs only TPM-generated structures (quotes, certifications), never a
+  // digest that could pass for one.
+  if (role == KeyRole::kAttestation) area.objectAttributes |= TPMA_OBJECT_RESTRICTED;
+  TPMS_ECC_PARMS& ecc = area.parameters.eccDetail;
+  ecc.symmetric.algorithm = TPM2_ALG_NULL;
+  ecc.scheme.scheme = TPM2_ALG_ECDSA;
+  ecc.scheme.details.ecdsa.hashAlg = TPM2_ALG_SHA256;
+  ecc.curveID = TPM2_ECC_NIST_P256;
+  ecc.kdf.scheme = TPM2_ALG_NULL;
+  return t;
+}
+
+const char* RoleName(KeyRole role) { return role == KeyRole::kAttestation ? "attestation key" : "signing key"; }
+
+// The certificate indices: written by the platform (vtmd, before any VM runs), readable by the
+// owner and with the index's empty auth (what tpm2_nvread and guest tools use), and
+// write-locked until undefined, which needs platform authorization the guest lacks once its
+// firmware has disabled the platform hierarchy.
+constexpr TPMA_NV kNvCertificateAttributes = TPMA_NV_PLATFORMCREATE | TPMA_NV_PPWRITE | TPMA_NV_WRITEDEFINE |
+                                             TPMA_NV_PPREAD | TPMA_NV_OWNERREAD | TPMA_NV_AUTHREAD | TPMA_NV_NO_DA |
+                                             (TPM2_NT_ORDINARY << TPMA_NV_TPM2_NT_SHIFT);
+
+constexpr uint32_t kDefaultNvChunk = 1024;
+
+// ---- OpenSSL conversions ----------------------------------------------------------------
+
+struct ParamBldFree {
+  void operator()(OSSL_PARAM_BLD* p) const { OSSL_PARAM_BLD_free(p); }
+};
+struct ParamFree {
+  void operator()(OSSL_PARAM* p) const { OSSL_PARAM_free(p); }
+};
+struct PkeyCtxFree {
+  void operator()(EVP_PKEY_CTX* p) const { EVP_PKEY_CTX_free(p); }
+};
+struct PkeyFree {
+  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
+};
+struct BnFree {
+  void operator()(BIGNUM* p) const { BN_free(p); }
+};
+struct EcdsaSigFree {
+  void operator()(ECDSA_SIG* p) const { ECDSA_SIG_free(p); }
+};
+
+Result<std::string> SpkiFromTpmt(const TPMT_PUBLIC& area) {
+  std::unique_ptr<OSSL_PARAM_BLD, ParamBldFree> bld(OSSL_PARAM_BLD_new());
+  if (!bld) return Error(ErrorCode::kInternal, "OSSL_PARAM_BLD_new failed");
+  const char* key_type = nullptr;
+  std::string point;
+  std::unique_ptr<BIGNUM, BnFree> n, e;
+  if (area.type == TPM2_ALG_ECC) {
+    const char* group = nullptr;
+    size_t field = 0;
+    switch (area.parameters.eccDetail.curveID) {
+      case TPM2_ECC_NIST_P256:
+        group = "prime256v1";
+        field = 32;
+        break;
+      case TPM2_ECC_NIST_P384:
+        group = "secp384r1";
+        field = 48;
+        break;
+      default:
+        return Error(ErrorCode::kInvalidArgument, "TPM ECC key on curve " +
+                                                      std::to_string(area.parameters.eccDetail.curveID) +
+                                                      " (only NIST P-256 and P-384 are supported)");
+    }
+    const TPMS_ECC_POINT& p = area.unique.ecc;
+    if (p.x.size == 0 || p.x.size > field || p.y.size == 0 || p.y.size > field) {
+      return Error(ErrorCode::kDataLoss, "TPM ECC public point has coordinates of " + std::to_string(p.x.size) +
+                                             " and " + std::to_string(p.y.size) + " bytes");
+    }
+    // Uncompressed SEC1 point; the TPM may drop leading zero bytes, so pad to the field size.
+    point.assign(1 + 2 * field, '\0');
+    point[0] = 0x04;
+    std::memcpy(point.data() + 1 + field - p.x.size, p.x.buffer, p.x.size);
+    std::memcpy(point.data() + 1 + 2 * field - p.y.size, p.y.buffer, p.y.size);
+    key_type = "EC";
+    if (OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME, group, 0) != 1 ||
+        OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY, point.data(), point.size()) != 1) {
+      return Error(ErrorCode::kInternal, "building OpenSSL EC key parameters failed");
+    }
+  } else if (area.type == TPM2_ALG_RSA) {
+    const TPM2B_PUBLIC_KEY_RSA& modulus = area.unique.rsa;
+    if (modulus.size == 0) return Error(ErrorCode::kDataLoss, "TPM RSA public key has an empty modulus");
+    n.reset(BN_bin2bn(modulus.buffer, modulus.size, nullptr));
+    // An exponent of 0 in a TPM public area means the default, 2^16 + 1.
+    UINT32 exponent = area.parameters.rsaDetail.exponent == 0 ? 65537 : area.parameters.rsaDetail.exponent;
+    e.reset(BN_new());
+    if (!n || !e || BN_set_word(e.get(), exponent) != 1) return Error(ErrorCode::kInternal, "BIGNUM allocation failed");
+    key_type = "RSA";
+    if (OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, n.get()) != 1 ||
+        OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_E, e.get()) != 1) {
+      return Error(ErrorCode::kInternal, "building OpenSSL RSA key parameters failed");
+    }
+  } else {
+    return Error(ErrorCode::kInvalidArgument,
+                 "TPM key of type " + std::to_string(area.type) + " has no X.509 public key form (ECC or RSA only)");
+  }
+  std::unique_ptr<OSSL_PARAM, ParamFree> params(OSSL_PARAM_BLD_to_param(bld.get()));
+  std::unique_ptr<EVP_PKEY_CTX, PkeyCtxFree> ctx(EVP_PKEY_CTX_new_from_name(nullptr, key_type, nullptr));
+  if (!params || !ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1) {
+    return Error(ErrorCode::kInternal, "setting up an OpenSSL " + std::string(key_type) + " key failed");
+  }
+  EVP_PKEY* raw = nullptr;
+  if (EVP_PKEY_fromdata(ctx.get(), &raw, EVP_PKEY_PUBLIC_KEY, params.get()) != 1) {
+    return Error(ErrorCode::kDataLoss, "the TPM's " + std::string(key_type) +
+                                           " public key is not a valid key (e.g. a point not on the curve)");
+  }
+  std::unique_ptr<EVP_PKEY, PkeyFree> pkey(raw);
+  int len = i2d_PUBKEY(pkey.get(), nullptr);
+  if (len <= 0) return Error(ErrorCode::kInternal, "encoding a SubjectPublicKeyInfo failed");
+  std::string der(static_cast<size_t>(len), '\0');
+  auto* out = reinterpret_cast<unsigned char*>(der.data());
+  if (i2d_PUBKEY(pkey.get(), &out) != len) return Error(ErrorCode::kInternal, "encoding a SubjectPublicKeyInfo failed");
+  return der;
+}
+
+// The DER ECDSA-Sig-Value X.509 and OpenSSL expect, from the TPM's (r, s).
+Result<std::string> EcdsaSignatureDer(const TPMS_SIGNATURE_ECDSA& sig) {
+  std::unique_ptr<ECDSA_SIG, EcdsaSigFree> der_sig(ECDSA_SIG_new());
+  BIGNUM* r = BN_bin2bn(sig.signatureR.buffer, sig.signatureR.size, nullptr);
+  BIGNUM* s = BN_bin2bn(sig.signatureS.buffer, sig.signatureS.size, nullptr);
+  if (!der_sig || r == nullptr || s == nullptr || ECDSA_SIG_set0(der_sig.get(), r, s) != 1) {
+    BN_free(r);
+    BN_free(s);
+    return Error(ErrorCode::kInternal, "building an ECDSA signature failed");
+  }
+  int len = i2d_ECDSA_SIG(der_sig.get(), nullptr);
+  if (len <= 0) return Error(ErrorCode::kInternal, "encoding an ECDSA signature failed");
+  std::string der(static_cast<size_t>(len), '\0');
+  auto* out = reinterpret_cast<unsigned char*>(der.data());
+  i2d_ECDSA_SIG(der_sig.get(), &out);
+  return der;
+}
+
+const EVP_MD* DigestForAlg(TPM2_ALG_ID alg) {
+  switch (alg) {
+    case TPM2_ALG_SHA1:
+      return EVP_sha1();
+    case TPM2_ALG_SHA256:
+      return EVP_sha256();
+    case TPM2_ALG_SHA384:
+      return EVP_sha384();
+    case TPM2_ALG_SHA512:
+      return EVP_sha512();
+    default:
+      return nullptr;
+  }
+}
+
+}  // namespace
+
+// ---- TpmKey -----------------------------------------------------------------------------
+
+TpmKey::~TpmKey() { ReleaseKey(tpm_, handle_, transient_); }
+
+TpmKey::TpmKey(TpmKey&& o) noexcept
+    : tpm_(std::exchange(o.tpm_, nullptr)), handle_(std::exchange(o.handle_, 0)), transient_(o.transient_) {}
+
+TpmKey& TpmKey::operator=(TpmKey&& o) noexcept {
+  if (this != &o) {
+    ReleaseKey(tpm_, handle_, transient_);
+    tpm_ = std::exchange(o.tpm_, nullptr);
+    handle_ = std::exchange(o.handle_, 0);
+    transient_ = o.transient_;
+  }
+  return *this;
+}
+
+Result<std::string> SpkiFromTpmPublic(const std::string& tpm2b_public) {
+  VTM_ASSIGN_OR_RETURN(TPM2B_PUBLIC pub,
+                       (UnmarshalExactly<TPM2B_PUBLIC, Tss2_MU_TPM2B_PUBLIC_Unmarshal>(tpm2b_public, "TPM2B_PUBLIC")));
+  return SpkiFromTpmt(pub.publicArea);
+}
+
+Result<std::string> TpmNameOfPublic(const std::string& tpm2b_public) {
+  VTM_ASSIGN_OR_RETURN(TPM2B_PUBLIC pub,
+                       (UnmarshalExactly<TPM2B_PUBLIC, Tss2_MU_TPM2B_PUBLIC_Unmarshal>(tpm2b_public, "TPM2B_PUBLIC")));
+  const EVP_MD* md = DigestForAlg(pub.publicArea.nameAlg);
+  if (md == nullptr) {
+    return Error(ErrorCode::kInvalidArgument,
+                 "TPM public area has unsupported name algorithm " + std::to_string(pub.publicArea.nameAlg));
+  }
+  VTM_ASSIGN_OR_RETURN(std::string area,
+                       (MarshalToString<TPMT_PUBLIC, Tss2_MU_TPMT_PUBLIC_Marshal>(pub.publicArea, "TPMT_PUBLIC")));
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_Digest(area.data(), area.size(), digest, &len, md, nullptr) != 1) {
+    return Error(ErrorCode::kInternal, "hashing a TPM public area failed");
+  }
+  std::string name;
+  name += static_cast<char>(pub.publicArea.nameAlg >> 8);
+  name += static_cast<char>(pub.publicArea.nameAlg & 0xff);
+  name.append(reinterpret_cast<const char*>(digest), len);
+  return name;
+}
+
+// ---- EsysTpm ----------------------------------------------------------------------------
+
+namespace internal {
+
+Status EsysTpm::CheckKey(const TpmKey& key, const char* what) const {
+  if (!key.valid()) return Error(ErrorCode::kInvalidArgument, std::string(what) + " is not a loaded key");
+  if (key.owner() != this) {
+    return Error(ErrorCode::kInvalidArgument, std::string(what) + " was loaded into another TPM than " + where_);
+  }
+  return OkStatus();
+}
+
+void EsysTpm::Flush(uint32_t esys_handle) {
+  ESYS_TR tr = esys_handle;
+  TSS2_RC rc = Esys_FlushContext(esys(), tr);
+  if (rc != TSS2_RC_SUCCESS) {
+    LOG_WARNING << TpmError("TPM2_FlushContext", rc).message() << " (a TPM object slot of " << where_
+                << " may stay in use)";
+    Esys_TR_Close(esys(), &tr);
+  }
+}
+
+void EsysTpm::Forget(uint32_t esys_handle) {
+  ESYS_TR tr = esys_handle;
+  Esys_TR_Close(esys(), &tr);
+}
+
+Result<uint32_t> EsysTpm::GetTpmProperty(TPM2_PT property) {
+  TPMI_YES_NO more = TPM2_NO;
+  EsysOut<TPMS_CAPABILITY_DATA> caps;
+  TSS2_RC rc = Esys_GetCapability(esys(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_TPM_PROPERTIES, property,
+                                  1, &more, caps.out());
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_GetCapability(TPM_PROPERTIES " + Hex32(property) + ")", rc);
+  const TPML_TAGGED_TPM_PROPERTY& props = caps->data.tpmProperties;
+  if (props.count >= 1 && props.tpmProperty[0].property == property) return props.tpmProperty[0].value;
+  return Error(ErrorCode::kNotFound, "the TPM does not report property " + Hex32(property));
+}
+
+// Asks the TPM's handle list rather than reading the entity: a read of a missing handle is an
+// error that the TSS would log as one, and absence is a normal answer here.
+Result<bool> EsysTpm::HandleExists(uint32_t tpm_handle) {
+  TPMI_YES_NO more = TPM2_NO;
+  EsysOut<TPMS_CAPABILITY_DATA> caps;
+  TSS2_RC rc = Esys_GetCapability(esys(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_HANDLES, tpm_handle, 1,
+                                  &more, caps.out());
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_GetCapability(HANDLES " + Hex32(tpm_handle) + ")", rc);
+  const TPML_HANDLE& handles = caps->data.handles;
+  return handles.count >= 1 && handles.handle[0] == tpm_handle;
+}
+
+Result<ScopedTr> EsysTpm::CreatePrimary(ESYS_TR hierarchy, const TPM2B_PUBLIC& in_public, const std::string& what) {
+  TPM2B_SENSITIVE_CREATE sensitive{};  // empty auth, no data: the TPM derives the key
+  TPM2B_DATA outside_info{};
+  TPML_PCR_SELECTION creation_pcrs{};
+  ScopedTr primary(esys());
+  TSS2_RC rc =
+      Esys_CreatePrimary(esys(), hierarchy, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive, &in_public,
+                         &outside_info, &creation_pcrs, primary.out(), nullptr, nullptr, nullptr, nullptr);
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_CreatePrimary(" + what + ")", rc);
+  return primary;
+}
+
+Result<TpmKey> EsysTpm::CreateEk(KeyAlg alg) {
+  const char* what = alg == KeyAlg::kRsa2048 ? "endorsement hierarchy, EK template L-1 (RSA 2048)"
+                                             : "endorsement hierarchy, EK template L-2 (ECC NIST P-256)";
+  VTM_ASSIGN_OR_RETURN(ScopedTr ek, CreatePrimary(ESYS_TR_RH_ENDORSEMENT, EkTemplate(alg), what));
+  return Adopt(ek);
+}
+
+Result<TpmKey> EsysTpm::CreateSrk() {
+  VTM_ASSIGN_OR_RETURN(ScopedTr srk, CreateStoragePrimary());
+  return Adopt(srk);
+}
+
+Result<TpmKeyBlob> EsysTpm::CreateKey(const TpmKey& parent, KeyRole role) {
+  VTM_RETURN_IF_ERROR(CheckKey(parent, "the parent key"));
+  TPM2B_PUBLIC in_public = SigningKeyTemplate(role);
+  TPM2B_SENSITIVE_CREATE sensitive{};
+  TPM2B_DATA outside_info{};
+  TPML_PCR_SELECTION creation_pcrs{};
+  EsysOut<TPM2B_PRIVATE> out_private;
+  EsysOut<TPM2B_PUBLIC> out_public;
+  TSS2_RC rc =
+      Esys_Create(esys(), parent.esys_handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive, &in_public,
+                  &outside_info, &creation_pcrs, out_private.out(), out_public.out(), nullptr, nullptr, nullptr);
+  if (rc != TSS2_RC_SUCCESS) return TpmError(std::string("TPM2_Create(ECC P-256 ") + RoleName(role) + ")", rc);
+  TpmKeyBlob blob;
+  VTM_ASSIGN_OR_RETURN(blob.tpm2b_public,
+                       (MarshalToString<TPM2B_PUBLIC, Tss2_MU_TPM2B_PUBLIC_Marshal>(*out_public, "TPM2B_PUBLIC")));
+  VTM_ASSIGN_OR_RETURN(blob.tpm2b_private,
+                       (MarshalToString<TPM2B_PRIVATE, Tss2_MU_TPM2B_PRIVATE_Marshal>(*out_private, "TPM2B_PRIVATE")));
+  return blob;
+}
+
+Result<TpmKey> EsysTpm::LoadKey(const TpmKey& parent, const TpmKeyBlob& blob) {
+  VTM_RETURN_IF_ERROR(CheckKey(parent, "the parent key"));
+  VTM_ASSIGN_OR_RETURN(TPM2B_PUBLIC in_public, (UnmarshalExactly<TPM2B_PUBLIC, Tss2_MU_TPM2B_PUBLIC_Unmarshal>(
+                                                   blob.tpm2b_public, "TPM2B_PUBLIC")));
+  VTM_ASSIGN_OR_RETURN(TPM2B_PRIVATE in_private, (UnmarshalExactly<TPM2B_PRIVATE, Tss2_MU_TPM2B_PRIVATE_Unmarshal>(
+                                                     blob.tpm2b_private, "TPM2B_PRIVATE")));
+  ScopedTr key(esys());
+  TSS2_RC rc = Esys_Load(esys(), parent.esys_handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &in_private,
+                         &in_public, key.out());
+  if (rc != TSS2_RC_SUCCESS) {
+    Error error = TpmError("TPM2_Load", rc);
+    return Error(error.code(), error.message() +
+                                   "; the key blob is corrupt or was created under another parent "
+                                   "or TPM (" +
+                                   where_ + ")");
+  }
+  return Adopt(key);
+}
+
+Result<TpmKey> EsysTpm::LoadExternalPublic(const std::string& tpm2b_public) {
+  VTM_ASSIGN_OR_RETURN(TPM2B_PUBLIC in_public,
+                       (UnmarshalExactly<TPM2B_PUBLIC, Tss2_MU_TPM2B_PUBLIC_Unmarshal>(tpm2b_public, "TPM2B_PUBLIC")));
+  ScopedTr key(esys());
+  // The NULL hierarchy: a public key only, trusted for nothing but the computation asked of it.
+  TSS2_RC rc = Esys_LoadExternal(esys(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, nullptr, &in_public, ESYS_TR_RH_NULL,
+                                 key.out());
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_LoadExternal(public key, NULL hierarchy)", rc);
+  return Adopt(key);
+}
+
+Result<TpmKeyPublic> EsysTpm::ReadPublic(const TpmKey& key) {
+  VTM_RETURN_IF_ERROR(CheckKey(key, "the key"));
+  EsysOut<TPM2B_PUBLIC> out_public;
+  EsysOut<TPM2B_NAME> name;
+  TSS2_RC rc = Esys_ReadPublic(esys(), key.esys_handle(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, out_public.out(),
+                               name.out(), nullptr);
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_ReadPublic", rc);
+  TpmKeyPublic pub;
+  VTM_ASSIGN_OR_RETURN(pub.tpm2b_public,
+                       (MarshalToString<TPM2B_PUBLIC, Tss2_MU_TPM2B_PUBLIC_Marshal>(*out_public, "TPM2B_PUBLIC")));
+  pub.name = Bytes(name->name, name->size);
+  VTM_ASSIGN_OR_RETURN(pub.spki_der, SpkiFromTpmt(out_public->publicArea));
+  return pub;
+}
+
+Result<std::string> EsysTpm::SignDigest(const TpmKey& key, const std::string& sha256_digest) {
+  VTM_RETURN_IF_ERROR(CheckKey(key, "the signing key"));
+  if (sha256_digest.size() != 32) {
+    return Error(ErrorCode::kInvalidArgument,
+                 "a SHA-256 digest has 32 bytes, not " + std::to_string(sha256_digest.size()));
+  }
+  TPM2B_DIGEST digest{};
+  VTM_RETURN_IF_ERROR(Fill(digest, sha256_digest, "the digest"));
+  TPMT_SIG_SCHEME scheme{};
+  scheme.scheme = TPM2_ALG_ECDSA;
+  scheme.details.ecdsa.hashAlg = TPM2_ALG_SHA256;
+  // A NULL ticket: the TPM did not hash the data itself, which it accepts for unrestricted
+  // keys only; a restricted key (an AK) refuses, so it cannot be made to sign a forged quote.
+  TPMT_TK_HASHCHECK validation{};
+  validation.tag = TPM2_ST_HASHCHECK;
+  validation.hierarchy = TPM2_RH_NULL;
+  EsysOut<TPMT_SIGNATURE> signature;
+  TSS2_RC rc = Esys_Sign(esys(), key.esys_handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &digest, &scheme,
+                         &validation, signature.out());
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_Sign(ECDSA-SHA256)", rc);
+  if (signature->sigAlg != TPM2_ALG_ECDSA) {
+    return Error(ErrorCode::kTpm, "TPM2_Sign returned a signature of algorithm " + std::to_string(signature->sigAlg) +
+                                      " instead of ECDSA");
+  }
+  return EcdsaSignatureDer(signature->signature.ecdsa);
+}
+
+Result<TpmAttestation> EsysTpm::Certify(const TpmKey& object, const TpmKey& signer, const std::string& qualifying) {
+  VTM_RETURN_IF_ERROR(CheckKey(object, "the certified object"));
+  VTM_RETURN_IF_ERROR(CheckKey(signer, "the certifying key"));
+  TPM2B_DATA qualifying_data{};
+  VTM_RETURN_IF_ERROR(Fill(qualifying_data, qualifying, "the qualifying data"));
+  TPMT_SIG_SCHEME scheme{};
+  scheme.scheme = TPM2_ALG_NULL;  // the signer's own scheme
+  EsysOut<TPM2B_ATTEST> attest;
+  EsysOut<TPMT_SIGNATURE> signature;
+  TSS2_RC rc = Esys_Certify(esys(), object.esys_handle(), signer.esys_handle(), ESYS_TR_PASSWORD, ESYS_TR_PASSWORD,
+                            ESYS_TR_NONE, &qualifying_data, &scheme, attest.out(), signature.out());
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_Certify", rc);
+  TpmAttestation out;
+  out.attest = Bytes(attest->attestationData, attest->size);
+  VTM_ASSIGN_OR_RETURN(out.signature,
+                       (MarshalToString<TPMT_SIGNATURE, Tss2_MU_TPMT_SIGNATURE_Marshal>(*signature, "TPMT_SIGNATURE")));
+  return out;
+}
+
+Result<TpmAttestation> EsysTpm::Quote(const TpmKey& ak, const PcrSelection& selection, const std::string& nonce) {
+  VTM_RETURN_IF_ERROR(CheckKey(ak, "the attestation key"));
+  VTM_ASSIGN_OR_RETURN(PcrSelection canonical, Canonical(selection));
+  const TPML_PCR_SELECTION pcrs = ToTpml(*FindPcrBank(canonical.bank), canonical.pcrs);
+  TPM2B_DATA qualifying_data{};
+  VTM_RETURN_IF_ERROR(Fill(qualifying_data, nonce, "the quote nonce"));
+  TPMT_SIG_SCHEME scheme{};
+  scheme.scheme = TPM2_ALG_NULL;
+  EsysOut<TPM2B_ATTEST> quoted;
+  EsysOut<TPMT_SIGNATURE> signature;
+  TSS2_RC rc = Esys_Quote(esys(), ak.esys_handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &qualifying_data,
+                          &scheme, &pcrs, quoted.out(), signature.out());
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_Quote(" + canonical.ToString() + ")", rc);
+  TpmAttestation out;
+  out.attest = Bytes(quoted->attestationData, quoted->size);
+  VTM_ASSIGN_OR_RETURN(out.signature,
+                       (MarshalToString<TPMT_SIGNATURE, Tss2_MU_TPMT_SIGNATURE_Marshal>(*signature, "TPMT_SIGNATURE")));
+  return out;
+}
+
+Result<TpmCredential> EsysTpm::MakeCredential(const TpmKey& ek_public, const std::string& secret,
+                                              const std::string& object_name) {
+  VTM_RETURN_IF_ERROR(CheckKey(ek_public, "the EK"));
+  if (secret.empty()) return Error(ErrorCode::kInvalidArgument, "a credential needs a non-empty secret");
+  TPM2B_DIGEST credential{};
+  WipeOnExit wipe(&credential);
+  VTM_RETURN_IF_ERROR(Fill(credential, secret, "the credential secret"));
+  TPM2B_NAME name{};
+  if (object_name.size() < 2 || object_name.size() > sizeof(name.name)) {
+    return Error(ErrorCode::kInvalidArgument, "a TPM object name has 2 to " + std::to_string(sizeof(name.name)) +
+                                                  " bytes, not " + std::to_string(object_name.size()));
+  }
+  name.size = static_cast<UINT16>(object_name.size());
+  std::memcpy(name.name, object_name.data(), object_name.size());
+  EsysOut<TPM2B_ID_OBJECT> id_object;
+  EsysOut<TPM2B_ENCRYPTED_SECRET> encrypted_secret;
+  TSS2_RC rc = Esys_MakeCredential(esys(), ek_public.esys_handle(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                   &credential, &name, id_object.out(), encrypted_secret.out());
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_MakeCredential", rc);
+  TpmCredential out;
+  VTM_ASSIGN_OR_RETURN(out.id_object, (MarshalToString<TPM2B_ID_OBJECT, Tss2_MU_TPM2B_ID_OBJECT_Marshal>(
+                                          *id_object, "TPM2B_ID_OBJECT")));
+  VTM_ASSIGN_OR_RETURN(out.encrypted_secret,
+                       (MarshalToString<TPM2B_ENCRYPTED_SECRET, Tss2_MU_TPM2B_ENCRYPTED_SECRET_Marshal>(
+                           *encrypted_secret, "TPM2B_ENCRYPTED_SECRET")));
+  return out;
+}
+
+Result<SecretBytes> EsysTpm::ActivateCredential(const TpmKey& activated, const TpmKey& ek,
+                                                const TpmCredential& credential) {
+  VTM_RETURN_IF_ERROR(CheckKey(activated, "the key to activate"));
+  VTM_RETURN_IF_ERROR(CheckKey(ek, "the EK"));
+  VTM_ASSIGN_OR_RETURN(TPM2B_ID_OBJECT id_object, (UnmarshalExactly<TPM2B_ID_OBJECT, Tss2_MU_TPM2B_ID_OBJECT_Unmarshal>(
+                                                      credential.id_object, "TPM2B_ID_OBJECT")));
+  VTM_ASSIGN_OR_RETURN(TPM2B_ENCRYPTED_SECRET encrypted_secret,
+                       (UnmarshalExactly<TPM2B_ENCRYPTED_SECRET, Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal>(
+                           credential.encrypted_secret, "TPM2B_ENCRYPTED_SECRET")));
+
+  // The EK's policy A: PolicySecret(TPM_RH_ENDORSEMENT) in a policy session.
+  TPMT_SYM_DEF no_cipher{};
+  no_cipher.algorithm = TPM2_ALG_NULL;
+  ScopedTr session(esys());
+  TSS2_RC rc = Esys_StartAuthSession(esys(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                     nullptr, TPM2_SE_POLICY, &no_cipher, TPM2_ALG_SHA256, session.out());
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_StartAuthSession(policy)", rc);
+  // CONTINUESESSION keeps the session alive after use so that ScopedTr's flush is always valid.
+  rc = Esys_TRSess_SetAttributes(esys(), session.get(), TPMA_SESSION_CONTINUESESSION, 0xff);
+  if (rc != TSS2_RC_SUCCESS) return TpmError("Esys_TRSess_SetAttributes", rc);
+  rc = Esys_PolicySecret(esys(), ESYS_TR_RH_ENDORSEMENT, session.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                         nullptr, nullptr, nullptr, 0, nullptr, nullptr);
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_PolicySecret(TPM_RH_ENDORSEMENT)", rc);
+
+  EsysOut<TPM2B_DIGEST, /*kWipe=*/true> secret;
+  rc = Esys_ActivateCredential(esys(), activated.esys_handle(), ek.esys_handle(), ESYS_TR_PASSWORD, session.get(),
+                               ESYS_TR_NONE, &id_object, &encrypted_secret, secret.out());
+  if (rc != TSS2_RC_SUCCESS) {
+    Error error = TpmError("TPM2_ActivateCredential", rc);
+    return Error(error.code(), error.message() +
+                                   "; the credential was not made for this key's name and this TPM's EK, or it was "
+                                   "altered on the way");
+  }
+  return SecretBytes(secret->buffer, secret->size);
+}
+
+Status EsysTpm::MakePersistent(const TpmKey& key, uint32_t persistent_handle) {
+  VTM_RETURN_IF_ERROR(CheckKey(key, "the key"));
+  if (persistent_handle < TPM2_PERSISTENT_FIRST || persistent_handle > TPM2_PERSISTENT_LAST) {
+    return Error(ErrorCode::kInvalidArgument,
+                 Hex32(persistent_handle) + " is not a persistent handle (0x81000000 to 0x81ffffff)");
+  }
+  VTM_ASSIGN_OR_RETURN(bool occupied, HandleExists(persistent_handle));
+  if (occupied) {
+    ScopedTrRef old(esys());
+    TSS2_RC rc = Esys_TR_FromTPMPublic(esys(), persistent_handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, old.out());
+    if (rc != TSS2_RC_SUCCESS) return TpmError("reading the object at " + Hex32(persistent_handle), rc);
+    ESYS_TR none = ESYS_TR_NONE;
+    rc = Esys_EvictControl(esys(), ESYS_TR_RH_OWNER, old.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                           persistent_handle, &none);
+    if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_EvictControl(evict " + Hex32(persistent_handle) + ")", rc);
+  }
+  ScopedTrRef persistent(esys());
+  TSS2_RC rc = Esys_EvictControl(esys(), ESYS_TR_RH_OWNER, key.esys_handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                 ESYS_TR_NONE, persistent_handle, persistent.out());
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_EvictControl(persist at " + Hex32(persistent_handle) + ")", rc);
+  return OkStatus();
+}
+
+Result<TpmKey> EsysTpm::LoadPersistent(uint32_t persistent_handle) {
+  if (persistent_handle < TPM2_PERSISTENT_FIRST || persistent_handle > TPM2_PERSISTENT_LAST) {
+    return Error(ErrorCode::kInvalidArgument,
+                 Hex32(persistent_handle) + " is not a persistent handle (0x81000000 to 0x81ffffff)");
+  }
+  VTM_ASSIGN_OR_RETURN(bool exists, HandleExists(persistent_handle));
+  if (!exists) {
+    return Error(ErrorCode::kNotFound, "no persistent object at " + Hex32(persistent_handle) + " in " + where_);
+  }
+  ScopedTrRef object(esys());
+  TSS2_RC rc = Esys_TR_FromTPMPublic(esys(), persistent_handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, object.out());
+  if (rc != TSS2_RC_SUCCESS) return TpmError("reading the object at " + Hex32(persistent_handle), rc);
+  return TpmKey(this, object.release(), /*transient=*/false);
+}
+
+Result<uint32_t> EsysTpm::NvChunkSize() {
+  auto max = GetTpmProperty(TPM2_PT_NV_BUFFER_MAX);
+  uint32_t chunk = max.ok() && *max > 0 ? *max : kDefaultNvChunk;
+  return std::min<uint32_t>(chunk, sizeof(TPM2B_MAX_NV_BUFFER::buffer));
+}
+
+Status EsysTpm::WriteNvCertificate(uint32_t nv_index, const std::string& data) {
+  if (nv_index < TPM2_NV_INDEX_FIRST || nv_index > TPM2_NV_INDEX_LAST) {
+    return Error(ErrorCode::kInvalidArgument, Hex32(nv_index) + " is not an NV index (0x01000000 to 0x01ffffff)");
+  }
+  const std::string what = "NV index " + Hex32(nv_index);
+  if (data.empty()) return Error(ErrorCode::kInvalidArgument, "nothing to write to " + what);
+  auto max_size = GetTpmProperty(TPM2_PT_NV_INDEX_MAX);
+  if (max_size.ok() && data.size() > *max_size) {
+    return Error(ErrorCode::kInvalidArgument, what + ": " + std::to_string(data.size()) + " bytes exceed the " +
+                                                  std::to_string(*max_size) + "-byte NV index limit of " + where_);
+  }
+
+  VTM_ASSIGN_OR_RETURN(bool exists, HandleExists(nv_index));
+  if (exists) {
+    ScopedTrRef old(esys());
+    TSS2_RC rc = Esys_TR_FromTPMPublic(esys(), nv_index, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, old.out());
+    if (rc != TSS2_RC_SUCCESS) return TpmError("reading " + what, rc);
+    EsysOut<TPM2B_NV_PUBLIC> old_public;
+    rc = Esys_NV_ReadPublic(esys(), old.get(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, old_public.out(), nullptr);
+    if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_NV_ReadPublic(" + what + ")", rc);
+    // An index the owner defined is undefined with owner authorization.
+    ESYS_TR auth = (old_public->nvPublic.attributes & TPMA_NV_PLATFORMCREATE) ? ESYS_TR_RH_PLATFORM : ESYS_TR_RH_OWNER;
+    rc = Esys_NV_UndefineSpace(esys(), auth, old.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE);
+    if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_NV_UndefineSpace(" + what + ")", rc);
+    old.release();  // ESAPI drops its reference to an undefined index itself
+  }
+
+  TPM2B_AUTH no_auth{};
+  TPM2B_NV_PUBLIC nv_public{};
+  nv_public.nvPublic.nvIndex = nv_index;
+  nv_public.nvPublic.nameAlg = TPM2_ALG_SHA256;
+  nv_public.nvPublic.attributes = kNvCertificateAttributes;
+  nv_public.nvPublic.dataSize = static_cast<UINT16>(data.size());
+  ScopedTrRef nv(esys());
+  TSS2_RC rc = Esys_NV_DefineSpace(esys(), ESYS_TR_RH_PLATFORM, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &no_auth,
+                                   &nv_public, nv.out());
+  if (rc != TSS2_RC_SUCCESS) {
+    Error error = TpmError("TPM2_NV_DefineSpace(" + what + ", platform hierarchy)", rc);
+    return Error(error.code(), error.message() +
+                                   "; certificate indices need the platform hierarchy, which a "
+                                   "TPM whose firmware has run (e.g. a host TPM) no longer offers");
+  }
+
+  auto written = [&]() -> Status {
+    VTM_ASSIGN_OR_RETURN(uint32_t chunk, NvChunkSize());
+    for (size_t offset = 0; offset < data.size(); offset += chunk) {
+      TPM2B_MAX_NV_BUFFER buffer{};
+      buffer.size = static_cast<UINT16>(std::min<size_t>(chunk, data.size() - offset));
+      std::memcpy(buffer.buffer, data.data() + offset, buffer.size);
+      TSS2_RC write_rc = Esys_NV_Write(esys(), ESYS_TR_RH_PLATFORM, nv.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                       ESYS_TR_NONE, &buffer, static_cast<UINT16>(offset));
+      if (write_rc != TSS2_RC_SUCCESS) {
+        return TpmError("TPM2_NV_Write(" + what + ", offset " + std::to_string(offset) + ")", write_rc);
+      }
+    }
+    TSS2_RC lock_rc =
+        Esys_NV_WriteLock(esys(), ESYS_TR_RH_PLATFORM, nv.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE);
+    if (lock_rc != TSS2_RC_SUCCESS) return TpmError("TPM2_NV_WriteLock(" + what + ")", lock_rc);
+    return OkStatus();
+  }();
+  if (!written.ok()) {
+    // No half-written certificate stays behind for a guest to trip over.
+    if (Esys_NV_UndefineSpace(esys(), ESYS_TR_RH_PLATFORM, nv.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE) ==
+        TSS2_RC_SUCCESS) {
+      nv.release();
+    }
+    return written;
+  }
+  return OkStatus();
+}
+
+Result<std::string> EsysTpm::ReadNv(uint32_t nv_index) {
+  if (nv_index < TPM2_NV_INDEX_FIRST || nv_index > TPM2_NV_INDEX_LAST) {
+    return Error(ErrorCode::kInvalidArgument, Hex32(nv_index) + " is not an NV index (0x01000000 to 0x01ffffff)");
+  }
+  const std::string what = "NV index " + Hex32(nv_index);
+  VTM_ASSIGN_OR_RETURN(bool exists, HandleExists(nv_index));
+  if (!exists) return Error(ErrorCode::kNotFound, what + " is not defined in " + where_);
+  ScopedTrRef nv(esys());
+  TSS2_RC rc = Esys_TR_FromTPMPublic(esys(), nv_index, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, nv.out());
+  if (rc != TSS2_RC_SUCCESS) return TpmError("reading " + what, rc);
+  EsysOut<TPM2B_NV_PUBLIC> nv_public;
+  rc = Esys_NV_ReadPublic(esys(), nv.get(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, nv_public.out(), nullptr);
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_NV_ReadPublic(" + what + ")", rc);
+  const size_t size = nv_public->nvPublic.dataSize;
+  VTM_ASSIGN_OR_RETURN(uint32_t chunk, NvChunkSize());
+  std::string out;
+  out.reserve(size);
+  while (out.size() < size) {
+    UINT16 n = static_cast<UINT16>(std::min<size_t>(chunk, size - out.size()));
+    EsysOut<TPM2B_MAX_NV_BUFFER> piece;
+    rc = Esys_NV_Read(esys(), ESYS_TR_RH_OWNER, nv.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, n,
+                      static_cast<UINT16>(out.size()), piece.out());
+    if (rc != TSS2_RC_SUCCESS) {
+      return TpmError("TPM2_NV_Read(" + what + ", offset " + std::to_string(out.size()) + ", owner auth)", rc);
+    }
+    if (piece->size != n) {
+      return Error(ErrorCode::kTpm, "TPM2_NV_Read(" + what + ") returned " + std::to_string(piece->size) +
+                                        " bytes for " + std::to_string(n) + " requested");
+    }
+    out.append(reinterpret_cast<const char*>(piece->buffer), piece->size);
+  }
+  return out;
+}
+
+}  // namespace internal
+}  // namespace vtm

@@ -1,0 +1,180 @@
+// vTPM identity through vtmd, checked with tools we did not write: every EK/AK/IK certificate
+// verifies with `openssl verify` against the host CA; the CA certificate's TPM2_Certify
+// extension verifies with the host AK; a deleted VM's serials appear in the CRL and
+// `openssl verify -crl_check` then fails; bad CA input is refused with a clear error.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "vtm/fs.h"
+#include "vtm/x509.h"
+#include "vtmd_fixture.h"
+
+namespace vtm::testing {
+namespace {
+
+constexpr const char* kUuid = "3c9d6a52-41b7-4e0f-9a6e-5f1c2d3e4f50";
+
+void WriteText(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+// Splits `vtmctl certs` output ("# kind serial N ..." then PEM) into kind -> PEM.
+std::map<std::string, std::string> SplitCerts(const std::string& out) {
+  std::map<std::string, std::string> m;
+  std::istringstream in(out);
+  std::string line, kind;
+  while (std::getline(in, line)) {
+    if (line.rfind("# ", 0) == 0) {
+      kind = line.substr(2, line.find(' ', 2) - 2);
+      continue;
+    }
+    if (!kind.empty()) m[kind] += line + "\n";
+  }
+  return m;
+}
+
+class IdentityTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog(); }
+  void TearDown() override {
+    if (HasFailure()) std::cerr << "---- vtmd log ----\n" << f.VtmdLog();
+  }
+  std::string Path(const std::string& name) { return dir.path() + "/" + name; }
+  VtmdFixture f;
+  TempDir dir;
+};
+
+TEST_F(IdentityTest, CertificatesVerifyWithOpensslAndCaKeyIsCertifiedByHostAk) {
+  auto created = f.Vtmctl({"create", "--uuid", kUuid, "--name", "web1", "--service", "shop-frontend"});
+  ASSERT_EQ(created.exit_code, 0) << created.output;
+  EXPECT_EQ(Field(created.output, "service"), "shop-frontend");
+
+  auto ca = f.Vtmctl({"ca", "show"});
+  ASSERT_EQ(ca.exit_code, 0) << ca.output;
+  WriteText(Path("ca.pem"), ca.output);
+  auto certs = f.Vtmctl({"certs", "web1"});
+  ASSERT_EQ(certs.exit_code, 0) << certs.output;
+  auto by_kind = SplitCerts(certs.output);
+  for (const char* kind : {"ek-ecc", "ek-rsa", "ak", "ik"}) {
+    ASSERT_TRUE(by_kind.count(kind)) << "no " << kind << " certificate in\n" << certs.output;
+    WriteText(Path(std::string(kind) + ".pem"), by_kind[kind]);
+    auto v = RunCommand({"openssl", "verify", "-CAfile", Path("ca.pem"), Path(std::string(kind) + ".pem")});
+    EXPECT_EQ(v.exit_code, 0) << kind << ": " << v.output;
+  }
+  // TCG EK profile and identity contents, as openssl prints them.
+  auto ek = RunCommand({"openssl", "x509", "-noout", "-text", "-in", Path("ek-ecc.pem")});
+  EXPECT_NE(ek.output.find("2.23.133.8.1"), std::string::npos) << ek.output;  // tcg-kp-EKCertificate
+  EXPECT_NE(ek.output.find("2.23.133.2.1"), std::string::npos) << ek.output;  // TPM manufacturer
+  EXPECT_NE(ek.output.find("Key Agreement"), std::string::npos) << ek.output;
+  auto ek_rsa = RunCommand({"openssl", "x509", "-noout", "-text", "-in", Path("ek-rsa.pem")});
+  EXPECT_NE(ek_rsa.output.find("Key Encipherment"), std::string::npos) << ek_rsa.output;
+  auto ik = RunCommand({"openssl", "x509", "-noout", "-text", "-in", Path("ik.pem")});
+  EXPECT_NE(ik.output.find(std::string("urn:uuid:") + kUuid), std::string::npos) << ik.output;
+  EXPECT_NE(ik.output.find("vtm:service:shop-frontend"), std::string::npos) << ik.output;
+
+  // The CA certificate's TPM2_Certify evidence: certified key == CA key, signed by the host AK
+  // that `ca show --json` reports.
+  auto evidence = ca::ExtractCertifyEvidence(ca.output);
+  ASSERT_TRUE(evidence.ok()) << evidence.error().ToString();
+  EXPECT_TRUE(ca::VerifyCertifyEvidence(ca.output, *evidence).ok());
+  auto json = f.Vtmctl({"--json", "ca", "show"});
+  ASSERT_EQ(json.exit_code, 0);
+  EXPECT_NE(json.output.find("\"residency\": \"tpm\""), std::string::npos) << json.output;
+  EXPECT_NE(json.output.find("host_ek_certificate_pem"), std::string::npos);
+  // Evidence for another key (the IK's certificate) must not pass.
+  EXPECT_FALSE(ca::VerifyCertifyEvidence(by_kind["ik"], *evidence).ok());
+}
+
+TEST_F(IdentityTest, DeletedVmCertificatesAreRevokedInTheCrl) {
+  ASSERT_EQ(f.Vtmctl({"create", "--uuid", kUuid, "--name", "gone"}).exit_code, 0);
+  ASSERT_EQ(f.Vtmctl({"create", "--name", "stays"}).exit_code, 0);
+  WriteText(Path("ca.pem"), f.Vtmctl({"ca", "show"}).output);
+  auto gone = SplitCerts(f.Vtmctl({"certs", "gone"}).output);
+  auto stays = SplitCerts(f.Vtmctl({"certs", "stays"}).output);
+  WriteText(Path("gone-ik.pem"), gone["ik"]);
+  WriteText(Path("stays-ik.pem"), stays["ik"]);
+
+  ASSERT_EQ(f.Vtmctl({"delete", "gone"}).exit_code, 0);
+  auto crl = f.Vtmctl({"ca", "crl"});
+  ASSERT_EQ(crl.exit_code, 0) << crl.output;
+  WriteText(Path("crl.pem"), crl.output);
+  auto crl_text = RunCommand({"openssl", "crl", "-noout", "-text", "-CAfile", Path("ca.pem"), "-in", Path("crl.pem")});
+  ASSERT_EQ(crl_text.exit_code, 0) << crl_text.output;
+  EXPECT_NE(crl_text.output.find("verify OK"), std::string::npos) << crl_text.output;
+  // All four serials of the deleted VM are listed.
+  auto info = ca::ParseCertificate(gone["ik"]);
+  ASSERT_TRUE(info.ok());
+  std::ostringstream hex;
+  hex << std::uppercase << std::hex << info->serial;
+  EXPECT_NE(crl_text.output.find(hex.str()), std::string::npos) << crl_text.output;
+  size_t listed = 0;
+  for (size_t p = 0; (p = crl_text.output.find("Serial Number:", p)) != std::string::npos; ++p) ++listed;
+  EXPECT_EQ(listed, 4u) << crl_text.output;
+
+  auto revoked = RunCommand({"openssl", "verify", "-crl_check", "-CRLfile", Path("crl.pem"), "-CAfile", Path("ca.pem"),
+                             Path("gone-ik.pem")});
+  EXPECT_NE(revoked.exit_code, 0) << revoked.output;
+  EXPECT_NE(revoked.output.find("revoked"), std::string::npos) << revoked.output;
+  auto valid = RunCommand({"openssl", "verify", "-crl_check", "-CRLfile", Path("crl.pem"), "-CAfile", Path("ca.pem"),
+                           Path("stays-ik.pem")});
+  EXPECT_EQ(valid.exit_code, 0) << valid.output;
+}
+
+TEST_F(IdentityTest, FleetCaFlowAndBadInputIsRefused) {
+  // CSR for the host CA key verifies (self-signature by the key inside the TPM).
+  auto csr = f.Vtmctl({"ca", "csr"});
+  ASSERT_EQ(csr.exit_code, 0) << csr.output;
+  WriteText(Path("host.csr"), csr.output);
+  auto req = RunCommand({"openssl", "req", "-verify", "-noout", "-in", Path("host.csr")});
+  EXPECT_EQ(req.exit_code, 0) << req.output;
+
+  // A fleet CA (openssl) signs the CSR; installing it works and new vTPM certs chain to it.
+  ASSERT_EQ(RunCommand({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-keyout", Path("fleet.key"), "-out", Path("fleet.pem"), "-subj", "/CN=fleet root", "-days", "30"})
+                .exit_code,
+            0);
+  WriteText(Path("ext.cnf"), "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n");
+  auto signed_cert = RunCommand({"openssl", "x509", "-req", "-in", Path("host.csr"), "-CA", Path("fleet.pem"), "-CAkey",
+                                 Path("fleet.key"), "-CAcreateserial", "-out", Path("host-ca.pem"), "-days", "30",
+                                 "-extfile", Path("ext.cnf")});
+  ASSERT_EQ(signed_cert.exit_code, 0) << signed_cert.output;
+
+  // Refused: a certificate for another key (the fleet root itself).
+  auto wrong_key = f.Vtmctl({"ca", "install", Path("fleet.pem")});
+  EXPECT_EQ(wrong_key.exit_code, 2) << wrong_key.output;
+  EXPECT_NE(wrong_key.output.find("another key"), std::string::npos) << wrong_key.output;
+  // Refused: a corrupted certificate file.
+  WriteText(Path("corrupt.pem"), "-----BEGIN CERTIFICATE-----\nMIIBnotbase64!!\n-----END CERTIFICATE-----\n");
+  auto corrupt = f.Vtmctl({"ca", "install", Path("corrupt.pem")});
+  EXPECT_EQ(corrupt.exit_code, 2) << corrupt.output;
+  // Refused: the right certificate with a chain that did not sign it.
+  auto wrong_chain = f.Vtmctl({"ca", "install", Path("host-ca.pem"), Path("host-ca.pem")});
+  EXPECT_EQ(wrong_chain.exit_code, 2) << wrong_chain.output;
+
+  auto installed = f.Vtmctl({"ca", "install", Path("host-ca.pem"), Path("fleet.pem")});
+  ASSERT_EQ(installed.exit_code, 0) << installed.output;
+  ASSERT_EQ(f.Vtmctl({"create", "--name", "after-install"}).exit_code, 0);
+  WriteText(Path("ek.pem"), SplitCerts(f.Vtmctl({"certs", "after-install"}).output)["ek-ecc"]);
+  auto chain = RunCommand({"openssl", "verify", "-CAfile", Path("fleet.pem"), "-untrusted", Path("host-ca.pem"),
+                           Path("ek.pem")});
+  EXPECT_EQ(chain.exit_code, 0) << chain.output;
+}
+
+TEST(IdentityStartupTest, CaCertificateForAnotherKeyMakesVtmdRefuseToStart) {
+  VtmdFixture a, b;
+  ASSERT_TRUE(a.StartVtmd()) << a.VtmdLog();
+  ASSERT_TRUE(b.StartVtmd()) << b.VtmdLog();
+  std::string b_ca = b.Vtmctl({"ca", "show"}).output;
+  a.StopVtmd();
+  // Replace a's CA certificate with b's: a's CA key is not the key in that certificate.
+  ASSERT_TRUE(WriteFileAtomic(a.state_dir() + "/host-identity/ca.pem", b_ca, 0644).ok());
+  auto refused = a.RunVtmdExpectingExit();
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.output.find("not a certificate for this host's CA key"), std::string::npos) << refused.output;
+}
+
+}  // namespace
+}  // namespace vtm::testing

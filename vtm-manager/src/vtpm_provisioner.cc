@@ -1,0 +1,115 @@
+// vTPM identity provisioning: keys in the vTPM, certificates from the host CA, NV writes.
+#include "vtpm_provisioner.h"
+
+#include <openssl/crypto.h>
+
+#include <ctime>
+
+#include "vtm/log.h"
+
+namespace vtm {
+namespace {
+
+// swtpm (libtpms) identifies itself as manufacturer "IBM" (TPM_PT_MANUFACTURER 0x49424D00),
+// firmware 2019-10-23; the EK certificate's SAN carries these per the TCG profile.
+constexpr const char* kVtpmManufacturer = "id:49424D00";
+constexpr const char* kVtpmModel = "swtpm";
+constexpr const char* kVtpmVersion = "id:20191023";
+
+std::string AsString(const SecretBytes& b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
+
+}  // namespace
+
+uint32_t NvIndexOfCertKind(const std::string& kind) {
+  if (kind == "ek-ecc") return kNvEkCertEcc;
+  if (kind == "ek-rsa") return kNvEkCertRsa;
+  if (kind == "ak") return kNvAkCert;
+  if (kind == "ik") return kNvIkCert;
+  return 0;
+}
+
+Result<std::vector<CertRecord>> ProvisionVtpm(Tpm& vtpm, HostIdentity& host, Registry& registry,
+                                              const std::string& vm_uuid, const std::string& service) {
+  // vTPMs have three transient object slots: each object is flushed at the end of its scope.
+  TpmKeyPublic ek_ecc_pub, ek_rsa_pub, ak_pub, ik_pub;
+  TpmAttestation ik_certify;
+  {
+    VTM_ASSIGN_OR_RETURN(TpmKey ek_rsa, vtpm.CreateEk(KeyAlg::kRsa2048));
+    VTM_ASSIGN_OR_RETURN(ek_rsa_pub, vtpm.ReadPublic(ek_rsa));
+  }
+  VTM_ASSIGN_OR_RETURN(TpmKey srk, vtpm.CreateSrk());
+  VTM_RETURN_IF_ERROR(vtpm.MakePersistent(srk, kSrkHandle));
+  VTM_ASSIGN_OR_RETURN(TpmKeyBlob ak_blob, vtpm.CreateKey(srk, KeyRole::kAttestation));
+  VTM_ASSIGN_OR_RETURN(TpmKey ak, vtpm.LoadKey(srk, ak_blob));
+  VTM_ASSIGN_OR_RETURN(ak_pub, vtpm.ReadPublic(ak));
+  {
+    VTM_ASSIGN_OR_RETURN(TpmKey ek_ecc, vtpm.CreateEk(KeyAlg::kEccP256));
+    VTM_ASSIGN_OR_RETURN(ek_ecc_pub, vtpm.ReadPublic(ek_ecc));
+    // Credential activation: the host TPM wraps a fresh secret to the vTPM's EK for the AK's
+    // name; only a TPM holding both that EK and that AK can unwrap it.
+    VTM_ASSIGN_OR_RETURN(SecretBytes challenge, RandomSecret(32));
+    VTM_ASSIGN_OR_RETURN(TpmCredential cred,
+                         host.MakeCredential(ek_ecc_pub.tpm2b_public, AsString(challenge), ak_pub.name));
+    VTM_ASSIGN_OR_RETURN(SecretBytes answer, vtpm.ActivateCredential(ak, ek_ecc, cred));
+    if (answer.size() != challenge.size() || CRYPTO_memcmp(answer.data(), challenge.data(), answer.size()) != 0) {
+      return Error(ErrorCode::kTpm, "the vTPM's AK failed credential activation with its EK");
+    }
+  }
+  VTM_ASSIGN_OR_RETURN(TpmKeyBlob ik_blob, vtpm.CreateKey(srk, KeyRole::kSigning));
+  VTM_ASSIGN_OR_RETURN(TpmKey ik, vtpm.LoadKey(srk, ik_blob));
+  VTM_ASSIGN_OR_RETURN(ik_pub, vtpm.ReadPublic(ik));
+  {
+    VTM_ASSIGN_OR_RETURN(SecretBytes nonce, RandomSecret(16));
+    VTM_ASSIGN_OR_RETURN(ik_certify, vtpm.Certify(ik, ak, AsString(nonce)));
+  }
+
+  // Certificates from the host CA.
+  const std::string issuer = host.ca_certificate();
+  ca::Validity validity;
+  validity.not_before = std::time(nullptr) - 60;
+  std::vector<CertRecord> certs;
+  auto add = [&](const std::string& kind, Result<std::string> der, uint64_t serial) -> Status {
+    if (!der.ok()) return std::move(der).error().Context("issuing the " + kind + " certificate");
+    CertRecord c;
+    c.serial = serial;
+    c.vm_uuid = vm_uuid;
+    c.kind = kind;
+    c.der = std::move(der).value();
+    certs.push_back(std::move(c));
+    return OkStatus();
+  };
+  for (const auto* ek : {&ek_ecc_pub, &ek_rsa_pub}) {
+    ca::EkCertRequest req;
+    req.ek_spki_der = ek->spki_der;
+    req.rsa = ek == &ek_rsa_pub;
+    req.tpm_manufacturer = kVtpmManufacturer;
+    req.tpm_model = kVtpmModel;
+    req.tpm_version = kVtpmVersion;
+    VTM_ASSIGN_OR_RETURN(req.serial, registry.NextSerial());
+    req.validity = validity;
+    VTM_RETURN_IF_ERROR(add(req.rsa ? "ek-rsa" : "ek-ecc", ca::IssueEkCertificate(host.ca_signer(), issuer, req), req.serial));
+  }
+  for (bool is_ak : {true, false}) {
+    ca::IdentityCertRequest req;
+    req.spki_der = is_ak ? ak_pub.spki_der : ik_pub.spki_der;
+    req.vm_uuid = vm_uuid;
+    req.service = service;
+    req.attestation_key = is_ak;
+    VTM_ASSIGN_OR_RETURN(req.serial, registry.NextSerial());
+    req.validity = validity;
+    VTM_RETURN_IF_ERROR(add(is_ak ? "ak" : "ik", ca::IssueIdentityCertificate(host.ca_signer(), issuer, req), req.serial));
+  }
+  // The IK certificate is only as good as the proof that the IK sits beside the AK.
+  ca::CertifyEvidence ev{ik_pub.tpm2b_public, ik_certify.attest, ik_certify.signature, ak_pub.tpm2b_public};
+  if (auto st = ca::VerifyCertifyEvidence(certs.back().der, ev); !st.ok()) {
+    return std::move(st).error().Context("the vTPM's TPM2_Certify of its IK by its AK does not verify");
+  }
+
+  VTM_RETURN_IF_ERROR(vtpm.MakePersistent(ak, kAkHandle));
+  VTM_RETURN_IF_ERROR(vtpm.MakePersistent(ik, kIkHandle));
+  for (const auto& c : certs) VTM_RETURN_IF_ERROR(vtpm.WriteNvCertificate(NvIndexOfCertKind(c.kind), c.der));
+  VTM_RETURN_IF_ERROR(vtpm.WriteNvCertificate(kNvCaChain, host.ca_chain_der()));
+  return certs;
+}
+
+}  // namespace vtm

@@ -1,0 +1,39 @@
+// Provisions a new vTPM before any VM attaches (ISO/IEC 27071 B.3.2.3): both TCG EKs with
+// certificates, an AK proven co-resident with the EK by credential activation, an IK certified
+// by the AK, all certificates issued by the host CA (a key inside the host TPM) and stored in
+// the vTPM's NV at the TCG / GCE indices where standard guest tools look for them.
+//
+// vTPM layout (docs/architecture.md, "vTPM identity layout"):
+//   NV 0x01C00002  RSA 2048 EK certificate (TCG)     NV 0x01C0000A  ECC P-256 EK certificate (TCG)
+//   NV 0x01C00100  host CA chain (DER, concatenated) NV 0x01C10002  AK certificate (as GCE places it)
+//   NV 0x01C10003  IK certificate
+//   0x81000001 SRK, 0x81000002 AK, 0x81000003 IK (persistent). EKs are not persisted: they are
+//   primaries that tpm2_createek recreates from the TCG templates.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "host_identity.h"
+#include "registry.h"
+#include "vtm/tpm.h"
+
+namespace vtm {
+
+constexpr uint32_t kNvEkCertRsa = 0x01C00002;
+constexpr uint32_t kNvEkCertEcc = 0x01C0000A;
+constexpr uint32_t kNvCaChain = 0x01C00100;
+constexpr uint32_t kNvAkCert = 0x01C10002;
+constexpr uint32_t kNvIkCert = 0x01C10003;
+constexpr uint32_t kSrkHandle = 0x81000001;
+constexpr uint32_t kAkHandle = 0x81000002;
+constexpr uint32_t kIkHandle = 0x81000003;
+
+uint32_t NvIndexOfCertKind(const std::string& kind);
+
+// Runs the whole provisioning against vtpm and returns the certificates it issued (serials
+// taken from the registry; the caller records them).
+Result<std::vector<CertRecord>> ProvisionVtpm(Tpm& vtpm, HostIdentity& host, Registry& registry,
+                                              const std::string& vm_uuid, const std::string& service);
+
+}  // namespace vtm
