@@ -3,7 +3,10 @@
 //      encrypted state, readiness) vs. starting a plain `swtpm socket` by hand and waiting for
 //      its control socket;
 //   2. memory: peak RSS of vtmd with N running vTPMs, and the per-VM processes' RSS next to a
-//      plain swtpm's.
+//      plain swtpm's;
+//   3. `vtmctl create` (both EKs, AK with credential activation, IK, four certificates signed
+//      inside the host TPM, NV writes) vs. `swtpm_setup --tpm2 --create-ek-cert
+//      --create-platform-cert` with swtpm_localca, and the sustained create rate.
 // Prints a Markdown table. Not a test: nothing here asserts a time.
 //   vtm_bench [--iterations N] [--vms N]
 #include <signal.h>
@@ -101,6 +104,61 @@ int main(int argc, char** argv) {
   std::printf("| plain `swtpm socket` by hand, until its control socket accepts | %.1f | %.1f | %.1f |\n\n", p.median,
               p.p90, p.min);
   f.Vtmctl({"delete", "bench"});
+
+  // 3. create (identity provisioning) vs swtpm_setup + swtpm_localca.
+  {
+    std::vector<double> create_ms, setup_ms;
+    vtm::testing::TempDir d;
+    const std::string localca = d.path() + "/localca";
+    vtm::MakeDir(localca, 0700).ok();
+    std::ofstream(d.path() + "/swtpm_setup.conf") << "create_certs_tool = /usr/bin/swtpm_localca\n"
+                                                  << "create_certs_tool_config = " << d.path() << "/localca.conf\n"
+                                                  << "create_certs_tool_options = " << d.path() << "/localca.options\n"
+                                                  << "active_pcr_banks = sha256\n";
+    std::ofstream(d.path() + "/localca.conf") << "statedir = " << localca << "\nsigningkey = " << localca
+                                              << "/signkey.pem\nissuercert = " << localca
+                                              << "/issuercert.pem\ncertserial = " << localca << "/certserial\n";
+    std::ofstream(d.path() + "/localca.options")
+        << "--platform-manufacturer vtm-bench\n--platform-version 2.1\n--platform-model QEMU\n";
+    for (int i = 0; i < iterations; ++i) {
+      auto t0 = steady_clock::now();
+      auto r = f.Vtmctl({"create", "--name", "c" + std::to_string(i), "--service", "bench"});
+      create_ms.push_back(duration<double, std::milli>(steady_clock::now() - t0).count());
+      if (r.exit_code != 0) {
+        std::cerr << r.output;
+        return 1;
+      }
+      std::string state = d.path() + "/st" + std::to_string(i);
+      vtm::MakeDir(state, 0700).ok();
+      t0 = steady_clock::now();
+      auto s = vtm::testing::RunCommand({"swtpm_setup", "--tpm2", "--tpm-state", state, "--config",
+                                         d.path() + "/swtpm_setup.conf", "--create-ek-cert", "--create-platform-cert",
+                                         "--overwrite"});
+      setup_ms.push_back(duration<double, std::milli>(steady_clock::now() - t0).count());
+      if (s.exit_code != 0) {
+        std::cerr << "swtpm_setup failed:\n" << s.output;
+        return 1;
+      }
+    }
+    auto c = Summarize(create_ms), s = Summarize(setup_ms);
+    std::printf("| create a vTPM with its identity | median ms | p90 ms | min ms |\n|---|---|---|---|\n");
+    std::printf("| `vtmctl create` (ECC+RSA EKs, AK + credential activation, IK + certify, 4 certs signed in the "
+                "host TPM, 5 NV writes) | %.1f | %.1f | %.1f |\n",
+                c.median, c.p90, c.min);
+    std::printf("| `swtpm_setup --tpm2 --create-ek-cert --create-platform-cert` (swtpm_localca) | %.1f | %.1f | %.1f |\n",
+                s.median, s.p90, s.min);
+    std::printf("| ratio (median) | %.2f | | |\n\n", c.median / s.median);
+    // Sustained: back-to-back creates, nothing prepared in advance.
+    int burst = std::max(10, iterations);
+    auto b0 = steady_clock::now();
+    for (int i = 0; i < burst; ++i) {
+      if (f.Vtmctl({"create", "--name", "burst" + std::to_string(i)}).exit_code != 0) return 1;
+    }
+    double secs = duration<double>(steady_clock::now() - b0).count();
+    std::printf("| sustained `vtmctl create`, %d back to back | %.1f creates/s |\n|---|---|\n\n", burst, burst / secs);
+    for (int i = 0; i < iterations; ++i) f.Vtmctl({"delete", "c" + std::to_string(i)});
+    for (int i = 0; i < burst; ++i) f.Vtmctl({"delete", "burst" + std::to_string(i)});
+  }
 
   // 2. memory with N running vTPMs.
   long vtmd_before = StatusKb(f.vtmd_pid(), "VmRSS");

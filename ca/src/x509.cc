@@ -588,25 +588,35 @@ Result<std::string> CreateCrl(Signer& ca_key, const std::string& issuer_cert_der
 }
 
 Result<X509Ptr> LoadCertificate(const std::string& der_or_pem) {
+  // Far above any certificate vtm handles, and keeps sizes within OpenSSL's int lengths.
+  constexpr size_t kMaxCertificateSize = 1 << 20;
   if (der_or_pem.empty()) return Error(ErrorCode::kInvalidArgument, "the certificate is empty");
+  if (der_or_pem.size() > kMaxCertificateSize) {
+    return Error(ErrorCode::kInvalidArgument, "the certificate is larger than 1 MiB");
+  }
   ERR_clear_error();
-  if (der_or_pem.find("-----BEGIN") != std::string::npos) {
-    BioPtr bio(BIO_new_mem_buf(der_or_pem.data(), static_cast<int>(der_or_pem.size())));
-    X509Ptr x(bio ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr) : nullptr);
-    if (!x) return OpenSslError(ErrorCode::kInvalidArgument, "the PEM text holds no valid CERTIFICATE block");
-    return x;
+  const bool has_pem = der_or_pem.find("-----BEGIN") != std::string::npos;
+  // A DER certificate starts with a SEQUENCE tag; "-----BEGIN" could occur inside a DER
+  // certificate's names, so the tag decides first.
+  if (der_or_pem[0] == 0x30 || !has_pem) {
+    const auto* begin = reinterpret_cast<const unsigned char*>(der_or_pem.data());
+    const auto* p = begin;
+    X509Ptr x(d2i_X509(nullptr, &p, static_cast<long>(der_or_pem.size())));
+    if (x && p != begin + der_or_pem.size()) {
+      return Error(
+          ErrorCode::kInvalidArgument,
+          "the DER certificate is followed by " + std::to_string(begin + der_or_pem.size() - p) + " unexpected bytes");
+    }
+    if (x) return x;
+    if (!has_pem) {
+      return OpenSslError(ErrorCode::kInvalidArgument,
+                          "the data is neither a PEM nor a DER X.509 certificate (corrupt or truncated?)");
+    }
+    ERR_clear_error();
   }
-  const auto* p = reinterpret_cast<const unsigned char*>(der_or_pem.data());
-  X509Ptr x(d2i_X509(nullptr, &p, static_cast<long>(der_or_pem.size())));
-  if (!x)
-    return OpenSslError(ErrorCode::kInvalidArgument,
-                        "the data is neither a PEM nor a DER X.509 certificate (corrupt or truncated?)");
-  if (p != reinterpret_cast<const unsigned char*>(der_or_pem.data()) + der_or_pem.size()) {
-    return Error(ErrorCode::kInvalidArgument,
-                 "the DER certificate is followed by " +
-                     std::to_string(der_or_pem.data() + der_or_pem.size() - reinterpret_cast<const char*>(p)) +
-                     " unexpected bytes");
-  }
+  BioPtr bio(BIO_new_mem_buf(der_or_pem.data(), static_cast<int>(der_or_pem.size())));
+  X509Ptr x(bio ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr) : nullptr);
+  if (!x) return OpenSslError(ErrorCode::kInvalidArgument, "the PEM text holds no valid CERTIFICATE block");
   return x;
 }
 

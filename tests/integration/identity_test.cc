@@ -8,6 +8,9 @@
 #include <map>
 #include <sstream>
 
+#include <google/protobuf/util/json_util.h>
+
+#include "vtm.pb.h"
 #include "vtm/fs.h"
 #include "vtm/x509.h"
 #include "vtmd_fixture.h"
@@ -161,6 +164,82 @@ TEST_F(IdentityTest, FleetCaFlowAndBadInputIsRefused) {
   auto chain = RunCommand({"openssl", "verify", "-CAfile", Path("fleet.pem"), "-untrusted", Path("host-ca.pem"),
                            Path("ek.pem")});
   EXPECT_EQ(chain.exit_code, 0) << chain.output;
+}
+
+TEST_F(IdentityTest, HostAkBindsToHostEkByCredentialActivationMadeWithTpm2Tools) {
+  // A verifier takes the host EK (public) and the AK's name from vtmd, makes a credential
+  // with tpm2-tools (no TPM involved), and asks vtmd to activate it.
+  api::Response resp;
+  auto json = f.Vtmctl({"--json", "ca", "show"});
+  ASSERT_EQ(json.exit_code, 0) << json.output;
+  auto parsed = google::protobuf::util::JsonStringToMessage(json.output, &resp);
+  ASSERT_TRUE(parsed.ok()) << parsed.ToString() << "\n" << json.output.substr(0, 300);
+  ASSERT_FALSE(resp.ca().host_ak_name().empty());
+  WriteText(Path("ek.pem"), resp.ca().host_ek_public_pem());
+  // The host EK certificate (from the test manufacturer) is for that EK.
+  auto ek_cert = ca::ParseCertificate(resp.ca().host_ek_certificate_pem());
+  ASSERT_TRUE(ek_cert.ok()) << ek_cert.error().ToString();
+  auto ek_spki = RunCommand({"openssl", "pkey", "-pubin", "-in", Path("ek.pem"), "-outform", "DER", "-out",
+                             Path("ek.der")});
+  ASSERT_EQ(ek_spki.exit_code, 0) << ek_spki.output;
+  EXPECT_EQ(ek_cert->spki_der, ReadFile(Path("ek.der")).value()) << "host EK certificate is not for the host EK";
+
+  const std::string secret = "vtm-credential-activation-secret";  // 32 bytes
+  WriteText(Path("secret.bin"), secret);
+  auto made = RunCommand({"tpm2_makecredential", "-T", "none", "-G", "ecc", "-u", Path("ek.pem"), "-s",
+                          Path("secret.bin"), "-n", resp.ca().host_ak_name(), "-o", Path("cred.out")});
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  auto activated = f.Vtmctl({"ca", "activate-credential", Path("cred.out")});
+  ASSERT_EQ(activated.exit_code, 0) << activated.output;
+  std::string hex;
+  for (unsigned char c : secret) hex += "0123456789abcdef"[c >> 4], hex += "0123456789abcdef"[c & 15];
+  EXPECT_EQ(activated.output, hex + "\n");
+
+  // A credential for another name (not the host AK) is refused.
+  std::string other_name = resp.ca().host_ak_name();
+  other_name.back() = other_name.back() == '0' ? '1' : '0';
+  ASSERT_EQ(RunCommand({"tpm2_makecredential", "-T", "none", "-G", "ecc", "-u", Path("ek.pem"), "-s", Path("secret.bin"),
+                        "-n", other_name, "-o", Path("other.out")})
+                .exit_code,
+            0);
+  auto refused = f.Vtmctl({"ca", "activate-credential", Path("other.out")});
+  EXPECT_EQ(refused.exit_code, 2) << refused.output;
+  // Garbage is refused before it reaches the TPM.
+  WriteText(Path("junk.out"), "not a credential");
+  EXPECT_EQ(f.Vtmctl({"ca", "activate-credential", Path("junk.out")}).exit_code, 2);
+}
+
+TEST_F(IdentityTest, SwtpmSetupGetsEkCertificatesFromTheHostCaThroughVtmCreateCerts) {
+  WriteText(Path("ca.pem"), f.Vtmctl({"ca", "show"}).output);
+  WriteText(Path("tool.conf"), "socket = " + f.socket() + "\n");
+  WriteText(Path("swtpm_setup.conf"), "create_certs_tool = " + BuildPath("vtm-manager/vtm-create-certs") +
+                                          "\ncreate_certs_tool_config = " + Path("tool.conf") +
+                                          "\ncreate_certs_tool_options = /dev/null\n");
+  ASSERT_TRUE(MakeDir(Path("state"), 0700).ok());
+  auto setup = RunCommand({"swtpm_setup", "--tpm2", "--ecc", "--tpm-state", Path("state"), "--config",
+                           Path("swtpm_setup.conf"), "--create-ek-cert", "--overwrite"});
+  ASSERT_EQ(setup.exit_code, 0) << setup.output;
+  // Read the certificates back from the new TPM state with tpm2-tools.
+  auto tpm = SimulatedHostTpm::Start(Path("state"));
+  ASSERT_TRUE(tpm.ok()) << tpm.error().ToString();
+  int verified = 0;
+  for (const char* index : {"0x01C00002", "0x01C00016"}) {
+    std::string out = Path(std::string(index) + ".der");
+    auto read = RunCommand({"env", "TPM2TOOLS_TCTI=" + (*tpm)->tcti(), "tpm2_nvread", index, "-C", "o", "-o", out});
+    if (read.exit_code != 0) continue;  // swtpm_setup --ecc writes P-384 at 0x01C00016 and RSA at 0x01C00002
+    auto pem = ca::CertificateToDer(ReadFile(out).value());
+    ASSERT_TRUE(pem.ok());
+    WriteText(out + ".pem", ca::DerToPem(*pem));
+    auto v = RunCommand({"openssl", "verify", "-CAfile", Path("ca.pem"), out + ".pem"});
+    EXPECT_EQ(v.exit_code, 0) << index << ": " << v.output;
+    ++verified;
+  }
+  EXPECT_EQ(verified, 2) << "expected swtpm_setup --ecc to store an RSA and an ECC EK certificate";
+  // Refused plainly: platform certificates.
+  auto platform = RunCommand({BuildPath("vtm-manager/vtm-create-certs"), "--type", "platform", "--ek", "00", "--dir",
+                              dir.path()});
+  EXPECT_NE(platform.exit_code, 0);
+  EXPECT_NE(platform.output.find("only EK certificates"), std::string::npos) << platform.output;
 }
 
 TEST(IdentityStartupTest, CaCertificateForAnotherKeyMakesVtmdRefuseToStart) {

@@ -10,7 +10,9 @@
 #include <stdexcept>
 #include <thread>
 
+#include "simulated_manufacturer.h"
 #include "vtm/fs.h"
+#include "vtm/tpm.h"
 #include "vtm/net.h"
 
 namespace vtm::testing {
@@ -25,6 +27,11 @@ VtmdFixture::VtmdFixture() {
   auto tpm = SimulatedHostTpm::Start(dir_.path() + "/host-tpm");
   if (!tpm.ok()) throw std::runtime_error("simulated host TPM: " + tpm.error().ToString());
   host_tpm_ = std::move(tpm).value();
+  // The factory step of a real TPM: an EK certificate from a (test) manufacturer.
+  auto conn = Tpm::OpenTcti(host_tpm_->tcti());
+  if (!conn.ok()) throw std::runtime_error("host TPM: " + conn.error().ToString());
+  auto made = ManufactureSimulatedHostTpm(**conn, dir_.path() + "/host-tpm");
+  if (!made.ok()) throw std::runtime_error("manufacturing the host TPM: " + made.error().ToString());
 }
 
 VtmdFixture::~VtmdFixture() {

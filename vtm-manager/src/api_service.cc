@@ -80,6 +80,12 @@ Result<api::Request> ParseRequest(const std::string& bytes) {
     case api::Request::kCaShow:
     case api::Request::kCaCsr:
     case api::Request::kCaCrl: break;
+    case api::Request::kActivateHostCredential:
+      if (req.activate_host_credential().id_object().size() > 1024 ||
+          req.activate_host_credential().encrypted_secret().size() > 1024) {
+        return Error(ErrorCode::kInvalidArgument, "the credential is too large");
+      }
+      break;
     case api::Request::kIssueEkCert: {
       const auto& r = req.issue_ek_cert();
       if (r.ek_spki_der().empty() || r.ek_spki_der().size() > 4096) {
@@ -129,6 +135,14 @@ Status ApiService::HandleCa(const api::Request& req, api::Response* resp) {
       ca->set_residency("tpm");
       if (!identity_->ek_certificate().empty()) ca->set_host_ek_certificate_pem(ca::DerToPem(identity_->ek_certificate()));
       ca->set_host_ak_public_pem(ca::DerToPem(identity_->ak_public().spki_der, "PUBLIC KEY"));
+      ca->set_host_ek_public_pem(ca::DerToPem(identity_->ek_public().spki_der, "PUBLIC KEY"));
+      static const char* kHex = "0123456789abcdef";
+      std::string name_hex;
+      for (unsigned char c : identity_->ak_public().name) {
+        name_hex.push_back(kHex[c >> 4]);
+        name_hex.push_back(kHex[c & 15]);
+      }
+      ca->set_host_ak_name(name_hex);
       return OkStatus();
     }
     case api::Request::kCaCsr: {
@@ -156,6 +170,15 @@ Status ApiService::HandleCa(const api::Request& req, api::Response* resp) {
       rec.der = der;
       VTM_RETURN_IF_ERROR(registry_.AddCertificates({rec}));
       resp->set_pem(ca::DerToPem(der));
+      return OkStatus();
+    }
+    case api::Request::kActivateHostCredential: {
+      TpmCredential cred{req.activate_host_credential().id_object(), req.activate_host_credential().encrypted_secret()};
+      auto secret = identity_->ActivateCredential(cred);
+      if (!secret.ok()) {
+        return Error(ErrorCode::kInvalidArgument, "the host TPM refused the credential: " + secret.error().message());
+      }
+      resp->set_secret(std::string(reinterpret_cast<const char*>(secret->data()), secret->size()));
       return OkStatus();
     }
     case api::Request::kCaCrl: {
@@ -215,6 +238,7 @@ api::Response ApiService::Handle(const api::Request& req) {
     case api::Request::kCaInstall:
     case api::Request::kCaCrl:
     case api::Request::kIssueEkCert:
+    case api::Request::kActivateHostCredential:
       if (Status st = HandleCa(req, &resp); !st.ok()) fail(st.error());
       break;
     case api::Request::kStart: one(manager_.Start(req.start().uuid())); break;

@@ -229,6 +229,12 @@ Status HostIdentity::InstallCertificate(const std::string& cert_pem, const std::
   return OkStatus();
 }
 
+Result<SecretBytes> HostIdentity::ActivateCredential(const TpmCredential& credential) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VTM_ASSIGN_OR_RETURN(TpmKey ek, tpm_->CreateEk(KeyAlg::kEccP256));
+  return tpm_->ActivateCredential(ak_, ek, credential);
+}
+
 Result<TpmCredential> HostIdentity::MakeCredential(const std::string& ek_tpm2b_public, const std::string& secret,
                                                    const std::string& object_name) {
   std::lock_guard<std::mutex> lock(mu_);

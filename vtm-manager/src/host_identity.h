@@ -45,6 +45,11 @@ class HostIdentity {
   // certificate is for this CA key, is a CA certificate and chain_pem (if given) signs it.
   Status InstallCertificate(const std::string& cert_pem, const std::string& chain_pem);
 
+  // Activates, in the host TPM, a credential made for the host AK with the host EK's public
+  // key, and returns its secret: how an outside verifier checks that the AK and the EK share
+  // this TPM. Fails for a credential made for any other name.
+  Result<SecretBytes> ActivateCredential(const TpmCredential& credential);
+
   // Makes the vTPM-side credential-activation challenge: MakeCredential on the host TPM with
   // another TPM's EK public, for the object named object_name.
   Result<TpmCredential> MakeCredential(const std::string& ek_tpm2b_public, const std::string& secret,

@@ -34,6 +34,8 @@ Commands:
   ca csr                               print a CSR for the host CA key, for a fleet CA
   ca install CERT.pem [CHAIN.pem]      install the fleet CA's certificate for the CA key
   ca crl                               print a CRL of every revoked vTPM certificate
+  ca activate-credential FILE          activate a tpm2_makecredential output made for the
+                                       host AK with the host EK; prints the secret (hex)
 
 VM is a UUID or a name. --socket defaults to $VTM_SOCKET or /run/vtm/vtmd.sock.
 
@@ -142,6 +144,22 @@ int Run(int argc, char** argv) {
       req.mutable_ca_csr();
     } else if (sub == "crl" && args.size() == 2) {
       req.mutable_ca_crl();
+    } else if (sub == "activate-credential" && args.size() == 3) {
+      // tpm2-tools' credential file: magic 0xBADCC0DE, version 1, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET.
+      std::ifstream f(args[2], std::ios::binary);
+      std::string blob((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      auto u16 = [&](size_t at) { return (static_cast<uint8_t>(blob[at]) << 8) | static_cast<uint8_t>(blob[at + 1]); };
+      if (!f || blob.size() < 12 || blob.compare(0, 4, "\xBA\xDC\xC0\xDE") != 0) {
+        std::cerr << "vtmctl ca activate-credential: " << args[2] << " is not a tpm2_makecredential output\n";
+        return kUsage_;
+      }
+      size_t id_len = 2 + u16(8);
+      if (8 + id_len + 2 > blob.size() || 8 + id_len + 2 + u16(8 + id_len) != blob.size()) {
+        std::cerr << "vtmctl ca activate-credential: " << args[2] << " is truncated or malformed\n";
+        return kUsage_;
+      }
+      req.mutable_activate_host_credential()->set_id_object(blob.substr(8, id_len));
+      req.mutable_activate_host_credential()->set_encrypted_secret(blob.substr(8 + id_len));
     } else if (sub == "install" && (args.size() == 3 || args.size() == 4)) {
       auto* in = req.mutable_ca_install();
       for (size_t i = 2; i < args.size(); ++i) {
@@ -155,7 +173,8 @@ int Run(int argc, char** argv) {
         else in->set_chain_pem(text);
       }
     } else {
-      std::cerr << "vtmctl ca: use 'ca show', 'ca csr', 'ca install CERT [CHAIN]' or 'ca crl'\n";
+      std::cerr << "vtmctl ca: use 'ca show', 'ca csr', 'ca install CERT [CHAIN]', 'ca crl' or "
+                   "'ca activate-credential FILE'\n";
       return kUsage_;
     }
   } else {
@@ -219,6 +238,10 @@ int Run(int argc, char** argv) {
   } else if (cmd == "ca") {
     if (args[1] == "show") std::cout << resp->ca().certificate_pem() << resp->ca().chain_pem();
     else if (args[1] == "install") std::cout << "installed the fleet-CA-issued certificate for the host CA\n";
+    else if (args[1] == "activate-credential") {
+      for (unsigned char c : resp->secret()) std::cout << "0123456789abcdef"[c >> 4] << "0123456789abcdef"[c & 15];
+      std::cout << "\n";
+    }
     else std::cout << resp->pem();
   } else if (!resp->vms().empty()) {
     PrintVm(resp->vms(0));

@@ -60,11 +60,13 @@ struct CertifyEvidence {
 };
 
 // OID of the certify-evidence extension: a UUID-based OID (ITU-T X.667, arc 2.25), so no
-// registration is needed. Documented in docs/architecture.md.
+// registration is needed: 2.25.161903665352114240259760733551990330810. ASN.1 in ca/README.md.
 extern const char* const kCertifyEvidenceOid;
 
 // The host CA's own certificate: self-signed (subject == issuer), CA:TRUE, pathlen 0,
 // keyCertSign|cRLSign, carrying the certify evidence as a non-critical extension.
+// All-empty evidence (the `sealed` residency mode) leaves the extension out; evidence whose
+// TPM structures do not parse is refused.
 struct CaCertRequest {
   std::string common_name;  // e.g. "vtm host CA <hostname>"
   std::string organization = "vtm";
@@ -127,7 +129,8 @@ struct CertificateInfo {
   bool is_ca = false;
   std::vector<std::string> uris;  // URI SANs
 };
-// Accepts DER or PEM; kInvalidArgument with a clear message for anything else.
+// Accepts DER or PEM (the first CERTIFICATE block); kInvalidArgument with a clear message
+// for anything else.
 Result<CertificateInfo> ParseCertificate(const std::string& der_or_pem);
 Result<std::string> CertificateToDer(const std::string& der_or_pem);
 std::string DerToPem(const std::string& der, const char* label = "CERTIFICATE");
@@ -136,7 +139,9 @@ Result<CertifyEvidence> ExtractCertifyEvidence(const std::string& cert_der_or_pe
 // Verifies that evidence proves the certificate's key lives in the TPM of that AK:
 // the AK's signature over attest, attest is a TPM_ST_ATTEST_CERTIFY with magic TPM_GENERATED,
 // the certified name equals the TPM name of key_tpm2b_public, and that public key equals the
-// certificate's SPKI. kDataLoss / kInvalidArgument with what failed.
+// certificate's SPKI; also that the AK is restricted and the key fixedTPM|sensitiveDataOrigin.
+// kDataLoss (bad signature) / kInvalidArgument with what failed. Trust in the AK itself (its
+// binding to the host EK) is the caller's to establish.
 Status VerifyCertifyEvidence(const std::string& cert_der_or_pem, const CertifyEvidence& evidence);
 // True if cert_der was signed by issuer_der's key (signature check only).
 Status VerifySignedBy(const std::string& cert_der, const std::string& issuer_der);
