@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include <google/protobuf/util/json_util.h>
+#include <openssl/evp.h>
 
 #include "vtm.pb.h"
 #include "vtm/fs.h"
@@ -240,6 +241,57 @@ TEST_F(IdentityTest, SwtpmSetupGetsEkCertificatesFromTheHostCaThroughVtmCreateCe
                               dir.path()});
   EXPECT_NE(platform.exit_code, 0);
   EXPECT_NE(platform.output.find("only EK certificates"), std::string::npos) << platform.output;
+}
+
+TEST(IdentitySealedTest, SealedCaIssuesVerifiableCertificatesAndAHostQuoteBindsItsKey) {
+  VtmdFixture f;
+  TempDir dir;
+  auto p = [&](const std::string& n) { return dir.path() + "/" + n; };
+  ASSERT_TRUE(f.StartVtmd({"--ca-residency", "sealed"})) << f.VtmdLog();
+  ASSERT_EQ(f.Vtmctl({"create", "--name", "s1", "--service", "db"}).exit_code, 0) << f.VtmdLog();
+  auto ca_pem = f.Vtmctl({"ca", "show"}).output;
+  WriteText(p("ca.pem"), ca_pem);
+  auto certs = SplitCerts(f.Vtmctl({"certs", "s1"}).output);
+  ASSERT_EQ(certs.size(), 4u);
+  for (auto& [kind, pem] : certs) {
+    WriteText(p(kind + ".pem"), pem);
+    EXPECT_EQ(RunCommand({"openssl", "verify", "-CAfile", p("ca.pem"), p(kind + ".pem")}).exit_code, 0) << kind;
+  }
+  // No TPM2_Certify in this residency: the CA key is not a TPM key.
+  auto ev = ca::ExtractCertifyEvidence(ca_pem);
+  ASSERT_FALSE(ev.ok());
+  EXPECT_EQ(ev.error().code(), ErrorCode::kNotFound);
+
+  // The host AK's quote binds the CA key: its qualifying data is SHA-256(CA SPKI).
+  api::Response resp;
+  auto json = f.Vtmctl({"--json", "ca", "show"});
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(json.output, &resp).ok()) << json.output;
+  EXPECT_EQ(resp.ca().residency(), "sealed");
+  WriteText(p("ak.pem"), resp.ca().host_ak_public_pem());
+  WriteText(p("quote.attest"), resp.ca().ca_key_quote_attest());
+  WriteText(p("quote.sig"), resp.ca().ca_key_quote_signature());
+  auto info = ca::ParseCertificate(ca_pem);
+  ASSERT_TRUE(info.ok());
+  unsigned char digest[32];
+  EVP_Digest(info->spki_der.data(), info->spki_der.size(), digest, nullptr, EVP_sha256(), nullptr);
+  std::string hex;
+  for (unsigned char c : digest) hex += "0123456789abcdef"[c >> 4], hex += "0123456789abcdef"[c & 15];
+  auto check = RunCommand({"tpm2_checkquote", "-u", p("ak.pem"), "-m", p("quote.attest"), "-s", p("quote.sig"), "-q", hex});
+  EXPECT_EQ(check.exit_code, 0) << check.output;
+  std::string other = hex;
+  other[0] = other[0] == '0' ? '1' : '0';
+  EXPECT_NE(RunCommand({"tpm2_checkquote", "-u", p("ak.pem"), "-m", p("quote.attest"), "-s", p("quote.sig"), "-q", other})
+                .exit_code,
+            0);
+
+  // The CA key cannot silently change residency.
+  f.StopVtmd();
+  auto refused = f.RunVtmdExpectingExit({"--ca-residency", "tpm"});
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.output.find("cannot change residency"), std::string::npos) << refused.output;
+  // ...and the sealed key comes back after a restart: the same CA certificate.
+  ASSERT_TRUE(f.StartVtmd({"--ca-residency", "sealed"})) << f.VtmdLog();
+  EXPECT_EQ(f.Vtmctl({"ca", "show"}).output, ca_pem);
 }
 
 TEST(IdentityStartupTest, CaCertificateForAnotherKeyMakesVtmdRefuseToStart) {

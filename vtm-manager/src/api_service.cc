@@ -132,7 +132,11 @@ Status ApiService::HandleCa(const api::Request& req, api::Response* resp) {
       ca->set_certificate_pem(ca::DerToPem(identity_->ca_certificate()));
       std::string chain = identity_->ca_chain_der().substr(identity_->ca_certificate().size());
       if (!chain.empty()) ca->set_chain_pem(ca::DerToPem(chain));
-      ca->set_residency("tpm");
+      ca->set_residency(identity_->residency() == CaResidency::kTpm ? "tpm" : "sealed");
+      if (identity_->residency() == CaResidency::kSealed) {
+        ca->set_ca_key_quote_attest(identity_->ca_key_quote().attest);
+        ca->set_ca_key_quote_signature(identity_->ca_key_quote().signature);
+      }
       if (!identity_->ek_certificate().empty()) ca->set_host_ek_certificate_pem(ca::DerToPem(identity_->ek_certificate()));
       ca->set_host_ak_public_pem(ca::DerToPem(identity_->ak_public().spki_der, "PUBLIC KEY"));
       ca->set_host_ek_public_pem(ca::DerToPem(identity_->ek_public().spki_der, "PUBLIC KEY"));

@@ -2,6 +2,7 @@
 #include "host_identity.h"
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include <ctime>
@@ -83,9 +84,25 @@ Result<TpmKey> LoadOrCreateKey(Tpm& tpm, const TpmKey& srk, KeyRole role, const 
 
 }  // namespace
 
+Result<CaResidency> ParseCaResidency(const std::string& text) {
+  if (text == "tpm") return CaResidency::kTpm;
+  if (text == "sealed") return CaResidency::kSealed;
+  return Error(ErrorCode::kInvalidArgument, "CA residency must be 'tpm' or 'sealed', not '" + text + "'");
+}
+
 Result<std::unique_ptr<HostIdentity>> HostIdentity::LoadOrCreate(Tpm& tpm, const std::string& dir,
-                                                                 const std::string& host_name) {
+                                                                 const std::string& host_name, CaResidency residency,
+                                                                 const MasterKey& master_key,
+                                                                 const PcrSelection& quote_pcrs) {
   std::unique_ptr<HostIdentity> id(new HostIdentity());
+  id->residency_ = residency;
+  const bool has_tpm_key = PathExists(dir + "/ca-key.blob"), has_sealed_key = PathExists(dir + "/ca-key.sealed");
+  if ((residency == CaResidency::kTpm && has_sealed_key) || (residency == CaResidency::kSealed && has_tpm_key)) {
+    return Error(ErrorCode::kFailedPrecondition,
+                 std::string("this host's CA key was created in the '") + (has_tpm_key ? "tpm" : "sealed") +
+                     "' residency; a CA key cannot change residency (start vtmd with --ca-residency " +
+                     (has_tpm_key ? "tpm" : "sealed") + ")");
+  }
   id->tpm_ = &tpm;
   id->dir_ = dir;
   id->host_name_ = host_name;
@@ -112,7 +129,10 @@ Result<std::unique_ptr<HostIdentity>> HostIdentity::LoadOrCreate(Tpm& tpm, const
   {
     VTM_ASSIGN_OR_RETURN(TpmKey srk, tpm.CreateSrk());
     VTM_ASSIGN_OR_RETURN(id->ak_, LoadOrCreateKey(tpm, srk, KeyRole::kAttestation, dir + "/ak.blob", &ak_created));
-    VTM_ASSIGN_OR_RETURN(id->ca_key_, LoadOrCreateKey(tpm, srk, KeyRole::kSigning, dir + "/ca-key.blob", &ca_created));
+    if (residency == CaResidency::kTpm) {
+      VTM_ASSIGN_OR_RETURN(id->ca_key_,
+                           LoadOrCreateKey(tpm, srk, KeyRole::kSigning, dir + "/ca-key.blob", &ca_created));
+    }
   }
   VTM_ASSIGN_OR_RETURN(id->ak_public_, tpm.ReadPublic(id->ak_));
   if (ak_created) {
@@ -133,8 +153,12 @@ Result<std::unique_ptr<HostIdentity>> HostIdentity::LoadOrCreate(Tpm& tpm, const
     }
     LOG_INFO << "created host AK, bound to the host EK by credential activation";
   }
-  VTM_ASSIGN_OR_RETURN(id->ca_public_, tpm.ReadPublic(id->ca_key_));
-  id->signer_ = std::make_unique<TpmSigner>(tpm, id->ca_key_, id->ca_public_.spki_der, id->mu_);
+  if (residency == CaResidency::kTpm) {
+    VTM_ASSIGN_OR_RETURN(id->ca_public_, tpm.ReadPublic(id->ca_key_));
+    id->signer_ = std::make_unique<TpmSigner>(tpm, id->ca_key_, id->ca_public_.spki_der, id->mu_);
+  } else {
+    VTM_RETURN_IF_ERROR(id->LoadOrCreateSealedCaKey(master_key, quote_pcrs));
+  }
 
   const std::string cert_path = dir + "/ca.pem";
   if (PathExists(cert_path)) {
@@ -152,7 +176,10 @@ Result<std::unique_ptr<HostIdentity>> HostIdentity::LoadOrCreate(Tpm& tpm, const
       VTM_ASSIGN_OR_RETURN(id->chain_der_, ca::CertificateToDer(chain_pem));
     }
   } else {
-    VTM_ASSIGN_OR_RETURN(ca::CertifyEvidence evidence, id->CertifyCaKey());
+    ca::CertifyEvidence evidence;  // none in the sealed residency: the quote binds the key instead
+    if (residency == CaResidency::kTpm) {
+      VTM_ASSIGN_OR_RETURN(evidence, id->CertifyCaKey());
+    }
     ca::CaCertRequest req;
     req.common_name = "vtm host CA " + host_name;
     req.serial = RandomSerial();
@@ -160,9 +187,41 @@ Result<std::unique_ptr<HostIdentity>> HostIdentity::LoadOrCreate(Tpm& tpm, const
     req.evidence = std::move(evidence);
     VTM_ASSIGN_OR_RETURN(id->ca_cert_der_, ca::CreateSelfSignedCaCertificate(*id->signer_, req));
     VTM_RETURN_IF_ERROR(WriteFileAtomic(cert_path, ca::DerToPem(id->ca_cert_der_), 0644));
-    LOG_INFO << "created the host CA (key inside the host TPM), self-signed certificate " << cert_path;
+    LOG_INFO << "created the host CA ("
+             << (residency == CaResidency::kTpm ? "key inside the host TPM" : "software key sealed by the host TPM")
+             << "), self-signed certificate " << cert_path;
   }
   return id;
+}
+
+Status HostIdentity::LoadOrCreateSealedCaKey(const MasterKey& master_key, const PcrSelection& quote_pcrs) {
+  const std::string key_path = dir_ + "/ca-key.sealed", quote_path = dir_ + "/ca-key.quote";
+  const std::string label = "vtm:host:ca-key";
+  std::unique_ptr<ca::SoftwareSigner> key;
+  if (PathExists(key_path)) {
+    VTM_ASSIGN_OR_RETURN(std::string wrapped, ReadFile(key_path));
+    auto der = master_key.Unwrap(wrapped, label);
+    if (!der.ok()) return std::move(der).error().Context("unwrapping the sealed CA key " + key_path);
+    VTM_ASSIGN_OR_RETURN(key, ca::SoftwareSigner::FromPrivateKeyDer(*der));
+    VTM_ASSIGN_OR_RETURN(std::string quote, ReadFile(quote_path));
+    VTM_ASSIGN_OR_RETURN(TpmKeyBlob parts, BlobFromString(quote, quote_path));
+    ca_quote_ = {parts.tpm2b_public, parts.tpm2b_private};
+  } else {
+    VTM_ASSIGN_OR_RETURN(key, ca::SoftwareSigner::Generate());
+    SecretBytes der = key->PrivateKeyDer();
+    VTM_ASSIGN_OR_RETURN(std::string wrapped, master_key.Wrap(der, label));
+    // The quote's qualifying data is the SHA-256 of the CA public key: the host AK vouches,
+    // once, that this key belongs to this host in this PCR state.
+    unsigned char digest[32];
+    const std::string& spki = key->PublicKeySpki();
+    EVP_Digest(spki.data(), spki.size(), digest, nullptr, EVP_sha256(), nullptr);
+    VTM_ASSIGN_OR_RETURN(ca_quote_, tpm_->Quote(ak_, quote_pcrs, std::string(reinterpret_cast<char*>(digest), 32)));
+    VTM_RETURN_IF_ERROR(WriteFileAtomic(quote_path, BlobToString({ca_quote_.attest, ca_quote_.signature}), 0644));
+    VTM_RETURN_IF_ERROR(WriteFileAtomic(key_path, wrapped, 0600));
+  }
+  ca_public_.spki_der = key->PublicKeySpki();
+  signer_ = std::move(key);
+  return OkStatus();
 }
 
 Result<ca::CertifyEvidence> HostIdentity::CertifyCaKey() {
@@ -189,7 +248,10 @@ std::string HostIdentity::ca_chain_der() const {
 }
 
 Result<std::string> HostIdentity::CreateCsr() {
-  VTM_ASSIGN_OR_RETURN(ca::CertifyEvidence evidence, CertifyCaKey());
+  ca::CertifyEvidence evidence;
+  if (residency_ == CaResidency::kTpm) {
+    VTM_ASSIGN_OR_RETURN(evidence, CertifyCaKey());
+  }
   ca::CaCertRequest req;
   req.common_name = "vtm host CA " + host_name_;
   req.evidence = std::move(evidence);

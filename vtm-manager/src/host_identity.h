@@ -5,9 +5,15 @@
 // leaves it; its certificate carries a TPM2_Certify of the key by the host AK, so a verifier
 // can check that the key lives in that TPM.
 //
+// In the `sealed` residency (for hosts whose TPM is too slow to sign every certificate) the CA
+// key is a software P-256 key wrapped by the master key (so it exists in clear only in vtmd's
+// memory, and only on this host in its sealed PCR state); its public key is bound into one host
+// quote by the AK (qualifying data = SHA-256 of the CA key's SubjectPublicKeyInfo), which any
+// verifier checks with tpm2_checkquote.
+//
 // Files in <state>/host-identity/ (0700): ak.blob, ca-key.blob (TPM-encrypted key blobs, only
-// this TPM can load them), ca.pem (the CA certificate: self-signed, or the fleet CA's),
-// ca-chain.pem (the fleet CA chain, if installed).
+// this TPM can load them) or ca-key.sealed + ca-key.quote (sealed residency), ca.pem (the CA
+// certificate: self-signed, or the fleet CA's), ca-chain.pem (the fleet CA chain, if installed).
 //
 // Thread safety: all methods may be called from any thread; TPM access is serialized inside.
 #pragma once
@@ -16,18 +22,30 @@
 #include <mutex>
 #include <string>
 
+#include "master_key.h"
 #include "vtm/error.h"
 #include "vtm/tpm.h"
 #include "vtm/x509.h"
 
 namespace vtm {
 
+enum class CaResidency { kTpm, kSealed };
+Result<CaResidency> ParseCaResidency(const std::string& text);
+
 class HostIdentity {
  public:
   // Loads the host identity from dir, creating what is missing (AK, CA key, self-signed CA
-  // certificate). tpm must outlive the HostIdentity.
+  // certificate). tpm and master_key must outlive the HostIdentity. quote_pcrs: the host PCRs
+  // the sealed-residency quote covers. A residency other than the one the CA key was created
+  // with is refused (the CA key cannot move between residencies).
   static Result<std::unique_ptr<HostIdentity>> LoadOrCreate(Tpm& tpm, const std::string& dir,
-                                                           const std::string& host_name);
+                                                           const std::string& host_name, CaResidency residency,
+                                                           const MasterKey& master_key,
+                                                           const PcrSelection& quote_pcrs);
+
+  CaResidency residency() const { return residency_; }
+  // Sealed residency: the host AK's quote binding the CA public key (empty in `tpm`).
+  const TpmAttestation& ca_key_quote() const { return ca_quote_; }
 
   // The CA key as a Signer (signs inside the host TPM).
   ca::Signer& ca_signer() { return *signer_; }
@@ -58,12 +76,15 @@ class HostIdentity {
  private:
   HostIdentity() = default;
   Result<ca::CertifyEvidence> CertifyCaKey();
+  Status LoadOrCreateSealedCaKey(const MasterKey& master_key, const PcrSelection& quote_pcrs);
 
   Tpm* tpm_ = nullptr;
   std::string dir_;
   std::string host_name_;
   mutable std::mutex mu_;
-  TpmKey ak_, ca_key_;  // the only objects kept loaded in the host TPM
+  TpmKey ak_, ca_key_;  // the only objects kept loaded in the host TPM (ca_key_: `tpm` residency)
+  CaResidency residency_ = CaResidency::kTpm;
+  TpmAttestation ca_quote_;
   TpmKeyPublic ek_public_, ak_public_, ca_public_;
   std::string ek_cert_der_;
   std::string ca_cert_der_;

@@ -56,6 +56,9 @@ Runs the vTPM manager daemon. Options may also be given in a config file as
   --qemu-user USER         owner of each VM's tpm.sock, the user QEMU runs as (default root)
   --instance-uid-base N    first uid for per-VM processes (default 500000000)
   --instance-uid-count N   size of that uid range (default 65536)
+  --ca-residency MODE      tpm: the CA key that signs vTPM certificates lives inside the host
+                           TPM (default); sealed: a software key wrapped by the master key and
+                           bound to the host AK by one quote, for hosts whose TPM signs slowly
   --log-level LEVEL        debug | info | warning | error (default info)
   --help
 )";
@@ -72,6 +75,7 @@ struct Options {
   uint32_t uid_base = 500000000;
   uint32_t uid_count = 65536;
   std::string log_level = "info";
+  std::string ca_residency = "tpm";
 };
 
 Status Apply(Options* o, const std::string& name, const std::string& value) {
@@ -96,6 +100,7 @@ Status Apply(Options* o, const std::string& name, const std::string& value) {
   else if (name == "instance-uid-base") return number(&o->uid_base);
   else if (name == "instance-uid-count") return number(&o->uid_count);
   else if (name == "log-level") o->log_level = value;
+  else if (name == "ca-residency") o->ca_residency = value;
   else return Error(ErrorCode::kInvalidArgument, "unknown option '" + name + "'");
   return OkStatus();
 }
@@ -275,7 +280,10 @@ int Run(int argc, char** argv) {
   }
   char hostname[256] = "";
   gethostname(hostname, sizeof hostname - 1);
-  auto identity = HostIdentity::LoadOrCreate(**tpm, opts.state_dir + "/host-identity", hostname);
+  auto residency = ParseCaResidency(opts.ca_residency);
+  if (!residency.ok()) return fatal(residency.error());
+  auto identity = HostIdentity::LoadOrCreate(**tpm, opts.state_dir + "/host-identity", hostname, *residency, *master,
+                                             *pcrs);
   if (!identity.ok()) return fatal(std::move(identity).error().Context("loading the host identity"));
   SwtpmProvisioner provisioner(**identity, **registry);
 

@@ -15,6 +15,7 @@ namespace {
 constexpr const char* kVtpmManufacturer = "id:49424D00";
 constexpr const char* kVtpmModel = "swtpm";
 constexpr const char* kVtpmVersion = "id:20191023";
+constexpr uint32_t kVtpmSpecRevision = 164;  // TPM_PT_REVISION of libtpms 0.9 (1.64)
 
 std::string AsString(const SecretBytes& b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
 
@@ -85,6 +86,7 @@ Result<std::vector<CertRecord>> ProvisionVtpm(Tpm& vtpm, HostIdentity& host, Reg
     req.tpm_manufacturer = kVtpmManufacturer;
     req.tpm_model = kVtpmModel;
     req.tpm_version = kVtpmVersion;
+    req.tpm_spec_revision = kVtpmSpecRevision;
     VTM_ASSIGN_OR_RETURN(req.serial, registry.NextSerial());
     req.validity = validity;
     VTM_RETURN_IF_ERROR(add(req.rsa ? "ek-rsa" : "ek-ecc", ca::IssueEkCertificate(host.ca_signer(), issuer, req), req.serial));
