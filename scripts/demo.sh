@@ -47,8 +47,17 @@ done
 grep -m1 "SIMULATED HOST TPM" "$demo/vtmd.log" || true
 vtmctl host
 
-step "Creating and starting the vTPM of VM demo-vm"
-vtmctl create --name demo-vm
+step "Creating the vTPM of VM demo-vm: keys, EKs, AK, IK and their certificates"
+vtmctl create --name demo-vm --service demo-shop
+vtmctl ca show >"$demo/ca.pem"
+vtmctl certs demo-vm | grep '^#'
+for kind in ek-ecc ek-rsa ak ik; do
+  vtmctl certs demo-vm --kind "$kind" >"$demo/$kind.pem"
+  printf '%-7s %s\n' "$kind:" "$(openssl verify -CAfile "$demo/ca.pem" "$demo/$kind.pem")"
+done
+openssl x509 -in "$demo/ik.pem" -noout -subject -ext subjectAltName
+
+step "Starting the vTPM"
 vtmctl start demo-vm
 socket=$(vtmctl --json show demo-vm | sed -n 's/.*"tpm_socket": "\(.*\)".*/\1/p')
 vtmctl list
@@ -59,6 +68,10 @@ echo "guest: TPM devices: $(ls /dev/tpm*)"
 echo "guest: TPM manufacturer: $(tpm2_getcap properties-fixed | grep -A2 TPM2_PT_MANUFACTURER | sed -n 's/.*value: *"\(.*\)"/\1/p')"
 echo "guest: PCRs, as the guest reads them (firmware measured 0-7, the kernel's IMA 10):"
 tpm2_pcrread sha256:0,1,2,3,4,5,6,7,10
+tpm2_nvread 0x01C0000A -C o -o /tmp/ek.der 2>/dev/null
+echo "guest: EK certificate at NV 0x01C0000A: $(wc -c </tmp/ek.der) bytes"
+tpm2_nvread 0x01C10003 -C o -o /tmp/ik.der 2>/dev/null
+echo "guest: IK certificate at NV 0x01C10003: $(wc -c </tmp/ik.der) bytes; the IK is at 0x81000003"
 GUEST
 "$repo/tests/guest/make-script-initrd.sh" "$build/guest/initrd.img" "$demo/guest.sh" "$demo/initrd.img"
 timeout 180 qemu-system-x86_64 -machine q35,accel=tcg -m 256 -nographic -no-reboot -nodefaults \

@@ -1,7 +1,8 @@
 // The vTPM identity as a real guest sees it, checked with tpm2-tools in the guest and
 // tpm2_checkquote/OpenSSL on the host: the EK certificate at NV 0x01C0000A is for the EK that
 // `tpm2_createek` recreates; a quote by the persistent AK verifies with the public key of the
-// AK certificate vtmd issued; the guest can neither undefine nor overwrite the certificate.
+// AK certificate vtmd issued; the IK signs what its certificate's key verifies; the guest can
+// neither undefine nor overwrite the certificate.
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -71,6 +72,8 @@ TEST(IdentityGuestTest, GuestFindsEkCertificateQuotesWithAkAndCannotTouchCertifi
       "tpm2_quote -c 0x81000002 -l sha256:0,10 -q " + nonce +
       " -m /tmp/q.msg -s /tmp/q.sig -o /tmp/q.pcrs -g sha256 >/dev/null && "
       "echo QMSG=$(hex /tmp/q.msg) && echo QSIG=$(hex /tmp/q.sig) && echo QPCRS=$(hex /tmp/q.pcrs)\n"
+      "printf 'data to sign' > /tmp/d && tpm2_sign -c 0x81000003 -g sha256 -f plain -o /tmp/d.sig /tmp/d && "
+      "echo IKSIG=$(hex /tmp/d.sig)\n"
       "printf junk > /tmp/j\n"
       "for h in o p; do\n"
       "  tpm2_nvundefine 0x01C0000A -C $h 2>/dev/null && echo UNDEF_$h=done || echo UNDEF_$h=refused\n"
@@ -112,6 +115,17 @@ TEST(IdentityGuestTest, GuestFindsEkCertificateQuotesWithAkAndCannotTouchCertifi
   auto replay = RunCommand({"tpm2_checkquote", "-u", p("akpub.pem"), "-m", p("q.msg"), "-s", p("q.sig"), "-f",
                             p("q.pcrs"), "-g", "sha256", "-q", "00112233"});
   EXPECT_NE(replay.exit_code, 0) << "a quote with another nonce must not verify";
+
+  // The IK (persistent at 0x81000003) signs data that its certificate's key verifies.
+  auto ik_cert = f.Vtmctl({"certs", "idguest", "--kind", "ik"});
+  ASSERT_EQ(ik_cert.exit_code, 0);
+  WriteBytes(p("ik.pem"), ik_cert.output);
+  auto ikpub = RunCommand({"openssl", "x509", "-pubkey", "-noout", "-in", p("ik.pem")});
+  WriteBytes(p("ikpub.pem"), ikpub.output);
+  WriteBytes(p("d"), "data to sign");
+  WriteBytes(p("d.sig"), FromHex(Marker(out, "IKSIG")));
+  auto ik_ok = RunCommand({"openssl", "dgst", "-sha256", "-verify", p("ikpub.pem"), "-signature", p("d.sig"), p("d")});
+  EXPECT_EQ(ik_ok.exit_code, 0) << ik_ok.output << "\n" << out;
 
   // The guest cannot remove or rewrite the certificate, with owner or platform authority.
   for (const char* m : {"UNDEF_o", "UNDEF_p", "WRITE_o", "WRITE_p"}) EXPECT_EQ(Marker(out, m), "refused") << m << "\n" << out;
