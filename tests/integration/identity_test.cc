@@ -13,6 +13,8 @@
 
 #include "vtm.pb.h"
 #include "vtm/fs.h"
+#include "host_identity.h"
+#include "vtm/tpm.h"
 #include "vtm/x509.h"
 #include "vtmd_fixture.h"
 
@@ -292,6 +294,59 @@ TEST(IdentitySealedTest, SealedCaIssuesVerifiableCertificatesAndAHostQuoteBindsI
   // ...and the sealed key comes back after a restart: the same CA certificate.
   ASSERT_TRUE(f.StartVtmd({"--ca-residency", "sealed"})) << f.VtmdLog();
   EXPECT_EQ(f.Vtmctl({"ca", "show"}).output, ca_pem);
+}
+
+// Signs with a key inside a TPM, for forging a CA certificate in the test below.
+class TestTpmSigner : public ca::Signer {
+ public:
+  TestTpmSigner(Tpm& tpm, const TpmKey& key, std::string spki) : tpm_(tpm), key_(key), spki_(std::move(spki)) {}
+  Result<std::string> SignDigest(const std::string& d) override { return tpm_.SignDigest(key_, d); }
+  const std::string& PublicKeySpki() const override { return spki_; }
+
+ private:
+  Tpm& tpm_;
+  const TpmKey& key_;
+  std::string spki_;
+};
+
+TEST(IdentityStartupTest, CaCertificateWhoseCertifyEvidenceIsForAnotherKeyIsRefused) {
+  VtmdFixture f;
+  ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+  f.StopVtmd();
+  // With the host's own CA key and AK, build a CA certificate whose TPM2_Certify is about a
+  // different key: correctly signed, but the evidence does not match the certificate's key.
+  {
+    auto tpm = Tpm::OpenTcti(f.host_tcti());
+    ASSERT_TRUE(tpm.ok()) << tpm.error().ToString();
+    // TPMs have three object slots, so keys are loaded and flushed in turn.
+    auto srk = (*tpm)->CreateSrk();
+    ASSERT_TRUE(srk.ok());
+    auto other_blob = (*tpm)->CreateKey(*srk, KeyRole::kSigning);
+    ASSERT_TRUE(other_blob.ok()) << other_blob.error().ToString();
+    auto ak = (*tpm)->LoadKey(*srk, ReadKeyBlob(f.state_dir() + "/host-identity/ak.blob").value());
+    auto other = (*tpm)->LoadKey(*srk, *other_blob);
+    ASSERT_TRUE(ak.ok() && other.ok());
+    auto ak_pub = (*tpm)->ReadPublic(*ak);
+    auto other_pub = (*tpm)->ReadPublic(*other);
+    auto att = (*tpm)->Certify(*other, *ak, "nonce");
+    ASSERT_TRUE(other_pub.ok() && ak_pub.ok() && att.ok());
+    *other = TpmKey();
+    auto ca_key = (*tpm)->LoadKey(*srk, ReadKeyBlob(f.state_dir() + "/host-identity/ca-key.blob").value());
+    ASSERT_TRUE(ca_key.ok()) << ca_key.error().ToString();
+    auto ca_pub = (*tpm)->ReadPublic(*ca_key);
+    ASSERT_TRUE(ca_pub.ok());
+    TestTpmSigner signer(**tpm, *ca_key, ca_pub->spki_der);
+    ca::CaCertRequest req;
+    req.common_name = "forged evidence";
+    req.serial = 7;
+    req.evidence = {other_pub->tpm2b_public, att->attest, att->signature, ak_pub->tpm2b_public};
+    auto forged = ca::CreateSelfSignedCaCertificate(signer, req);
+    ASSERT_TRUE(forged.ok()) << forged.error().ToString();
+    ASSERT_TRUE(WriteFileAtomic(f.state_dir() + "/host-identity/ca.pem", ca::DerToPem(*forged), 0644).ok());
+  }
+  auto refused = f.RunVtmdExpectingExit();
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.output.find("TPM2_Certify evidence does not verify"), std::string::npos) << refused.output;
 }
 
 TEST(IdentityStartupTest, CaCertificateForAnotherKeyMakesVtmdRefuseToStart) {

@@ -27,6 +27,13 @@ std::string BlobToString(const TpmKeyBlob& b) {
   return out;
 }
 
+}  // namespace
+
+Result<TpmKeyBlob> ReadKeyBlob(const std::string& path) {
+  VTM_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
+  return BlobFromString(bytes, path);
+}
+
 Result<TpmKeyBlob> BlobFromString(const std::string& s, const std::string& path) {
   TpmKeyBlob b;
   size_t off = 0;
@@ -42,6 +49,8 @@ Result<TpmKeyBlob> BlobFromString(const std::string& s, const std::string& path)
   if (off != s.size()) return Error(ErrorCode::kDataLoss, path + " has trailing bytes");
   return b;
 }
+
+namespace {
 
 // Signs with the CA key inside the host TPM. The TPM is shared, so access is serialized.
 class TpmSigner : public ca::Signer {
@@ -169,6 +178,23 @@ Result<std::unique_ptr<HostIdentity>> HostIdentity::LoadOrCreate(Tpm& tpm, const
     if (!info.ok()) return std::move(info).error().Context(cert_path);
     if (info->spki_der != id->ca_public_.spki_der) {
       return Error(ErrorCode::kDataLoss, cert_path + " is not a certificate for this host's CA key");
+    }
+    // The TPM2_Certify evidence in the certificate must be about this key and by this host's
+    // AK; a fleet CA may have dropped the extension, which only costs verifiers that proof.
+    auto evidence = ca::ExtractCertifyEvidence(*der);
+    if (evidence.ok()) {
+      if (auto st = ca::VerifyCertifyEvidence(*der, *evidence); !st.ok()) {
+        return Error(ErrorCode::kDataLoss, cert_path + ": its TPM2_Certify evidence does not verify: " + st.error().message());
+      }
+      if (evidence->ak_tpm2b_public != id->ak_public_.tpm2b_public) {
+        return Error(ErrorCode::kDataLoss, cert_path + ": its TPM2_Certify evidence was made by another AK, not this host's");
+      }
+    } else if (evidence.error().code() == ErrorCode::kNotFound) {
+      if (residency == CaResidency::kTpm) {
+        LOG_WARNING << cert_path << " carries no TPM2_Certify evidence of the CA key (a fleet CA may have dropped it)";
+      }
+    } else {
+      return std::move(evidence).error().Context(cert_path);
     }
     id->ca_cert_der_ = *der;
     if (PathExists(dir + "/ca-chain.pem")) {

@@ -29,6 +29,10 @@
 
 namespace vtm {
 
+// The format of ak.blob / ca-key.blob: u32 length + TPM2B_PUBLIC, u32 length + TPM2B_PRIVATE.
+Result<TpmKeyBlob> BlobFromString(const std::string& bytes, const std::string& path_for_errors);
+Result<TpmKeyBlob> ReadKeyBlob(const std::string& path);
+
 enum class CaResidency { kTpm, kSealed };
 Result<CaResidency> ParseCaResidency(const std::string& text);
 
