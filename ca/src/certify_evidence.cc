@@ -1,10 +1,8 @@
 // The certify-evidence extension of the host CA certificate: a TPM2_Certify of the CA key by
 // the host AK, carried as DER (EncodeCertifyEvidence/DecodeCertifyEvidence) and verified with
-// tss2-mu (unmarshalling) and OpenSSL (hashes, signatures). All of it parses outside data.
-#include <openssl/core_names.h>
+// host-tpm's TPM-structure helpers (unmarshalling, TPM names, keys, signatures). All of it
+// parses outside data.
 #include <openssl/err.h>
-#include <openssl/param_build.h>
-#include <openssl/rsa.h>
 #include <tss2/tss2_mu.h>
 
 #include <cstdio>
@@ -13,6 +11,7 @@
 #include "der.h"
 #include "internal.h"
 #include "openssl_util.h"
+#include "vtm/tpm_structures.h"
 #include "vtm/x509.h"
 
 namespace vtm::ca {
@@ -24,9 +23,6 @@ const char* const kCertifyEvidenceOid = "2.25.1619036653521142402597607335519903
 namespace {
 
 constexpr uint64_t kEvidenceVersion = 1;
-
-using ParamBldPtr = OsslPtr<OSSL_PARAM_BLD, OSSL_PARAM_BLD_free>;
-using ParamPtr = OsslPtr<OSSL_PARAM, OSSL_PARAM_free>;
 
 struct ParsedEvidence {
   TPM2B_PUBLIC key{};
@@ -41,17 +37,18 @@ std::string Hex(uint32_t v) {
   return buf;
 }
 
-// Unmarshals one TPM structure that must fill `bytes` exactly.
-template <typename T, TSS2_RC (*Unmarshal)(const uint8_t*, size_t, size_t*, T*)>
+// Unmarshals one TPM structure that must fill `bytes` exactly. Evidence comes from outside, so
+// failures are kInvalidArgument and name the evidence field.
+template <typename T, TSS2_RC (*Unmarshal)(const uint8_t[], size_t, size_t*, T*)>
 Status UnmarshalExactly(const std::string& bytes, T* out, const char* what) {
-  size_t offset = 0;
-  const TSS2_RC rc = Unmarshal(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), &offset, out);
-  if (rc != TSS2_RC_SUCCESS) {
-    return Error(ErrorCode::kInvalidArgument, std::string(what) + " does not unmarshal (TSS2 rc " + Hex(rc) + ")");
-  }
-  if (offset != bytes.size()) {
+  const UnmarshalOutcome outcome = UnmarshalInto<T, Unmarshal>(bytes, out);
+  if (outcome.rc != TSS2_RC_SUCCESS) {
     return Error(ErrorCode::kInvalidArgument,
-                 std::string(what) + " has " + std::to_string(bytes.size() - offset) + " trailing bytes");
+                 std::string(what) + " does not unmarshal (TSS2 rc " + Hex(outcome.rc) + ")");
+  }
+  if (outcome.trailing != 0) {
+    return Error(ErrorCode::kInvalidArgument,
+                 std::string(what) + " has " + std::to_string(outcome.trailing) + " trailing bytes");
   }
   return OkStatus();
 }
@@ -76,159 +73,11 @@ Result<ParsedEvidence> ParseEvidence(const CertifyEvidence& e) {
   return p;
 }
 
-const EVP_MD* DigestOf(TPMI_ALG_HASH alg) {
-  switch (alg) {
-    case TPM2_ALG_SHA1:
-      return EVP_sha1();
-    case TPM2_ALG_SHA256:
-      return EVP_sha256();
-    case TPM2_ALG_SHA384:
-      return EVP_sha384();
-    case TPM2_ALG_SHA512:
-      return EVP_sha512();
-    default:
-      return nullptr;
-  }
-}
-
-Result<std::string> Digest(TPMI_ALG_HASH alg, const std::string& data, const char* what) {
-  const EVP_MD* md = DigestOf(alg);
-  if (md == nullptr)
-    return Error(ErrorCode::kInvalidArgument, std::string(what) + ": unsupported hash algorithm " + Hex(alg));
-  unsigned char out[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  if (EVP_Digest(data.data(), data.size(), out, &len, md, nullptr) != 1)
-    return OpenSslError(ErrorCode::kInternal, what);
-  return std::string(reinterpret_cast<char*>(out), len);
-}
-
-Result<EvpPkeyPtr> FromParams(const char* type, OSSL_PARAM_BLD* bld, const char* what) {
-  ParamPtr params(OSSL_PARAM_BLD_to_param(bld));
-  EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_name(nullptr, type, nullptr));
-  EVP_PKEY* raw = nullptr;
-  if (!params || !ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1 ||
-      EVP_PKEY_fromdata(ctx.get(), &raw, EVP_PKEY_PUBLIC_KEY, params.get()) != 1) {
-    return OpenSslError(ErrorCode::kInvalidArgument, std::string(what) + " is not a valid public key");
-  }
-  EvpPkeyPtr key(raw);
-  // fromdata does not check that an EC point is on the curve; an off-curve point must not be
-  // used for verification.
-  EvpPkeyCtxPtr check(EVP_PKEY_CTX_new_from_pkey(nullptr, key.get(), nullptr));
-  if (!check || EVP_PKEY_public_check(check.get()) != 1) {
-    return OpenSslError(ErrorCode::kInvalidArgument, std::string(what) + " is not a valid public key");
-  }
-  return key;
-}
-
-// TPMT_PUBLIC (RSA or ECC) as an OpenSSL public key.
-Result<EvpPkeyPtr> PublicKeyOf(const TPMT_PUBLIC& pub, const char* what) {
-  ParamBldPtr bld(OSSL_PARAM_BLD_new());
-  if (!bld) return OpenSslError(ErrorCode::kInternal, "allocating key parameters");
-  if (pub.type == TPM2_ALG_ECC) {
-    const char* group = nullptr;
-    size_t size = 0;
-    switch (pub.parameters.eccDetail.curveID) {
-      case TPM2_ECC_NIST_P256:
-        group = "P-256";
-        size = 32;
-        break;
-      case TPM2_ECC_NIST_P384:
-        group = "P-384";
-        size = 48;
-        break;
-      case TPM2_ECC_NIST_P521:
-        group = "P-521";
-        size = 66;
-        break;
-      default:
-        return Error(ErrorCode::kInvalidArgument,
-                     std::string(what) + ": unsupported ECC curve " + Hex(pub.parameters.eccDetail.curveID));
-    }
-    const TPM2B_ECC_PARAMETER& x = pub.unique.ecc.x;
-    const TPM2B_ECC_PARAMETER& y = pub.unique.ecc.y;
-    if (x.size > size || y.size > size)
-      return Error(ErrorCode::kInvalidArgument, std::string(what) + ": ECC point larger than its curve");
-    // Uncompressed SEC1 point; TPMs may drop leading zero bytes of a coordinate, so pad.
-    std::string point(1 + 2 * size, '\0');
-    point[0] = 0x04;
-    std::memcpy(point.data() + 1 + (size - x.size), x.buffer, x.size);
-    std::memcpy(point.data() + 1 + size + (size - y.size), y.buffer, y.size);
-    if (OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME, group, 0) != 1 ||
-        OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY, point.data(), point.size()) != 1) {
-      return OpenSslError(ErrorCode::kInternal, "building an ECC key");
-    }
-    return FromParams("EC", bld.get(), what);
-  }
-  if (pub.type == TPM2_ALG_RSA) {
-    const TPM2B_PUBLIC_KEY_RSA& n = pub.unique.rsa;
-    if (n.size == 0) return Error(ErrorCode::kInvalidArgument, std::string(what) + ": empty RSA modulus");
-    // exponent 0 means the TPM default, 2^16 + 1.
-    const uint32_t exponent = pub.parameters.rsaDetail.exponent == 0 ? 65537 : pub.parameters.rsaDetail.exponent;
-    BnPtr bn_n(BN_bin2bn(n.buffer, n.size, nullptr));
-    BnPtr bn_e(BN_new());
-    if (!bn_n || !bn_e || BN_set_word(bn_e.get(), exponent) != 1 ||
-        OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, bn_n.get()) != 1 ||
-        OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_E, bn_e.get()) != 1) {
-      return OpenSslError(ErrorCode::kInternal, "building an RSA key");
-    }
-    return FromParams("RSA", bld.get(), what);
-  }
-  return Error(ErrorCode::kInvalidArgument,
-               std::string(what) + ": unsupported key type " + Hex(pub.type) + " (expected RSA or ECC)");
-}
-
-// True if sig is a valid signature by key over data; false for a wrong signature; an Error
-// for a signature we cannot check at all.
-Result<bool> VerifyTpmSignature(EVP_PKEY* key, const TPMT_SIGNATURE& sig, const std::string& data) {
-  TPMI_ALG_HASH hash_alg = 0;
-  std::string sig_der;
-  int padding = 0;
-  switch (sig.sigAlg) {
-    case TPM2_ALG_ECDSA: {
-      const TPMS_SIGNATURE_ECC& ecc = sig.signature.ecdsa;
-      hash_alg = ecc.hash;
-      EcdsaSigPtr ecdsa(ECDSA_SIG_new());
-      BIGNUM* r = BN_bin2bn(ecc.signatureR.buffer, ecc.signatureR.size, nullptr);
-      BIGNUM* s = BN_bin2bn(ecc.signatureS.buffer, ecc.signatureS.size, nullptr);
-      if (!ecdsa || r == nullptr || s == nullptr || ECDSA_SIG_set0(ecdsa.get(), r, s) != 1) {
-        BN_free(r);
-        BN_free(s);
-        return OpenSslError(ErrorCode::kInternal, "converting an ECDSA signature");
-      }
-      VTM_ASSIGN_OR_RETURN(sig_der, (ToDer<ECDSA_SIG, i2d_ECDSA_SIG>(ecdsa.get(), "an ECDSA signature")));
-      if (!EVP_PKEY_is_a(key, "EC")) return false;
-      break;
-    }
-    case TPM2_ALG_RSASSA:
-    case TPM2_ALG_RSAPSS: {
-      const TPMS_SIGNATURE_RSA& rsa = sig.sigAlg == TPM2_ALG_RSASSA ? sig.signature.rsassa : sig.signature.rsapss;
-      hash_alg = rsa.hash;
-      sig_der.assign(reinterpret_cast<const char*>(rsa.sig.buffer), rsa.sig.size);
-      padding = sig.sigAlg == TPM2_ALG_RSASSA ? RSA_PKCS1_PADDING : RSA_PKCS1_PSS_PADDING;
-      if (!EVP_PKEY_is_a(key, "RSA")) return false;
-      break;
-    }
-    default:
-      return Error(ErrorCode::kInvalidArgument,
-                   "evidence: unsupported signature scheme " + Hex(sig.sigAlg) + " (expected ECDSA, RSASSA or RSAPSS)");
-  }
-  VTM_ASSIGN_OR_RETURN(std::string digest, Digest(hash_alg, data, "evidence: the signature"));
-  EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, key, nullptr));
-  if (!ctx || EVP_PKEY_verify_init(ctx.get()) != 1 ||
-      EVP_PKEY_CTX_set_signature_md(ctx.get(), DigestOf(hash_alg)) != 1) {
-    return OpenSslError(ErrorCode::kInternal, "preparing a signature check");
-  }
-  if (padding != 0) {
-    if (EVP_PKEY_CTX_set_rsa_padding(ctx.get(), padding) != 1) return OpenSslError(ErrorCode::kInternal, "RSA padding");
-    // TPMs differ in the PSS salt length they use (digest size or maximum): accept either.
-    if (padding == RSA_PKCS1_PSS_PADDING && EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx.get(), RSA_PSS_SALTLEN_AUTO) != 1) {
-      return OpenSslError(ErrorCode::kInternal, "RSA-PSS salt length");
-    }
-  }
-  const int rc = EVP_PKEY_verify(ctx.get(), reinterpret_cast<const unsigned char*>(sig_der.data()), sig_der.size(),
-                                 reinterpret_cast<const unsigned char*>(digest.data()), digest.size());
-  ERR_clear_error();
-  return rc == 1;
+// The certified key as the certificate would carry it, for comparison with the certificate's key.
+Result<EvpPkeyPtr> CertifiedKey(const TPMT_PUBLIC& area) {
+  auto spki = SpkiFromTpmt(area);
+  if (!spki.ok()) return std::move(spki).error().Context("evidence: the certified key");
+  return PublicKeyFromSpki(*spki, "evidence: the certified key");
 }
 
 }  // namespace
@@ -316,24 +165,20 @@ Status VerifyCertifyEvidence(const std::string& cert_der_or_pem, const CertifyEv
     return Error(ErrorCode::kInvalidArgument,
                  "evidence: the AK is not a restricted signing key, so its attestation proves nothing");
   }
-  VTM_ASSIGN_OR_RETURN(EvpPkeyPtr ak, PublicKeyOf(p.ak.publicArea, "evidence: the AK public key"));
-  VTM_ASSIGN_OR_RETURN(bool signed_by_ak, VerifyTpmSignature(ak.get(), p.signature, evidence.attest));
-  if (!signed_by_ak) {
+  auto signed_by_ak = VerifyTpmSignature(p.ak.publicArea, p.signature, evidence.attest);
+  if (!signed_by_ak.ok()) return std::move(signed_by_ak).error().Context("evidence: checking the AK's signature");
+  if (!*signed_by_ak) {
     return Error(ErrorCode::kDataLoss,
                  "evidence: the AK's signature over attest does not verify (attest was altered, or "
                  "another AK signed it)");
   }
 
-  // TPM name = nameAlg (big-endian) || H_nameAlg(marshalled TPMT_PUBLIC).
-  const TPMI_ALG_HASH name_alg = p.key.publicArea.nameAlg;
-  VTM_ASSIGN_OR_RETURN(std::string public_hash,
-                       Digest(name_alg, evidence.key_tpm2b_public.substr(2), "evidence: the key's nameAlg"));
-  std::string name;
-  name += static_cast<char>(name_alg >> 8);
-  name += static_cast<char>(name_alg & 0xff);
-  name += public_hash;
+  // The name is hashed over the bytes as given (ParseEvidence checked that the TPM2B's size
+  // covers exactly the TPMT_PUBLIC after it).
+  auto name = TpmNameOf(p.key.publicArea.nameAlg, std::string_view(evidence.key_tpm2b_public).substr(2));
+  if (!name.ok()) return std::move(name).error().Context("evidence: the key's nameAlg");
   const TPM2B_NAME& certified = p.attest.attested.certify.name;
-  if (name.size() != certified.size || std::memcmp(name.data(), certified.name, name.size()) != 0) {
+  if (name->size() != certified.size || std::memcmp(name->data(), certified.name, name->size()) != 0) {
     return Error(ErrorCode::kInvalidArgument,
                  "evidence: the certified TPM name is not the name of keyPublic (the TPM2_Certify "
                  "was made for another key)");
@@ -345,7 +190,7 @@ Status VerifyCertifyEvidence(const std::string& cert_der_or_pem, const CertifyEv
                  "evidence: the certified key is not fixedTPM with sensitiveDataOrigin, so it "
                  "may exist outside the TPM");
   }
-  VTM_ASSIGN_OR_RETURN(EvpPkeyPtr key, PublicKeyOf(p.key.publicArea, "evidence: the certified key"));
+  VTM_ASSIGN_OR_RETURN(EvpPkeyPtr key, CertifiedKey(p.key.publicArea));
   EVP_PKEY* cert_key = X509_get0_pubkey(cert->get());
   if (cert_key == nullptr || EVP_PKEY_eq(cert_key, key.get()) != 1) {
     ERR_clear_error();

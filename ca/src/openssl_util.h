@@ -13,15 +13,9 @@
 #include <string>
 
 #include "vtm/error.h"
+#include "vtm/ossl_ptr.h"
 
 namespace vtm::ca {
-
-template <typename T, void (*F)(T*)>
-struct OsslDeleter {
-  void operator()(T* p) const { F(p); }
-};
-template <typename T, void (*F)(T*)>
-using OsslPtr = std::unique_ptr<T, OsslDeleter<T, F>>;
 
 using BioPtr = OsslPtr<BIO, BIO_free_all>;
 using BnPtr = OsslPtr<BIGNUM, BN_free>;

@@ -104,6 +104,39 @@ Status WriteAll(int fd, const void* data, size_t len) {
   return OkStatus();
 }
 
+Status SendWithFd(int socket, const void* data, size_t len, int fd_to_pass) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  iovec iov{const_cast<uint8_t*>(p), len};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  if (fd_to_pass >= 0) {
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &fd_to_pass, sizeof fd_to_pass);
+  }
+  size_t sent = 0;
+  do {
+    ssize_t n = ::sendmsg(socket, &msg, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError("sendmsg");
+    }
+    sent += static_cast<size_t>(n);
+    // The descriptor went with the first piece; the rest is plain data.
+    iov.iov_base = const_cast<uint8_t*>(p + sent);
+    iov.iov_len = len - sent;
+    msg.msg_control = nullptr;
+    msg.msg_controllen = 0;
+  } while (sent < len);
+  return OkStatus();
+}
+
 Status ReadAll(int fd, void* data, size_t len) {
   auto* p = static_cast<uint8_t*>(data);
   while (len > 0) {

@@ -18,6 +18,7 @@
 #include "internal/stream_tcti.h"
 #include "internal/tpm_error.h"
 #include "internal/tpm_marshal.h"
+#include "vtm/hex.h"
 #include "vtm/log.h"
 #include "vtm/tpm.h"
 
@@ -25,17 +26,6 @@ namespace vtm::internal {
 namespace {
 
 constexpr size_t kMaxSealedSecret = 128;  // MAX_SYM_DATA: the most a sealed data object holds
-
-std::string Hex(const std::string& bytes) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(bytes.size() * 2);
-  for (unsigned char c : bytes) {
-    out += kDigits[c >> 4];
-    out += kDigits[c & 0xf];
-  }
-  return out;
-}
 
 // Session parameter encryption: AES-128-CFB, the one symmetric mode every TPM 2.0 supports.
 TPMT_SYM_DEF SessionCipher() {
@@ -378,11 +368,12 @@ Error EsysTpm::DiagnosePolicyFailure(const SealedObject& sealed, const Error& tp
   std::string changes;
   for (const auto& [pcr, value] : now->digests) {
     auto at_seal = sealed.pcrs_at_seal.digests.find(pcr);
-    std::string sealed_hex = at_seal == sealed.pcrs_at_seal.digests.end() ? "unknown" : Hex(at_seal->second);
+    std::string sealed_hex = at_seal == sealed.pcrs_at_seal.digests.end() ? "unknown" : HexEncode(at_seal->second);
     if (at_seal != sealed.pcrs_at_seal.digests.end() && at_seal->second == value) continue;
     if (!changes.empty()) changes += "; ";
     changes += "host PCR " + bank + ":" + std::to_string(pcr) +
-               " changed since the master key was sealed (sealed value " + sealed_hex + ", now " + Hex(value) + ")";
+               " changed since the master key was sealed (sealed value " + sealed_hex + ", now " + HexEncode(value) +
+               ")";
   }
   if (changes.empty()) {
     // The TPM refused although the recorded values still match: the record in the file does

@@ -59,30 +59,13 @@ const char* CommandName(uint32_t code) {
 
 // One request on the control channel, optionally carrying fd_to_pass; reads response_size
 // bytes back and checks the leading ptm_res. swtpm frames requests by read() boundaries, so
-// the request goes out in one sendmsg.
+// the request goes out in one sendmsg (SendWithFd).
 Result<std::vector<uint8_t>> CtrlCall(int ctrl, uint32_t code, size_t response_size, int fd_to_pass = -1) {
   uint8_t request[4];
   StoreBe32(code, request);
-  iovec iov{request, sizeof request};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  if (fd_to_pass >= 0) {
-    std::memset(control, 0, sizeof control);
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd_to_pass, sizeof fd_to_pass);
+  if (Status st = SendWithFd(ctrl, request, sizeof request, fd_to_pass); !st.ok()) {
+    return std::move(st).error().Context(std::string("sending ") + CommandName(code));
   }
-  ssize_t n;
-  do {
-    n = ::sendmsg(ctrl, &msg, MSG_NOSIGNAL);
-  } while (n < 0 && errno == EINTR);
-  if (n != static_cast<ssize_t>(sizeof request)) return ErrnoError(std::string("sending ") + CommandName(code));
   std::vector<uint8_t> response(response_size);
   if (Status st = ReadAll(ctrl, response.data(), response.size()); !st.ok()) {
     return std::move(st).error().Context(std::string("reading swtpm's answer to ") + CommandName(code));

@@ -1,14 +1,9 @@
 // The ESAPI Tpm, part 2: the identity work vtmd does on the host TPM and on each new vTPM
 // (EKs from the TCG templates, SRK, AK/IK, signing, TPM2_Certify/Quote, credential activation,
-// persistent objects, NV certificates), plus TpmKey and the TPM-public-to-X.509 helpers.
+// persistent objects, NV certificates), plus TpmKey. Public areas and signatures in OpenSSL
+// form are in tpm_structures.cc.
 #include "vtm/tpm.h"
 
-#include <openssl/bn.h>
-#include <openssl/core_names.h>
-#include <openssl/ec.h>
-#include <openssl/evp.h>
-#include <openssl/param_build.h>
-#include <openssl/x509.h>
 #include <tss2/tss2_esys.h>
 #include <tss2/tss2_mu.h>
 
@@ -24,6 +19,7 @@
 #include "internal/tpm_error.h"
 #include "internal/tpm_marshal.h"
 #include "vtm/log.h"
+#include "vtm/tpm_structures.h"
 
 namespace vtm {
 namespace {
@@ -147,134 +143,6 @@ constexpr TPMA_NV kNvCertificateAttributes = TPMA_NV_PLATFORMCREATE | TPMA_NV_PP
 
 constexpr uint32_t kDefaultNvChunk = 1024;
 
-// ---- OpenSSL conversions ----------------------------------------------------------------
-
-struct ParamBldFree {
-  void operator()(OSSL_PARAM_BLD* p) const { OSSL_PARAM_BLD_free(p); }
-};
-struct ParamFree {
-  void operator()(OSSL_PARAM* p) const { OSSL_PARAM_free(p); }
-};
-struct PkeyCtxFree {
-  void operator()(EVP_PKEY_CTX* p) const { EVP_PKEY_CTX_free(p); }
-};
-struct PkeyFree {
-  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
-};
-struct BnFree {
-  void operator()(BIGNUM* p) const { BN_free(p); }
-};
-struct EcdsaSigFree {
-  void operator()(ECDSA_SIG* p) const { ECDSA_SIG_free(p); }
-};
-
-Result<std::string> SpkiFromTpmt(const TPMT_PUBLIC& area) {
-  std::unique_ptr<OSSL_PARAM_BLD, ParamBldFree> bld(OSSL_PARAM_BLD_new());
-  if (!bld) return Error(ErrorCode::kInternal, "OSSL_PARAM_BLD_new failed");
-  const char* key_type = nullptr;
-  std::string point;
-  std::unique_ptr<BIGNUM, BnFree> n, e;
-  if (area.type == TPM2_ALG_ECC) {
-    const char* group = nullptr;
-    size_t field = 0;
-    switch (area.parameters.eccDetail.curveID) {
-      case TPM2_ECC_NIST_P256:
-        group = "prime256v1";
-        field = 32;
-        break;
-      case TPM2_ECC_NIST_P384:
-        group = "secp384r1";
-        field = 48;
-        break;
-      default:
-        return Error(ErrorCode::kInvalidArgument, "TPM ECC key on curve " +
-                                                      std::to_string(area.parameters.eccDetail.curveID) +
-                                                      " (only NIST P-256 and P-384 are supported)");
-    }
-    const TPMS_ECC_POINT& p = area.unique.ecc;
-    if (p.x.size == 0 || p.x.size > field || p.y.size == 0 || p.y.size > field) {
-      return Error(ErrorCode::kDataLoss, "TPM ECC public point has coordinates of " + std::to_string(p.x.size) +
-                                             " and " + std::to_string(p.y.size) + " bytes");
-    }
-    // Uncompressed SEC1 point; the TPM may drop leading zero bytes, so pad to the field size.
-    point.assign(1 + 2 * field, '\0');
-    point[0] = 0x04;
-    std::memcpy(point.data() + 1 + field - p.x.size, p.x.buffer, p.x.size);
-    std::memcpy(point.data() + 1 + 2 * field - p.y.size, p.y.buffer, p.y.size);
-    key_type = "EC";
-    if (OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME, group, 0) != 1 ||
-        OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY, point.data(), point.size()) != 1) {
-      return Error(ErrorCode::kInternal, "building OpenSSL EC key parameters failed");
-    }
-  } else if (area.type == TPM2_ALG_RSA) {
-    const TPM2B_PUBLIC_KEY_RSA& modulus = area.unique.rsa;
-    if (modulus.size == 0) return Error(ErrorCode::kDataLoss, "TPM RSA public key has an empty modulus");
-    n.reset(BN_bin2bn(modulus.buffer, modulus.size, nullptr));
-    // An exponent of 0 in a TPM public area means the default, 2^16 + 1.
-    UINT32 exponent = area.parameters.rsaDetail.exponent == 0 ? 65537 : area.parameters.rsaDetail.exponent;
-    e.reset(BN_new());
-    if (!n || !e || BN_set_word(e.get(), exponent) != 1) return Error(ErrorCode::kInternal, "BIGNUM allocation failed");
-    key_type = "RSA";
-    if (OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, n.get()) != 1 ||
-        OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_E, e.get()) != 1) {
-      return Error(ErrorCode::kInternal, "building OpenSSL RSA key parameters failed");
-    }
-  } else {
-    return Error(ErrorCode::kInvalidArgument,
-                 "TPM key of type " + std::to_string(area.type) + " has no X.509 public key form (ECC or RSA only)");
-  }
-  std::unique_ptr<OSSL_PARAM, ParamFree> params(OSSL_PARAM_BLD_to_param(bld.get()));
-  std::unique_ptr<EVP_PKEY_CTX, PkeyCtxFree> ctx(EVP_PKEY_CTX_new_from_name(nullptr, key_type, nullptr));
-  if (!params || !ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1) {
-    return Error(ErrorCode::kInternal, "setting up an OpenSSL " + std::string(key_type) + " key failed");
-  }
-  EVP_PKEY* raw = nullptr;
-  if (EVP_PKEY_fromdata(ctx.get(), &raw, EVP_PKEY_PUBLIC_KEY, params.get()) != 1) {
-    return Error(ErrorCode::kDataLoss, "the TPM's " + std::string(key_type) +
-                                           " public key is not a valid key (e.g. a point not on the curve)");
-  }
-  std::unique_ptr<EVP_PKEY, PkeyFree> pkey(raw);
-  int len = i2d_PUBKEY(pkey.get(), nullptr);
-  if (len <= 0) return Error(ErrorCode::kInternal, "encoding a SubjectPublicKeyInfo failed");
-  std::string der(static_cast<size_t>(len), '\0');
-  auto* out = reinterpret_cast<unsigned char*>(der.data());
-  if (i2d_PUBKEY(pkey.get(), &out) != len) return Error(ErrorCode::kInternal, "encoding a SubjectPublicKeyInfo failed");
-  return der;
-}
-
-// The DER ECDSA-Sig-Value X.509 and OpenSSL expect, from the TPM's (r, s).
-Result<std::string> EcdsaSignatureDer(const TPMS_SIGNATURE_ECDSA& sig) {
-  std::unique_ptr<ECDSA_SIG, EcdsaSigFree> der_sig(ECDSA_SIG_new());
-  BIGNUM* r = BN_bin2bn(sig.signatureR.buffer, sig.signatureR.size, nullptr);
-  BIGNUM* s = BN_bin2bn(sig.signatureS.buffer, sig.signatureS.size, nullptr);
-  if (!der_sig || r == nullptr || s == nullptr || ECDSA_SIG_set0(der_sig.get(), r, s) != 1) {
-    BN_free(r);
-    BN_free(s);
-    return Error(ErrorCode::kInternal, "building an ECDSA signature failed");
-  }
-  int len = i2d_ECDSA_SIG(der_sig.get(), nullptr);
-  if (len <= 0) return Error(ErrorCode::kInternal, "encoding an ECDSA signature failed");
-  std::string der(static_cast<size_t>(len), '\0');
-  auto* out = reinterpret_cast<unsigned char*>(der.data());
-  i2d_ECDSA_SIG(der_sig.get(), &out);
-  return der;
-}
-
-const EVP_MD* DigestForAlg(TPM2_ALG_ID alg) {
-  switch (alg) {
-    case TPM2_ALG_SHA1:
-      return EVP_sha1();
-    case TPM2_ALG_SHA256:
-      return EVP_sha256();
-    case TPM2_ALG_SHA384:
-      return EVP_sha384();
-    case TPM2_ALG_SHA512:
-      return EVP_sha512();
-    default:
-      return nullptr;
-  }
-}
-
 }  // namespace
 
 // ---- TpmKey -----------------------------------------------------------------------------
@@ -292,34 +160,6 @@ TpmKey& TpmKey::operator=(TpmKey&& o) noexcept {
     transient_ = o.transient_;
   }
   return *this;
-}
-
-Result<std::string> SpkiFromTpmPublic(const std::string& tpm2b_public) {
-  VTM_ASSIGN_OR_RETURN(TPM2B_PUBLIC pub,
-                       (UnmarshalExactly<TPM2B_PUBLIC, Tss2_MU_TPM2B_PUBLIC_Unmarshal>(tpm2b_public, "TPM2B_PUBLIC")));
-  return SpkiFromTpmt(pub.publicArea);
-}
-
-Result<std::string> TpmNameOfPublic(const std::string& tpm2b_public) {
-  VTM_ASSIGN_OR_RETURN(TPM2B_PUBLIC pub,
-                       (UnmarshalExactly<TPM2B_PUBLIC, Tss2_MU_TPM2B_PUBLIC_Unmarshal>(tpm2b_public, "TPM2B_PUBLIC")));
-  const EVP_MD* md = DigestForAlg(pub.publicArea.nameAlg);
-  if (md == nullptr) {
-    return Error(ErrorCode::kInvalidArgument,
-                 "TPM public area has unsupported name algorithm " + std::to_string(pub.publicArea.nameAlg));
-  }
-  VTM_ASSIGN_OR_RETURN(std::string area,
-                       (MarshalToString<TPMT_PUBLIC, Tss2_MU_TPMT_PUBLIC_Marshal>(pub.publicArea, "TPMT_PUBLIC")));
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  if (EVP_Digest(area.data(), area.size(), digest, &len, md, nullptr) != 1) {
-    return Error(ErrorCode::kInternal, "hashing a TPM public area failed");
-  }
-  std::string name;
-  name += static_cast<char>(pub.publicArea.nameAlg >> 8);
-  name += static_cast<char>(pub.publicArea.nameAlg & 0xff);
-  name.append(reinterpret_cast<const char*>(digest), len);
-  return name;
 }
 
 // ---- EsysTpm ----------------------------------------------------------------------------

@@ -8,7 +8,6 @@
 #include <chrono>
 #include <iostream>
 #include <map>
-#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -27,23 +26,6 @@ static_assert(sizeof kNvValue1 - 1 == 32 && sizeof kNvValue2 - 1 == 32);
 
 const std::string kZeroPcr(64, '0');
 
-// "  10: 0xABC..." lines of `tpm2_pcrread sha256:...` -> index -> lower-case hex.
-std::map<int, std::string> ParsePcrs(const std::string& text) {
-  std::map<int, std::string> pcrs;
-  static const std::regex line(R"(^\s*(\d+)\s*:\s*0x([0-9A-Fa-f]{64})\s*$)");
-  std::istringstream in(text);
-  std::string l;
-  while (std::getline(in, l)) {
-    std::smatch m;
-    if (std::regex_match(l, m, line)) {
-      std::string hex = m[2];
-      for (auto& c : hex) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      pcrs[std::stoi(m[1])] = hex;
-    }
-  }
-  return pcrs;
-}
-
 // The value printed between "NV<tag>=[" and "]".
 std::string Tagged(const std::string& text, const std::string& tag) {
   std::string open = tag + "=[";
@@ -54,15 +36,11 @@ std::string Tagged(const std::string& text, const std::string& tag) {
   return e == std::string::npos ? "<unterminated " + tag + ">" : text.substr(p, e - p);
 }
 
-class GuestSmokeTest : public ::testing::Test {
+class GuestSmokeTest : public GuestImageTest {
  protected:
   void SetUp() override {
-    std::string error;
-    bool apt_unreachable = false;
-    if (!EnsureGuestImage(&error, &apt_unreachable)) {
-      if (apt_unreachable) GTEST_SKIP() << "guest image cannot be built, apt unreachable: " << error;
-      FAIL() << "building the guest image failed: " << error;
-    }
+    GuestImageTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     ASSERT_LT(CtrlSocket().size(), 100u) << "socket path too long; set a shorter TMPDIR";
     ASSERT_EQ(mkdir(StateDir().c_str(), 0700), 0);
   }
@@ -142,7 +120,7 @@ echo "NV2=[$(tpm2_nvread )" + kNvIndex + R"( -C o -s 32)]"
   EXPECT_NE(out1.find("/dev/tpm0"), std::string::npos) << run1.Describe();
   EXPECT_NE(out1.find("/dev/tpmrm0"), std::string::npos) << run1.Describe();
 
-  auto pcrs = ParsePcrs(out1);
+  auto pcrs = GuestPcrs(out1);
   ASSERT_EQ(pcrs.size(), 18u) << run1.Describe();
   // Booted with -kernel (no OVMF): SeaBIOS measures into PCRs 0-7 (at least a separator
   // each), the kernel's IMA puts boot_aggregate into PCR 10. Nothing else is extended.
@@ -173,7 +151,7 @@ echo "NV=[$(tpm2_nvread )") + kNvIndex + R"( -C o -s 32)]"
   EXPECT_EQ(Tagged(out2, "NV"), kNvValue2) << run2.Describe();
   // The boot is deterministic: same firmware events, and IMA (policy tcb) measures nothing
   // from the initramfs (tmpfs is excluded), so PCR 10 holds only boot_aggregate again.
-  auto pcrs2 = ParsePcrs(out2);
+  auto pcrs2 = GuestPcrs(out2);
   EXPECT_EQ(pcrs2[10], pcrs[10]) << run2.Describe();
 }
 

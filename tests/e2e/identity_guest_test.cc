@@ -11,26 +11,12 @@
 #include <sstream>
 
 #include "qemu_guest.h"
+#include "test_env.h"
 #include "vtm/x509.h"
 #include "vtmd_fixture.h"
 
 namespace vtm::testing {
 namespace {
-
-std::string Marker(const std::string& out, const std::string& key) {
-  std::istringstream in(out);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + "=", 0) == 0) return line.substr(key.size() + 1);
-  }
-  return "";
-}
-
-std::string FromHex(const std::string& hex) {
-  std::string out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-  return out;
-}
 
 std::string SpkiFromPem(const std::string& pem) {
   BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
@@ -47,13 +33,9 @@ std::string SpkiFromPem(const std::string& pem) {
 
 void WriteBytes(const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
 
-TEST(IdentityGuestTest, GuestFindsEkCertificateQuotesWithAkAndCannotTouchCertificates) {
-  std::string error;
-  bool apt_unreachable = false;
-  if (!EnsureGuestImage(&error, &apt_unreachable)) {
-    if (apt_unreachable) GTEST_SKIP() << error;
-    FAIL() << error;
-  }
+class IdentityGuestTest : public GuestImageTest {};
+
+TEST_F(IdentityGuestTest, GuestFindsEkCertificateQuotesWithAkAndCannotTouchCertificates) {
   VtmdFixture f;
   ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
   auto created = f.Vtmctl({"create", "--name", "idguest", "--service", "api"});
@@ -85,11 +67,11 @@ TEST(IdentityGuestTest, GuestFindsEkCertificateQuotesWithAkAndCannotTouchCertifi
   std::string out = run.ScriptOutput();
 
   // EK certificate in NV == the EK the guest recreates from the TCG template.
-  std::string ek_cert = FromHex(Marker(out, "EKCERT"));
+  std::string ek_cert = HexDecode(GuestMarker(out, "EKCERT"));
   ASSERT_FALSE(ek_cert.empty()) << out;
   auto info = ca::ParseCertificate(ek_cert);
   ASSERT_TRUE(info.ok()) << info.error().ToString();
-  std::string guest_ek = SpkiFromPem(FromHex(Marker(out, "EKPUB")));
+  std::string guest_ek = SpkiFromPem(HexDecode(GuestMarker(out, "EKPUB")));
   ASSERT_FALSE(guest_ek.empty()) << out;
   EXPECT_EQ(info->spki_der, guest_ek) << "EK certificate does not match tpm2_createek's EK";
   // ...and it is the certificate vtmd reports and the host CA signed.
@@ -106,9 +88,9 @@ TEST(IdentityGuestTest, GuestFindsEkCertificateQuotesWithAkAndCannotTouchCertifi
   auto akpub = RunCommand({"openssl", "x509", "-pubkey", "-noout", "-in", p("ak.pem")});
   ASSERT_EQ(akpub.exit_code, 0) << akpub.output;
   WriteBytes(p("akpub.pem"), akpub.output);
-  WriteBytes(p("q.msg"), FromHex(Marker(out, "QMSG")));
-  WriteBytes(p("q.sig"), FromHex(Marker(out, "QSIG")));
-  WriteBytes(p("q.pcrs"), FromHex(Marker(out, "QPCRS")));
+  WriteBytes(p("q.msg"), HexDecode(GuestMarker(out, "QMSG")));
+  WriteBytes(p("q.sig"), HexDecode(GuestMarker(out, "QSIG")));
+  WriteBytes(p("q.pcrs"), HexDecode(GuestMarker(out, "QPCRS")));
   auto check = RunCommand({"tpm2_checkquote", "-u", p("akpub.pem"), "-m", p("q.msg"), "-s", p("q.sig"), "-f",
                            p("q.pcrs"), "-g", "sha256", "-q", nonce});
   EXPECT_EQ(check.exit_code, 0) << check.output << "\n" << out;
@@ -123,13 +105,13 @@ TEST(IdentityGuestTest, GuestFindsEkCertificateQuotesWithAkAndCannotTouchCertifi
   auto ikpub = RunCommand({"openssl", "x509", "-pubkey", "-noout", "-in", p("ik.pem")});
   WriteBytes(p("ikpub.pem"), ikpub.output);
   WriteBytes(p("d"), "data to sign");
-  WriteBytes(p("d.sig"), FromHex(Marker(out, "IKSIG")));
+  WriteBytes(p("d.sig"), HexDecode(GuestMarker(out, "IKSIG")));
   auto ik_ok = RunCommand({"openssl", "dgst", "-sha256", "-verify", p("ikpub.pem"), "-signature", p("d.sig"), p("d")});
   EXPECT_EQ(ik_ok.exit_code, 0) << ik_ok.output << "\n" << out;
 
   // The guest cannot remove or rewrite the certificate, with owner or platform authority.
-  for (const char* m : {"UNDEF_o", "UNDEF_p", "WRITE_o", "WRITE_p"}) EXPECT_EQ(Marker(out, m), "refused") << m << "\n" << out;
-  EXPECT_EQ(Marker(out, "EKCERT_KEPT"), "yes") << out;
+  for (const char* m : {"UNDEF_o", "UNDEF_p", "WRITE_o", "WRITE_p"}) EXPECT_EQ(GuestMarker(out, m), "refused") << m << "\n" << out;
+  EXPECT_EQ(GuestMarker(out, "EKCERT_KEPT"), "yes") << out;
 }
 
 }  // namespace

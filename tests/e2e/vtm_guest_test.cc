@@ -8,7 +8,9 @@
 #include <sstream>
 
 #include "qemu_guest.h"
+#include "test_env.h"
 #include "vtm/fs.h"
+#include "vtm/hex.h"
 #include "vtm/secret.h"
 #include "vtmd_fixture.h"
 
@@ -17,28 +19,14 @@ namespace {
 
 constexpr const char* kUuid = "0d6f3b1e-7c2a-4b8e-9f10-2233445566aa";
 
-std::string Hex(const SecretBytes& b) {
-  static const char* d = "0123456789abcdef";
-  std::string s;
-  for (size_t i = 0; i < b.size(); ++i) {
-    s.push_back(d[b.data()[i] >> 4]);
-    s.push_back(d[b.data()[i] & 15]);
-  }
-  return s;
-}
-
 // swtpm's state blob header: version(1) min_version(1) hdrsize(2) flags(2) totlen(4), big
 // endian (seen here: 02 01 000a 0009 ... with --key aes-256-cbc, 02 01 000a 0000 without).
 constexpr uint16_t kBlobFlagEncrypted = 0x1;
 constexpr uint16_t kBlobFlag256BitKey = 0x8;
 
-TEST(VtmGuestTest, GuestUsesVtpmAndNvSurvivesRestartEncryptedAtRest) {
-  std::string error;
-  bool apt_unreachable = false;
-  if (!EnsureGuestImage(&error, &apt_unreachable)) {
-    if (apt_unreachable) GTEST_SKIP() << error;
-    FAIL() << error;
-  }
+class VtmGuestTest : public GuestImageTest {};
+
+TEST_F(VtmGuestTest, GuestUsesVtpmAndNvSurvivesRestartEncryptedAtRest) {
   VtmdFixture f;
   ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
   ASSERT_EQ(f.Vtmctl({"create", "--uuid", kUuid, "--name", "guest1"}).exit_code, 0);
@@ -49,7 +37,7 @@ TEST(VtmGuestTest, GuestUsesVtpmAndNvSurvivesRestartEncryptedAtRest) {
   // A marker the guest stores in NV; random so no other file can hold it by chance.
   auto rnd = RandomSecret(16);
   ASSERT_TRUE(rnd.ok());
-  const std::string secret = "VTM-NV-" + Hex(*rnd);
+  const std::string secret = "VTM-NV-" + HexEncode(AsString(*rnd));
 
   GuestOptions o;
   o.tpm_socket = socket;
@@ -68,25 +56,12 @@ TEST(VtmGuestTest, GuestUsesVtpmAndNvSurvivesRestartEncryptedAtRest) {
   EXPECT_NE(out.find("/dev/tpm0"), std::string::npos) << out;
   EXPECT_NE(out.find("NVREAD=" + secret), std::string::npos) << out;
   // Firmware extended PCR 0 and IMA extended PCR 10: neither is all zeros any more.
-  const std::string zeros = "0x0000000000000000000000000000000000000000000000000000000000000000";
-  // tpm2_pcrread prints "    0 : 0x…" and "    10: 0x…".
-  auto pcr_line = [&](const std::string& idx) {
-    std::istringstream in(out);
-    std::string line;
-    while (std::getline(in, line)) {
-      auto colon = line.find(':');
-      if (colon == std::string::npos) continue;
-      std::string key = line.substr(0, colon);
-      key.erase(0, key.find_first_not_of(' '));
-      key.erase(key.find_last_not_of(' ') + 1);
-      if (key == idx) return line;
-    }
-    return std::string();
-  };
-  ASSERT_FALSE(pcr_line("0").empty()) << out;
-  ASSERT_FALSE(pcr_line("10").empty()) << out;
-  EXPECT_EQ(pcr_line("0").find(zeros), std::string::npos) << out;
-  EXPECT_EQ(pcr_line("10").find(zeros), std::string::npos) << out;
+  const std::string zeros(64, '0');
+  auto pcrs = GuestPcrs(out);
+  ASSERT_EQ(pcrs.count(0), 1u) << out;
+  ASSERT_EQ(pcrs.count(10), 1u) << out;
+  EXPECT_NE(pcrs[0], zeros) << out;
+  EXPECT_NE(pcrs[10], zeros) << out;
 
   // Stop and start the vTPM through vtmctl; the guest reads the value back.
   auto stopped = f.Vtmctl({"stop", "guest1"});

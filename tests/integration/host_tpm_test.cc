@@ -14,6 +14,7 @@
 
 #include "test_env.h"
 #include "vtm/fs.h"
+#include "vtm/hex.h"
 #include "vtm/host_tpm.h"
 #include "vtm/secret.h"
 #include "vtm/subprocess.h"
@@ -21,28 +22,11 @@
 namespace vtm {
 namespace {
 
+using vtm::testing::AsString;
 using vtm::testing::CommandResult;
 using vtm::testing::RunCommand;
+using vtm::testing::Sha256;
 using vtm::testing::TempDir;
-
-std::string Hex(const std::string& bytes) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : bytes) {
-    out += kDigits[c >> 4];
-    out += kDigits[c & 0xf];
-  }
-  return out;
-}
-
-std::string Sha256(const std::string& data) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EXPECT_EQ(EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr), 1);
-  return std::string(reinterpret_cast<char*>(md), len);
-}
-
-std::string AsString(const SecretBytes& s) { return std::string(reinterpret_cast<const char*>(s.data()), s.size()); }
 
 SecretBytes SecretFrom(const std::string& s) {
   return SecretBytes(reinterpret_cast<const uint8_t*>(s.data()), s.size());
@@ -84,7 +68,7 @@ class HostTpmTest : public ::testing::Test {
   }
 
   void Tpm2ExtendPcr(int pcr, const std::string& bank, const std::string& digest) {
-    CommandResult r = Tpm2Tool({"tpm2_pcrextend", std::to_string(pcr) + ":" + bank + "=" + Hex(digest)});
+    CommandResult r = Tpm2Tool({"tpm2_pcrextend", std::to_string(pcr) + ":" + bank + "=" + HexEncode(digest)});
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
 
@@ -175,8 +159,8 @@ TEST_F(HostTpmTest, ExtendingASealedPcrBreaksUnsealAndNamesThePcr) {
   ASSERT_FALSE(unsealed.ok());
   EXPECT_EQ(unsealed.error().code(), ErrorCode::kPolicyMismatch) << unsealed.error().ToString();
   const std::string& message = unsealed.error().message();
-  EXPECT_NE(message.find("host PCR sha256:16 changed since the master key was sealed (sealed value " + Hex(before) +
-                         ", now " + Hex(after) + ")"),
+  EXPECT_NE(message.find("host PCR sha256:16 changed since the master key was sealed (sealed value " +
+                         HexEncode(before) + ", now " + HexEncode(after) + ")"),
             std::string::npos)
       << message;
   EXPECT_EQ(message.find("sha256:7 "), std::string::npos) << "PCR 7 did not change: " << message;
@@ -239,7 +223,7 @@ TEST_F(HostTpmTest, ReadPcrsAgreesWithTpm2Pcrread) {
     int pcr = std::stoi(line.substr(0, colon));
     std::string hex = line.substr(colon + 4);
     for (auto& c : hex) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    EXPECT_EQ(Hex(ours->digests[pcr]), hex) << "PCR " << pcr;
+    EXPECT_EQ(HexEncode(ours->digests[pcr]), hex) << "PCR " << pcr;
     ++compared;
   }
   EXPECT_EQ(compared, 24) << theirs.output;

@@ -13,6 +13,7 @@
 
 #include "vtm.pb.h"
 #include "vtm/fs.h"
+#include "vtm/hex.h"
 #include "host_identity.h"
 #include "vtm/tpm.h"
 #include "vtm/x509.h"
@@ -194,9 +195,7 @@ TEST_F(IdentityTest, HostAkBindsToHostEkByCredentialActivationMadeWithTpm2Tools)
   ASSERT_EQ(made.exit_code, 0) << made.output;
   auto activated = f.Vtmctl({"ca", "activate-credential", Path("cred.out")});
   ASSERT_EQ(activated.exit_code, 0) << activated.output;
-  std::string hex;
-  for (unsigned char c : secret) hex += "0123456789abcdef"[c >> 4], hex += "0123456789abcdef"[c & 15];
-  EXPECT_EQ(activated.output, hex + "\n");
+  EXPECT_EQ(activated.output, HexEncode(secret) + "\n");
 
   // A credential for another name (not the host AK) is refused.
   std::string other_name = resp.ca().host_ak_name();
@@ -276,8 +275,7 @@ TEST(IdentitySealedTest, SealedCaIssuesVerifiableCertificatesAndAHostQuoteBindsI
   ASSERT_TRUE(info.ok());
   unsigned char digest[32];
   EVP_Digest(info->spki_der.data(), info->spki_der.size(), digest, nullptr, EVP_sha256(), nullptr);
-  std::string hex;
-  for (unsigned char c : digest) hex += "0123456789abcdef"[c >> 4], hex += "0123456789abcdef"[c & 15];
+  std::string hex = HexEncode(std::string_view(reinterpret_cast<const char*>(digest), sizeof digest));
   auto check = RunCommand({"tpm2_checkquote", "-u", p("ak.pem"), "-m", p("quote.attest"), "-s", p("quote.sig"), "-q", hex});
   EXPECT_EQ(check.exit_code, 0) << check.output;
   std::string other = hex;

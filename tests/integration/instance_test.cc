@@ -157,21 +157,7 @@ class FakeQemu {
   std::vector<uint8_t> Call(CtrlCommand cmd, const std::vector<uint8_t>& body, size_t response_size, int pass_fd = -1) {
     auto req = Be32(static_cast<uint32_t>(cmd));
     req.insert(req.end(), body.begin(), body.end());
-    iovec iov{req.data(), req.size()};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-    if (pass_fd >= 0) {
-      msg.msg_control = control;
-      msg.msg_controllen = sizeof control;
-      cmsghdr* c = CMSG_FIRSTHDR(&msg);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int));
-      std::memcpy(CMSG_DATA(c), &pass_fd, sizeof pass_fd);
-    }
-    if (sendmsg(ctrl_.get(), &msg, MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) return {};
+    if (!SendWithFd(ctrl_.get(), req.data(), req.size(), pass_fd).ok()) return {};
     std::vector<uint8_t> resp(response_size);
     if (!ReadAll(ctrl_.get(), resp.data(), resp.size()).ok()) return {};
     return resp;

@@ -22,6 +22,7 @@
 
 #include "test_env.h"
 #include "vtm/fs.h"
+#include "vtm/hex.h"
 #include "vtm/host_tpm.h"
 #include "vtm/provisioning_swtpm.h"
 #include "vtm/secret.h"
@@ -30,31 +31,14 @@
 namespace vtm {
 namespace {
 
+using vtm::testing::AsString;
 using vtm::testing::CommandResult;
 using vtm::testing::RunCommand;
+using vtm::testing::Sha256;
 using vtm::testing::TempDir;
 
 constexpr uint32_t kEccEkCertIndex = 0x01C0000A;
 constexpr uint32_t kRsaEkCertIndex = 0x01C00002;
-
-std::string Hex(const std::string& bytes) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : bytes) {
-    out += kDigits[c >> 4];
-    out += kDigits[c & 0xf];
-  }
-  return out;
-}
-
-std::string Sha256(const std::string& data) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EXPECT_EQ(EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr), 1);
-  return std::string(reinterpret_cast<char*>(md), len);
-}
-
-std::string AsString(const SecretBytes& s) { return std::string(reinterpret_cast<const char*>(s.data()), s.size()); }
 
 std::string RandomBytes(size_t n) {
   auto r = RandomSecret(n);
@@ -192,7 +176,8 @@ class TpmTest : public ::testing::Test {
         {"tpm2_createek", "-c", dir_.path() + "/ek-" + tool_alg + ".ctx", "-G", tool_alg, "-u", pem, "-f", "pem"});
     ASSERT_EQ(r.exit_code, 0) << r.output;
     ASSERT_NO_FATAL_FAILURE(FlushToolObjects());
-    EXPECT_EQ(Hex(ours), Hex(PemFileToSpkiDer(pem))) << "EK (" << tool_alg << ") differs from tpm2_createek's";
+    EXPECT_EQ(HexEncode(ours), HexEncode(PemFileToSpkiDer(pem)))
+        << "EK (" << tool_alg << ") differs from tpm2_createek's";
   }
 
   // Destroyed in reverse order: TPM connection, swtpm, then its directory.
@@ -222,7 +207,7 @@ TEST_F(TpmTest, SigningKeySignsDigestsOpenSslVerifies) {
   // The name and SPKI helpers agree with what the TPM reports.
   auto name = TpmNameOfPublic(pub.tpm2b_public);
   ASSERT_TRUE(name.ok()) << name.error().ToString();
-  EXPECT_EQ(Hex(*name), Hex(pub.name));
+  EXPECT_EQ(HexEncode(*name), HexEncode(pub.name));
   auto spki = SpkiFromTpmPublic(pub.tpm2b_public);
   ASSERT_TRUE(spki.ok()) << spki.error().ToString();
   EXPECT_EQ(*spki, pub.spki_der);
@@ -265,9 +250,9 @@ TEST_F(TpmTest, CertifyIsSignedByTheAkAndNamesTheKey) {
   TPMS_ATTEST attest = ParseAttest(cert->attest);
   EXPECT_EQ(attest.magic, TPM2_GENERATED_VALUE);
   EXPECT_EQ(attest.type, TPM2_ST_ATTEST_CERTIFY);
-  EXPECT_EQ(Hex(std::string(reinterpret_cast<const char*>(attest.attested.certify.name.name),
-                            attest.attested.certify.name.size)),
-            Hex(ik_pub.name));
+  EXPECT_EQ(HexEncode(std::string(reinterpret_cast<const char*>(attest.attested.certify.name.name),
+                                  attest.attested.certify.name.size)),
+            HexEncode(ik_pub.name));
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(attest.extraData.buffer), attest.extraData.size), qualifying);
 
   auto too_long = tpm_->Certify(ik, ak, std::string(100, 'x'));
@@ -290,10 +275,10 @@ TEST_F(TpmTest, QuoteVerifiesWithTpm2Checkquote) {
   ASSERT_TRUE(WriteFileAtomic(d + "/quote.msg", quote->attest, 0600).ok());
   ASSERT_TRUE(WriteFileAtomic(d + "/quote.sig", quote->signature, 0600).ok());
   CommandResult r = RunCommand(
-      {"tpm2_checkquote", "-u", d + "/ak.pem", "-m", d + "/quote.msg", "-s", d + "/quote.sig", "-q", Hex(nonce)});
+      {"tpm2_checkquote", "-u", d + "/ak.pem", "-m", d + "/quote.msg", "-s", d + "/quote.sig", "-q", HexEncode(nonce)});
   EXPECT_EQ(r.exit_code, 0) << r.output;
   r = RunCommand({"tpm2_checkquote", "-u", d + "/ak.pem", "-m", d + "/quote.msg", "-s", d + "/quote.sig", "-q",
-                  Hex(RandomBytes(20))});
+                  HexEncode(RandomBytes(20))});
   EXPECT_NE(r.exit_code, 0) << "a quote verified against the wrong nonce: " << r.output;
 }
 
@@ -329,7 +314,7 @@ TEST_F(TpmTest, CredentialActivationRoundTripsBetweenTwoTpms) {
 
   auto activated = a.ActivateCredential(ak, ek, credential);
   ASSERT_TRUE(activated.ok()) << activated.error().ToString();
-  EXPECT_EQ(Hex(AsString(*activated)), Hex(secret));
+  EXPECT_EQ(HexEncode(AsString(*activated)), HexEncode(secret));
 
   auto refused = a.ActivateCredential(ak, ek, wrong_name_credential);
   ASSERT_FALSE(refused.ok());
@@ -353,7 +338,7 @@ TEST_F(TpmTest, NvCertificateRoundTripsAndResistsTheOwner) {
   ASSERT_TRUE(tpm_->WriteNvCertificate(kEccEkCertIndex, cert).ok());
   auto read = tpm_->ReadNv(kEccEkCertIndex);
   ASSERT_TRUE(read.ok()) << read.error().ToString();
-  EXPECT_EQ(Hex(*read), Hex(cert));
+  EXPECT_EQ(HexEncode(*read), HexEncode(cert));
 
   // Rewriting replaces the index (vtmd re-issues certificates), with a new size.
   const std::string renewed = RandomBytes(700);
@@ -361,14 +346,14 @@ TEST_F(TpmTest, NvCertificateRoundTripsAndResistsTheOwner) {
   ASSERT_TRUE(rewritten.ok()) << rewritten.error().ToString();
   read = tpm_->ReadNv(kEccEkCertIndex);
   ASSERT_TRUE(read.ok()) << read.error().ToString();
-  EXPECT_EQ(Hex(*read), Hex(renewed));
+  EXPECT_EQ(HexEncode(*read), HexEncode(renewed));
 
   const std::string d = dir_.path();
   CommandResult r = Tpm2Tool({"tpm2_nvread", "-C", "o", "-o", d + "/nv.bin", "0x01c0000a"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto tool_bytes = ReadFile(d + "/nv.bin");
   ASSERT_TRUE(tool_bytes.ok());
-  EXPECT_EQ(Hex(*tool_bytes), Hex(renewed));
+  EXPECT_EQ(HexEncode(*tool_bytes), HexEncode(renewed));
 
   r = Tpm2Tool({"tpm2_nvreadpublic", "0x01c0000a"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -387,7 +372,7 @@ TEST_F(TpmTest, NvCertificateRoundTripsAndResistsTheOwner) {
   EXPECT_NE(r.exit_code, 0) << "the owner deleted a certificate: " << r.output;
   read = tpm_->ReadNv(kEccEkCertIndex);
   ASSERT_TRUE(read.ok()) << read.error().ToString();
-  EXPECT_EQ(Hex(*read), Hex(renewed));
+  EXPECT_EQ(HexEncode(*read), HexEncode(renewed));
 
   auto missing = tpm_->ReadNv(kRsaEkCertIndex);
   ASSERT_FALSE(missing.ok());
@@ -412,7 +397,7 @@ TEST_F(TpmTest, PersistentObjectsAreReplacedAndReloaded) {
   }
   {
     TpmKey loaded = Must(tpm_->LoadPersistent(kHandle));
-    EXPECT_EQ(Hex(PublicOf(loaded).name), Hex(srk_name));
+    EXPECT_EQ(HexEncode(PublicOf(loaded).name), HexEncode(srk_name));
   }
   {
     TpmKey ek = Must(tpm_->CreateEk(KeyAlg::kEccP256));
@@ -423,7 +408,7 @@ TEST_F(TpmTest, PersistentObjectsAreReplacedAndReloaded) {
   // A persistent TpmKey going out of scope must not evict or flush the object.
   for (int i = 0; i < 2; ++i) {
     TpmKey loaded = Must(tpm_->LoadPersistent(kHandle));
-    EXPECT_EQ(Hex(PublicOf(loaded).name), Hex(ek_name));
+    EXPECT_EQ(HexEncode(PublicOf(loaded).name), HexEncode(ek_name));
   }
   CommandResult r = Tpm2Tool({"tpm2_getcap", "handles-persistent"});
   EXPECT_NE(r.output.find("0x81000101"), std::string::npos) << r.output;
@@ -504,11 +489,11 @@ TEST_F(ProvisioningSwtpmTest, ProvisionsThroughTheDataSocketAndPersists) {
   Tpm& tpm = (*again)->tpm();
   auto read = tpm.ReadNv(kEccEkCertIndex);
   ASSERT_TRUE(read.ok()) << read.error().ToString();
-  EXPECT_EQ(Hex(*read), Hex(cert));
+  EXPECT_EQ(HexEncode(*read), HexEncode(cert));
   {
     auto ek = tpm.CreateEk(KeyAlg::kEccP256);
     ASSERT_TRUE(ek.ok()) << ek.error().ToString();
-    EXPECT_EQ(Hex(tpm.ReadPublic(*ek)->spki_der), Hex(ek_spki));
+    EXPECT_EQ(HexEncode(tpm.ReadPublic(*ek)->spki_der), HexEncode(ek_spki));
   }
   EXPECT_TRUE((*again)->Shutdown().ok());
 }

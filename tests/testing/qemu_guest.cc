@@ -10,6 +10,7 @@
 #include <fstream>
 #include <mutex>
 #include <optional>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -148,6 +149,15 @@ bool MakeScriptInitrd(const std::string& base_initrd, const std::string& script,
   return true;
 }
 
+void GuestImageTest::SetUp() {
+  std::string error;
+  bool apt_unreachable = false;
+  if (!EnsureGuestImage(&error, &apt_unreachable)) {
+    if (apt_unreachable) GTEST_SKIP() << "guest image cannot be built, apt unreachable: " << error;
+    FAIL() << "building the guest image failed: " << error;
+  }
+}
+
 std::string GuestRun::ScriptOutput() const {
   size_t start = console.find(kBootMarker);
   if (start == std::string::npos) return "";
@@ -255,6 +265,31 @@ GuestRun RunGuest(const GuestOptions& options) {
     run.error = "QEMU " + DescribeWaitStatus(status);
   }
   return run;
+}
+
+std::string GuestMarker(const std::string& script_output, const std::string& key) {
+  std::istringstream in(script_output);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + "=", 0) == 0) return line.substr(key.size() + 1);
+  }
+  return "";
+}
+
+std::map<int, std::string> GuestPcrs(const std::string& script_output) {
+  std::map<int, std::string> pcrs;
+  static const std::regex pcr_line(R"(^\s*(\d+)\s*:\s*0x([0-9A-Fa-f]{64})\s*$)");
+  std::istringstream in(script_output);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::smatch m;
+    if (std::regex_match(line, m, pcr_line)) {
+      std::string hex = m[2];
+      for (auto& c : hex) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      pcrs[std::stoi(m[1])] = hex;
+    }
+  }
+  return pcrs;
 }
 
 }  // namespace vtm::testing

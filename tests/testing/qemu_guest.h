@@ -1,25 +1,25 @@
 // The end-to-end test guest: Debian's cloud kernel and a busybox + tpm2-tools initramfs
 // (built by tests/guest/build-guest.sh) booted under QEMU TCG with a vTPM on a unix socket.
 //
-//   std::string error;
-//   bool apt_unreachable = false;
-//   if (!EnsureGuestImage(&error, &apt_unreachable)) {
-//     if (apt_unreachable) GTEST_SKIP() << error;
-//     FAIL() << error;
+//   class MyGuestTest : public GuestImageTest {};  // SetUp builds the image (or skips)
+//   TEST_F(MyGuestTest, ReadsPcrs) {
+//     GuestOptions o;
+//     o.tpm_socket = swtpm_ctrl_socket;          // QEMU's tpm-emulator backend connects here
+//     o.script = "tpm2_pcrread sha256:10\n";     // becomes /vtm-test.sh in the guest
+//     GuestRun run = RunGuest(o);
+//     EXPECT_TRUE(run.booted) << run.console;
+//     EXPECT_EQ(run.exit_code, 0) << run.console;
 //   }
-//   GuestOptions o;
-//   o.tpm_socket = swtpm_ctrl_socket;          // QEMU's tpm-emulator backend connects here
-//   o.script = "tpm2_pcrread sha256:10\n";     // becomes /vtm-test.sh in the guest
-//   GuestRun run = RunGuest(o);
-//   EXPECT_TRUE(run.booted) << run.console;
-//   EXPECT_EQ(run.exit_code, 0) << run.console;
 //
 // The guest prints "VTM-GUEST: boot ok", runs the script with `sh` (tpm2-tools reach the
 // TPM through TPM2TOOLS_TCTI=device:/dev/tpmrm0), prints "VTM-GUEST: exit <code>" and
 // powers off. See tests/guest/README.md.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <chrono>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -38,6 +38,13 @@ bool EnsureGuestImage(std::string* error, bool* apt_unreachable = nullptr);
 // to out_path. Linux unpacks concatenated archives, so the base image is reused as is.
 bool MakeScriptInitrd(const std::string& base_initrd, const std::string& script,
                       const std::string& out_path, std::string* error);
+
+// Base fixture for tests that boot the guest: SetUp runs EnsureGuestImage, skips the test when
+// only the kernel package could not be fetched, and fails it when the image cannot be built.
+class GuestImageTest : public ::testing::Test {
+ protected:
+  void SetUp() override;
+};
 
 struct GuestOptions {
   // Unix socket of an swtpm (or vtm-instance) control channel; empty: no TPM device.
@@ -74,5 +81,12 @@ struct GuestRun {
 };
 
 GuestRun RunGuest(const GuestOptions& options);
+
+// What guest scripts print for the host to check:
+// The value of the first "KEY=value" line of script output ("" if there is none); scripts
+// print binary files as hex this way, e.g. `echo EKCERT=$(od -An -tx1 -v f | tr -d ' \n')`.
+std::string GuestMarker(const std::string& script_output, const std::string& key);
+// The "  10: 0xABC..." lines of `tpm2_pcrread sha256:...`: PCR index -> lower-case hex digest.
+std::map<int, std::string> GuestPcrs(const std::string& script_output);
 
 }  // namespace vtm::testing

@@ -2,6 +2,8 @@
 #include "test_env.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
+#include <openssl/evp.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -53,5 +55,27 @@ CommandResult RunCommand(const std::vector<std::string>& argv, const std::string
 }
 
 std::string BuildPath(const std::string& relative) { return std::string(VTM_BUILD_DIR) + "/" + relative; }
+
+std::string HexDecode(std::string_view hex) {
+  std::string out;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+    out.push_back(static_cast<char>(std::stoi(std::string(hex.substr(i, 2)), nullptr, 16)));
+  }
+  return out;
+}
+
+std::string Sha256(std::string_view data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr) != 1) {
+    ADD_FAILURE() << "EVP_Digest(SHA-256) failed";
+    return "";
+  }
+  return std::string(reinterpret_cast<char*>(md), len);
+}
+
+std::string AsString(const SecretBytes& secret) {
+  return std::string(reinterpret_cast<const char*>(secret.data()), secret.size());
+}
 
 }  // namespace vtm::testing

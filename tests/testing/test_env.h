@@ -1,8 +1,12 @@
-// Shared test fixtures: temporary directories and running commands with captured output.
+// Shared test fixtures: temporary directories, running commands with captured output, and
+// the byte-string conversions tests compare TPM values with.
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
+
+#include "vtm/secret.h"
 
 namespace vtm::testing {
 
@@ -29,5 +33,13 @@ CommandResult RunCommand(const std::vector<std::string>& argv, const std::string
 
 // Path of a binary built by this project, e.g. BuildPath("vtm-manager/vtmctl").
 std::string BuildPath(const std::string& relative);
+
+// Bytes from the hex that guest scripts and tools print (pairs of hex digits; a lone last
+// digit is ignored). The other way is vtm::HexEncode (vtm/hex.h).
+std::string HexDecode(std::string_view hex);
+// SHA-256 of data (raw 32 bytes), as PCR extends and TPM names use it.
+std::string Sha256(std::string_view data);
+// A SecretBytes' bytes as a string, for comparisons in tests (the copy is not wiped).
+std::string AsString(const SecretBytes& secret);
 
 }  // namespace vtm::testing

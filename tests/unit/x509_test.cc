@@ -24,6 +24,7 @@ namespace vtm::ca {
 namespace {
 
 using vtm::testing::RunCommand;
+using vtm::testing::Sha256;
 using vtm::testing::TempDir;
 
 constexpr char kVm[] = "6f1b2e6c-0a1b-4c2d-8e3f-00112233aabb";
@@ -49,13 +50,6 @@ std::string Spki(EVP_PKEY* key) {
 Pkey FromSpki(const std::string& spki) {
   const auto* p = reinterpret_cast<const unsigned char*>(spki.data());
   return Pkey(d2i_PUBKEY(nullptr, &p, static_cast<long>(spki.size())));
-}
-
-std::string Sha256(const std::string& data) {
-  unsigned char md[32];
-  unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
-  return std::string(reinterpret_cast<char*>(md), len);
 }
 
 std::string WriteFile(const TempDir& dir, const std::string& name, const std::string& data) {

@@ -400,36 +400,11 @@ bool ControlRelay::ForwardRequest(const CtrlRequest& request) {
     fds.resize(1);
   }
 
-  // One sendmsg per request: swtpm frames most requests by read() boundaries.
-  iovec iov{bytes.data(), bytes.size()};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  if (!fds.empty()) {
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    int fd = fds[0].get();
-    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  }
-  size_t off = 0;
-  while (off < bytes.size()) {
-    ssize_t n = sendmsg(swtpm_.get(), &msg, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      EndSession(ErrnoError("passing " + name + " to swtpm").message());
-      return false;
-    }
-    off += static_cast<size_t>(n);
-    // A large SET_STATEBLOB may go out in pieces; the descriptor went with the first one.
-    iov.iov_base = bytes.data() + off;
-    iov.iov_len = bytes.size() - off;
-    msg.msg_control = nullptr;
-    msg.msg_controllen = 0;
+  // One sendmsg per request: swtpm frames most requests by read() boundaries. A large
+  // SET_STATEBLOB may go out in pieces; the descriptor goes with the first one.
+  if (Status st = SendWithFd(swtpm_.get(), bytes.data(), bytes.size(), fds.empty() ? -1 : fds[0].get()); !st.ok()) {
+    EndSession(std::move(st).error().Context("passing " + name + " to swtpm").message());
+    return false;
   }
   return true;
 }

@@ -6,6 +6,7 @@
 
 #include <ctime>
 
+#include "vtm/hex.h"
 #include "vtm/log.h"
 #include "vtpm_provisioner.h"
 #include "vtm/x509.h"
@@ -140,13 +141,7 @@ Status ApiService::HandleCa(const api::Request& req, api::Response* resp) {
       if (!identity_->ek_certificate().empty()) ca->set_host_ek_certificate_pem(ca::DerToPem(identity_->ek_certificate()));
       ca->set_host_ak_public_pem(ca::DerToPem(identity_->ak_public().spki_der, "PUBLIC KEY"));
       ca->set_host_ek_public_pem(ca::DerToPem(identity_->ek_public().spki_der, "PUBLIC KEY"));
-      static const char* kHex = "0123456789abcdef";
-      std::string name_hex;
-      for (unsigned char c : identity_->ak_public().name) {
-        name_hex.push_back(kHex[c >> 4]);
-        name_hex.push_back(kHex[c & 15]);
-      }
-      ca->set_host_ak_name(name_hex);
+      ca->set_host_ak_name(HexEncode(identity_->ak_public().name));
       return OkStatus();
     }
     case api::Request::kCaCsr: {

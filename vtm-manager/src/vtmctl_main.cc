@@ -13,6 +13,7 @@
 
 #include "api_client.h"
 #include "vtm.pb.h"
+#include "vtm/hex.h"
 
 namespace vtm {
 namespace {
@@ -239,8 +240,7 @@ int Run(int argc, char** argv) {
     if (args[1] == "show") std::cout << resp->ca().certificate_pem() << resp->ca().chain_pem();
     else if (args[1] == "install") std::cout << "installed the fleet-CA-issued certificate for the host CA\n";
     else if (args[1] == "activate-credential") {
-      for (unsigned char c : resp->secret()) std::cout << "0123456789abcdef"[c >> 4] << "0123456789abcdef"[c & 15];
-      std::cout << "\n";
+      std::cout << HexEncode(resp->secret()) << "\n";
     }
     else std::cout << resp->pem();
   } else if (!resp->vms().empty()) {

@@ -26,6 +26,12 @@ Status WaitForTcpPort(int port, std::chrono::milliseconds timeout);
 Status WriteAll(int fd, const void* data, size_t len);
 Status ReadAll(int fd, void* data, size_t len);  // kUnavailable on EOF before len bytes
 
+// Sends len bytes on a unix stream socket in as few sendmsg calls as the kernel allows (one,
+// unless a large message goes out in pieces), retrying on EINTR. If fd_to_pass >= 0 it travels
+// as SCM_RIGHTS with the first byte. Peers that frame requests by read() boundaries (swtpm's
+// control channel) rely on a request leaving in one call.
+Status SendWithFd(int socket, const void* data, size_t len, int fd_to_pass);
+
 // uid/gid of the process at the other end of a unix socket (SO_PEERCRED).
 struct PeerCredentials {
   pid_t pid;

@@ -9,6 +9,7 @@
 
 #include "internal/tpm_error.h"
 #include "vtm/error.h"
+#include "vtm/tpm_structures.h"
 
 namespace vtm::internal {
 
@@ -26,12 +27,11 @@ Result<std::string> MarshalToString(const T& value, const char* type_name) {
 template <typename T, TSS2_RC (*Unmarshal)(const uint8_t[], size_t, size_t*, T*)>
 Result<T> UnmarshalExactly(const std::string& blob, const char* type_name) {
   T value{};
-  size_t offset = 0;
-  TSS2_RC rc = Unmarshal(reinterpret_cast<const uint8_t*>(blob.data()), blob.size(), &offset, &value);
-  if (rc != TSS2_RC_SUCCESS) return TpmError(std::string("unmarshalling ") + type_name, rc);
-  if (offset != blob.size()) {
+  const UnmarshalOutcome outcome = UnmarshalInto<T, Unmarshal>(blob, &value);
+  if (outcome.rc != TSS2_RC_SUCCESS) return TpmError(std::string("unmarshalling ") + type_name, outcome.rc);
+  if (outcome.trailing != 0) {
     return Error(ErrorCode::kDataLoss,
-                 std::string(type_name) + " is followed by " + std::to_string(blob.size() - offset) + " stray bytes");
+                 std::string(type_name) + " is followed by " + std::to_string(outcome.trailing) + " stray bytes");
   }
   return value;
 }
