@@ -86,6 +86,20 @@ CommandResult VtmdFixture::Vtmctl(const std::vector<std::string>& args) {
   return RunCommand(argv);
 }
 
+CommandResult VtmdFixture::VtmctlAs(const std::vector<std::string>& setpriv_args, const std::vector<std::string>& args) {
+  const std::string copy = dir_.path() + "/vtmctl";
+  if (!PathExists(copy)) {
+    std::error_code ec;
+    std::filesystem::copy_file(BuildPath("vtm-manager/vtmctl"), copy, ec);
+    chmod(copy.c_str(), 0755);
+  }
+  std::vector<std::string> argv = {"setpriv"};
+  argv.insert(argv.end(), setpriv_args.begin(), setpriv_args.end());
+  argv.insert(argv.end(), {copy, "--socket", socket_});
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunCommand(argv);
+}
+
 std::string VtmdFixture::VtmdLog() const {
   auto text = ReadFile(log_);
   return text.ok() ? *text : "";

@@ -26,6 +26,10 @@ class VtmdFixture {
   CommandResult RunVtmdExpectingExit(const std::vector<std::string>& extra_args = {});
 
   CommandResult Vtmctl(const std::vector<std::string>& args);
+  // vtmctl run as another uid/gid through setpriv, e.g. {"--reuid=65534", "--regid=65534",
+  // "--clear-groups"}. The binary is copied into the test's (traversable) directory first, so
+  // the build tree's permissions do not matter.
+  CommandResult VtmctlAs(const std::vector<std::string>& setpriv_args, const std::vector<std::string>& args);
   std::string VtmdLog() const;
 
   const std::string& state_dir() const { return state_dir_; }
