@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "api_client.h"
+#include "external_formats.h"
 #include "vtm.pb.h"
 #include "vtm/hex.h"
 
@@ -146,21 +147,15 @@ int Run(int argc, char** argv) {
     } else if (sub == "crl" && args.size() == 2) {
       req.mutable_ca_crl();
     } else if (sub == "activate-credential" && args.size() == 3) {
-      // tpm2-tools' credential file: magic 0xBADCC0DE, version 1, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET.
       std::ifstream f(args[2], std::ios::binary);
       std::string blob((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-      auto u16 = [&](size_t at) { return (static_cast<uint8_t>(blob[at]) << 8) | static_cast<uint8_t>(blob[at + 1]); };
-      if (!f || blob.size() < 12 || blob.compare(0, 4, "\xBA\xDC\xC0\xDE") != 0) {
-        std::cerr << "vtmctl ca activate-credential: " << args[2] << " is not a tpm2_makecredential output\n";
+      auto cred = f ? ParseTpm2ToolsCredential(blob) : Result<TpmCredential>(Error(ErrorCode::kInvalidArgument, "cannot read it"));
+      if (!cred.ok()) {
+        std::cerr << "vtmctl ca activate-credential: " << args[2] << ": " << cred.error().message() << "\n";
         return kUsage_;
       }
-      size_t id_len = 2 + u16(8);
-      if (8 + id_len + 2 > blob.size() || 8 + id_len + 2 + u16(8 + id_len) != blob.size()) {
-        std::cerr << "vtmctl ca activate-credential: " << args[2] << " is truncated or malformed\n";
-        return kUsage_;
-      }
-      req.mutable_activate_host_credential()->set_id_object(blob.substr(8, id_len));
-      req.mutable_activate_host_credential()->set_encrypted_secret(blob.substr(8 + id_len));
+      req.mutable_activate_host_credential()->set_id_object(cred->id_object);
+      req.mutable_activate_host_credential()->set_encrypted_secret(cred->encrypted_secret);
     } else if (sub == "install" && (args.size() == 3 || args.size() == 4)) {
       auto* in = req.mutable_ca_install();
       for (size_t i = 2; i < args.size(); ++i) {
