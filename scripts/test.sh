@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing, builds, runs the unit,
-# integration and e2e tiers, then builds again with ASan+UBSan and runs the unit and
-# integration tiers under the sanitizers, then builds the libFuzzer targets with clang and gives
-# each a short smoke run. Benchmarks are not part of it (scripts/bench.sh).
+# integration and e2e tiers, runs clang-tidy over the sources, builds the libFuzzer targets with
+# clang and gives each a short smoke run, then builds with ASan+UBSan and runs the unit and
+# integration tiers under the sanitizers. Benchmarks are not part of it (scripts/bench.sh).
 #   scripts/test.sh            everything
 #   VTM_TEST_LABELS=unit scripts/test.sh      one tier (a ctest -L regex)
 #   VTM_SKIP_SANITIZERS=1 scripts/test.sh     skip the sanitizer pass
 #   VTM_SKIP_FUZZ=1 scripts/test.sh           skip the fuzz smoke runs (scripts/fuzz.sh runs them longer)
+#   VTM_SKIP_LINT=1 scripts/test.sh           skip clang-tidy (scripts/lint.sh)
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,6 +19,10 @@ if [[ $labels == *e2e* ]]; then
   "$repo/tests/guest/build-guest.sh" "$repo/build/guest"
 fi
 (cd "$repo/build" && ctest --output-on-failure -L "$labels" -j2)
+
+if [[ -z ${VTM_SKIP_LINT:-} ]]; then
+  "$repo/scripts/lint.sh" "$repo/build"
+fi
 
 if [[ -z ${VTM_SKIP_FUZZ:-} ]]; then
   CC=clang CXX=clang++ "$repo/scripts/setup.sh" "$repo/build-fuzz" -DVTM_FUZZ=ON \

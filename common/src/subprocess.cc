@@ -40,11 +40,13 @@ Result<Subprocess> Subprocess::Spawn(const std::vector<std::string>& argv, const
   if (argv.empty()) return Error(ErrorCode::kInvalidArgument, "empty command line");
   // Everything the child needs is prepared before fork: after fork only async-signal-safe calls.
   std::vector<char*> cargv;
+  cargv.reserve(argv.size() + 1);
   for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
   cargv.push_back(nullptr);
   std::vector<std::string> env = options.env;
   if (env.empty()) env.push_back("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
   std::vector<char*> cenv;
+  cenv.reserve(env.size() + 1);
   for (auto& e : env) cenv.push_back(e.data());
   cenv.push_back(nullptr);
 
@@ -187,7 +189,7 @@ std::string FindProgram(const std::string& name) {
   auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
   if (!ec) {
     // Build tree layout: <build>/<component>/<binary>; installed: same bin dir.
-    for (auto dir : {self.parent_path(), self.parent_path().parent_path() / "vtm-instance",
+    for (const auto& dir : {self.parent_path(), self.parent_path().parent_path() / "vtm-instance",
                      self.parent_path().parent_path() / "vtm-manager"}) {
       auto p = dir / name;
       if (access(p.c_str(), X_OK) == 0) return p.string();

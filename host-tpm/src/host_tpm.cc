@@ -371,9 +371,9 @@ Error EsysTpm::DiagnosePolicyFailure(const SealedObject& sealed, const Error& tp
     std::string sealed_hex = at_seal == sealed.pcrs_at_seal.digests.end() ? "unknown" : HexEncode(at_seal->second);
     if (at_seal != sealed.pcrs_at_seal.digests.end() && at_seal->second == value) continue;
     if (!changes.empty()) changes += "; ";
-    changes += "host PCR " + bank + ":" + std::to_string(pcr) +
-               " changed since the master key was sealed (sealed value " + sealed_hex + ", now " + HexEncode(value) +
-               ")";
+    changes.append("host PCR ").append(bank).append(":").append(std::to_string(pcr));
+    changes.append(" changed since the master key was sealed (sealed value ").append(sealed_hex);
+    changes.append(", now ").append(HexEncode(value)).append(")");
   }
   if (changes.empty()) {
     // The TPM refused although the recorded values still match: the record in the file does

@@ -45,7 +45,7 @@ Error SelectionError(const std::string& text, const std::string& what) {
 // object itself.
 constexpr std::string_view kMagic = "VTMSEAL1";
 constexpr std::string_view kMagicPrefix = "VTMSEAL";
-constexpr size_t kMaxSerializedSize = 16 * 1024;
+constexpr size_t kMaxSerializedSize = size_t{16} * 1024;
 constexpr size_t kMaxBlobSize = 4096;  // far above any TPM2B_PUBLIC/PRIVATE a TPM produces
 constexpr size_t kMaxSelectionText = 128;
 

@@ -25,12 +25,7 @@ namespace vtm {
 namespace {
 
 using internal::EsysOut;
-using internal::MarshalToString;
 using internal::ScopedTr;
-using internal::ScopedTrRef;
-using internal::TpmError;
-using internal::TpmResponseCode;
-using internal::UnmarshalExactly;
 using internal::WipeOnExit;
 
 void ReleaseKey(Tpm* tpm, uint32_t handle, bool transient) {

@@ -62,7 +62,6 @@ std::optional<size_t> FixedRequestBodySize(uint32_t code) {
       return 0;
     case CtrlCommand::kInit:           // init_flags
     case CtrlCommand::kSetBufferSize:  // buffersize
-      return 4;
     // QEMU sends sizeof(ptm_loc) / sizeof(ptm_reset_est): the 1-byte locality padded to the
     // 4-byte union. swtpm only reads the first byte.
     case CtrlCommand::kSetLocality:

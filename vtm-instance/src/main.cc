@@ -29,7 +29,11 @@ int FailEarly(int ready_fd, const std::string& message) {
 
 int ReadyFdFromArgs(const std::vector<std::string>& args) {
   for (size_t i = 0; i + 1 < args.size(); ++i) {
-    if (args[i] == "--ready-fd") return std::atoi(args[i + 1].c_str());
+    if (args[i] == "--ready-fd") {
+      char* end = nullptr;
+      long fd = std::strtol(args[i + 1].c_str(), &end, 10);
+      return (end != nullptr && *end == '\0' && fd > 2 && fd < 1024) ? static_cast<int>(fd) : -1;
+    }
   }
   return -1;
 }

@@ -183,11 +183,12 @@ Status ApiService::HandleCa(const api::Request& req, api::Response* resp) {
     case api::Request::kCaCrl: {
       VTM_ASSIGN_OR_RETURN(auto revoked, registry_.RevokedCertificates());
       std::vector<ca::RevokedCert> list;
+      list.reserve(revoked.size());
       for (const auto& c : revoked) list.push_back({c.serial, static_cast<std::time_t>(c.revoked_unix)});
       VTM_ASSIGN_OR_RETURN(uint64_t number, registry_.NextCrlNumber());
       std::time_t now = std::time(nullptr);
       VTM_ASSIGN_OR_RETURN(std::string crl, ca::CreateCrl(identity_->ca_signer(), identity_->ca_certificate(), list,
-                                                          number, now, now + 7 * 24 * 3600));
+                                                          number, now, now + std::time_t{7} * 24 * 3600));
       resp->set_pem(ca::DerToPem(crl, "X509 CRL"));
       return OkStatus();
     }

@@ -40,7 +40,8 @@ int Run(int argc, char** argv) {
     std::cerr << "vtm-create-certs: --ek and --dir are required\n";
     return 2;
   }
-  std::string socket = std::getenv("VTM_SOCKET") ? std::getenv("VTM_SOCKET") : "/run/vtm/vtmd.sock";
+  const char* socket_env = std::getenv("VTM_SOCKET");
+  std::string socket = socket_env != nullptr ? socket_env : "/run/vtm/vtmd.sock";
   if (!opt["configfile"].empty() && PathExists(opt["configfile"])) {
     auto text = ReadFile(opt["configfile"]);
     std::istringstream in(text.ok() ? *text : "");

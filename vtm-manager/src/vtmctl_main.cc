@@ -83,7 +83,8 @@ void PrintVm(const api::Vm& vm) {
 }
 
 int Run(int argc, char** argv) {
-  std::string socket = std::getenv("VTM_SOCKET") ? std::getenv("VTM_SOCKET") : "/run/vtm/vtmd.sock";
+  const char* socket_env = std::getenv("VTM_SOCKET");
+  std::string socket = socket_env != nullptr ? socket_env : "/run/vtm/vtmd.sock";
   bool json = false;
   std::vector<std::string> args;
   for (int i = 1; i < argc; ++i) {

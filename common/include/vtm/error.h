@@ -106,7 +106,10 @@ inline Status OkStatus() { return Status(); }
 #define VTM_CONCAT_(a, b) VTM_CONCAT_INNER_(a, b)
 // Binds lhs to the value of a Result or returns its error.
 #define VTM_ASSIGN_OR_RETURN(lhs, expr) VTM_ASSIGN_OR_RETURN_IMPL_(VTM_CONCAT_(vtm_result_, __LINE__), lhs, expr)
+// tmp and lhs name declarations, which cannot be parenthesized.
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define VTM_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \
   auto tmp = (expr);                               \
   if (!tmp.ok()) return std::move(tmp).error();    \
   lhs = std::move(tmp).value()
+// NOLINTEND(bugprone-macro-parentheses)
