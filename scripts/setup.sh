@@ -14,7 +14,7 @@ packages=(
   libprotobuf-dev protobuf-compiler libgtest-dev libgmock-dev
   swtpm swtpm-tools swtpm-dev tpm2-tools
   qemu-system-x86 busybox-static cpio
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev clang-tidy openssl
 )
 
 missing=()
