@@ -269,7 +269,9 @@ Result<VmRecord> Manager::Show(const std::string& vm) { return registry_.Get(vm)
 
 void Manager::OnInstanceExit(const std::string& uuid, const std::string& how) {
   std::string log = PathsFor(uuid).log_dir;
-  auto r = registry_.Transition(uuid, {VmState::kRunning}, VmState::kFailed, 0,
+  // `starting` too: an instance can die between READY and Start() recording it as running;
+  // Start()'s own transition then fails and reports it.
+  auto r = registry_.Transition(uuid, {VmState::kRunning, VmState::kStarting}, VmState::kFailed, 0,
                                 "vtm-instance " + how + " unexpectedly; see " + log + "/instance.log and " + log +
                                     "/swtpm.log");
   if (!r.ok()) LOG_WARNING << "recording the exit of VM " << uuid << ": " << r.error().message();
