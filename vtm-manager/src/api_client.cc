@@ -16,8 +16,11 @@ Result<api::Response> CallVtmd(const std::string& socket_path, const api::Reques
     return Error(ErrorCode::kUnavailable, "cannot reach vtmd at " + socket_path + " (" + conn.error().message() +
                                               "); is vtmd running? (systemctl status vtmd)");
   }
-  VTM_RETURN_IF_ERROR(WriteFrame(conn->get(), request.SerializeAsString()));
+  // vtmd may answer (a refusal) and close before reading the request; its answer is still
+  // readable then, so a failed write is only an error if no answer follows.
+  Status sent = WriteFrame(conn->get(), request.SerializeAsString());
   auto frame = ReadFrame(conn->get());
+  if (!frame.ok() && !sent.ok()) return Error(ErrorCode::kUnavailable, "sending to vtmd: " + sent.error().message());
   if (!frame.ok()) return Error(ErrorCode::kUnavailable, "vtmd closed the connection: " + frame.error().message());
   api::Response resp;
   if (!resp.ParseFromString(*frame)) return Error(ErrorCode::kDataLoss, "vtmd sent a malformed response");
