@@ -191,7 +191,7 @@ int main(int argc, char** argv) {
   long vtmd_rss = StatusKb(f.vtmd_pid(), "VmRSS"), vtmd_hwm = StatusKb(f.vtmd_pid(), "VmHWM");
   long inst_rss = 0, swtpm_rss = 0;
   auto instances = vtm::testing::FindProcesses({"vtm-instance", f.run_dir()});
-  auto swtpms = vtm::testing::FindProcesses({"swtpm", f.state_dir() + "/vms/"});
+  auto swtpms = vtm::testing::FindProcesses({vtm::testing::kSwtpmProcess, f.state_dir() + "/vms/"});
   for (pid_t pid : instances) inst_rss += StatusKb(pid, "VmRSS");
   for (pid_t pid : swtpms) swtpm_rss += StatusKb(pid, "VmRSS");
   long plain_rss = -1;

@@ -40,7 +40,7 @@ TEST_F(VtmdTest, CreateStartStopDeleteList) {
   // swtpm runs for this VM as the VM's own unprivileged uid, with its state encrypted.
   long uid = std::stol(Field(started.output, "instance uid"));
   EXPECT_GE(uid, 61000);
-  auto swtpms = FindProcesses({"swtpm", f.state_dir() + "/vms/" + kUuid});
+  auto swtpms = FindProcesses({kSwtpmProcess, f.state_dir() + "/vms/" + kUuid});
   ASSERT_EQ(swtpms.size(), 1u);
   EXPECT_EQ(ProcessUid(swtpms[0]), uid);
   auto cmdline = ReadFile("/proc/" + std::to_string(swtpms[0]) + "/cmdline");
@@ -61,7 +61,7 @@ TEST_F(VtmdTest, CreateStartStopDeleteList) {
   ASSERT_EQ(stopped.exit_code, 0) << stopped.output;
   EXPECT_EQ(Field(stopped.output, "state"), "stopped");
   EXPECT_FALSE(ProcessAlive(instance));
-  EXPECT_TRUE(FindProcesses({"swtpm", f.state_dir() + "/vms/" + kUuid}).empty());
+  EXPECT_TRUE(FindProcesses({kSwtpmProcess, f.state_dir() + "/vms/" + kUuid}).empty());
 
   auto deleted = f.Vtmctl({"delete", "web1"});
   ASSERT_EQ(deleted.exit_code, 0) << deleted.output;
@@ -142,7 +142,7 @@ TEST_F(VtmdTest, InstanceCrashIsRecordedAndVmCanStartAgain) {
   }
   EXPECT_EQ(state, "failed");
   EXPECT_NE(f.Vtmctl({"show", kUuid}).output.find("unexpectedly"), std::string::npos);
-  for (pid_t p : FindProcesses({"swtpm", f.state_dir() + "/vms/" + kUuid})) kill(p, SIGKILL);
+  for (pid_t p : FindProcesses({kSwtpmProcess, f.state_dir() + "/vms/" + kUuid})) kill(p, SIGKILL);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   auto again = f.Vtmctl({"start", kUuid});
   EXPECT_EQ(again.exit_code, 0) << again.output << f.VtmdLog();

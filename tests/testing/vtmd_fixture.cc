@@ -47,7 +47,7 @@ VtmdFixture::~VtmdFixture() {
     StopVtmd();
   }
   for (pid_t pid : FindProcesses({"vtm-instance", run_dir_})) kill(pid, SIGKILL);
-  for (pid_t pid : FindProcesses({"swtpm", state_dir_ + "/vms/"})) kill(pid, SIGKILL);
+  for (pid_t pid : FindProcesses({kSwtpmProcess, state_dir_ + "/vms/"})) kill(pid, SIGKILL);
 }
 
 std::vector<std::string> VtmdFixture::VtmdArgv(const std::vector<std::string>& extra) const {

@@ -47,6 +47,10 @@ class VtmdFixture {
   std::vector<std::string> started_vms_;
 };
 
+// Matches swtpm's own command line ("swtpm\0socket..."), not another process that merely names
+// swtpm in its arguments (vtm-instance --swtpm PATH).
+inline const std::string kSwtpmProcess("swtpm\0socket", 12);
+
 // Pids of processes whose command line contains every one of the given strings.
 std::vector<pid_t> FindProcesses(const std::vector<std::string>& needles);
 // The real uid of a process, from /proc/<pid>/status; -1 if gone.

@@ -244,3 +244,44 @@ TEST(InstanceCommandLineTest, RejectsBadInput) {
 
 }  // namespace
 }  // namespace vtm::instance
+
+namespace vtm::instance {
+namespace {
+
+// vtmd builds the command line with ToCommandLine, vtm-instance parses it: one contract.
+TEST(InstanceCommandLineTest, ToCommandLineRoundTripsThroughTheParser) {
+  InstanceConfig c;
+  c.vm_uuid = "6f1b2e6c-0a1b-4c2d-8e3f-00112233aabb";
+  c.tpm_state_dir = "/var/lib/vtm/vms/x/tpm";
+  c.run_dir = "/run/vtm/vms/x";
+  c.log_dir = "/var/lib/vtm/vms/x/log";
+  c.uid = 500000001;
+  c.gid = 500000002;
+  c.socket_uid = 64055;
+  c.socket_gid = 108;
+  c.socket_mode = 0660;
+  c.keys_fd = 3;
+  c.ready_fd = 4;
+  c.swtpm_path = "/usr/bin/swtpm";
+  c.seccomp = false;
+  c.log_level = LogLevel::kDebug;
+  auto back = ParseCommandLine(ToCommandLine(c));
+  ASSERT_TRUE(back.ok()) << back.error().ToString();
+  EXPECT_EQ(back->vm_uuid, c.vm_uuid);
+  EXPECT_EQ(back->tpm_state_dir, c.tpm_state_dir);
+  EXPECT_EQ(back->run_dir, c.run_dir);
+  EXPECT_EQ(back->log_dir, c.log_dir);
+  EXPECT_EQ(back->uid, c.uid);
+  EXPECT_EQ(back->gid, c.gid);
+  EXPECT_EQ(back->socket_uid, c.socket_uid);
+  EXPECT_EQ(back->socket_gid, c.socket_gid);
+  EXPECT_EQ(back->socket_mode, c.socket_mode);
+  EXPECT_EQ(back->keys_fd, c.keys_fd);
+  EXPECT_EQ(back->ready_fd, c.ready_fd);
+  EXPECT_EQ(back->swtpm_path, c.swtpm_path);
+  EXPECT_EQ(back->seccomp, c.seccomp);
+  EXPECT_EQ(back->log_level, c.log_level);
+}
+
+}  // namespace
+}  // namespace vtm::instance

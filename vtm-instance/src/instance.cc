@@ -106,6 +106,29 @@ std::string OneLine(std::string s) {
 // ---------------------------------------------------------------------------------------
 // Command line and keys
 
+std::vector<std::string> ToCommandLine(const InstanceConfig& c) {
+  char mode[8];
+  snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(c.socket_mode));
+  std::vector<std::string> args = {"--vm",         c.vm_uuid,
+                                   "--tpm-state-dir", c.tpm_state_dir,
+                                   "--run-dir",    c.run_dir,
+                                   "--log-dir",    c.log_dir,
+                                   "--uid",        std::to_string(c.uid),
+                                   "--gid",        std::to_string(c.gid),
+                                   "--socket-uid", std::to_string(c.socket_uid),
+                                   "--socket-gid", std::to_string(c.socket_gid),
+                                   "--keys-fd",    std::to_string(c.keys_fd),
+                                   "--ready-fd",   std::to_string(c.ready_fd)};
+  // Options at their defaults are left out, so `ps` shows what is particular to this VM.
+  const InstanceConfig defaults;
+  if (c.socket_mode != defaults.socket_mode) args.insert(args.end(), {"--socket-mode", mode});
+  if (c.swtpm_path != defaults.swtpm_path) args.insert(args.end(), {"--swtpm", c.swtpm_path});
+  if (!c.seccomp) args.push_back("--no-seccomp");
+  static const char* kLevels[] = {"debug", "info", "warning", "error"};
+  if (c.log_level != defaults.log_level) args.insert(args.end(), {"--log-level", kLevels[static_cast<int>(c.log_level)]});
+  return args;
+}
+
 Result<InstanceConfig> ParseCommandLine(const std::vector<std::string>& args) {
   InstanceConfig c;
   bool have_uid = false, have_gid = false, have_keys = false, have_ready = false;

@@ -46,6 +46,9 @@ struct InstanceConfig {
 
 // Parses argv[1..]; every error names the offending option.
 Result<InstanceConfig> ParseCommandLine(const std::vector<std::string>& args);
+// The inverse, used by vtmd to start an instance: ParseCommandLine(ToCommandLine(c)) == c.
+// One place defines the contract between the two processes.
+std::vector<std::string> ToCommandLine(const InstanceConfig& config);
 
 inline constexpr size_t kKeySize = 32;
 

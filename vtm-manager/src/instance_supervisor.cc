@@ -73,20 +73,14 @@ Result<pid_t> InstanceSupervisor::Launch(const InstanceLaunch& launch, std::chro
   VTM_RETURN_IF_ERROR(WriteAll(keys_w.get(), launch.migration_key.data(), launch.migration_key.size()));
   keys_w.reset();
 
+  instance::InstanceConfig config = launch.config;
+  config.keys_fd = 3;
+  config.ready_fd = 4;
   SpawnOptions opts;
-  opts.fds = {{3, keys_r.get()}, {4, ready_w.get()}};
-  opts.output_file = launch.log_dir + "/instance.log";
-  std::vector<std::string> argv = {instance_binary_,
-                                   "--vm", launch.vm_uuid,
-                                   "--tpm-state-dir", launch.tpm_state_dir,
-                                   "--run-dir", launch.run_dir,
-                                   "--log-dir", launch.log_dir,
-                                   "--uid", std::to_string(launch.uid),
-                                   "--gid", std::to_string(launch.gid),
-                                   "--socket-uid", std::to_string(launch.socket_uid),
-                                   "--socket-gid", std::to_string(launch.socket_gid),
-                                   "--keys-fd", "3",
-                                   "--ready-fd", "4"};
+  opts.fds = {{config.keys_fd, keys_r.get()}, {config.ready_fd, ready_w.get()}};
+  opts.output_file = config.log_dir + "/instance.log";
+  std::vector<std::string> argv = instance::ToCommandLine(config);
+  argv.insert(argv.begin(), instance_binary_);
   VTM_ASSIGN_OR_RETURN(Subprocess child, Subprocess::Spawn(argv, opts));
   keys_r.reset();
   ready_w.reset();
@@ -125,7 +119,7 @@ Result<pid_t> InstanceSupervisor::Launch(const InstanceLaunch& launch, std::chro
   }
   VTM_ASSIGN_OR_RETURN(UniqueFd pidfd, OpenPidFd(child.pid()));
   pid_t pid = child.Release();
-  Watch(launch.vm_uuid, pid, std::move(pidfd), /*is_child=*/true);
+  Watch(config.vm_uuid, pid, std::move(pidfd), /*is_child=*/true);
   return pid;
 }
 

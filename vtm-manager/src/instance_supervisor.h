@@ -16,6 +16,7 @@
 #include <string>
 #include <thread>
 
+#include "instance.h"
 #include "vtm/error.h"
 #include "vtm/secret.h"
 #include "vtm/unique_fd.h"
@@ -23,14 +24,9 @@
 namespace vtm {
 
 struct InstanceLaunch {
-  std::string vm_uuid;
-  std::string tpm_state_dir;
-  std::string run_dir;
-  std::string log_dir;
-  uint32_t uid = 0;
-  uint32_t gid = 0;
-  uint32_t socket_uid = 0;  // owner of the socket QEMU connects to
-  uint32_t socket_gid = 0;
+  // The instance's command line (vtm-instance/src/instance.h); keys_fd and ready_fd are set by
+  // Launch().
+  instance::InstanceConfig config;
   SecretBytes state_key;      // 32 bytes
   SecretBytes migration_key;  // 32 bytes
 };

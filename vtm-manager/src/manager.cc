@@ -178,13 +178,13 @@ Result<VmRecord> Manager::Start(const std::string& vm) {
 
   VmPaths paths = PathsFor(uuid);
   InstanceLaunch launch;
-  launch.vm_uuid = uuid;
-  launch.tpm_state_dir = paths.tpm_dir;
-  launch.run_dir = paths.run_dir;
-  launch.log_dir = paths.log_dir;
-  launch.uid = launch.gid = rec.instance_uid;
-  launch.socket_uid = config_.socket_uid;
-  launch.socket_gid = config_.socket_gid;
+  launch.config.vm_uuid = uuid;
+  launch.config.tpm_state_dir = paths.tpm_dir;
+  launch.config.run_dir = paths.run_dir;
+  launch.config.log_dir = paths.log_dir;
+  launch.config.uid = launch.config.gid = rec.instance_uid;
+  launch.config.socket_uid = config_.socket_uid;
+  launch.config.socket_gid = config_.socket_gid;
   auto state_key = master_key_.Unwrap(rec.wrapped_state_key, WrapLabel(uuid, kStateKey));
   if (!state_key.ok()) return fail(std::move(state_key).error());
   auto migration_key = master_key_.Unwrap(rec.wrapped_migration_key, WrapLabel(uuid, kMigrationKey));
