@@ -135,11 +135,7 @@ Result<VmRecord> Manager::Create(const std::string& uuid_in, const std::string& 
   // Reconcile, so a half-provisioned vTPM is never started.
   VTM_RETURN_IF_ERROR(registry_.Insert(&rec, config_.instance_uid_base, config_.instance_uid_count));
   VmPaths paths = PathsFor(uuid);
-  // Every level above a VM's own directories must be traversable by its uid.
-  Status dirs = MakeDir(config_.state_dir + "/vms", 0711, 0, 0);
-  if (dirs.ok()) dirs = MakeDir(paths.vm_dir, 0711, 0, 0);
-  if (dirs.ok()) dirs = MakeDir(paths.tpm_dir, 0700, rec.instance_uid, rec.instance_uid);
-  if (dirs.ok()) dirs = MakeDir(paths.log_dir, 0700, rec.instance_uid, rec.instance_uid);
+  Status dirs = MakeVmDirs(paths, rec.instance_uid);
   if (!dirs.ok()) {
     (void)Destroy(uuid);
     return std::move(dirs).error().Context("creating the directories of VM " + uuid);
@@ -192,12 +188,7 @@ Result<VmRecord> Manager::Start(const std::string& vm) {
   launch.state_key = std::move(state_key).value();
   launch.migration_key = std::move(migration_key).value();
 
-  Status dirs = MakeDir(config_.run_dir + "/vms", 0711, 0, 0);
-  if (dirs.ok()) dirs = MakeDir(config_.state_dir + "/vms", 0711, 0, 0);
-  if (dirs.ok()) dirs = MakeDir(paths.vm_dir, 0711, 0, 0);
-  if (dirs.ok()) dirs = MakeDir(paths.tpm_dir, 0700, rec.instance_uid, rec.instance_uid);
-  if (dirs.ok()) dirs = MakeDir(paths.log_dir, 0700, rec.instance_uid, rec.instance_uid);
-  if (!dirs.ok()) return fail(std::move(dirs).error());
+  if (Status dirs = MakeVmDirs(paths, rec.instance_uid); !dirs.ok()) return fail(std::move(dirs).error());
 
   auto pid = supervisor_.Launch(launch, config_.ready_timeout);
   if (!pid.ok()) return fail(std::move(pid).error());
@@ -245,6 +236,16 @@ Status Manager::Delete(const std::string& vm) {
   VTM_RETURN_IF_ERROR(Destroy(uuid));
   LOG_INFO << "deleted vTPM for VM " << uuid << ": state and keys destroyed, certificates revoked";
   return OkStatus();
+}
+
+Status Manager::MakeVmDirs(const VmPaths& paths, uint32_t uid) const {
+  // Every level above a VM's own directories must be traversable by its uid. Start makes them
+  // again, so a VM whose directories were lost recovers them (the keys are in the registry).
+  VTM_RETURN_IF_ERROR(MakeDir(config_.run_dir + "/vms", 0711, 0, 0));
+  VTM_RETURN_IF_ERROR(MakeDir(config_.state_dir + "/vms", 0711, 0, 0));
+  VTM_RETURN_IF_ERROR(MakeDir(paths.vm_dir, 0711, 0, 0));
+  VTM_RETURN_IF_ERROR(MakeDir(paths.tpm_dir, 0700, uid, uid));
+  return MakeDir(paths.log_dir, 0700, uid, uid);
 }
 
 Status Manager::Destroy(const std::string& uuid) {

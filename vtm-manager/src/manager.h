@@ -74,6 +74,8 @@ class Manager {
   // Removes a VM's files and row (its certificates are revoked). For delete and for undoing
   // an incomplete create.
   Status Destroy(const std::string& uuid);
+  // Creates (or repairs) a VM's directories with their modes and owners.
+  Status MakeVmDirs(const VmPaths& paths, uint32_t uid) const;
 
   ManagerConfig config_;
   Registry& registry_;
