@@ -294,19 +294,6 @@ TEST(IdentitySealedTest, SealedCaIssuesVerifiableCertificatesAndAHostQuoteBindsI
   EXPECT_EQ(f.Vtmctl({"ca", "show"}).output, ca_pem);
 }
 
-// Signs with a key inside a TPM, for forging a CA certificate in the test below.
-class TestTpmSigner : public ca::Signer {
- public:
-  TestTpmSigner(Tpm& tpm, const TpmKey& key, std::string spki) : tpm_(tpm), key_(key), spki_(std::move(spki)) {}
-  Result<std::string> SignDigest(const std::string& d) override { return tpm_.SignDigest(key_, d); }
-  const std::string& PublicKeySpki() const override { return spki_; }
-
- private:
-  Tpm& tpm_;
-  const TpmKey& key_;
-  std::string spki_;
-};
-
 TEST(IdentityStartupTest, CaCertificateWhoseCertifyEvidenceIsForAnotherKeyIsRefused) {
   VtmdFixture f;
   ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
@@ -333,7 +320,7 @@ TEST(IdentityStartupTest, CaCertificateWhoseCertifyEvidenceIsForAnotherKeyIsRefu
     ASSERT_TRUE(ca_key.ok()) << ca_key.error().ToString();
     auto ca_pub = (*tpm)->ReadPublic(*ca_key);
     ASSERT_TRUE(ca_pub.ok());
-    TestTpmSigner signer(**tpm, *ca_key, ca_pub->spki_der);
+    TpmSigner signer(**tpm, *ca_key, ca_pub->spki_der);
     ca::CaCertRequest req;
     req.common_name = "forged evidence";
     req.serial = 7;

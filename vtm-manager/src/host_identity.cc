@@ -6,6 +6,8 @@
 #include <openssl/rand.h>
 
 #include <ctime>
+#include <optional>
+#include <utility>
 
 #include "vtm/fs.h"
 #include "vtm/log.h"
@@ -16,15 +18,31 @@ namespace {
 constexpr uint32_t kEkCertEccIndex = 0x01C0000A;
 constexpr uint32_t kEkCertRsaIndex = 0x01C00002;
 
-std::string BlobToString(const TpmKeyBlob& b) {
-  // u32 length-prefixed public, then private.
+// The file format of ak.blob, ca-key.blob and ca-key.quote: two u32-length-prefixed parts.
+std::string EncodeTwoParts(const std::string& first, const std::string& second) {
   std::string out;
-  for (const std::string* part : {&b.tpm2b_public, &b.tpm2b_private}) {
+  for (const std::string* part : {&first, &second}) {
     uint32_t n = static_cast<uint32_t>(part->size());
     for (int i = 3; i >= 0; --i) out.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
     out += *part;
   }
   return out;
+}
+
+Result<std::pair<std::string, std::string>> DecodeTwoParts(const std::string& s, const std::string& path) {
+  std::pair<std::string, std::string> parts;
+  size_t off = 0;
+  for (std::string* part : {&parts.first, &parts.second}) {
+    if (s.size() - off < 4) return Error(ErrorCode::kDataLoss, path + " is truncated");
+    uint32_t n = 0;
+    for (int i = 0; i < 4; ++i) n = (n << 8) | static_cast<uint8_t>(s[off + i]);
+    off += 4;
+    if (n > s.size() - off) return Error(ErrorCode::kDataLoss, path + " is truncated");
+    *part = s.substr(off, n);
+    off += n;
+  }
+  if (off != s.size()) return Error(ErrorCode::kDataLoss, path + " has trailing bytes");
+  return parts;
 }
 
 }  // namespace
@@ -35,40 +53,17 @@ Result<TpmKeyBlob> ReadKeyBlob(const std::string& path) {
 }
 
 Result<TpmKeyBlob> BlobFromString(const std::string& s, const std::string& path) {
-  TpmKeyBlob b;
-  size_t off = 0;
-  for (std::string* part : {&b.tpm2b_public, &b.tpm2b_private}) {
-    if (s.size() - off < 4) return Error(ErrorCode::kDataLoss, path + " is truncated");
-    uint32_t n = 0;
-    for (int i = 0; i < 4; ++i) n = (n << 8) | static_cast<uint8_t>(s[off + i]);
-    off += 4;
-    if (n > s.size() - off) return Error(ErrorCode::kDataLoss, path + " is truncated");
-    *part = s.substr(off, n);
-    off += n;
-  }
-  if (off != s.size()) return Error(ErrorCode::kDataLoss, path + " has trailing bytes");
-  return b;
+  VTM_ASSIGN_OR_RETURN(auto parts, DecodeTwoParts(s, path));
+  return TpmKeyBlob{std::move(parts.first), std::move(parts.second)};
+}
+
+Result<std::string> TpmSigner::SignDigest(const std::string& digest) {
+  std::optional<std::lock_guard<std::mutex>> lock;
+  if (mu_ != nullptr) lock.emplace(*mu_);
+  return tpm_.SignDigest(key_, digest);
 }
 
 namespace {
-
-// Signs with the CA key inside the host TPM. The TPM is shared, so access is serialized.
-class TpmSigner : public ca::Signer {
- public:
-  TpmSigner(Tpm& tpm, const TpmKey& key, std::string spki, std::mutex& mu)
-      : tpm_(tpm), key_(key), spki_(std::move(spki)), mu_(mu) {}
-  Result<std::string> SignDigest(const std::string& digest) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    return tpm_.SignDigest(key_, digest);
-  }
-  const std::string& PublicKeySpki() const override { return spki_; }
-
- private:
-  Tpm& tpm_;
-  const TpmKey& key_;
-  std::string spki_;
-  std::mutex& mu_;
-};
 
 uint64_t RandomSerial() {
   uint64_t v = 0;
@@ -86,7 +81,7 @@ Result<TpmKey> LoadOrCreateKey(Tpm& tpm, const TpmKey& srk, KeyRole role, const 
     return key;
   }
   VTM_ASSIGN_OR_RETURN(TpmKeyBlob blob, tpm.CreateKey(srk, role));
-  VTM_RETURN_IF_ERROR(WriteFileAtomic(path, BlobToString(blob), 0600));
+  VTM_RETURN_IF_ERROR(WriteFileAtomic(path, EncodeTwoParts(blob.tpm2b_public, blob.tpm2b_private), 0600));
   *created = true;
   return tpm.LoadKey(srk, blob);
 }
@@ -164,7 +159,7 @@ Result<std::unique_ptr<HostIdentity>> HostIdentity::LoadOrCreate(Tpm& tpm, const
   }
   if (residency == CaResidency::kTpm) {
     VTM_ASSIGN_OR_RETURN(id->ca_public_, tpm.ReadPublic(id->ca_key_));
-    id->signer_ = std::make_unique<TpmSigner>(tpm, id->ca_key_, id->ca_public_.spki_der, id->mu_);
+    id->signer_ = std::make_unique<TpmSigner>(tpm, id->ca_key_, id->ca_public_.spki_der, &id->mu_);
   } else {
     VTM_RETURN_IF_ERROR(id->LoadOrCreateSealedCaKey(master_key, quote_pcrs));
   }
@@ -230,8 +225,8 @@ Status HostIdentity::LoadOrCreateSealedCaKey(const MasterKey& master_key, const 
     if (!der.ok()) return std::move(der).error().Context("unwrapping the sealed CA key " + key_path);
     VTM_ASSIGN_OR_RETURN(key, ca::SoftwareSigner::FromPrivateKeyDer(*der));
     VTM_ASSIGN_OR_RETURN(std::string quote, ReadFile(quote_path));
-    VTM_ASSIGN_OR_RETURN(TpmKeyBlob parts, BlobFromString(quote, quote_path));
-    ca_quote_ = {parts.tpm2b_public, parts.tpm2b_private};
+    VTM_ASSIGN_OR_RETURN(auto parts, DecodeTwoParts(quote, quote_path));
+    ca_quote_ = {std::move(parts.first), std::move(parts.second)};
   } else {
     VTM_ASSIGN_OR_RETURN(key, ca::SoftwareSigner::Generate());
     SecretBytes der = key->PrivateKeyDer();
@@ -242,7 +237,7 @@ Status HostIdentity::LoadOrCreateSealedCaKey(const MasterKey& master_key, const 
     const std::string& spki = key->PublicKeySpki();
     EVP_Digest(spki.data(), spki.size(), digest, nullptr, EVP_sha256(), nullptr);
     VTM_ASSIGN_OR_RETURN(ca_quote_, tpm_->Quote(ak_, quote_pcrs, std::string(reinterpret_cast<char*>(digest), 32)));
-    VTM_RETURN_IF_ERROR(WriteFileAtomic(quote_path, BlobToString({ca_quote_.attest, ca_quote_.signature}), 0644));
+    VTM_RETURN_IF_ERROR(WriteFileAtomic(quote_path, EncodeTwoParts(ca_quote_.attest, ca_quote_.signature), 0644));
     VTM_RETURN_IF_ERROR(WriteFileAtomic(key_path, wrapped, 0600));
   }
   ca_public_.spki_der = key->PublicKeySpki();

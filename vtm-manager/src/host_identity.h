@@ -33,6 +33,22 @@ namespace vtm {
 Result<TpmKeyBlob> BlobFromString(const std::string& bytes, const std::string& path_for_errors);
 Result<TpmKeyBlob> ReadKeyBlob(const std::string& path);
 
+// A ca::Signer over a signing key inside a TPM. mu, if given, serializes access to a TPM that
+// others use too. tpm and key must outlive the signer.
+class TpmSigner : public ca::Signer {
+ public:
+  TpmSigner(Tpm& tpm, const TpmKey& key, std::string spki, std::mutex* mu = nullptr)
+      : tpm_(tpm), key_(key), spki_(std::move(spki)), mu_(mu) {}
+  Result<std::string> SignDigest(const std::string& digest) override;
+  const std::string& PublicKeySpki() const override { return spki_; }
+
+ private:
+  Tpm& tpm_;
+  const TpmKey& key_;
+  std::string spki_;
+  std::mutex* mu_;
+};
+
 enum class CaResidency { kTpm, kSealed };
 Result<CaResidency> ParseCaResidency(const std::string& text);
 
