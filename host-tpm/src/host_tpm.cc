@@ -74,6 +74,14 @@ TPML_PCR_SELECTION ToTpml(const PcrBank& bank, const std::vector<int>& pcrs) {
 // The standard ECC P-256 storage key template (as in the TCG provisioning guidance's SRK and
 // `tpm2_createprimary -G ecc256:aes128cfb`). The key is derived from the owner seed and this
 // template alone, so re-creating it always yields the same key and nothing is persisted in NV.
+TPMT_SYM_DEF_OBJECT Aes128CfbObject() {
+  TPMT_SYM_DEF_OBJECT sym{};
+  sym.algorithm = TPM2_ALG_AES;
+  sym.keyBits.aes = 128;
+  sym.mode.aes = TPM2_ALG_CFB;
+  return sym;
+}
+
 TPM2B_PUBLIC StoragePrimaryTemplate() {
   TPM2B_PUBLIC t{};
   TPMT_PUBLIC& area = t.publicArea;
@@ -83,9 +91,7 @@ TPM2B_PUBLIC StoragePrimaryTemplate() {
                           TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA | TPMA_OBJECT_RESTRICTED |
                           TPMA_OBJECT_DECRYPT;
   TPMS_ECC_PARMS& ecc = area.parameters.eccDetail;
-  ecc.symmetric.algorithm = TPM2_ALG_AES;
-  ecc.symmetric.keyBits.aes = 128;
-  ecc.symmetric.mode.aes = TPM2_ALG_CFB;
+  ecc.symmetric = Aes128CfbObject();
   ecc.scheme.scheme = TPM2_ALG_NULL;
   ecc.curveID = TPM2_ECC_NIST_P256;
   ecc.kdf.scheme = TPM2_ALG_NULL;

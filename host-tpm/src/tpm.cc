@@ -24,6 +24,7 @@
 namespace vtm {
 namespace {
 
+using internal::Aes128CfbObject;
 using internal::EsysOut;
 using internal::ScopedTr;
 using internal::WipeOnExit;
@@ -83,9 +84,7 @@ TPM2B_PUBLIC EkTemplate(KeyAlg alg) {
   if (alg == KeyAlg::kRsa2048) {
     area.type = TPM2_ALG_RSA;
     TPMS_RSA_PARMS& rsa = area.parameters.rsaDetail;
-    rsa.symmetric.algorithm = TPM2_ALG_AES;
-    rsa.symmetric.keyBits.aes = 128;
-    rsa.symmetric.mode.aes = TPM2_ALG_CFB;
+    rsa.symmetric = Aes128CfbObject();
     rsa.scheme.scheme = TPM2_ALG_NULL;
     rsa.keyBits = 2048;
     rsa.exponent = 0;  // the default, 65537
@@ -93,9 +92,7 @@ TPM2B_PUBLIC EkTemplate(KeyAlg alg) {
   } else {
     area.type = TPM2_ALG_ECC;
     TPMS_ECC_PARMS& ecc = area.parameters.eccDetail;
-    ecc.symmetric.algorithm = TPM2_ALG_AES;
-    ecc.symmetric.keyBits.aes = 128;
-    ecc.symmetric.mode.aes = TPM2_ALG_CFB;
+    ecc.symmetric = Aes128CfbObject();
     ecc.scheme.scheme = TPM2_ALG_NULL;
     ecc.curveID = TPM2_ECC_NIST_P256;
     ecc.kdf.scheme = TPM2_ALG_NULL;

@@ -20,6 +20,8 @@ using TctiPtr = std::unique_ptr<TSS2_TCTI_CONTEXT, void (*)(TSS2_TCTI_CONTEXT*)>
 
 // The ECC P-256 storage primary (SRK) template; shared by Seal and CreateSrk.
 TPM2B_PUBLIC StoragePrimaryTemplate();
+// AES-128-CFB, the symmetric key of every storage parent here: the SRK and both TCG EK templates.
+TPMT_SYM_DEF_OBJECT Aes128CfbObject();
 // A validated copy of selection in canonical form.
 Result<PcrSelection> Canonical(const PcrSelection& selection);
 TPML_PCR_SELECTION ToTpml(const PcrBank& bank, const std::vector<int>& pcrs);
