@@ -4,7 +4,7 @@
 #include <string>
 
 #include "external_formats.h"
-#include "host_identity.h"
+#include "host_attestation_key.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string input(reinterpret_cast<const char*>(data), size);

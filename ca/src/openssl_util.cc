@@ -5,21 +5,6 @@
 
 namespace vtm::ca {
 
-Error OpenSslError(ErrorCode code, const std::string& what) {
-  std::string msg = what;
-  unsigned long e;
-  bool first = true;
-  while ((e = ERR_get_error()) != 0) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    msg += first ? " (" : "; ";
-    msg += buf;
-    first = false;
-  }
-  if (!first) msg += ")";
-  return Error(code, msg);
-}
-
 std::string Sha256(const std::string& data) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;

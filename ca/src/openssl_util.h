@@ -33,9 +33,7 @@ using Asn1OctetPtr = OsslPtr<ASN1_OCTET_STRING, ASN1_OCTET_STRING_free>;
 using Asn1TimePtr = OsslPtr<ASN1_TIME, ASN1_TIME_free>;
 using GeneralNamesPtr = OsslPtr<GENERAL_NAMES, GENERAL_NAMES_free>;
 
-// An Error whose message is `what` followed by OpenSSL's queued reasons; clears the queue so
-// a later failure does not report stale reasons.
-Error OpenSslError(ErrorCode code, const std::string& what);
+using vtm::OpenSslError;
 
 // Owned DER produced by an i2d_* function.
 template <typename T, int (*I2d)(const T*, unsigned char**)>

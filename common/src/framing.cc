@@ -1,29 +1,27 @@
-// Length-prefixed frames over a stream socket.
+// Length-prefixed frames over a Stream.
 #include "vtm/framing.h"
-
-#include "vtm/net.h"
 
 namespace vtm {
 
-Status WriteFrame(int fd, const std::string& payload) {
+Status WriteFrame(Stream& stream, const std::string& payload) {
   if (payload.size() > kMaxFrameLen) return Error(ErrorCode::kInvalidArgument, "message too large to send");
   uint8_t hdr[4] = {static_cast<uint8_t>(payload.size() >> 24), static_cast<uint8_t>(payload.size() >> 16),
                     static_cast<uint8_t>(payload.size() >> 8), static_cast<uint8_t>(payload.size())};
   std::string buf(reinterpret_cast<char*>(hdr), 4);
   buf += payload;
-  return WriteAll(fd, buf.data(), buf.size());
+  return stream.WriteAll(buf.data(), buf.size());
 }
 
-Result<std::string> ReadFrame(int fd, size_t max_len) {
+Result<std::string> ReadFrame(Stream& stream, size_t max_len) {
   uint8_t hdr[4];
-  VTM_RETURN_IF_ERROR(ReadAll(fd, hdr, sizeof hdr));
+  VTM_RETURN_IF_ERROR(stream.ReadAll(hdr, sizeof hdr));
   size_t len = (size_t{hdr[0]} << 24) | (size_t{hdr[1]} << 16) | (size_t{hdr[2]} << 8) | size_t{hdr[3]};
   if (len > max_len) {
     return Error(ErrorCode::kInvalidArgument,
                  "message of " + std::to_string(len) + " bytes exceeds the limit of " + std::to_string(max_len));
   }
   std::string payload(len, '\0');
-  if (len > 0) VTM_RETURN_IF_ERROR(ReadAll(fd, payload.data(), len));
+  if (len > 0) VTM_RETURN_IF_ERROR(stream.ReadAll(payload.data(), len));
   return payload;
 }
 

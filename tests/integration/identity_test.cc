@@ -14,7 +14,8 @@
 #include "vtm.pb.h"
 #include "vtm/fs.h"
 #include "vtm/hex.h"
-#include "host_identity.h"
+#include "host_ca.h"
+#include "vtm/host_tpm_executor.h"
 #include "vtm/tpm.h"
 #include "vtm/x509.h"
 #include "vtmd_fixture.h"
@@ -301,31 +302,40 @@ TEST(IdentityStartupTest, CaCertificateWhoseCertifyEvidenceIsForAnotherKeyIsRefu
   // With the host's own CA key and AK, build a CA certificate whose TPM2_Certify is about a
   // different key: correctly signed, but the evidence does not match the certificate's key.
   {
-    auto tpm = Tpm::OpenTcti(f.host_tcti());
-    ASSERT_TRUE(tpm.ok()) << tpm.error().ToString();
-    // TPMs have three object slots, so keys are loaded and flushed in turn.
-    auto srk = (*tpm)->CreateSrk();
-    ASSERT_TRUE(srk.ok());
-    auto other_blob = (*tpm)->CreateKey(*srk, KeyRole::kSigning);
-    ASSERT_TRUE(other_blob.ok()) << other_blob.error().ToString();
-    auto ak = (*tpm)->LoadKey(*srk, ReadKeyBlob(f.state_dir() + "/host-identity/ak.blob").value());
-    auto other = (*tpm)->LoadKey(*srk, *other_blob);
-    ASSERT_TRUE(ak.ok() && other.ok());
-    auto ak_pub = (*tpm)->ReadPublic(*ak);
-    auto other_pub = (*tpm)->ReadPublic(*other);
-    auto att = (*tpm)->Certify(*other, *ak, "nonce");
-    ASSERT_TRUE(other_pub.ok() && ak_pub.ok() && att.ok());
-    *other = TpmKey();
-    auto ca_key = (*tpm)->LoadKey(*srk, ReadKeyBlob(f.state_dir() + "/host-identity/ca-key.blob").value());
-    ASSERT_TRUE(ca_key.ok()) << ca_key.error().ToString();
-    auto ca_pub = (*tpm)->ReadPublic(*ca_key);
-    ASSERT_TRUE(ca_pub.ok());
-    TpmSigner signer(**tpm, *ca_key, ca_pub->spki_der);
+    auto opened = Tpm::OpenTcti(f.host_tcti());
+    ASSERT_TRUE(opened.ok()) << opened.error().ToString();
+    HostTpmExecutor tpm(std::move(opened).value());
+    std::string other_tpm2b_public, ak_tpm2b_public, ca_spki;
+    TpmAttestation att;
+    TpmKey ca_key;
+    Status made = tpm.Run([&](Tpm& t) -> Status {
+      // TPMs have three object slots, so keys are loaded and flushed in turn.
+      VTM_ASSIGN_OR_RETURN(TpmKey srk, t.CreateSrk());
+      VTM_ASSIGN_OR_RETURN(TpmKeyBlob other_blob, t.CreateKey(srk, KeyRole::kSigning));
+      VTM_ASSIGN_OR_RETURN(TpmKeyBlob ak_blob, ReadKeyBlob(f.state_dir() + "/host-identity/ak.blob"));
+      VTM_ASSIGN_OR_RETURN(TpmKeyBlob ca_blob, ReadKeyBlob(f.state_dir() + "/host-identity/ca-key.blob"));
+      {
+        VTM_ASSIGN_OR_RETURN(TpmKey ak, t.LoadKey(srk, ak_blob));
+        VTM_ASSIGN_OR_RETURN(TpmKey other, t.LoadKey(srk, other_blob));
+        VTM_ASSIGN_OR_RETURN(TpmKeyPublic ak_pub, t.ReadPublic(ak));
+        VTM_ASSIGN_OR_RETURN(TpmKeyPublic other_pub, t.ReadPublic(other));
+        VTM_ASSIGN_OR_RETURN(att, t.Certify(other, ak, "nonce"));
+        ak_tpm2b_public = ak_pub.tpm2b_public;
+        other_tpm2b_public = other_pub.tpm2b_public;
+      }
+      VTM_ASSIGN_OR_RETURN(ca_key, t.LoadKey(srk, ca_blob));
+      VTM_ASSIGN_OR_RETURN(TpmKeyPublic ca_pub, t.ReadPublic(ca_key));
+      ca_spki = ca_pub.spki_der;
+      return OkStatus();
+    });
+    ASSERT_TRUE(made.ok()) << made.error().ToString();
+    TpmSigner signer(tpm, ca_key, ca_spki);
     ca::CaCertRequest req;
     req.common_name = "forged evidence";
     req.serial = 7;
-    req.evidence = {other_pub->tpm2b_public, att->attest, att->signature, ak_pub->tpm2b_public};
+    req.evidence = {other_tpm2b_public, att.attest, att.signature, ak_tpm2b_public};
     auto forged = ca::CreateSelfSignedCaCertificate(signer, req);
+    tpm.DropKey(ca_key);
     ASSERT_TRUE(forged.ok()) << forged.error().ToString();
     ASSERT_TRUE(WriteFileAtomic(f.state_dir() + "/host-identity/ca.pem", ca::DerToPem(*forged), 0644).ok());
   }

@@ -1,12 +1,10 @@
 // Accept loop, peer-credential authorization and per-connection request handling.
 #include "api_server.h"
 
-#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <sstream>
-#include <thread>
 
 #include "vtm/framing.h"
 #include "vtm/fs.h"
@@ -22,11 +20,19 @@ ApiServer::ApiServer(ApiService& service, std::optional<gid_t> allowed_gid, std:
     : service_(service), allowed_gid_(allowed_gid), group_name_(std::move(group_name)) {}
 
 Status ApiServer::Listen(const std::string& socket_path) {
-  VTM_ASSIGN_OR_RETURN(listen_fd_, ListenUnix(socket_path, allowed_gid_ ? 0660 : 0600));
+  VTM_ASSIGN_OR_RETURN(UniqueFd listen_fd, ListenUnix(socket_path, allowed_gid_ ? 0660 : 0600));
   if (allowed_gid_ && chown(socket_path.c_str(), 0, *allowed_gid_) != 0) {
     return ErrnoError("giving " + socket_path + " to group " + group_name_);
   }
   socket_path_ = socket_path;
+  listener_ = std::make_unique<Listener>(
+      std::move(listen_fd), [this](UniqueFd conn) { HandleConnection(std::move(conn)); }, kMaxConnections,
+      [](UniqueFd conn) {
+        api::Response busy;
+        busy.set_status(api::STATUS_UNAVAILABLE);
+        busy.set_error("vtmd is serving " + std::to_string(kMaxConnections) + " connections; try again");
+        (void)WriteFrame(conn.get(), busy.SerializeAsString());
+      });
   return OkStatus();
 }
 
@@ -51,31 +57,13 @@ bool ApiServer::Authorized(pid_t pid, uid_t uid, gid_t gid) const {
 }
 
 void ApiServer::Serve() {
-  while (!stopping_) {
-    pollfd p{listen_fd_.get(), POLLIN, 0};
-    int r = poll(&p, 1, 500);
-    if (r <= 0) continue;
-    UniqueFd conn(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    if (!conn.valid()) continue;
-    if (active_ >= kMaxConnections) {
-      api::Response busy;
-      busy.set_status(api::STATUS_UNAVAILABLE);
-      busy.set_error("vtmd is serving " + std::to_string(kMaxConnections) + " connections; try again");
-      (void)WriteFrame(conn.get(), busy.SerializeAsString());
-      continue;
-    }
-    ++active_;
-    std::thread([this, c = std::move(conn)]() mutable {
-      HandleConnection(std::move(c));
-      --active_;
-    }).detach();
-  }
-  // Let in-flight requests finish (a start may take a few seconds).
-  for (int i = 0; i < 300 && active_ > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  if (listener_) listener_->Serve();  // returns once every in-flight request has been answered
   ::unlink(socket_path_.c_str());
 }
 
-void ApiServer::Shutdown() { stopping_ = true; }
+void ApiServer::Shutdown() {
+  if (listener_) listener_->Shutdown();
+}
 
 void ApiServer::HandleConnection(UniqueFd conn) {
   auto cred = GetPeerCredentials(conn.get());

@@ -1,16 +1,17 @@
-// vtmd's API endpoint: a unix socket; each connection carries framed api::Request /
-// api::Response messages (vtm/framing.h). The caller's uid is taken from the kernel
+// vtmd's API endpoint: a unix socket (accepted by a vtm::Listener); each connection carries
+// framed api::Request / api::Response messages (vtm/framing.h). The caller's uid is taken from the kernel
 // (SO_PEERCRED): root and members of the configured group are served, everyone else gets a
 // PERMISSION_DENIED response that says who may use vtmd.
 #pragma once
 
 #include <sys/types.h>
 
-#include <atomic>
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "api_service.h"
+#include "vtm/listener.h"
 #include "vtm/unique_fd.h"
 
 namespace vtm {
@@ -31,10 +32,8 @@ class ApiServer {
   ApiService& service_;
   std::optional<gid_t> allowed_gid_;
   std::string group_name_;
-  UniqueFd listen_fd_;
+  std::unique_ptr<Listener> listener_;
   std::string socket_path_;
-  std::atomic<bool> stopping_{false};
-  std::atomic<int> active_{0};
 };
 
 }  // namespace vtm

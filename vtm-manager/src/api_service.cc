@@ -126,31 +126,33 @@ void ApiService::FillVm(const VmRecord& rec, api::Vm* out) {
 }
 
 Status ApiService::HandleCa(const api::Request& req, api::Response* resp) {
-  if (identity_ == nullptr) return Error(ErrorCode::kFailedPrecondition, "this vtmd runs without a host CA");
+  if (host_ca_ == nullptr || host_ak_ == nullptr) {
+    return Error(ErrorCode::kFailedPrecondition, "this vtmd runs without a host CA");
+  }
   switch (req.op_case()) {
     case api::Request::kCaShow: {
       auto* ca = resp->mutable_ca();
-      ca->set_certificate_pem(ca::DerToPem(identity_->ca_certificate()));
-      std::string chain = identity_->ca_chain_der().substr(identity_->ca_certificate().size());
+      ca->set_certificate_pem(ca::DerToPem(host_ca_->ca_certificate()));
+      std::string chain = host_ca_->ca_chain_der().substr(host_ca_->ca_certificate().size());
       if (!chain.empty()) ca->set_chain_pem(ca::DerToPem(chain));
-      ca->set_residency(identity_->residency() == CaResidency::kTpm ? "tpm" : "sealed");
-      if (identity_->residency() == CaResidency::kSealed) {
-        ca->set_ca_key_quote_attest(identity_->ca_key_quote().attest);
-        ca->set_ca_key_quote_signature(identity_->ca_key_quote().signature);
+      ca->set_residency(host_ca_->residency() == CaResidency::kTpm ? "tpm" : "sealed");
+      if (host_ca_->residency() == CaResidency::kSealed) {
+        ca->set_ca_key_quote_attest(host_ca_->ca_key_quote().attest);
+        ca->set_ca_key_quote_signature(host_ca_->ca_key_quote().signature);
       }
-      if (!identity_->ek_certificate().empty()) ca->set_host_ek_certificate_pem(ca::DerToPem(identity_->ek_certificate()));
-      ca->set_host_ak_public_pem(ca::DerToPem(identity_->ak_public().spki_der, "PUBLIC KEY"));
-      ca->set_host_ek_public_pem(ca::DerToPem(identity_->ek_public().spki_der, "PUBLIC KEY"));
-      ca->set_host_ak_name(HexEncode(identity_->ak_public().name));
+      if (!host_ak_->ek_certificate().empty()) ca->set_host_ek_certificate_pem(ca::DerToPem(host_ak_->ek_certificate()));
+      ca->set_host_ak_public_pem(ca::DerToPem(host_ak_->ak_public().spki_der, "PUBLIC KEY"));
+      ca->set_host_ek_public_pem(ca::DerToPem(host_ak_->ek_public().spki_der, "PUBLIC KEY"));
+      ca->set_host_ak_name(HexEncode(host_ak_->ak_public().name));
       return OkStatus();
     }
     case api::Request::kCaCsr: {
-      VTM_ASSIGN_OR_RETURN(std::string csr, identity_->CreateCsr());
+      VTM_ASSIGN_OR_RETURN(std::string csr, host_ca_->CreateCsr());
       resp->set_pem(ca::DerToPem(csr, "CERTIFICATE REQUEST"));
       return OkStatus();
     }
     case api::Request::kCaInstall:
-      return identity_->InstallCertificate(req.ca_install().certificate_pem(), req.ca_install().chain_pem());
+      return host_ca_->InstallCertificate(req.ca_install().certificate_pem(), req.ca_install().chain_pem());
     case api::Request::kIssueEkCert: {
       const auto& r = req.issue_ek_cert();
       ca::EkCertRequest ek;
@@ -159,21 +161,19 @@ Status ApiService::HandleCa(const api::Request& req, api::Response* resp) {
       ek.tpm_manufacturer = r.tpm_manufacturer().empty() ? "id:00001014" : r.tpm_manufacturer();
       ek.tpm_model = r.tpm_model().empty() ? "swtpm" : r.tpm_model();
       ek.tpm_version = r.tpm_version().empty() ? "id:20191023" : r.tpm_version();
-      VTM_ASSIGN_OR_RETURN(ek.serial, registry_.NextSerial());
       ek.validity.not_before = std::time(nullptr) - 60;
-      VTM_ASSIGN_OR_RETURN(std::string der, ca::IssueEkCertificate(identity_->ca_signer(), identity_->ca_certificate(), ek));
-      CertRecord rec;
-      rec.serial = ek.serial;
-      rec.vm_uuid = "swtpm_setup:" + (r.vm_id().empty() ? std::string("-") : r.vm_id());
-      rec.kind = ek.rsa ? "ek-rsa" : "ek-ecc";
-      rec.der = der;
-      VTM_RETURN_IF_ERROR(registry_.AddCertificates({rec}));
-      resp->set_pem(ca::DerToPem(der));
+      const std::string owner = "swtpm_setup:" + (r.vm_id().empty() ? std::string("-") : r.vm_id());
+      VTM_ASSIGN_OR_RETURN(CertRecord rec, host_ca_->Issue(registry_, owner, ek.rsa ? "ek-rsa" : "ek-ecc",
+                                                           [&](ca::Signer& key, const std::string& issuer, uint64_t serial) {
+                                                             ek.serial = serial;
+                                                             return ca::IssueEkCertificate(key, issuer, ek);
+                                                           }));
+      resp->set_pem(ca::DerToPem(rec.der));
       return OkStatus();
     }
     case api::Request::kActivateHostCredential: {
       TpmCredential cred{req.activate_host_credential().id_object(), req.activate_host_credential().encrypted_secret()};
-      auto secret = identity_->ActivateCredential(cred);
+      auto secret = host_ak_->ActivateCredential(cred);
       if (!secret.ok()) {
         return Error(ErrorCode::kInvalidArgument, "the host TPM refused the credential: " + secret.error().message());
       }
@@ -187,7 +187,7 @@ Status ApiService::HandleCa(const api::Request& req, api::Response* resp) {
       for (const auto& c : revoked) list.push_back({c.serial, static_cast<std::time_t>(c.revoked_unix)});
       VTM_ASSIGN_OR_RETURN(uint64_t number, registry_.NextCrlNumber());
       std::time_t now = std::time(nullptr);
-      VTM_ASSIGN_OR_RETURN(std::string crl, ca::CreateCrl(identity_->ca_signer(), identity_->ca_certificate(), list,
+      VTM_ASSIGN_OR_RETURN(std::string crl, ca::CreateCrl(host_ca_->ca_signer(), host_ca_->ca_certificate(), list,
                                                           number, now, now + std::time_t{7} * 24 * 3600));
       resp->set_pem(ca::DerToPem(crl, "X509 CRL"));
       return OkStatus();
@@ -227,9 +227,9 @@ api::Response ApiService::Handle(const api::Request& req) {
         out->set_nv_index(NvIndexOfCertKind(c.kind));
         out->set_revoked_at(c.revoked_at);
       }
-      if (identity_ != nullptr) {
+      if (host_ca_ != nullptr) {
         auto* ca = resp.mutable_ca();
-        ca->set_certificate_pem(ca::DerToPem(identity_->ca_certificate()));
+        ca->set_certificate_pem(ca::DerToPem(host_ca_->ca_certificate()));
       }
       break;
     }

@@ -4,7 +4,8 @@
 
 #include <string>
 
-#include "host_identity.h"
+#include "host_attestation_key.h"
+#include "host_ca.h"
 #include "manager.h"
 #include "vtm.pb.h"
 
@@ -24,9 +25,9 @@ api::Status ToApiStatus(ErrorCode code);
 
 class ApiService {
  public:
-  // identity may be null (no CA: certificate requests are refused).
-  ApiService(Manager& manager, Registry& registry, HostIdentity* identity, HostDescription host)
-      : manager_(manager), registry_(registry), identity_(identity), host_(std::move(host)) {}
+  // host_ak and host_ca may be null (no host identity: CA requests are refused).
+  ApiService(Manager& manager, Registry& registry, HostAttestationKey* host_ak, HostCa* host_ca, HostDescription host)
+      : manager_(manager), registry_(registry), host_ak_(host_ak), host_ca_(host_ca), host_(std::move(host)) {}
   api::Response Handle(const api::Request& request);
 
  private:
@@ -34,7 +35,8 @@ class ApiService {
   Status HandleCa(const api::Request& req, api::Response* resp);
   Manager& manager_;
   Registry& registry_;
-  HostIdentity* identity_;
+  HostAttestationKey* host_ak_;
+  HostCa* host_ca_;
   HostDescription host_;
 };
 

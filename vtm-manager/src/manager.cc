@@ -141,11 +141,12 @@ Result<VmRecord> Manager::Create(const std::string& uuid_in, const std::string& 
     return std::move(dirs).error().Context("creating the directories of VM " + uuid);
   }
   if (provisioner_ != nullptr) {
+    // Certificates are recorded as they are issued, so Destroy revokes any a failed
+    // provisioning left behind.
     auto certs = provisioner_->Provision(rec, paths.tpm_dir, state_key, migration_key);
-    Status recorded = certs.ok() ? registry_.AddCertificates(*certs) : Status(certs.error());
-    if (!recorded.ok()) {
+    if (!certs.ok()) {
       (void)Destroy(uuid);
-      return std::move(recorded).error().Context("provisioning the vTPM of VM " + uuid);
+      return std::move(certs).error().Context("provisioning the vTPM of VM " + uuid);
     }
   }
   auto provisioned = registry_.Transition(uuid, {VmState::kDefined}, VmState::kProvisioned);

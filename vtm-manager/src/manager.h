@@ -19,7 +19,7 @@
 namespace vtm {
 
 // Gives a freshly created vTPM its identity (EKs, AK, IK, certificates in NV) before any VM
-// attaches; returns the certificates issued. Implemented over a provisioning swtpm in vtmd,
+// attaches; returns the certificates issued, which it has recorded in the registry. Implemented over a provisioning swtpm in vtmd,
 // injectable for tests.
 class VtpmProvisioner {
  public:

@@ -19,7 +19,7 @@ Result<std::vector<CertRecord>> SwtpmProvisioner::Provision(const VmRecord& vm, 
   o.extra_args = {"--seccomp", "action=kill"};
   o.label = "vTPM of VM " + vm.uuid;
   VTM_ASSIGN_OR_RETURN(auto swtpm, ProvisioningSwtpm::Start(o));
-  auto certs = ProvisionVtpm(swtpm->tpm(), host_, registry_, vm.uuid, vm.service);
+  auto certs = ProvisionVtpm(swtpm->tpm(), host_tpm_, host_ca_, registry_, vm.uuid, vm.service);
   Status down = swtpm->Shutdown();
   if (!certs.ok()) return certs;
   if (!down.ok()) return std::move(down).error().Context("saving the provisioned state of " + o.label);

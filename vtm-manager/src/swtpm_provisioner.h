@@ -2,7 +2,7 @@
 // directory with the VM's keys and uid, runs ProvisionVtpm against it, shuts it down.
 #pragma once
 
-#include "host_identity.h"
+#include "host_ca.h"
 #include "manager.h"
 #include "registry.h"
 
@@ -10,12 +10,14 @@ namespace vtm {
 
 class SwtpmProvisioner : public VtpmProvisioner {
  public:
-  SwtpmProvisioner(HostIdentity& host, Registry& registry) : host_(host), registry_(registry) {}
+  SwtpmProvisioner(HostTpmExecutor& host_tpm, HostCa& host_ca, Registry& registry)
+      : host_tpm_(host_tpm), host_ca_(host_ca), registry_(registry) {}
   Result<std::vector<CertRecord>> Provision(const VmRecord& vm, const std::string& tpm_state_dir,
                                             const SecretBytes& state_key, const SecretBytes& migration_key) override;
 
  private:
-  HostIdentity& host_;
+  HostTpmExecutor& host_tpm_;
+  HostCa& host_ca_;
   Registry& registry_;
 };
 

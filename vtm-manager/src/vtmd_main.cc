@@ -24,7 +24,8 @@
 
 #include "api_server.h"
 #include "api_service.h"
-#include "host_identity.h"
+#include "host_attestation_key.h"
+#include "host_ca.h"
 #include "simulated_manufacturer.h"
 #include "swtpm_provisioner.h"
 #include "manager.h"
@@ -32,6 +33,7 @@
 #include "registry.h"
 #include "vtm/fs.h"
 #include "vtm/host_tpm.h"
+#include "vtm/host_tpm_executor.h"
 #include "vtm/tpm.h"
 #include "vtm/log.h"
 #include "vtm/subprocess.h"
@@ -261,12 +263,16 @@ int Run(int argc, char** argv) {
     simulated = std::move(sim).value();
     tcti = simulated->tcti();
   }
-  auto tpm = Tpm::OpenTcti(tcti);
-  if (!tpm.ok()) return fatal(std::move(tpm).error().Context("opening the host TPM " + tcti));
-  std::string description = (*tpm)->Describe();
+  auto opened = Tpm::OpenTcti(tcti);
+  if (!opened.ok()) return fatal(std::move(opened).error().Context("opening the host TPM " + tcti));
+  std::string description = (*opened)->Describe();
   LOG_INFO << "host TPM: " << description;
+  // From here on every host-TPM command goes through this one executor.
+  HostTpmExecutor host_tpm(std::move(opened).value());
 
-  auto master = MasterKey::LoadOrCreate(**tpm, opts.state_dir + "/master-key.sealed", *pcrs);
+  auto master = host_tpm.Run([&](Tpm& tpm) {
+    return MasterKey::LoadOrCreate(tpm, opts.state_dir + "/master-key.sealed", *pcrs);
+  });
   if (!master.ok()) {
     return fatal(std::move(master).error().Context("vtmd refuses to start"));
   }
@@ -274,18 +280,21 @@ int Run(int argc, char** argv) {
   if (!registry.ok()) return fatal(registry.error());
 
   if (simulated) {
-    if (auto st = ManufactureSimulatedHostTpm(**tpm, opts.state_dir + "/simulated-host-tpm"); !st.ok()) {
-      return fatal(std::move(st).error().Context("manufacturing the simulated host TPM"));
-    }
+    Status manufactured = host_tpm.Run([&](Tpm& tpm) {
+      return ManufactureSimulatedHostTpm(tpm, opts.state_dir + "/simulated-host-tpm");
+    });
+    if (!manufactured.ok()) return fatal(std::move(manufactured).error().Context("manufacturing the simulated host TPM"));
   }
   char hostname[256] = "";
   gethostname(hostname, sizeof hostname - 1);
   auto residency = ParseCaResidency(opts.ca_residency);
   if (!residency.ok()) return fatal(residency.error());
-  auto identity = HostIdentity::LoadOrCreate(**tpm, opts.state_dir + "/host-identity", hostname, *residency, *master,
-                                             *pcrs);
-  if (!identity.ok()) return fatal(std::move(identity).error().Context("loading the host identity"));
-  SwtpmProvisioner provisioner(**identity, **registry);
+  const std::string identity_dir = opts.state_dir + "/host-identity";
+  auto host_ak = HostAttestationKey::LoadOrCreate(host_tpm, identity_dir);
+  if (!host_ak.ok()) return fatal(std::move(host_ak).error().Context("loading the host attestation key"));
+  auto host_ca = HostCa::LoadOrCreate(**host_ak, identity_dir, hostname, *residency, *master, *pcrs);
+  if (!host_ca.ok()) return fatal(std::move(host_ca).error().Context("loading the host CA"));
+  SwtpmProvisioner provisioner(host_tpm, **host_ca, **registry);
 
   ManagerConfig mc;
   mc.state_dir = opts.state_dir;
@@ -298,7 +307,7 @@ int Run(int argc, char** argv) {
   if (auto st = manager.Reconcile(); !st.ok()) return fatal(std::move(st).error().Context("reconciling the registry"));
 
   HostDescription host{description, simulated != nullptr, pcrs->ToString()};
-  ApiService service(manager, **registry, identity->get(), host);
+  ApiService service(manager, **registry, host_ak->get(), host_ca->get(), host);
   ApiServer server(service, group, group_name);
   if (auto st = server.Listen(opts.socket); !st.ok()) return fatal(st.error());
 

@@ -29,8 +29,9 @@ uint32_t NvIndexOfCertKind(const std::string& kind) {
   return 0;
 }
 
-Result<std::vector<CertRecord>> ProvisionVtpm(Tpm& vtpm, HostIdentity& host, Registry& registry,
-                                              const std::string& vm_uuid, const std::string& service) {
+Result<std::vector<CertRecord>> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, HostCa& host_ca,
+                                              Registry& registry, const std::string& vm_uuid,
+                                              const std::string& service) {
   // vTPMs have three transient object slots: each object is flushed at the end of its scope.
   TpmKeyPublic ek_ecc_pub, ek_rsa_pub, ak_pub, ik_pub;
   TpmAttestation ik_certify;
@@ -50,7 +51,7 @@ Result<std::vector<CertRecord>> ProvisionVtpm(Tpm& vtpm, HostIdentity& host, Reg
     // name; only a TPM holding both that EK and that AK can unwrap it.
     VTM_ASSIGN_OR_RETURN(SecretBytes challenge, RandomSecret(32));
     VTM_ASSIGN_OR_RETURN(TpmCredential cred,
-                         host.MakeCredential(ek_ecc_pub.tpm2b_public, AsString(challenge), ak_pub.name));
+                         MakeCredentialOnHostTpm(host_tpm, ek_ecc_pub.tpm2b_public, AsString(challenge), ak_pub.name));
     VTM_ASSIGN_OR_RETURN(SecretBytes answer, vtpm.ActivateCredential(ak, ek_ecc, cred));
     if (answer.size() != challenge.size() || CRYPTO_memcmp(answer.data(), challenge.data(), answer.size()) != 0) {
       return Error(ErrorCode::kTpm, "the vTPM's AK failed credential activation with its EK");
@@ -65,20 +66,9 @@ Result<std::vector<CertRecord>> ProvisionVtpm(Tpm& vtpm, HostIdentity& host, Reg
   }
 
   // Certificates from the host CA.
-  const std::string issuer = host.ca_certificate();
   ca::Validity validity;
   validity.not_before = std::time(nullptr) - 60;
   std::vector<CertRecord> certs;
-  auto add = [&](const std::string& kind, Result<std::string> der, uint64_t serial) -> Status {
-    if (!der.ok()) return std::move(der).error().Context("issuing the " + kind + " certificate");
-    CertRecord c;
-    c.serial = serial;
-    c.vm_uuid = vm_uuid;
-    c.kind = kind;
-    c.der = std::move(der).value();
-    certs.push_back(std::move(c));
-    return OkStatus();
-  };
   for (const auto* ek : {&ek_ecc_pub, &ek_rsa_pub}) {
     ca::EkCertRequest req;
     req.ek_spki_der = ek->spki_der;
@@ -87,9 +77,13 @@ Result<std::vector<CertRecord>> ProvisionVtpm(Tpm& vtpm, HostIdentity& host, Reg
     req.tpm_model = kVtpmModel;
     req.tpm_version = kVtpmVersion;
     req.tpm_spec_revision = kVtpmSpecRevision;
-    VTM_ASSIGN_OR_RETURN(req.serial, registry.NextSerial());
     req.validity = validity;
-    VTM_RETURN_IF_ERROR(add(req.rsa ? "ek-rsa" : "ek-ecc", ca::IssueEkCertificate(host.ca_signer(), issuer, req), req.serial));
+    VTM_ASSIGN_OR_RETURN(CertRecord c, host_ca.Issue(registry, vm_uuid, req.rsa ? "ek-rsa" : "ek-ecc",
+                                                     [&](ca::Signer& key, const std::string& issuer, uint64_t serial) {
+                                                       req.serial = serial;
+                                                       return ca::IssueEkCertificate(key, issuer, req);
+                                                     }));
+    certs.push_back(std::move(c));
   }
   for (bool is_ak : {true, false}) {
     ca::IdentityCertRequest req;
@@ -97,9 +91,13 @@ Result<std::vector<CertRecord>> ProvisionVtpm(Tpm& vtpm, HostIdentity& host, Reg
     req.vm_uuid = vm_uuid;
     req.service = service;
     req.attestation_key = is_ak;
-    VTM_ASSIGN_OR_RETURN(req.serial, registry.NextSerial());
     req.validity = validity;
-    VTM_RETURN_IF_ERROR(add(is_ak ? "ak" : "ik", ca::IssueIdentityCertificate(host.ca_signer(), issuer, req), req.serial));
+    VTM_ASSIGN_OR_RETURN(CertRecord c, host_ca.Issue(registry, vm_uuid, is_ak ? "ak" : "ik",
+                                                     [&](ca::Signer& key, const std::string& issuer, uint64_t serial) {
+                                                       req.serial = serial;
+                                                       return ca::IssueIdentityCertificate(key, issuer, req);
+                                                     }));
+    certs.push_back(std::move(c));
   }
   // The IK certificate is only as good as the proof that the IK sits beside the AK.
   ca::CertifyEvidence ev{ik_pub.tpm2b_public, ik_certify.attest, ik_certify.signature, ak_pub.tpm2b_public};
@@ -110,7 +108,7 @@ Result<std::vector<CertRecord>> ProvisionVtpm(Tpm& vtpm, HostIdentity& host, Reg
   VTM_RETURN_IF_ERROR(vtpm.MakePersistent(ak, kAkHandle));
   VTM_RETURN_IF_ERROR(vtpm.MakePersistent(ik, kIkHandle));
   for (const auto& c : certs) VTM_RETURN_IF_ERROR(vtpm.WriteNvCertificate(NvIndexOfCertKind(c.kind), c.der));
-  VTM_RETURN_IF_ERROR(vtpm.WriteNvCertificate(kNvCaChain, host.ca_chain_der()));
+  VTM_RETURN_IF_ERROR(vtpm.WriteNvCertificate(kNvCaChain, host_ca.ca_chain_der()));
   return certs;
 }
 

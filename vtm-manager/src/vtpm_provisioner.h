@@ -14,7 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "host_identity.h"
+#include "host_ca.h"
+#include "vtm/host_tpm_executor.h"
 #include "registry.h"
 #include "vtm/tpm.h"
 
@@ -31,9 +32,10 @@ constexpr uint32_t kIkHandle = 0x81000003;
 
 uint32_t NvIndexOfCertKind(const std::string& kind);
 
-// Runs the whole provisioning against vtpm and returns the certificates it issued (serials
-// taken from the registry; the caller records them).
-Result<std::vector<CertRecord>> ProvisionVtpm(Tpm& vtpm, HostIdentity& host, Registry& registry,
-                                              const std::string& vm_uuid, const std::string& service);
+// Runs the whole provisioning against vtpm and returns the certificates it issued (each already
+// recorded in the registry by HostCa::Issue). host_tpm makes the credential-activation challenge.
+Result<std::vector<CertRecord>> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, HostCa& host_ca,
+                                              Registry& registry, const std::string& vm_uuid,
+                                              const std::string& service);
 
 }  // namespace vtm

@@ -1,5 +1,6 @@
-// Message framing for vtm's stream protocols (the vtmd API today, manager-to-manager later):
-// a 4-byte big-endian length, then that many bytes. Lengths above max_len are refused before
+// Message framing for vtm's stream protocols (the vtmd API, the RA client's network service,
+// manager-to-manager migration): a 4-byte big-endian length, then that many bytes, over any
+// Stream (a socket or a TLS connection). Lengths above max_len are refused before
 // any allocation, so a hostile peer cannot make the reader allocate.
 #pragma once
 
@@ -7,14 +8,25 @@
 #include <string>
 
 #include "vtm/error.h"
+#include "vtm/stream.h"
 
 namespace vtm {
 
 constexpr size_t kMaxFrameLen = 1 << 20;
 
-Status WriteFrame(int fd, const std::string& payload);
+Status WriteFrame(Stream& stream, const std::string& payload);
 // kUnavailable on a clean EOF before the first byte (the peer hung up between frames);
 // kInvalidArgument for an oversized length; kUnavailable for EOF mid-frame.
-Result<std::string> ReadFrame(int fd, size_t max_len = kMaxFrameLen);
+Result<std::string> ReadFrame(Stream& stream, size_t max_len = kMaxFrameLen);
+
+// The same over a plain stream socket.
+inline Status WriteFrame(int fd, const std::string& payload) {
+  FdStream s(fd);
+  return WriteFrame(s, payload);
+}
+inline Result<std::string> ReadFrame(int fd, size_t max_len = kMaxFrameLen) {
+  FdStream s(fd);
+  return ReadFrame(s, max_len);
+}
 
 }  // namespace vtm
