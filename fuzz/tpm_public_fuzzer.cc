@@ -1,7 +1,7 @@
-// libFuzzer target for the TPM-public-area helpers of host-tpm (SpkiFromTpmPublic,
+// libFuzzer target for the TPM-public-area helpers of vtm_attest (SpkiFromTpmPublic,
 // TpmNameOfPublic): verifiers feed them EK/AK publics from other hosts and from files. Beyond
 // "no crash": rejections carry kInvalidArgument/kDataLoss only, and every SPKI produced parses.
-// Link: vtm_host_tpm.
+// Link: vtm_attest.
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
@@ -9,7 +9,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "vtm/tpm.h"
+#include "vtm/tpm_structures.h"
 
 extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
   setenv("TSS2_LOG", "all+none", /*overwrite=*/0);  // tss2-mu logs every malformed input

@@ -27,6 +27,7 @@
 #include "vtm/provisioning_swtpm.h"
 #include "vtm/secret.h"
 #include "vtm/subprocess.h"
+#include "vtm/tpm_structures.h"
 
 namespace vtm {
 namespace {
@@ -35,6 +36,7 @@ using vtm::testing::AsString;
 using vtm::testing::CommandResult;
 using vtm::testing::RunCommand;
 using vtm::testing::Sha256;
+using vtm::testing::SpkiDerToPem;
 using vtm::testing::TempDir;
 
 constexpr uint32_t kEccEkCertIndex = 0x01C0000A;
@@ -67,18 +69,6 @@ std::string PemFileToSpkiDer(const std::string& path) {
   std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(len));
   OPENSSL_free(der);
   return out;
-}
-
-std::string SpkiDerToPem(const std::string& der) {
-  const auto* p = reinterpret_cast<const unsigned char*>(der.data());
-  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(d2i_PUBKEY(nullptr, &p, static_cast<long>(der.size())),
-                                                          EVP_PKEY_free);
-  EXPECT_TRUE(key);
-  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new(BIO_s_mem()), BIO_free);
-  EXPECT_EQ(PEM_write_bio_PUBKEY(bio.get(), key.get()), 1);
-  char* data = nullptr;
-  long len = BIO_get_mem_data(bio.get(), &data);
-  return std::string(data, static_cast<size_t>(len));
 }
 
 // OpenSSL's verdict on a DER ECDSA signature over SHA-256(message) with the key in spki_der.

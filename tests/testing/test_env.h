@@ -39,6 +39,8 @@ std::string BuildPath(const std::string& relative);
 std::string HexDecode(std::string_view hex);
 // SHA-256 of data (raw 32 bytes), as PCR extends and TPM names use it.
 std::string Sha256(std::string_view data);
+// A DER SubjectPublicKeyInfo as a PEM public key, the form tpm2-tools and openssl read.
+std::string SpkiDerToPem(const std::string& der);
 // A SecretBytes' bytes as a string, for comparisons in tests (the copy is not wiped).
 std::string AsString(const SecretBytes& secret);
 

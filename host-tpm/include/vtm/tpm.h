@@ -135,12 +135,6 @@ class Tpm : public HostTpm {
   virtual void Forget(uint32_t esys_handle) = 0;
 };
 
-// The DER SubjectPublicKeyInfo of a marshalled TPM2B_PUBLIC (ECC NIST P-256/P-384 or RSA), for
-// verifiers that hold a TPM public area but no TPM. kInvalidArgument for other key types,
-// kDataLoss for malformed bytes.
-Result<std::string> SpkiFromTpmPublic(const std::string& tpm2b_public);
-// The TPM name of a marshalled TPM2B_PUBLIC: nameAlg (2 bytes) || nameAlg digest of the
-// marshalled TPMT_PUBLIC. Lets a verifier check that a TPMS_ATTEST certifies a given key.
-Result<std::string> TpmNameOfPublic(const std::string& tpm2b_public);
+// SpkiFromTpmPublic and TpmNameOfPublic, for verifiers without a TPM: vtm/tpm_structures.h.
 
 }  // namespace vtm

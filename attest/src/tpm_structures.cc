@@ -1,7 +1,7 @@
 // TPM structures as OpenSSL sees them: public areas as keys and SPKIs, TPM names, signatures.
 // One implementation for the Tpm class (ReadPublic, SignDigest), for verifiers holding a TPM
-// public area but no TPM (SpkiFromTpmPublic, TpmNameOfPublic) and for the CA's evidence check.
-// All of it may parse outside data.
+// public area but no TPM (SpkiFromTpmPublic, TpmNameOfPublic), the verifier's quote checks and
+// the CA's evidence check. All of it may parse outside data.
 #include "vtm/tpm_structures.h"
 
 #include <openssl/bn.h>
@@ -18,9 +18,7 @@
 #include <cstring>
 #include <memory>
 
-#include "internal/tpm_marshal.h"
 #include "vtm/ossl_ptr.h"
-#include "vtm/tpm.h"
 
 namespace vtm {
 namespace {
@@ -143,20 +141,25 @@ const EVP_MD* DigestForTpmAlg(TPM2_ALG_ID alg) {
   }
 }
 
-Result<std::string> TpmNameOf(TPM2_ALG_ID name_alg, std::string_view marshalled_tpmt_public) {
-  const EVP_MD* md = DigestForTpmAlg(name_alg);
-  if (md == nullptr) return Error(ErrorCode::kInvalidArgument, "unsupported name algorithm " + Hex(name_alg));
+Result<std::string> TpmDigest(TPM2_ALG_ID alg, std::string_view data) {
+  const EVP_MD* md = DigestForTpmAlg(alg);
+  if (md == nullptr) return Error(ErrorCode::kInvalidArgument, "unsupported hash algorithm " + Hex(alg));
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
-  if (EVP_Digest(marshalled_tpmt_public.data(), marshalled_tpmt_public.size(), digest, &len, md, nullptr) != 1) {
+  if (EVP_Digest(data.data(), data.size(), digest, &len, md, nullptr) != 1) {
     ERR_clear_error();
-    return Error(ErrorCode::kInternal, "hashing a TPM public area failed");
+    return Error(ErrorCode::kInternal, "hashing failed");
   }
+  return std::string(reinterpret_cast<const char*>(digest), len);
+}
+
+Result<std::string> TpmNameOf(TPM2_ALG_ID name_alg, std::string_view marshalled_tpmt_public) {
+  auto digest = TpmDigest(name_alg, marshalled_tpmt_public);
+  if (!digest.ok()) return std::move(digest).error().Context("the name algorithm");
   std::string name;
   name += static_cast<char>(name_alg >> 8);
   name += static_cast<char>(name_alg & 0xff);
-  name.append(reinterpret_cast<const char*>(digest), len);
-  return name;
+  return name + *digest;
 }
 
 Result<std::string> SpkiFromTpmt(const TPMT_PUBLIC& area) {
@@ -232,20 +235,34 @@ Result<bool> VerifyTpmSignature(const TPMT_PUBLIC& key_area, const TPMT_SIGNATUR
   return rc == 1;
 }
 
-// ---- Marshalled forms (declared in tpm.h) ------------------------------------------------
+// ---- Marshalled forms ------------------------------------------------------------------
 
-Result<std::string> SpkiFromTpmPublic(const std::string& tpm2b_public) {
-  VTM_ASSIGN_OR_RETURN(TPM2B_PUBLIC pub, (internal::UnmarshalExactly<TPM2B_PUBLIC, Tss2_MU_TPM2B_PUBLIC_Unmarshal>(
-                                             tpm2b_public, "TPM2B_PUBLIC")));
+Error MalformedTpmStructure(const char* what, const UnmarshalOutcome& outcome) {
+  if (outcome.rc != TSS2_RC_SUCCESS) {
+    return Error(ErrorCode::kInvalidArgument, std::string(what) + " does not unmarshal (TSS2 rc " + Hex(outcome.rc) +
+                                                  "): truncated or not this structure");
+  }
+  return Error(ErrorCode::kInvalidArgument,
+               std::string(what) + " has " + std::to_string(outcome.trailing) + " trailing bytes");
+}
+
+Result<TPM2B_PUBLIC> ParseTpm2bPublic(std::string_view bytes, const char* what) {
+  VTM_ASSIGN_OR_RETURN(TPM2B_PUBLIC pub, (ParseTpmStructure<TPM2B_PUBLIC, Tss2_MU_TPM2B_PUBLIC_Unmarshal>(bytes, what)));
+  if (pub.size != bytes.size() - 2) {
+    return Error(ErrorCode::kInvalidArgument, std::string(what) + ": the TPM2B size does not match its content");
+  }
+  return pub;
+}
+
+Result<std::string> SpkiFromTpmPublic(std::string_view tpm2b_public) {
+  VTM_ASSIGN_OR_RETURN(TPM2B_PUBLIC pub, ParseTpm2bPublic(tpm2b_public, "TPM2B_PUBLIC"));
   return SpkiFromTpmt(pub.publicArea);
 }
 
-Result<std::string> TpmNameOfPublic(const std::string& tpm2b_public) {
-  VTM_ASSIGN_OR_RETURN(TPM2B_PUBLIC pub, (internal::UnmarshalExactly<TPM2B_PUBLIC, Tss2_MU_TPM2B_PUBLIC_Unmarshal>(
-                                             tpm2b_public, "TPM2B_PUBLIC")));
-  VTM_ASSIGN_OR_RETURN(std::string area, (internal::MarshalToString<TPMT_PUBLIC, Tss2_MU_TPMT_PUBLIC_Marshal>(
-                                             pub.publicArea, "TPMT_PUBLIC")));
-  auto name = TpmNameOf(pub.publicArea.nameAlg, area);
+Result<std::string> TpmNameOfPublic(std::string_view tpm2b_public) {
+  VTM_ASSIGN_OR_RETURN(TPM2B_PUBLIC pub, ParseTpm2bPublic(tpm2b_public, "TPM2B_PUBLIC"));
+  // ParseTpm2bPublic checked that the size covers exactly the marshalled TPMT_PUBLIC after it.
+  auto name = TpmNameOf(pub.publicArea.nameAlg, tpm2b_public.substr(2));
   if (!name.ok()) return std::move(name).error().Context("TPM public area");
   return name;
 }

@@ -1,0 +1,231 @@
+// Quote checks of vtm_attest against REAL quotes: an swtpm stands in for the host TPM, the
+// Tpm class makes the AK and the quotes, and tpm2_checkquote (tpm2-tools, which we did not
+// write) must agree with every verdict: it accepts what VerifyQuote accepts and refuses the
+// altered PCR value, the wrong nonce and the other AK that VerifyQuote refuses.
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "test_env.h"
+#include "vtm/fs.h"
+#include "vtm/hex.h"
+#include "vtm/host_tpm.h"
+#include "vtm/quote.h"
+#include "vtm/tpm.h"
+#include "vtm/tpm_structures.h"
+
+namespace vtm::attest {
+namespace {
+
+using vtm::testing::CommandResult;
+using vtm::testing::RunCommand;
+using vtm::testing::Sha256;
+using vtm::testing::SpkiDerToPem;
+using vtm::testing::TempDir;
+
+class QuoteTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto sim = SimulatedHostTpm::Start(dir_.path() + "/host-tpm");
+    ASSERT_TRUE(sim.ok()) << sim.error().ToString();
+    sim_ = std::move(sim).value();
+    auto tpm = Tpm::OpenTcti(sim_->tcti());
+    ASSERT_TRUE(tpm.ok()) << tpm.error().ToString();
+    tpm_ = std::move(tpm).value();
+    // Non-trivial PCR values: extend PCRs 1 and 10 as firmware and IMA would.
+    ASSERT_TRUE(tpm_->ExtendPcr("sha256", 1, Sha256("firmware")).ok());
+    ASSERT_TRUE(tpm_->ExtendPcr("sha256", 10, Sha256("ima")).ok());
+    ASSERT_TRUE(tpm_->ExtendPcr("sha1", 10, std::string(20, '\x11')).ok());
+    auto srk = tpm_->CreateSrk();
+    ASSERT_TRUE(srk.ok()) << srk.error().ToString();
+    srk_ = std::move(srk).value();
+    ak_ = LoadKey(KeyRole::kAttestation, &ak_public_);
+  }
+
+  TpmKey LoadKey(KeyRole role, std::string* tpm2b_public) {
+    auto blob = tpm_->CreateKey(srk_, role);
+    EXPECT_TRUE(blob.ok()) << blob.error().ToString();
+    if (!blob.ok()) return TpmKey();
+    auto key = tpm_->LoadKey(srk_, *blob);
+    EXPECT_TRUE(key.ok()) << key.error().ToString();
+    *tpm2b_public = blob->tpm2b_public;
+    return key.ok() ? std::move(key).value() : TpmKey();
+  }
+
+  // A Quote message over the given banks ("sha256:0,1,10" ...), PCR values read from the TPM
+  // right after the quote (nothing extends in between).
+  Quote MakeQuote(const TpmKey& ak, const std::vector<std::string>& selections, const std::string& nonce) {
+    Quote q;
+    std::vector<PcrBank> banks;
+    PcrSelection first;
+    for (const std::string& text : selections) {
+      auto sel = PcrSelection::Parse(text);
+      EXPECT_TRUE(sel.ok());
+      if (!sel.ok()) return q;
+      auto values = tpm_->ReadPcrs(*sel);
+      EXPECT_TRUE(values.ok()) << values.error().ToString();
+      if (!values.ok()) return q;
+      PcrBank bank;
+      bank.hash_alg = sel->bank == "sha1" ? TPM2_ALG_SHA1 : TPM2_ALG_SHA256;
+      for (const auto& [pcr, digest] : values->digests) bank.values[static_cast<uint32_t>(pcr)] = digest;
+      banks.push_back(std::move(bank));
+      if (first.pcrs.empty()) first = *sel;
+    }
+    // Tpm::Quote selects one bank; multi-bank quotes are made with tpm2_quote below.
+    EXPECT_EQ(selections.size(), 1u);
+    auto attestation = tpm_->Quote(ak, first, nonce);
+    EXPECT_TRUE(attestation.ok()) << attestation.error().ToString();
+    if (!attestation.ok()) return q;
+    q.set_attest(attestation->attest);
+    q.set_signature(attestation->signature);
+    auto marshalled = MarshalPcrValues(banks);
+    EXPECT_TRUE(marshalled.ok()) << marshalled.error().ToString();
+    if (marshalled.ok()) q.set_pcr_values(*marshalled);
+    return q;
+  }
+
+  // tpm2_checkquote's verdict on q (AK as PEM, PCR values in its serialized format).
+  CommandResult CheckQuote(const Quote& q, const std::string& ak_tpm2b_public, const std::string& nonce) {
+    auto spki = SpkiFromTpmPublic(ak_tpm2b_public);
+    EXPECT_TRUE(spki.ok());
+    const std::string d = dir_.path() + "/";
+    EXPECT_TRUE(WriteFileAtomic(d + "ak.pem", SpkiDerToPem(spki.ok() ? *spki : ""), 0600).ok());
+    EXPECT_TRUE(WriteFileAtomic(d + "attest", q.attest(), 0600).ok());
+    EXPECT_TRUE(WriteFileAtomic(d + "sig", q.signature(), 0600).ok());
+    auto pcrs = ParsePcrValues(q.pcr_values());
+    EXPECT_TRUE(pcrs.ok());
+    EXPECT_TRUE(WriteFileAtomic(d + "pcrs", pcrs.ok() ? Tpm2ToolsPcrFile(*pcrs) : "", 0600).ok());
+    return RunCommand({"tpm2_checkquote", "-u", d + "ak.pem", "-m", d + "attest", "-s", d + "sig", "-f", d + "pcrs",
+                       "-g", "sha256", "-q", HexEncode(nonce)});
+  }
+
+  TempDir dir_;
+  std::unique_ptr<SimulatedHostTpm> sim_;
+  std::unique_ptr<Tpm> tpm_;
+  TpmKey srk_;
+  TpmKey ak_;
+  std::string ak_public_;
+};
+
+TEST_F(QuoteTest, RealQuoteIsAcceptedByVerifyQuoteAndTpm2Checkquote) {
+  const std::string nonce = Sha256("verifier nonce");
+  const Quote q = MakeQuote(ak_, {"sha256:0,1,2,3,4,5,6,7,10"}, nonce);
+  auto parsed = VerifyQuote(q, ak_public_, nonce);
+  ASSERT_TRUE(parsed.ok()) << parsed.error().ToString();
+  ASSERT_NE(parsed->pcrs.Find(TPM2_ALG_SHA256, 10), nullptr);
+  EXPECT_EQ(parsed->pcrs.Find(TPM2_ALG_SHA256, 8), nullptr);
+  EXPECT_EQ(*parsed->pcrs.Find(TPM2_ALG_SHA256, 10), Sha256(std::string(32, '\0') + Sha256("ima")));
+  CommandResult tool = CheckQuote(q, ak_public_, nonce);
+  EXPECT_EQ(tool.exit_code, 0) << tool.output;
+}
+
+TEST_F(QuoteTest, AlteredPcrValueIsRefusedByBoth) {
+  const std::string nonce = Sha256("n");
+  Quote q = MakeQuote(ak_, {"sha256:0,1,10"}, nonce);
+  auto pcrs = ParsePcrValues(q.pcr_values());
+  ASSERT_TRUE(pcrs.ok());
+  pcrs->banks[0].values[1] = Sha256("other firmware");
+  q.set_pcr_values(*MarshalPcrValues(pcrs->banks));
+  auto parsed = ParseQuote(q);
+  ASSERT_TRUE(parsed.ok()) << parsed.error().ToString();
+  EXPECT_TRUE(CheckQuoteSignature(q, *parsed, ak_public_).ok());
+  EXPECT_TRUE(CheckQuoteExtraData(*parsed, nonce).ok());
+  Status digest = CheckQuotePcrDigest(*parsed);
+  ASSERT_FALSE(digest.ok());
+  EXPECT_NE(digest.error().message().find("pcrDigest"), std::string::npos) << digest.error().message();
+  EXPECT_NE(CheckQuote(q, ak_public_, nonce).exit_code, 0);
+}
+
+TEST_F(QuoteTest, WrongNonceIsRefusedByBoth) {
+  const Quote q = MakeQuote(ak_, {"sha256:0,10"}, Sha256("old nonce"));
+  auto parsed = VerifyQuote(q, ak_public_, Sha256("fresh nonce"));
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_EQ(parsed.error().code(), ErrorCode::kFailedPrecondition);
+  EXPECT_NE(parsed.error().message().find("extraData"), std::string::npos);
+  EXPECT_NE(CheckQuote(q, ak_public_, Sha256("fresh nonce")).exit_code, 0);
+}
+
+TEST_F(QuoteTest, QuoteByAnotherAkIsRefusedByBoth) {
+  std::string other_public;
+  TpmKey other = LoadKey(KeyRole::kAttestation, &other_public);
+  const std::string nonce = Sha256("n");
+  const Quote q = MakeQuote(other, {"sha256:0,10"}, nonce);
+  ASSERT_TRUE(VerifyQuote(q, other_public, nonce).ok());
+  auto parsed = VerifyQuote(q, ak_public_, nonce);
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_EQ(parsed.error().code(), ErrorCode::kDataLoss);
+  EXPECT_NE(CheckQuote(q, ak_public_, nonce).exit_code, 0);
+}
+
+TEST_F(QuoteTest, QuoteByAnUnrestrictedKeyIsRefused) {
+  std::string signing_public;
+  TpmKey signing = LoadKey(KeyRole::kSigning, &signing_public);
+  const std::string nonce = Sha256("n");
+  const Quote q = MakeQuote(signing, {"sha256:0"}, nonce);
+  auto parsed = VerifyQuote(q, signing_public, nonce);
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_NE(parsed.error().message().find("not a restricted signing key"), std::string::npos);
+}
+
+TEST_F(QuoteTest, PcrValuesForAnotherSelectionAreRefused) {
+  const std::string nonce = Sha256("n");
+  Quote q = MakeQuote(ak_, {"sha256:0,1"}, nonce);
+  PcrBank bank{TPM2_ALG_SHA256, {{0, std::string(32, '\0')}}};
+  q.set_pcr_values(*MarshalPcrValues({bank}));
+  auto parsed = ParseQuote(q);
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_NE(parsed.error().message().find("not for the PCRs the quote selected"), std::string::npos);
+}
+
+TEST_F(QuoteTest, MultiBankQuoteFromTpm2QuoteIsAccepted) {
+  // A quote tpm2-tools made (its own AK, sha1 and sha256 banks, 9 PCRs each: more than one
+  // TPML_DIGEST) is accepted, and our tpm2-tools PCR file is byte-identical to tpm2_quote's.
+  const std::string d = dir_.path() + "/";
+  auto tool = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {"env", "TPM2TOOLS_TCTI=" + sim_->tcti()});
+    return RunCommand(args);
+  };
+  // Free our transient slots for the tools (swtpm has three).
+  ak_ = TpmKey();
+  srk_ = TpmKey();
+  ASSERT_EQ(tool({"tpm2_createek", "-c", d + "ek.ctx", "-G", "ecc"}).exit_code, 0);
+  CommandResult ak = tool({"tpm2_createak", "-C", d + "ek.ctx", "-c", d + "ak.ctx", "-G", "ecc", "-g", "sha256",
+                           "-s", "ecdsa", "-u", d + "ak.pub", "-n", d + "ak.name"});
+  ASSERT_EQ(ak.exit_code, 0) << ak.output;
+  ASSERT_EQ(tool({"tpm2_flushcontext", "-t"}).exit_code, 0);
+  const std::string nonce = Sha256("multi-bank");
+  CommandResult quote = tool({"tpm2_quote", "-c", d + "ak.ctx", "-l", "sha1:0,1,2,3,4,5,6,7,10+sha256:0,1,2,3,4,5,6,7,10",
+                              "-q", HexEncode(nonce), "-m", d + "q.attest", "-s", d + "q.sig", "-o", d + "q.pcrs",
+                              "-g", "sha256"});
+  ASSERT_EQ(quote.exit_code, 0) << quote.output;
+  Quote q;
+  q.set_attest(*ReadFile(d + "q.attest"));
+  q.set_signature(*ReadFile(d + "q.sig"));
+  // Rebuild our pcr_values from the values tpm2_pcrread reports, then check that our
+  // tpm2-tools file is byte-identical to the one tpm2_quote wrote.
+  std::vector<PcrBank> banks;
+  for (const auto& [name, alg] : {std::pair<std::string, TPM2_ALG_ID>{"sha1", TPM2_ALG_SHA1},
+                                  std::pair<std::string, TPM2_ALG_ID>{"sha256", TPM2_ALG_SHA256}}) {
+    auto sel = PcrSelection::Parse(name + ":0,1,2,3,4,5,6,7,10");
+    ASSERT_TRUE(sel.ok());
+    auto values = tpm_->ReadPcrs(*sel);
+    ASSERT_TRUE(values.ok()) << values.error().ToString();
+    PcrBank bank{alg, {}};
+    for (const auto& [pcr, digest] : values->digests) bank.values[static_cast<uint32_t>(pcr)] = digest;
+    banks.push_back(bank);
+  }
+  auto marshalled = MarshalPcrValues(banks);
+  ASSERT_TRUE(marshalled.ok());
+  q.set_pcr_values(*marshalled);
+  auto ak_public = ReadFile(d + "ak.pub");
+  ASSERT_TRUE(ak_public.ok());
+  auto parsed = VerifyQuote(q, *ak_public, nonce);
+  ASSERT_TRUE(parsed.ok()) << parsed.error().ToString();
+  EXPECT_EQ(parsed->pcrs.banks.size(), 2u);
+  EXPECT_EQ(Tpm2ToolsPcrFile(parsed->pcrs), *ReadFile(d + "q.pcrs"));
+}
+
+}  // namespace
+}  // namespace vtm::attest
