@@ -7,7 +7,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
-#include <thread>
+#include <iterator>
 
 namespace vtm {
 namespace {
@@ -74,39 +74,51 @@ Listener::Listener(UniqueFd listen_fd, Handler handler, int max_connections, Han
 
 Listener::~Listener() {
   Shutdown();
-  std::unique_lock<std::mutex> lock(mu_);
-  done_.wait(lock, [this] { return active_.empty(); });
+  Reap(/*all=*/true);
 }
 
 void Listener::Serve() {
   while (!stopping_) {
+    Reap(/*all=*/false);
     pollfd p{listen_fd_.get(), POLLIN, 0};
     if (poll(&p, 1, 200) <= 0) continue;
     UniqueFd conn(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (!conn.valid()) continue;
-    std::unique_lock<std::mutex> lock(mu_);
-    if (static_cast<int>(active_.size()) >= max_connections_) {
-      lock.unlock();
-      if (busy_) busy_(std::move(conn));
-      continue;
+    {
+      MutexLock lock(mu_);
+      if (active_ < max_connections_) {
+        ++active_;
+        Connection& c = connections_.emplace_back();
+        c.dup.reset(fcntl(conn.get(), F_DUPFD_CLOEXEC, 0));
+        c.thread = std::thread([this, &c, conn = std::move(conn)]() mutable {
+          handler_(std::move(conn));
+          MutexLock done_lock(mu_);
+          c.done = true;
+          --active_;
+        });
+        continue;
+      }
     }
-    const uint64_t id = next_id_++;
-    active_.emplace(id, UniqueFd(fcntl(conn.get(), F_DUPFD_CLOEXEC, 0)));
-    lock.unlock();
-    // Detached, but never past this Listener: Serve() and the destructor wait for active_ to
-    // empty, and the thread touches only the handler and active_.
-    std::thread([this, id, c = std::move(conn)]() mutable {
-      handler_(std::move(c));
-      std::lock_guard<std::mutex> done_lock(mu_);
-      active_.erase(id);
-      done_.notify_all();
-    }).detach();
+    if (busy_) busy_(std::move(conn));
   }
-  std::unique_lock<std::mutex> lock(mu_);
-  for (const auto& [id, dup] : active_) {
-    if (dup.valid()) ::shutdown(dup.get(), SHUT_RD);
+  Reap(/*all=*/true);
+}
+
+void Listener::Reap(bool all) {
+  std::list<Connection> finished;
+  {
+    MutexLock lock(mu_);
+    for (auto it = connections_.begin(); it != connections_.end();) {
+      auto next = std::next(it);
+      if (all && !it->done && it->dup.valid()) ::shutdown(it->dup.get(), SHUT_RD);
+      if (all || it->done) finished.splice(finished.end(), connections_, it);
+      it = next;
+    }
   }
-  done_.wait(lock, [this] { return active_.empty(); });
+  // Joined without the lock: a handler still running takes it once more when it returns.
+  for (auto& c : finished) {
+    if (c.thread.joinable()) c.thread.join();
+  }
 }
 
 }  // namespace vtm

@@ -159,4 +159,18 @@ Result<PeerCredentials> GetPeerCredentials(int fd) {
   return PeerCredentials{cred.pid, cred.uid, cred.gid};
 }
 
+Result<std::vector<gid_t>> GetPeerGroups(int fd) {
+  std::vector<gid_t> groups(32);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    socklen_t len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) == 0) {
+      groups.resize(len / sizeof(gid_t));
+      return groups;
+    }
+    if (errno != ERANGE) return ErrnoError("SO_PEERGROUPS");
+    groups.resize(len / sizeof(gid_t) + 1);  // the kernel told us how much it needs
+  }
+  return Error(ErrorCode::kIo, "SO_PEERGROUPS: the peer's group list keeps growing");
+}
+
 }  // namespace vtm

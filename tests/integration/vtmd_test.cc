@@ -3,10 +3,12 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <thread>
 
 #include "vtm/fs.h"
+#include "vtm/net.h"
 #include "vtm/subprocess.h"
 #include "vtmd_fixture.h"
 
@@ -148,6 +150,64 @@ TEST_F(VtmdTest, InstanceCrashIsRecordedAndVmCanStartAgain) {
   EXPECT_EQ(again.exit_code, 0) << again.output << f.VtmdLog();
 }
 
+// Counts the lines of text that contain needle.
+int CountLines(const std::string& text, const std::string& needle) {
+  int n = 0;
+  for (size_t pos = text.find(needle); pos != std::string::npos; pos = text.find(needle, pos + 1)) ++n;
+  return n;
+}
+
+// Runs the same vtmctl command twice at once; returns both results.
+std::pair<CommandResult, CommandResult> Twice(VtmdFixture& f, const std::vector<std::string>& args) {
+  CommandResult a, b;
+  std::thread other([&] { b = f.Vtmctl(args); });
+  a = f.Vtmctl(args);
+  other.join();
+  return {a, b};
+}
+
+// Of two concurrent operations on one VM exactly one owns the transition; the other gets a
+// clean refusal (exit 4, or 3 once the winner's delete is complete) and nothing happens twice.
+TEST_F(VtmdTest, ConcurrentOperationsOnOneVmHaveExactlyOneWinner) {
+  constexpr int kRounds = 4;
+  for (int i = 0; i < kRounds; ++i) {
+    std::string name = "race" + std::to_string(i);
+    auto created = f.Vtmctl({"create", "--name", name});
+    ASSERT_EQ(created.exit_code, 0) << created.output;
+    std::string uuid = Field(created.output, "uuid");
+
+    auto [s1, s2] = Twice(f, {"start", name});
+    EXPECT_EQ((s1.exit_code == 0) + (s2.exit_code == 0), 1) << s1.output << "\n" << s2.output;
+    for (const auto* r : {&s1, &s2}) {
+      if (r->exit_code != 0) {
+        EXPECT_EQ(r->exit_code, 4) << r->output;
+      }
+    }
+    EXPECT_EQ(FindProcesses({"vtm-instance", uuid}).size(), 1u);
+
+    auto [t1, t2] = Twice(f, {"stop", name});
+    EXPECT_EQ((t1.exit_code == 0) + (t2.exit_code == 0), 1) << t1.output << "\n" << t2.output;
+    for (const auto* r : {&t1, &t2}) {
+      if (r->exit_code != 0) {
+        EXPECT_EQ(r->exit_code, 4) << r->output;
+      }
+    }
+    EXPECT_EQ(Field(f.Vtmctl({"show", name}).output, "state"), "stopped");
+
+    auto [d1, d2] = Twice(f, {"delete", name});
+    EXPECT_EQ((d1.exit_code == 0) + (d2.exit_code == 0), 1) << d1.output << "\n" << d2.output;
+    for (const auto* r : {&d1, &d2}) {
+      if (r->exit_code != 0) {
+        EXPECT_TRUE(r->exit_code == 4 || r->exit_code == 3) << r->output;
+        EXPECT_TRUE(r->output.find(uuid) != std::string::npos || r->output.find(name) != std::string::npos)
+            << "the refusal names the VM: " << r->output;
+      }
+    }
+    EXPECT_EQ(CountLines(f.VtmdLog(), "deleted vTPM for VM " + uuid), 1) << f.VtmdLog();
+    EXPECT_EQ(f.Vtmctl({"show", name}).exit_code, 3);
+  }
+}
+
 TEST_F(VtmdTest, NonRootCallersAreRefusedUnlessInTheGroup) {
   // uid 65534 without the group: refused with a message saying who may use vtmd.
   auto denied = f.VtmctlAs({"--reuid=65534", "--regid=65534", "--clear-groups"}, {"list"});
@@ -195,6 +255,26 @@ TEST(VtmdHostPcrTest, ChangedHostPcrMakesVtmdRefuseToStart) {
   EXPECT_EQ(refused.output.find("sha256:0 "), std::string::npos) << refused.output;
   // The registry is untouched.
   EXPECT_TRUE(PathExists(f.state_dir() + "/registry.db"));
+}
+
+// Connection threads are joined at shutdown: a client that keeps an idle connection open
+// neither keeps vtmd from stopping nor is left to a thread that outlives the registry.
+TEST(VtmdShutdownTest, IdleConnectionsAreEndedAndJoinedAtShutdown) {
+  VtmdFixture f;
+  ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+  auto idle = ConnectUnix(f.socket());
+  ASSERT_TRUE(idle.ok());
+  ASSERT_EQ(f.Vtmctl({"list"}).exit_code, 0);  // served while the idle connection waits
+  auto begin = std::chrono::steady_clock::now();
+  int st = f.StopVtmd();
+  auto took = std::chrono::steady_clock::now() - begin;
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << DescribeWaitStatus(st) << f.VtmdLog();
+  // Well below the 300 s a silent client may otherwise hold its connection.
+  EXPECT_LT(took, std::chrono::seconds(15));
+  EXPECT_NE(f.VtmdLog().find("vtmd stopped"), std::string::npos) << f.VtmdLog();
+  // The idle client sees its connection end (end-of-file), not a hang.
+  char byte;
+  EXPECT_EQ(read(idle->get(), &byte, 1), 0);
 }
 
 TEST(VtmdStartupTest, SecondVtmdOnSameStateIsRefused) {

@@ -3,6 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <thread>
+#include <vector>
+
 #include "test_env.h"
 
 namespace vtm {
@@ -70,7 +74,7 @@ TEST(RegistryTest, UidRangeExhaustionAndReuseOfFreedUid) {
   auto st = (*reg)->Insert(&c, 50, 2);
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.error().code(), ErrorCode::kUnavailable);
-  ASSERT_TRUE((*reg)->Remove(a.uuid).ok());
+  ASSERT_TRUE((*reg)->Remove(a.uuid, a.generation).ok());
   ASSERT_TRUE((*reg)->Insert(&c, 50, 2).ok());
   EXPECT_EQ(c.instance_uid, 50u);
 }
@@ -81,21 +85,54 @@ TEST(RegistryTest, TransitionIsCompareAndSet) {
   ASSERT_TRUE(reg.ok());
   VmRecord a = NewVm("00000000-0000-4000-8000-000000000001", "a");
   ASSERT_TRUE((*reg)->Insert(&a, 1000, 10).ok());
-  auto r = (*reg)->Transition(a.uuid, {VmState::kProvisioned}, VmState::kStarting, 42);
+  auto r = (*reg)->Transition(a.uuid, a.generation, {VmState::kProvisioned}, VmState::kStarting, 42);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->state, VmState::kStarting);
   EXPECT_EQ(r->generation, 2u);
   EXPECT_EQ(r->instance_pid, 42);
-  // A second transition from the old state fails and changes nothing.
-  auto again = (*reg)->Transition(a.uuid, {VmState::kProvisioned}, VmState::kStarting);
+  // A second caller that read the same generation loses and changes nothing, even where
+  // the state it asks to leave is the current one.
+  auto again = (*reg)->Transition(a.uuid, a.generation, {VmState::kProvisioned, VmState::kStarting},
+                                  VmState::kStarting);
   ASSERT_FALSE(again.ok());
   EXPECT_EQ(again.error().code(), ErrorCode::kFailedPrecondition);
+  EXPECT_NE(again.error().message().find("another operation"), std::string::npos) << again.error().message();
+  // The current generation but a state the caller did not expect: refused, naming the state.
+  auto wrong_state = (*reg)->Transition(a.uuid, r->generation, {VmState::kProvisioned}, VmState::kStarting);
+  ASSERT_FALSE(wrong_state.ok());
+  EXPECT_NE(wrong_state.error().message().find("is starting"), std::string::npos) << wrong_state.error().message();
   auto now = (*reg)->Get(a.uuid);
   ASSERT_TRUE(now.ok());
   EXPECT_EQ(now->generation, 2u);
-  auto missing = (*reg)->Transition("00000000-0000-4000-8000-00000000000f", {VmState::kProvisioned}, VmState::kStopped);
+  // Removal is fenced too: a stale generation removes nothing.
+  auto stale_remove = (*reg)->Remove(a.uuid, a.generation);
+  ASSERT_FALSE(stale_remove.ok());
+  EXPECT_EQ(stale_remove.error().code(), ErrorCode::kFailedPrecondition);
+  EXPECT_TRUE((*reg)->Get(a.uuid).ok());
+  auto missing = (*reg)->Transition("00000000-0000-4000-8000-00000000000f", 1, {VmState::kProvisioned},
+                                    VmState::kStopped);
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.error().code(), ErrorCode::kNotFound);
+}
+
+// Many threads race for the same transition: exactly one wins each generation.
+TEST(RegistryTest, ConcurrentTransitionsHaveOneWinnerPerGeneration) {
+  testing::TempDir dir;
+  auto reg = Registry::Open(dir.path() + "/r.db");
+  ASSERT_TRUE(reg.ok());
+  VmRecord a = NewVm("00000000-0000-4000-8000-000000000001", "a");
+  ASSERT_TRUE((*reg)->Insert(&a, 1000, 10).ok());
+  constexpr int kThreads = 8;
+  std::atomic<int> wins{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&] {
+      if ((*reg)->Transition(a.uuid, a.generation, {VmState::kProvisioned}, VmState::kDeleting).ok()) ++wins;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(wins.load(), 1);
+  EXPECT_EQ((*reg)->Get(a.uuid)->generation, a.generation + 1);
 }
 
 TEST(RegistryTest, CorruptDatabaseGivesClearError) {

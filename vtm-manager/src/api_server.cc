@@ -4,7 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <sstream>
+#include <algorithm>
 
 #include "vtm/framing.h"
 #include "vtm/fs.h"
@@ -36,24 +36,16 @@ Status ApiServer::Listen(const std::string& socket_path) {
   return OkStatus();
 }
 
-bool ApiServer::Authorized(pid_t pid, uid_t uid, gid_t gid) const {
+bool ApiServer::Authorized(int fd, uid_t uid, gid_t gid) const {
   if (uid == 0) return true;
   if (!allowed_gid_) return false;
   if (gid == *allowed_gid_) return true;
-  // Supplementary groups of the connecting process, as the kernel has them.
-  auto status = ReadFile("/proc/" + std::to_string(pid) + "/status");
-  if (!status.ok()) return false;
-  std::istringstream in(*status);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("Groups:", 0) != 0) continue;
-    std::istringstream groups(line.substr(7));
-    gid_t g;
-    while (groups >> g) {
-      if (g == *allowed_gid_) return true;
-    }
+  auto groups = GetPeerGroups(fd);
+  if (!groups.ok()) {
+    LOG_WARNING << "reading the groups of an API caller: " << groups.error().message();
+    return false;
   }
-  return false;
+  return std::find(groups->begin(), groups->end(), *allowed_gid_) != groups->end();
 }
 
 void ApiServer::Serve() {
@@ -71,7 +63,7 @@ void ApiServer::HandleConnection(UniqueFd conn) {
   // Bound how long a silent client can hold a connection.
   timeval tv{300, 0};
   setsockopt(conn.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  if (!Authorized(cred->pid, cred->uid, cred->gid)) {
+  if (!Authorized(conn.get(), cred->uid, cred->gid)) {
     LOG_WARNING << "refused API connection from uid " << cred->uid << " (pid " << cred->pid << ")";
     api::Response denied;
     denied.set_status(api::STATUS_PERMISSION_DENIED);

@@ -1,7 +1,11 @@
 // vtmd's API endpoint: a unix socket (accepted by a vtm::Listener); each connection carries
-// framed api::Request / api::Response messages (vtm/framing.h). The caller's uid is taken from the kernel
-// (SO_PEERCRED): root and members of the configured group are served, everyone else gets a
+// framed api::Request / api::Response messages (vtm/framing.h). The caller's uid and groups are
+// taken from the kernel (SO_PEERCRED, SO_PEERGROUPS; never /proc/<pid>, whose pid may be
+// reused): root and members of the configured group are served, everyone else gets a
 // PERMISSION_DENIED response that says who may use vtmd.
+//
+// Thread safety: Serve() blocks until Shutdown() (from any thread) and joins every connection
+// thread before it returns.
 #pragma once
 
 #include <sys/types.h>
@@ -27,7 +31,7 @@ class ApiServer {
 
  private:
   void HandleConnection(UniqueFd conn);
-  bool Authorized(pid_t pid, uid_t uid, gid_t gid) const;
+  bool Authorized(int fd, uid_t uid, gid_t gid) const;
 
   ApiService& service_;
   std::optional<gid_t> allowed_gid_;

@@ -32,7 +32,7 @@ InstanceSupervisor::InstanceSupervisor(std::string instance_binary, ExitCallback
 
 InstanceSupervisor::~InstanceSupervisor() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     shutting_down_ = true;
   }
   Wake();
@@ -46,7 +46,7 @@ void InstanceSupervisor::Wake() {
 
 void InstanceSupervisor::Watch(const std::string& vm_uuid, pid_t pid, UniqueFd pidfd, bool is_child) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     Entry& e = entries_[vm_uuid];
     e = Entry{};
     e.pid = pid;
@@ -57,7 +57,7 @@ void InstanceSupervisor::Watch(const std::string& vm_uuid, pid_t pid, UniqueFd p
 }
 
 bool InstanceSupervisor::Watching(const std::string& vm_uuid) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   auto it = entries_.find(vm_uuid);
   return it != entries_.end() && !it->second.exited;
 }
@@ -129,19 +129,27 @@ Status InstanceSupervisor::Adopt(const std::string& vm_uuid, pid_t pid) {
   return OkStatus();
 }
 
+bool InstanceSupervisor::Gone(const std::string& vm_uuid) const {
+  auto it = entries_.find(vm_uuid);
+  return it == entries_.end() || it->second.exited;
+}
+
 Status InstanceSupervisor::Stop(const std::string& vm_uuid, std::chrono::milliseconds grace) {
-  std::unique_lock<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   auto it = entries_.find(vm_uuid);
   if (it == entries_.end()) return OkStatus();  // not ours to stop: already gone
   Entry& e = it->second;
   e.stop_requested = true;
   if (!e.exited) syscall(SYS_pidfd_send_signal, e.pidfd.get(), SIGTERM, nullptr, 0);
-  if (!cv_.wait_for(lock, grace, [&] { return entries_.find(vm_uuid) == entries_.end() || entries_[vm_uuid].exited; })) {
+  auto gone = [&] {
+    mu_.AssertHeld();
+    return Gone(vm_uuid);
+  };
+  if (!cv_.WaitFor(mu_, grace, gone)) {
     LOG_WARNING << "vtm-instance for VM " << vm_uuid << " ignored SIGTERM for " << grace.count()
                 << " ms; sending SIGKILL";
     syscall(SYS_pidfd_send_signal, e.pidfd.get(), SIGKILL, nullptr, 0);
-    if (!cv_.wait_for(lock, std::chrono::seconds(10),
-                      [&] { return entries_.find(vm_uuid) == entries_.end() || entries_[vm_uuid].exited; })) {
+    if (!cv_.WaitFor(mu_, std::chrono::seconds(10), gone)) {
       return Error(ErrorCode::kInternal, "vtm-instance for VM " + vm_uuid + " survived SIGKILL");
     }
   }
@@ -154,7 +162,7 @@ void InstanceSupervisor::MonitorLoop() {
     std::vector<pollfd> fds;
     std::vector<std::string> uuids;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       if (shutting_down_) return;
       fds.push_back({wake_fd_.get(), POLLIN, 0});
       for (auto& [uuid, e] : entries_) {
@@ -175,7 +183,7 @@ void InstanceSupervisor::MonitorLoop() {
     }
     std::vector<std::pair<std::string, std::string>> unexpected;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       for (size_t i = 1; i < fds.size(); ++i) {
         if (!fds[i].revents) continue;
         auto it = entries_.find(uuids[i - 1]);
@@ -194,7 +202,7 @@ void InstanceSupervisor::MonitorLoop() {
         }
       }
     }
-    cv_.notify_all();
+    cv_.NotifyAll();
     for (auto& [uuid, how] : unexpected) {
       LOG_ERROR << "vtm-instance for VM " << uuid << " " << how << " unexpectedly";
       if (on_exit_) on_exit_(uuid, how);

@@ -9,15 +9,14 @@
 #include <sys/types.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <functional>
 #include <map>
-#include <mutex>
 #include <string>
 #include <thread>
 
 #include "instance.h"
 #include "vtm/error.h"
+#include "vtm/mutex.h"
 #include "vtm/secret.h"
 #include "vtm/unique_fd.h"
 
@@ -47,8 +46,8 @@ class InstanceSupervisor {
   // Takes over watching an instance started by an earlier vtmd.
   Status Adopt(const std::string& vm_uuid, pid_t pid);
   // SIGTERM, then SIGKILL after grace; returns once the process is gone.
-  Status Stop(const std::string& vm_uuid, std::chrono::milliseconds grace);
-  bool Watching(const std::string& vm_uuid);
+  Status Stop(const std::string& vm_uuid, std::chrono::milliseconds grace) EXCLUDES(mu_);
+  bool Watching(const std::string& vm_uuid) EXCLUDES(mu_);
 
  private:
   struct Entry {
@@ -59,17 +58,18 @@ class InstanceSupervisor {
     bool exited = false;
     std::string how;  // description of the exit
   };
-  void Watch(const std::string& vm_uuid, pid_t pid, UniqueFd pidfd, bool is_child);
-  void MonitorLoop();
+  void Watch(const std::string& vm_uuid, pid_t pid, UniqueFd pidfd, bool is_child) EXCLUDES(mu_);
+  bool Gone(const std::string& vm_uuid) const REQUIRES(mu_);
+  void MonitorLoop() EXCLUDES(mu_);
   void Wake();
 
-  std::string instance_binary_;
-  ExitCallback on_exit_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<std::string, Entry> entries_;
+  const std::string instance_binary_;
+  const ExitCallback on_exit_;
+  Mutex mu_;
+  CondVar cv_;  // signalled when an entry exits
+  std::map<std::string, Entry> entries_ GUARDED_BY(mu_);
   UniqueFd wake_fd_;  // eventfd that interrupts the monitor's poll
-  bool shutting_down_ = false;
+  bool shutting_down_ GUARDED_BY(mu_) = false;
   std::thread monitor_;
 };
 

@@ -102,6 +102,29 @@ VmPaths Manager::PathsFor(const std::string& uuid) const {
   return p;
 }
 
+Manager::VmClaim::~VmClaim() {
+  if (manager_ == nullptr) return;
+  MutexLock lock(manager_->mu_);
+  manager_->claimed_.erase(uuid_);
+}
+
+Result<Manager::VmClaim> Manager::Claim(const std::string& uuid) {
+  MutexLock lock(mu_);
+  if (!claimed_.insert(uuid).second) {
+    return Error(ErrorCode::kFailedPrecondition, "another operation on the vTPM of VM " + uuid +
+                                                     " is in progress; try again when it has finished");
+  }
+  return VmClaim(this, uuid);
+}
+
+Result<Manager::OwnedVm> Manager::ClaimVm(const std::string& vm) {
+  VTM_ASSIGN_OR_RETURN(VmRecord named, registry_.Get(vm));
+  VTM_ASSIGN_OR_RETURN(VmClaim claim, Claim(named.uuid));
+  // Read again under the claim: what was read before it may be stale.
+  VTM_ASSIGN_OR_RETURN(VmRecord rec, registry_.Get(named.uuid));
+  return OwnedVm{std::move(claim), std::move(rec)};
+}
+
 Result<VmRecord> Manager::Create(const std::string& uuid_in, const std::string& name_in, const std::string& service) {
   std::string uuid;
   if (uuid_in.empty()) {
@@ -118,6 +141,7 @@ Result<VmRecord> Manager::Create(const std::string& uuid_in, const std::string& 
     return Error(ErrorCode::kInvalidArgument,
                  "service name '" + service + "' must be 1-64 letters, digits, '.', '_' or '-'");
   }
+  VTM_ASSIGN_OR_RETURN(VmClaim claim, Claim(uuid));
 
   VmRecord rec;
   rec.uuid = uuid;
@@ -137,7 +161,7 @@ Result<VmRecord> Manager::Create(const std::string& uuid_in, const std::string& 
   VmPaths paths = PathsFor(uuid);
   Status dirs = MakeVmDirs(paths, rec.instance_uid);
   if (!dirs.ok()) {
-    (void)Destroy(uuid);
+    (void)Destroy(uuid, rec.generation);
     return std::move(dirs).error().Context("creating the directories of VM " + uuid);
   }
   if (provisioner_ != nullptr) {
@@ -145,31 +169,33 @@ Result<VmRecord> Manager::Create(const std::string& uuid_in, const std::string& 
     // provisioning left behind.
     auto certs = provisioner_->Provision(rec, paths.tpm_dir, state_key, migration_key);
     if (!certs.ok()) {
-      (void)Destroy(uuid);
+      (void)Destroy(uuid, rec.generation);
       return std::move(certs).error().Context("provisioning the vTPM of VM " + uuid);
     }
   }
-  auto provisioned = registry_.Transition(uuid, {VmState::kDefined}, VmState::kProvisioned);
+  auto provisioned = registry_.Transition(uuid, rec.generation, {VmState::kDefined}, VmState::kProvisioned);
   if (!provisioned.ok()) return std::move(provisioned).error().Context("recording the creation of VM " + uuid);
   LOG_INFO << "created vTPM for VM " << uuid << " (" << name << "), instance uid " << rec.instance_uid;
   return provisioned;
 }
 
 Result<VmRecord> Manager::Start(const std::string& vm) {
-  VTM_ASSIGN_OR_RETURN(VmRecord rec, registry_.Get(vm));
+  VTM_ASSIGN_OR_RETURN(OwnedVm owned, ClaimVm(vm));
+  const VmRecord& rec = owned.record;
   const std::string& uuid = rec.uuid;
   if (rec.state == VmState::kRunning || rec.state == VmState::kStarting) {
     return Error(ErrorCode::kFailedPrecondition, "the vTPM of VM " + uuid + " is already " + VmStateName(rec.state) +
                                                      " (vtm-instance pid " + std::to_string(rec.instance_pid) +
                                                      "); its socket is " + PathsFor(uuid).tpm_socket);
   }
-  auto moved = registry_.Transition(uuid, {VmState::kProvisioned, VmState::kStopped, VmState::kFailed},
+  auto moved = registry_.Transition(uuid, rec.generation, {VmState::kProvisioned, VmState::kStopped, VmState::kFailed},
                                     VmState::kStarting, 0, "");
   if (!moved.ok()) {
     return std::move(moved).error().Context("cannot start the vTPM of VM " + uuid);
   }
+  const uint64_t generation = moved->generation;
   auto fail = [&](Error err) -> Error {
-    (void)registry_.Transition(uuid, {VmState::kStarting}, VmState::kFailed, 0, err.message());
+    (void)registry_.Transition(uuid, generation, {VmState::kStarting}, VmState::kFailed, 0, err.message());
     return std::move(err).Context("starting the vTPM of VM " + uuid);
   };
 
@@ -193,7 +219,9 @@ Result<VmRecord> Manager::Start(const std::string& vm) {
 
   auto pid = supervisor_.Launch(launch, config_.ready_timeout);
   if (!pid.ok()) return fail(std::move(pid).error());
-  auto running = registry_.Transition(uuid, {VmState::kStarting}, VmState::kRunning, *pid, "");
+  // Fails if the instance died after READY and the monitor recorded it (it won the
+  // generation): then the start failed.
+  auto running = registry_.Transition(uuid, generation, {VmState::kStarting}, VmState::kRunning, *pid, "");
   if (!running.ok()) {
     (void)supervisor_.Stop(uuid, config_.stop_grace);
     return std::move(running).error().Context("recording the start of VM " + uuid);
@@ -203,38 +231,45 @@ Result<VmRecord> Manager::Start(const std::string& vm) {
 }
 
 Result<VmRecord> Manager::Stop(const std::string& vm) {
-  VTM_ASSIGN_OR_RETURN(VmRecord rec, registry_.Get(vm));
+  VTM_ASSIGN_OR_RETURN(OwnedVm owned, ClaimVm(vm));
+  const VmRecord& rec = owned.record;
   const std::string& uuid = rec.uuid;
   if (rec.state == VmState::kFailed) {
     // The instance is already gone; stopping acknowledges the failure.
-    return registry_.Transition(uuid, {VmState::kFailed}, VmState::kStopped, 0);
+    return registry_.Transition(uuid, rec.generation, {VmState::kFailed}, VmState::kStopped, 0);
   }
   if (rec.state != VmState::kRunning) {
     return Error(ErrorCode::kFailedPrecondition,
                  "the vTPM of VM " + uuid + " is not running (it is " + VmStateName(rec.state) + ")");
   }
-  auto stopping = registry_.Transition(uuid, {VmState::kRunning}, VmState::kStopping);
+  auto stopping = registry_.Transition(uuid, rec.generation, {VmState::kRunning}, VmState::kStopping);
   if (!stopping.ok()) return std::move(stopping).error().Context("cannot stop the vTPM of VM " + uuid);
   Status stopped = supervisor_.Stop(uuid, config_.stop_grace);
   if (!stopped.ok()) {
-    (void)registry_.Transition(uuid, {VmState::kStopping}, VmState::kFailed, std::nullopt, stopped.error().message());
+    (void)registry_.Transition(uuid, stopping->generation, {VmState::kStopping}, VmState::kFailed, std::nullopt,
+                               stopped.error().message());
     return std::move(stopped).error().Context("stopping the vTPM of VM " + uuid);
   }
   LOG_INFO << "stopped vTPM for VM " << uuid;
-  return registry_.Transition(uuid, {VmState::kStopping}, VmState::kStopped, 0);
+  return registry_.Transition(uuid, stopping->generation, {VmState::kStopping}, VmState::kStopped, 0);
 }
 
 Status Manager::Delete(const std::string& vm) {
-  VTM_ASSIGN_OR_RETURN(VmRecord rec, registry_.Get(vm));
+  VTM_ASSIGN_OR_RETURN(OwnedVm owned, ClaimVm(vm));
+  const VmRecord& rec = owned.record;
   const std::string& uuid = rec.uuid;
   if (rec.state == VmState::kRunning || rec.state == VmState::kStarting || rec.state == VmState::kStopping) {
     return Error(ErrorCode::kFailedPrecondition, "the vTPM of VM " + uuid + " is " + VmStateName(rec.state) +
                                                      "; stop it first with `vtmctl stop " + uuid + "`");
   }
-  auto deleting = registry_.Transition(
-      uuid, {VmState::kProvisioned, VmState::kStopped, VmState::kFailed, VmState::kDeleting}, VmState::kDeleting);
+  // `deleting` or `defined` with the claim won: an earlier deletion or an undone create
+  // failed half-way (nobody else is at it); this one finishes it.
+  auto deleting = registry_.Transition(uuid, rec.generation,
+                                       {VmState::kProvisioned, VmState::kStopped, VmState::kFailed,
+                                        VmState::kDeleting, VmState::kDefined},
+                                       VmState::kDeleting);
   if (!deleting.ok()) return std::move(deleting).error().Context("cannot delete the vTPM of VM " + uuid);
-  VTM_RETURN_IF_ERROR(Destroy(uuid));
+  VTM_RETURN_IF_ERROR(Destroy(uuid, deleting->generation));
   LOG_INFO << "deleted vTPM for VM " << uuid << ": state and keys destroyed, certificates revoked";
   return OkStatus();
 }
@@ -249,7 +284,7 @@ Status Manager::MakeVmDirs(const VmPaths& paths, uint32_t uid) const {
   return MakeDir(paths.log_dir, 0700, uid, uid);
 }
 
-Status Manager::Destroy(const std::string& uuid) {
+Status Manager::Destroy(const std::string& uuid, uint64_t generation) {
   // Revoked first: if anything below fails, the identity is already dead.
   auto revoked = registry_.RevokeCertificatesOf(uuid);
   if (!revoked.ok()) return std::move(revoked).error();
@@ -257,7 +292,7 @@ Status Manager::Destroy(const std::string& uuid) {
   VTM_RETURN_IF_ERROR(RemoveTree(paths.vm_dir));
   VTM_RETURN_IF_ERROR(RemoveTree(paths.run_dir));
   // Removing the row destroys the only (wrapped) copies of the VM's keys.
-  return registry_.Remove(uuid);
+  return registry_.Remove(uuid, generation);
 }
 
 Result<std::vector<CertRecord>> Manager::Certificates(const std::string& vm) {
@@ -272,11 +307,22 @@ Result<VmRecord> Manager::Show(const std::string& vm) { return registry_.Get(vm)
 void Manager::OnInstanceExit(const std::string& uuid, const std::string& how) {
   std::string log = PathsFor(uuid).log_dir;
   // `starting` too: an instance can die between READY and Start() recording it as running;
-  // Start()'s own transition then fails and reports it.
-  auto r = registry_.Transition(uuid, {VmState::kRunning, VmState::kStarting}, VmState::kFailed, 0,
-                                "vtm-instance " + how + " unexpectedly; see " + log + "/instance.log and " + log +
-                                    "/swtpm.log");
-  if (!r.ok()) LOG_WARNING << "recording the exit of VM " << uuid << ": " << r.error().message();
+  // this transition then takes the generation from Start(), whose own transition fails and
+  // reports it. The monitor owns nothing: it retries on the generation it reads while the VM
+  // is still in a state whose instance could have been this one.
+  const std::set<VmState> live = {VmState::kRunning, VmState::kStarting};
+  std::string message = "vtm-instance " + how + " unexpectedly; see " + log + "/instance.log and ";
+  message += log + "/swtpm.log";
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    auto rec = registry_.Get(uuid);
+    if (!rec.ok() || !live.count(rec->state)) return;
+    auto r = registry_.Transition(uuid, rec->generation, live, VmState::kFailed, 0, message);
+    if (r.ok()) return;
+    if (r.error().code() != ErrorCode::kFailedPrecondition) {
+      LOG_WARNING << "recording the exit of VM " << uuid << ": " << r.error().message();
+      return;
+    }
+  }
 }
 
 Status Manager::Reconcile() {
@@ -288,7 +334,7 @@ Status Manager::Reconcile() {
           VTM_RETURN_IF_ERROR(supervisor_.Adopt(rec.uuid, static_cast<pid_t>(rec.instance_pid)));
           LOG_INFO << "adopted running vTPM of VM " << rec.uuid << " (pid " << rec.instance_pid << ")";
         } else {
-          (void)registry_.Transition(rec.uuid, {VmState::kRunning}, VmState::kFailed, 0,
+          (void)registry_.Transition(rec.uuid, rec.generation, {VmState::kRunning}, VmState::kFailed, 0,
                                      "vtm-instance ended while vtmd was not running");
           LOG_WARNING << "the vTPM of VM " << rec.uuid << " ended while vtmd was down; marked failed";
         }
@@ -302,17 +348,17 @@ Status Manager::Reconcile() {
             (void)supervisor_.Stop(rec.uuid, config_.stop_grace);
           }
         }
-        (void)registry_.Transition(rec.uuid, {rec.state}, VmState::kStopped, 0,
+        (void)registry_.Transition(rec.uuid, rec.generation, {rec.state}, VmState::kStopped, 0,
                                    std::string("vtmd stopped while the vTPM was ") + VmStateName(rec.state));
         LOG_WARNING << "VM " << rec.uuid << " was " << VmStateName(rec.state) << " when vtmd stopped; now stopped";
         break;
       case VmState::kDeleting:
         LOG_WARNING << "finishing the interrupted deletion of VM " << rec.uuid;
-        VTM_RETURN_IF_ERROR(Delete(rec.uuid));
+        VTM_RETURN_IF_ERROR(Destroy(rec.uuid, rec.generation));
         break;
       case VmState::kDefined:
         LOG_WARNING << "undoing the interrupted creation of VM " << rec.uuid;
-        VTM_RETURN_IF_ERROR(Destroy(rec.uuid));
+        VTM_RETURN_IF_ERROR(Destroy(rec.uuid, rec.generation));
         break;
       default:
         break;

@@ -2,19 +2,27 @@
 // list the vTPM of each VM. Each operation commits its registry transition before the side
 // effect it allows; Reconcile() finishes or undoes what a crash interrupted.
 //
-// Thread safety: all methods may be called concurrently; conflicting operations on one VM
-// are serialized by the registry's compare-and-set transitions.
+// Ownership: an operation on a VM first claims it in this process (a second operation on the
+// same VM is refused at once, kFailedPrecondition), then wins each registry transition by
+// the VM's generation (Registry::Transition), so of two concurrent callers exactly one acts
+// and the other gets a clean error. The instance monitor, which owns nothing, marks a VM
+// failed only by a compare-and-set on the generation it read.
+//
+// Thread safety: all methods may be called concurrently.
 #pragma once
 
 #include <chrono>
 #include <memory>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "instance_supervisor.h"
 #include "master_key.h"
 #include "registry.h"
 #include "vtm/error.h"
+#include "vtm/mutex.h"
 
 namespace vtm {
 
@@ -70,10 +78,34 @@ class Manager {
   Status Reconcile();
 
  private:
+  // This process's claim on one VM for the length of an operation; released on destruction.
+  class VmClaim {
+   public:
+    VmClaim(Manager* manager, std::string uuid) : manager_(manager), uuid_(std::move(uuid)) {}
+    VmClaim(VmClaim&& other) noexcept : manager_(std::exchange(other.manager_, nullptr)), uuid_(std::move(other.uuid_)) {}
+    VmClaim& operator=(VmClaim&&) = delete;
+    VmClaim(const VmClaim&) = delete;
+    VmClaim& operator=(const VmClaim&) = delete;
+    ~VmClaim();
+
+   private:
+    Manager* manager_;
+    std::string uuid_;
+  };
+  // A claimed VM as read after the claim (its generation is the token for the first
+  // transition).
+  struct OwnedVm {
+    VmClaim claim;
+    VmRecord record;
+  };
+  Result<VmClaim> Claim(const std::string& uuid) EXCLUDES(mu_);
+  // Resolves a UUID or name, claims the VM and reads it.
+  Result<OwnedVm> ClaimVm(const std::string& vm) EXCLUDES(mu_);
+
   void OnInstanceExit(const std::string& uuid, const std::string& how);
-  // Removes a VM's files and row (its certificates are revoked). For delete and for undoing
-  // an incomplete create.
-  Status Destroy(const std::string& uuid);
+  // Removes a VM's files and row (its certificates are revoked), if the VM is still at
+  // generation. For delete and for undoing an incomplete create.
+  Status Destroy(const std::string& uuid, uint64_t generation);
   // Creates (or repairs) a VM's directories with their modes and owners.
   Status MakeVmDirs(const VmPaths& paths, uint32_t uid) const;
 
@@ -81,6 +113,9 @@ class Manager {
   Registry& registry_;
   const MasterKey& master_key_;
   VtpmProvisioner* provisioner_;
+  Mutex mu_;
+  std::set<std::string> claimed_ GUARDED_BY(mu_);  // VM uuids an operation in this process owns
+  // Last: its monitor thread calls OnInstanceExit, so it is destroyed (joined) first.
   InstanceSupervisor supervisor_;
 };
 

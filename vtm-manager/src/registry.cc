@@ -104,13 +104,19 @@ Result<std::unique_ptr<Registry>> Registry::Open(const std::string& path) {
     return Error(ErrorCode::kIo, "opening registry " + path + ": " + msg);
   }
   std::unique_ptr<Registry> reg(new Registry(db));
-  sqlite3_busy_timeout(db, 5000);
+  MutexLock lock(reg->mu_);
+  VTM_RETURN_IF_ERROR(reg->InitSchema(path));
+  return reg;
+}
+
+Status Registry::InitSchema(const std::string& path) {
+  sqlite3_busy_timeout(db_, 5000);
   // WAL + FULL sync: a committed transition survives a power cut. secure_delete zeroes the
   // pages that held a deleted VM's wrapped keys.
-  VTM_RETURN_IF_ERROR(reg->Exec("PRAGMA journal_mode=WAL"));
-  VTM_RETURN_IF_ERROR(reg->Exec("PRAGMA synchronous=FULL"));
-  VTM_RETURN_IF_ERROR(reg->Exec("PRAGMA secure_delete=ON"));
-  VTM_RETURN_IF_ERROR(reg->Exec(
+  VTM_RETURN_IF_ERROR(Exec("PRAGMA journal_mode=WAL"));
+  VTM_RETURN_IF_ERROR(Exec("PRAGMA synchronous=FULL"));
+  VTM_RETURN_IF_ERROR(Exec("PRAGMA secure_delete=ON"));
+  VTM_RETURN_IF_ERROR(Exec(
       "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
       "CREATE TABLE IF NOT EXISTS vms ("
       " uuid TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, service TEXT NOT NULL DEFAULT '', state TEXT NOT NULL,"
@@ -122,14 +128,14 @@ Result<std::unique_ptr<Registry>> Registry::Open(const std::string& path) {
       " serial INTEGER PRIMARY KEY, vm_uuid TEXT NOT NULL, kind TEXT NOT NULL, der BLOB NOT NULL,"
       " issued_at TEXT NOT NULL, revoked_at TEXT NOT NULL DEFAULT '', revoked_unix INTEGER NOT NULL DEFAULT 0);"
       "CREATE INDEX IF NOT EXISTS certificates_vm ON certificates (vm_uuid);"));
-  Stmt get(db, "SELECT value FROM meta WHERE key='schema_version'");
-  if (!get.ok()) return SqlError(db, "reading schema version");
+  Stmt get(db_, "SELECT value FROM meta WHERE key='schema_version'");
+  if (!get.ok()) return SqlError(db_, "reading schema version");
   if (sqlite3_step(get.get()) == SQLITE_ROW) {
     int64_t v = std::stoll(get.ColText(0));
     if (v == 1) {
       // v1 -> v2: the IK's service name (certificates came with their own table above).
-      VTM_RETURN_IF_ERROR(reg->Exec("ALTER TABLE vms ADD COLUMN service TEXT NOT NULL DEFAULT '';"
-                                    "UPDATE meta SET value='2' WHERE key='schema_version'"));
+      VTM_RETURN_IF_ERROR(Exec("ALTER TABLE vms ADD COLUMN service TEXT NOT NULL DEFAULT '';"
+                               "UPDATE meta SET value='2' WHERE key='schema_version'"));
       v = 2;
     }
     if (v != kSchemaVersion) {
@@ -137,10 +143,9 @@ Result<std::unique_ptr<Registry>> Registry::Open(const std::string& path) {
                                                        "; this vtmd understands version " +
                                                        std::to_string(kSchemaVersion));
     }
-  } else {
-    VTM_RETURN_IF_ERROR(reg->Exec("INSERT INTO meta VALUES ('schema_version', '" + std::to_string(kSchemaVersion) + "')"));
+    return OkStatus();
   }
-  return reg;
+  return Exec("INSERT INTO meta VALUES ('schema_version', '" + std::to_string(kSchemaVersion) + "')");
 }
 
 Registry::~Registry() { sqlite3_close(db_); }
@@ -156,7 +161,7 @@ Status Registry::Exec(const std::string& sql) {
 }
 
 Status Registry::Insert(VmRecord* record, uint32_t uid_base, uint32_t uid_count) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   Txn txn(db_);
   if (!txn.ok()) return SqlError(db_, "begin");
   {
@@ -232,7 +237,7 @@ Result<std::vector<VmRecord>> Registry::Query(const std::string& where, const st
 }
 
 Result<VmRecord> Registry::Get(const std::string& uuid_or_name) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   VTM_ASSIGN_OR_RETURN(auto rows, Query("WHERE uuid=?1 OR name=?1 ORDER BY (uuid=?1) DESC", {uuid_or_name}));
   if (rows.empty()) {
     return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid_or_name + "'; `vtmctl list` shows the known VMs");
@@ -241,18 +246,24 @@ Result<VmRecord> Registry::Get(const std::string& uuid_or_name) {
 }
 
 Result<std::vector<VmRecord>> Registry::List() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return Query("ORDER BY created_at, name", {});
 }
 
-Result<VmRecord> Registry::Transition(const std::string& uuid, const std::set<VmState>& from, VmState to,
-                                      std::optional<int64_t> pid, std::optional<std::string> last_error) {
-  std::lock_guard<std::mutex> lock(mu_);
+Result<VmRecord> Registry::Transition(const std::string& uuid, uint64_t expected_generation,
+                                      const std::set<VmState>& from, VmState to, std::optional<int64_t> pid,
+                                      std::optional<std::string> last_error) {
+  MutexLock lock(mu_);
   Txn txn(db_);
   if (!txn.ok()) return SqlError(db_, "begin");
   VTM_ASSIGN_OR_RETURN(auto rows, Query("WHERE uuid=?1", {uuid}));
   if (rows.empty()) return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid + "'");
   VmRecord r = std::move(rows.front());
+  if (r.generation != expected_generation) {
+    return Error(ErrorCode::kFailedPrecondition,
+                 "VM " + uuid + " was changed by another operation meanwhile (it is now " + VmStateName(r.state) +
+                     ", generation " + std::to_string(r.generation) + "); `vtmctl show " + uuid + "` shows it");
+  }
   if (!from.count(r.state)) {
     return Error(ErrorCode::kFailedPrecondition, std::string("VM ") + uuid + " is " + VmStateName(r.state));
   }
@@ -274,21 +285,26 @@ Result<VmRecord> Registry::Transition(const std::string& uuid, const std::set<Vm
   return r;
 }
 
-Status Registry::Remove(const std::string& uuid) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Stmt del(db_, "DELETE FROM vms WHERE uuid=?1");
+Status Registry::Remove(const std::string& uuid, uint64_t expected_generation) {
+  MutexLock lock(mu_);
+  Stmt del(db_, "DELETE FROM vms WHERE uuid=?1 AND generation=?2");
   del.Text(1, uuid);
+  del.Int(2, static_cast<int64_t>(expected_generation));
   if (sqlite3_step(del.get()) != SQLITE_DONE) return SqlError(db_, "deleting VM " + uuid);
+  if (sqlite3_changes(db_) != 1) {
+    return Error(ErrorCode::kFailedPrecondition,
+                 "VM " + uuid + " was changed by another operation meanwhile; it was not removed");
+  }
   return OkStatus();
 }
 
 Result<uint64_t> Registry::NextSerial() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return NextCounter("next_serial");
 }
 
 Result<uint64_t> Registry::NextCrlNumber() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return NextCounter("next_crl_number");
 }
 
@@ -310,7 +326,7 @@ Result<uint64_t> Registry::NextCounter(const std::string& key) {
 }
 
 Status Registry::AddCertificates(const std::vector<CertRecord>& certs) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   Txn txn(db_);
   if (!txn.ok()) return SqlError(db_, "begin");
   for (const auto& c : certs) {
@@ -346,17 +362,17 @@ Result<std::vector<CertRecord>> Registry::QueryCerts(const std::string& where, c
 }
 
 Result<std::vector<CertRecord>> Registry::CertificatesOf(const std::string& vm_uuid) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return QueryCerts("WHERE vm_uuid=?1 ORDER BY serial", vm_uuid);
 }
 
 Result<std::vector<CertRecord>> Registry::RevokedCertificates() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return QueryCerts("WHERE revoked_at != '' ORDER BY serial", "");
 }
 
 Result<int> Registry::RevokeCertificatesOf(const std::string& vm_uuid) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   Stmt up(db_, "UPDATE certificates SET revoked_at=?1, revoked_unix=?2 WHERE vm_uuid=?3 AND revoked_at=''");
   up.Text(1, NowUtc());
   up.Int(2, static_cast<int64_t>(std::time(nullptr)));

@@ -4,6 +4,12 @@
 // written BEFORE the side effect it allows, so a crash at any point leaves a state that the
 // daemon's start-up reconciliation can finish or undo.
 //
+// Ownership: the generation is a fencing token. A caller reads a VM (state S, generation G),
+// decides, and moves it with Transition(uuid, G, {S}, to): the transition commits only if the
+// VM is still at G, so of two callers that read the same VM exactly one wins; the other gets
+// kFailedPrecondition and must not touch the VM's files or processes. The winner's next
+// transition passes the generation its own transition returned.
+//
 // Thread safety: all methods may be called from any thread (one connection behind a mutex).
 #pragma once
 
@@ -11,13 +17,13 @@
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "vtm/error.h"
+#include "vtm/mutex.h"
 
 namespace vtm {
 
@@ -67,15 +73,15 @@ class Registry {
   Result<VmRecord> Get(const std::string& uuid_or_name);
   Result<std::vector<VmRecord>> List();
 
-  // Moves uuid from one of `from` to `to` in one transaction and bumps the generation.
-  // kFailedPrecondition (naming the current state) if the VM is in another state.
-  // pid and last_error replace the stored values when given.
-  Result<VmRecord> Transition(const std::string& uuid, const std::set<VmState>& from, VmState to,
-                              std::optional<int64_t> pid = std::nullopt,
+  // Moves uuid to `to` in one transaction and bumps the generation, if the VM is still at
+  // expected_generation and in one of `from`; kFailedPrecondition (naming the current state)
+  // otherwise, and nothing changes. pid and last_error replace the stored values when given.
+  Result<VmRecord> Transition(const std::string& uuid, uint64_t expected_generation, const std::set<VmState>& from,
+                              VmState to, std::optional<int64_t> pid = std::nullopt,
                               std::optional<std::string> last_error = std::nullopt);
-  // Removes the row (and with it the only copies of the VM's wrapped keys). The VM's
-  // certificates stay, revoked.
-  Status Remove(const std::string& uuid);
+  // Removes the row (and with it the only copies of the VM's wrapped keys) if it is still at
+  // expected_generation. The VM's certificates stay, revoked.
+  Status Remove(const std::string& uuid, uint64_t expected_generation);
 
   // Certificates. Serials come from NextSerial (a monotonic counter, never reused).
   Result<uint64_t> NextSerial();
@@ -89,13 +95,14 @@ class Registry {
 
  private:
   explicit Registry(sqlite3* db) : db_(db) {}
-  Status Exec(const std::string& sql);
-  Result<std::vector<VmRecord>> Query(const std::string& where, const std::vector<std::string>& args);
-  Result<std::vector<CertRecord>> QueryCerts(const std::string& where, const std::string& arg);
-  Result<uint64_t> NextCounter(const std::string& key);  // caller holds mu_
+  Status Exec(const std::string& sql) REQUIRES(mu_);
+  Result<std::vector<VmRecord>> Query(const std::string& where, const std::vector<std::string>& args) REQUIRES(mu_);
+  Result<std::vector<CertRecord>> QueryCerts(const std::string& where, const std::string& arg) REQUIRES(mu_);
+  Result<uint64_t> NextCounter(const std::string& key) REQUIRES(mu_);
+  Status InitSchema(const std::string& path) REQUIRES(mu_);
 
-  std::mutex mu_;
-  sqlite3* db_;
+  Mutex mu_;
+  sqlite3* const db_ GUARDED_BY(mu_);
 };
 
 }  // namespace vtm

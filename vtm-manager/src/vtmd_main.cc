@@ -317,10 +317,11 @@ int Run(int argc, char** argv) {
     LOG_INFO << "received " << strsignal(sig) << "; shutting down (vTPM instances keep running)";
     server.Shutdown();
   });
-  signals.detach();
 
   LOG_INFO << "vtmd " << VTM_VERSION << " ready on " << opts.socket << " (state " << opts.state_dir << ")";
   server.Serve();
+  // Serve() returns only after the signal thread called Shutdown(); it has nothing left to do.
+  signals.join();
   LOG_INFO << "vtmd stopped";
   return 0;
 }

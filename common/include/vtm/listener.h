@@ -4,18 +4,18 @@
 // RA client's network service (mutual TLS, then attestation RPCs) are two handlers over it.
 //
 // Thread safety: Serve() runs on one thread; Shutdown() may be called from any thread. Serve()
-// returns only after every handler has returned, so handlers may use objects that outlive
-// Serve().
+// returns only after every handler thread has been joined, so handlers may use objects that
+// outlive Serve() and no thread outlives the Listener.
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <functional>
-#include <mutex>
-#include <map>
+#include <list>
 #include <string>
+#include <thread>
 
 #include "vtm/error.h"
+#include "vtm/mutex.h"
 #include "vtm/unique_fd.h"
 
 namespace vtm {
@@ -38,23 +38,29 @@ class Listener {
   Listener& operator=(const Listener&) = delete;
 
   // Accepts until Shutdown(); then wakes handlers blocked reading (their read side is shut
-  // down; replies still go out) and waits for all of them.
-  void Serve();
+  // down; replies still go out) and joins all of them.
+  void Serve() EXCLUDES(mu_);
   void Shutdown() { stopping_ = true; }
   int listen_fd() const { return listen_fd_.get(); }
 
  private:
+  struct Connection {
+    // A duplicate of the handler's connection: the handler closes its own fd when it likes, so
+    // its number may be reused; this one is what Serve() shuts down at the end.
+    UniqueFd dup;
+    std::thread thread;
+    bool done = false;
+  };
+  // Joins the threads of finished connections; with `all`, first wakes and then joins every one.
+  void Reap(bool all) EXCLUDES(mu_);
+
   UniqueFd listen_fd_;
   Handler handler_, busy_;
   int max_connections_;
   std::atomic<bool> stopping_{false};
-  std::mutex mu_;
-  std::condition_variable done_;
-  // GUARDED_BY(mu_): a duplicate of each connection being handled, by connection number; a
-  // dup (not the handler's fd number, which may be closed and reused) is what Serve() shuts
-  // down at the end.
-  std::map<uint64_t, UniqueFd> active_;
-  uint64_t next_id_ = 0;  // GUARDED_BY(mu_)
+  Mutex mu_;
+  std::list<Connection> connections_ GUARDED_BY(mu_);  // a list: each thread keeps a pointer to its node
+  int active_ GUARDED_BY(mu_) = 0;                     // connections whose handler has not returned
 };
 
 }  // namespace vtm

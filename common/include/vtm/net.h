@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <string>
+#include <vector>
 
 #include "vtm/error.h"
 #include "vtm/unique_fd.h"
@@ -39,5 +40,8 @@ struct PeerCredentials {
   gid_t gid;
 };
 Result<PeerCredentials> GetPeerCredentials(int fd);
+// Supplementary groups of the peer as the kernel recorded them when it connected
+// (SO_PEERGROUPS, Linux >= 4.13): unlike /proc/<pid>/status, immune to pid reuse.
+Result<std::vector<gid_t>> GetPeerGroups(int fd);
 
 }  // namespace vtm
