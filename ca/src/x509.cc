@@ -305,6 +305,17 @@ Status AddKeyId(Extensions& exts, int nid, const std::string& key_id) {
   return AddTyped(exts, NID_authority_key_identifier, false, akid.get());
 }
 
+}  // namespace
+
+std::string EncodeCertifyEvidence(const CertifyEvidence& e) {
+  constexpr uint64_t kEvidenceVersion = 1;
+  return der::Tlv(der::kSequence, der::Integer(kEvidenceVersion) + der::Tlv(der::kOctetString, e.key_tpm2b_public) +
+                                      der::Tlv(der::kOctetString, e.attest) + der::Tlv(der::kOctetString, e.signature) +
+                                      der::Tlv(der::kOctetString, e.ak_tpm2b_public));
+}
+
+namespace {
+
 Status AddCertifyEvidence(Extensions& exts, const CertifyEvidence& evidence) {
   const bool any = !evidence.key_tpm2b_public.empty() || !evidence.attest.empty() || !evidence.signature.empty() ||
                    !evidence.ak_tpm2b_public.empty();
@@ -587,39 +598,6 @@ Result<std::string> CreateCrl(Signer& ca_key, const std::string& issuer_cert_der
   return SignWithSigner(ca_key, crl.get());
 }
 
-Result<X509Ptr> LoadCertificate(const std::string& der_or_pem) {
-  // Far above any certificate vtm handles, and keeps sizes within OpenSSL's int lengths.
-  constexpr size_t kMaxCertificateSize = 1 << 20;
-  if (der_or_pem.empty()) return Error(ErrorCode::kInvalidArgument, "the certificate is empty");
-  if (der_or_pem.size() > kMaxCertificateSize) {
-    return Error(ErrorCode::kInvalidArgument, "the certificate is larger than 1 MiB");
-  }
-  ERR_clear_error();
-  const bool has_pem = der_or_pem.find("-----BEGIN") != std::string::npos;
-  // A DER certificate starts with a SEQUENCE tag; "-----BEGIN" could occur inside a DER
-  // certificate's names, so the tag decides first.
-  if (der_or_pem[0] == 0x30 || !has_pem) {
-    const auto* begin = reinterpret_cast<const unsigned char*>(der_or_pem.data());
-    const auto* p = begin;
-    X509Ptr x(d2i_X509(nullptr, &p, static_cast<long>(der_or_pem.size())));
-    if (x && p != begin + der_or_pem.size()) {
-      return Error(
-          ErrorCode::kInvalidArgument,
-          "the DER certificate is followed by " + std::to_string(begin + der_or_pem.size() - p) + " unexpected bytes");
-    }
-    if (x) return x;
-    if (!has_pem) {
-      return OpenSslError(ErrorCode::kInvalidArgument,
-                          "the data is neither a PEM nor a DER X.509 certificate (corrupt or truncated?)");
-    }
-    ERR_clear_error();
-  }
-  BioPtr bio(BIO_new_mem_buf(der_or_pem.data(), static_cast<int>(der_or_pem.size())));
-  X509Ptr x(bio ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr) : nullptr);
-  if (!x) return OpenSslError(ErrorCode::kInvalidArgument, "the PEM text holds no valid CERTIFICATE block");
-  return x;
-}
-
 namespace {
 
 Result<std::string> NameToString(const X509_NAME* name) {
@@ -683,22 +661,6 @@ std::string DerToPem(const std::string& der, const char* label) {
   char* data = nullptr;
   const long len = BIO_get_mem_data(bio.get(), &data);
   return std::string(data, static_cast<size_t>(len));
-}
-
-Status VerifySignedBy(const std::string& cert_der, const std::string& issuer_der) {
-  auto cert = LoadCertificate(cert_der);
-  if (!cert.ok()) return std::move(cert).error().Context("the certificate");
-  auto issuer = LoadCertificate(issuer_der);
-  if (!issuer.ok()) return std::move(issuer).error().Context("the issuer certificate");
-  EVP_PKEY* issuer_key = X509_get0_pubkey(issuer->get());
-  if (issuer_key == nullptr)
-    return OpenSslError(ErrorCode::kInvalidArgument, "the issuer certificate's public key cannot be read");
-  if (X509_verify(cert->get(), issuer_key) != 1) {
-    ERR_clear_error();
-    return Error(ErrorCode::kInvalidArgument,
-                 "the certificate's signature does not verify with the issuer certificate's key");
-  }
-  return OkStatus();
 }
 
 }  // namespace vtm::ca

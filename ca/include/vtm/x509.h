@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "vtm/certificates.h"
 #include "vtm/error.h"
 #include "vtm/secret.h"
 
@@ -51,17 +52,10 @@ struct Validity {
   std::time_t not_after = 0;  // 0: 99991231235959Z (RFC 5280 "no well-defined expiration")
 };
 
-// Evidence that a key lives in a TPM: TPM2_Certify of the key by an AK.
-struct CertifyEvidence {
-  std::string key_tpm2b_public;  // TPM2B_PUBLIC of the certified key (its SPKI must match)
-  std::string attest;            // marshalled TPMS_ATTEST (type TPM_ST_ATTEST_CERTIFY)
-  std::string signature;         // marshalled TPMT_SIGNATURE by the AK
-  std::string ak_tpm2b_public;   // TPM2B_PUBLIC of the AK
-};
-
-// OID of the certify-evidence extension: a UUID-based OID (ITU-T X.667, arc 2.25), so no
-// registration is needed: 2.25.161903665352114240259760733551990330810. ASN.1 in ca/README.md.
-extern const char* const kCertifyEvidenceOid;
+// The certify evidence and its checks are vtm_attest's (vtm/certificates.h): one appraisal
+// library for the CA, vtmd and remote verifiers.
+using attest::CertifyEvidence;
+using attest::kCertifyEvidenceOid;
 
 // The host CA's own certificate: self-signed (subject == issuer), CA:TRUE, pathlen 0,
 // keyCertSign|cRLSign, carrying the certify evidence as a non-critical extension.
@@ -134,16 +128,10 @@ struct CertificateInfo {
 Result<CertificateInfo> ParseCertificate(const std::string& der_or_pem);
 Result<std::string> CertificateToDer(const std::string& der_or_pem);
 std::string DerToPem(const std::string& der, const char* label = "CERTIFICATE");
-// Extracts and structurally checks the certify-evidence extension (kNotFound if absent).
-Result<CertifyEvidence> ExtractCertifyEvidence(const std::string& cert_der_or_pem);
-// Verifies that evidence proves the certificate's key lives in the TPM of that AK:
-// the AK's signature over attest, attest is a TPM_ST_ATTEST_CERTIFY with magic TPM_GENERATED,
-// the certified name equals the TPM name of key_tpm2b_public, and that public key equals the
-// certificate's SPKI; also that the AK is restricted and the key fixedTPM|sensitiveDataOrigin.
-// kDataLoss (bad signature) / kInvalidArgument with what failed. Trust in the AK itself (its
-// binding to the host EK) is the caller's to establish.
-Status VerifyCertifyEvidence(const std::string& cert_der_or_pem, const CertifyEvidence& evidence);
-// True if cert_der was signed by issuer_der's key (signature check only).
-Status VerifySignedBy(const std::string& cert_der, const std::string& issuer_der);
+// ExtractCertifyEvidence, VerifyCertifyEvidence (the evidence proves the certificate's key
+// lives in the TPM of its AK) and VerifySignedBy: see vtm/certificates.h.
+using attest::ExtractCertifyEvidence;
+using attest::VerifyCertifyEvidence;
+using attest::VerifySignedBy;
 
 }  // namespace vtm::ca
