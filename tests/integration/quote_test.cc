@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "test_env.h"
+#include "tpm2_tools.h"
 #include "vtm/fs.h"
 #include "vtm/hex.h"
 #include "vtm/host_tpm.h"
@@ -22,7 +23,6 @@ namespace {
 using vtm::testing::CommandResult;
 using vtm::testing::RunCommand;
 using vtm::testing::Sha256;
-using vtm::testing::SpkiDerToPem;
 using vtm::testing::TempDir;
 
 class QuoteTest : public ::testing::Test {
@@ -86,19 +86,9 @@ class QuoteTest : public ::testing::Test {
     return q;
   }
 
-  // tpm2_checkquote's verdict on q (AK as PEM, PCR values in its serialized format).
+  // tpm2_checkquote's verdict on q.
   CommandResult CheckQuote(const Quote& q, const std::string& ak_tpm2b_public, const std::string& nonce) {
-    auto spki = SpkiFromTpmPublic(ak_tpm2b_public);
-    EXPECT_TRUE(spki.ok());
-    const std::string d = dir_.path() + "/";
-    EXPECT_TRUE(WriteFileAtomic(d + "ak.pem", SpkiDerToPem(spki.ok() ? *spki : ""), 0600).ok());
-    EXPECT_TRUE(WriteFileAtomic(d + "attest", q.attest(), 0600).ok());
-    EXPECT_TRUE(WriteFileAtomic(d + "sig", q.signature(), 0600).ok());
-    auto pcrs = ParsePcrValues(q.pcr_values());
-    EXPECT_TRUE(pcrs.ok());
-    EXPECT_TRUE(WriteFileAtomic(d + "pcrs", pcrs.ok() ? Tpm2ToolsPcrFile(*pcrs) : "", 0600).ok());
-    return RunCommand({"tpm2_checkquote", "-u", d + "ak.pem", "-m", d + "attest", "-s", d + "sig", "-f", d + "pcrs",
-                       "-g", "sha256", "-q", HexEncode(nonce)});
+    return vtm::testing::Tpm2Checkquote(q, ak_tpm2b_public, nonce, dir_.path());
   }
 
   TempDir dir_;
