@@ -195,7 +195,23 @@ std::string FindProgram(const std::string& name) {
       if (access(p.c_str(), X_OK) == 0) return p.string();
     }
   }
-  return name;  // resolved through PATH by Spawn
+  // Then PATH, so callers get the absolute path of what will run (measured launch hashes it).
+  const char* path = getenv("PATH");
+  std::string dirs = path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin";
+  size_t start = 0;
+  while (start <= dirs.size()) {
+    size_t end = dirs.find(':', start);
+    if (end == std::string::npos) end = dirs.size();
+    std::string dir = dirs.substr(start, end - start);
+    if (!dir.empty()) {
+      std::string p = dir;
+      p += "/";
+      p += name;
+      if (access(p.c_str(), X_OK) == 0) return p;
+    }
+    start = end + 1;
+  }
+  return name;  // not found: Spawn reports it
 }
 
 }  // namespace vtm

@@ -176,6 +176,31 @@ void EsysTpm::Flush(uint32_t esys_handle) {
   }
 }
 
+Result<int> EsysTpm::FlushLeftovers() {
+  int flushed = 0;
+  for (TPM2_HANDLE first : {TPM2_TRANSIENT_FIRST, TPM2_LOADED_SESSION_FIRST}) {
+    TPMI_YES_NO more = TPM2_NO;
+    EsysOut<TPMS_CAPABILITY_DATA> caps;
+    TSS2_RC rc = Esys_GetCapability(esys(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_HANDLES, first,
+                                    TPM2_MAX_CAP_HANDLES, &more, caps.out());
+    if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_GetCapability(HANDLES " + Hex32(first) + ")", rc);
+    const TPML_HANDLE& handles = caps->data.handles;
+    for (uint32_t i = 0; i < handles.count; ++i) {
+      if ((handles.handle[i] & 0xFF000000) != (first & 0xFF000000)) continue;
+      ESYS_TR tr = ESYS_TR_NONE;
+      if (Esys_TR_FromTPMPublic(esys(), handles.handle[i], ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &tr) != TSS2_RC_SUCCESS) {
+        continue;
+      }
+      if (Esys_FlushContext(esys(), tr) == TSS2_RC_SUCCESS) {
+        ++flushed;
+      } else {
+        Esys_TR_Close(esys(), &tr);
+      }
+    }
+  }
+  return flushed;
+}
+
 void EsysTpm::Forget(uint32_t esys_handle) {
   ESYS_TR tr = esys_handle;
   Esys_TR_Close(esys(), &tr);

@@ -274,6 +274,12 @@ api::Response ApiService::Handle(const api::Request& req) {
       h->set_simulated_host_tpm(host_.simulated);
       h->set_pcr_policy(host_.pcr_policy);
       h->set_version(VTM_VERSION);
+      if (host_.measurements != nullptr) {
+        MeasurementLogStatus m = host_.measurements->Check();
+        h->set_measure_pcr(m.pcr);
+        h->set_measurement_log_consistent(m.consistent);
+        h->set_measurement_log_detail(m.detail);
+      }
       break;
     }
     case api::Request::OP_NOT_SET: fail(Error(ErrorCode::kInvalidArgument, "request names no operation")); break;

@@ -7,6 +7,7 @@
 #include "host_attestation_key.h"
 #include "host_ca.h"
 #include "manager.h"
+#include "measurement_log.h"
 #include "vtm.pb.h"
 
 namespace vtm {
@@ -15,6 +16,7 @@ struct HostDescription {
   std::string host_tpm;
   bool simulated = false;
   std::string pcr_policy;
+  HostMeasurementLog* measurements = nullptr;  // may be null
 };
 
 // Parses a serialized api::Request and checks its fields (UUIDs, names, exactly one op).

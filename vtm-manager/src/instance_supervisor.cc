@@ -62,6 +62,15 @@ bool InstanceSupervisor::Watching(const std::string& vm_uuid) {
   return it != entries_.end() && !it->second.exited;
 }
 
+std::vector<std::string> InstanceSupervisor::CommandLine(const InstanceLaunch& launch) const {
+  instance::InstanceConfig config = launch.config;
+  config.keys_fd = 3;
+  config.ready_fd = 4;
+  std::vector<std::string> argv = instance::ToCommandLine(config);
+  argv.insert(argv.begin(), instance_binary_);
+  return argv;
+}
+
 Result<pid_t> InstanceSupervisor::Launch(const InstanceLaunch& launch, std::chrono::milliseconds ready_timeout) {
   int keys[2], ready[2];
   if (pipe2(keys, O_CLOEXEC) != 0) return ErrnoError("pipe2");
@@ -73,14 +82,10 @@ Result<pid_t> InstanceSupervisor::Launch(const InstanceLaunch& launch, std::chro
   VTM_RETURN_IF_ERROR(WriteAll(keys_w.get(), launch.migration_key.data(), launch.migration_key.size()));
   keys_w.reset();
 
-  instance::InstanceConfig config = launch.config;
-  config.keys_fd = 3;
-  config.ready_fd = 4;
+  const std::vector<std::string> argv = CommandLine(launch);
   SpawnOptions opts;
-  opts.fds = {{config.keys_fd, keys_r.get()}, {config.ready_fd, ready_w.get()}};
-  opts.output_file = config.log_dir + "/instance.log";
-  std::vector<std::string> argv = instance::ToCommandLine(config);
-  argv.insert(argv.begin(), instance_binary_);
+  opts.fds = {{3, keys_r.get()}, {4, ready_w.get()}};  // the keys_fd and ready_fd of CommandLine()
+  opts.output_file = launch.config.log_dir + "/instance.log";
   VTM_ASSIGN_OR_RETURN(Subprocess child, Subprocess::Spawn(argv, opts));
   keys_r.reset();
   ready_w.reset();
@@ -119,7 +124,7 @@ Result<pid_t> InstanceSupervisor::Launch(const InstanceLaunch& launch, std::chro
   }
   VTM_ASSIGN_OR_RETURN(UniqueFd pidfd, OpenPidFd(child.pid()));
   pid_t pid = child.Release();
-  Watch(config.vm_uuid, pid, std::move(pidfd), /*is_child=*/true);
+  Watch(launch.config.vm_uuid, pid, std::move(pidfd), /*is_child=*/true);
   return pid;
 }
 

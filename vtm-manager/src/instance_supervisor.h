@@ -40,6 +40,10 @@ class InstanceSupervisor {
   InstanceSupervisor(const InstanceSupervisor&) = delete;
   InstanceSupervisor& operator=(const InstanceSupervisor&) = delete;
 
+  // The argv Launch() runs for launch (binary first): what measured launch measures.
+  std::vector<std::string> CommandLine(const InstanceLaunch& launch) const;
+  const std::string& instance_binary() const { return instance_binary_; }
+
   // Starts vtm-instance and waits until it reports READY. On any failure the process is gone
   // when this returns and the error carries the instance's own message.
   Result<pid_t> Launch(const InstanceLaunch& launch, std::chrono::milliseconds ready_timeout);

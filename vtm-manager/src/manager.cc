@@ -6,6 +6,7 @@
 #include <cctype>
 #include <filesystem>
 
+#include "vtm/digest.h"
 #include "vtm/fs.h"
 #include "vtm/log.h"
 #include "vtm/subprocess.h"
@@ -85,11 +86,12 @@ Status ValidateVmName(const std::string& name) {
 }
 
 Manager::Manager(ManagerConfig config, Registry& registry, const MasterKey& master_key,
-                 const std::string& instance_binary, VtpmProvisioner* provisioner)
+                 const std::string& instance_binary, VtpmProvisioner* provisioner, HostMeasurementLog* measurements)
     : config_(std::move(config)),
       registry_(registry),
       master_key_(master_key),
       provisioner_(provisioner),
+      measurements_(measurements),
       supervisor_(instance_binary, [this](const std::string& uuid, const std::string& how) { OnInstanceExit(uuid, how); }) {}
 
 VmPaths Manager::PathsFor(const std::string& uuid) const {
@@ -167,10 +169,12 @@ Result<VmRecord> Manager::Create(const std::string& uuid_in, const std::string& 
   if (provisioner_ != nullptr) {
     // Certificates are recorded as they are issued, so Destroy revokes any a failed
     // provisioning left behind.
-    auto certs = provisioner_->Provision(rec, paths.tpm_dir, state_key, migration_key);
-    if (!certs.ok()) {
+    auto provisioned = provisioner_->Provision(rec, paths.tpm_dir, state_key, migration_key);
+    Status recorded = provisioned.ok() ? registry_.SetVtpmIdentity(uuid, provisioned->identity)
+                                       : Status(provisioned.error());
+    if (!recorded.ok()) {
       (void)Destroy(uuid, rec.generation);
-      return std::move(certs).error().Context("provisioning the vTPM of VM " + uuid);
+      return std::move(recorded).error().Context("provisioning the vTPM of VM " + uuid);
     }
   }
   auto provisioned = registry_.Transition(uuid, rec.generation, {VmState::kDefined}, VmState::kProvisioned);
@@ -208,6 +212,7 @@ Result<VmRecord> Manager::Start(const std::string& vm) {
   launch.config.uid = launch.config.gid = rec.instance_uid;
   launch.config.socket_uid = config_.socket_uid;
   launch.config.socket_gid = config_.socket_gid;
+  if (!config_.swtpm_binary.empty()) launch.config.swtpm_path = config_.swtpm_binary;
   auto state_key = master_key_.Unwrap(rec.wrapped_state_key, WrapLabel(uuid, kStateKey));
   if (!state_key.ok()) return fail(std::move(state_key).error());
   auto migration_key = master_key_.Unwrap(rec.wrapped_migration_key, WrapLabel(uuid, kMigrationKey));
@@ -217,6 +222,8 @@ Result<VmRecord> Manager::Start(const std::string& vm) {
 
   if (Status dirs = MakeVmDirs(paths, rec.instance_uid); !dirs.ok()) return fail(std::move(dirs).error());
 
+  // Measured before it runs: a launch that cannot be measured does not happen.
+  if (Status measured = MeasureLaunch(*moved, launch); !measured.ok()) return fail(std::move(measured).error());
   auto pid = supervisor_.Launch(launch, config_.ready_timeout);
   if (!pid.ok()) return fail(std::move(pid).error());
   // Fails if the instance died after READY and the monitor recorded it (it won the
@@ -228,6 +235,28 @@ Result<VmRecord> Manager::Start(const std::string& vm) {
   }
   LOG_INFO << "started vTPM for VM " << uuid << ": vtm-instance pid " << *pid << ", socket " << paths.tpm_socket;
   return running;
+}
+
+Status Manager::MeasureLaunch(const VmRecord& rec, const InstanceLaunch& launch) {
+  if (measurements_ == nullptr) return OkStatus();
+  attest::InstanceLaunch m;
+  m.set_vm_uuid(rec.uuid);
+  m.set_generation(rec.generation);
+  const std::string swtpm = launch.config.swtpm_path.find('/') == std::string::npos ? FindProgram(launch.config.swtpm_path)
+                                                                                   : launch.config.swtpm_path;
+  VTM_ASSIGN_OR_RETURN(std::string swtpm_digest, Sha256OfFile(swtpm));
+  VTM_ASSIGN_OR_RETURN(std::string instance_digest, Sha256OfFile(supervisor_.instance_binary()));
+  m.set_swtpm_sha256(swtpm_digest);
+  m.set_vtm_instance_sha256(instance_digest);
+  // The command line carries paths, uids and flags, never keys (those travel by pipe); NUL
+  // separates arguments so no two command lines hash alike.
+  std::string cmdline;
+  for (const std::string& arg : supervisor_.CommandLine(launch)) cmdline += arg + '\0';
+  m.set_launch_config_sha256(Sha256Digest(cmdline));
+  m.set_ek_name(rec.vtpm.ek_name);
+  m.set_ak_name(rec.vtpm.ak_name);
+  m.set_ek_rsa_name(rec.vtpm.ek_rsa_name);
+  return measurements_->Measure(attest::MEASUREMENT_TYPE_INSTANCE_LAUNCH, m.SerializeAsString());
 }
 
 Result<VmRecord> Manager::Stop(const std::string& vm) {

@@ -20,19 +20,26 @@
 
 #include "instance_supervisor.h"
 #include "master_key.h"
+#include "measurement_log.h"
 #include "registry.h"
 #include "vtm/error.h"
 #include "vtm/mutex.h"
 
 namespace vtm {
 
+// What provisioning made: the certificates issued (already recorded in the registry) and the
+// vTPM's public identity.
+struct ProvisionedVtpm {
+  std::vector<CertRecord> certs;
+  VtpmPublicIdentity identity;
+};
+
 // Gives a freshly created vTPM its identity (EKs, AK, IK, certificates in NV) before any VM
-// attaches; returns the certificates issued, which it has recorded in the registry. Implemented over a provisioning swtpm in vtmd,
-// injectable for tests.
+// attaches. Implemented over a provisioning swtpm in vtmd, injectable for tests.
 class VtpmProvisioner {
  public:
   virtual ~VtpmProvisioner() = default;
-  virtual Result<std::vector<CertRecord>> Provision(const VmRecord& vm, const std::string& tpm_state_dir,
+  virtual Result<ProvisionedVtpm> Provision(const VmRecord& vm, const std::string& tpm_state_dir,
                                                     const SecretBytes& state_key, const SecretBytes& migration_key) = 0;
 };
 
@@ -45,6 +52,9 @@ struct ManagerConfig {
   uint32_t socket_gid = 0;
   std::chrono::milliseconds ready_timeout{10000};
   std::chrono::milliseconds stop_grace{10000};
+  // The swtpm binary instances run (an absolute path, so what is measured is what runs);
+  // empty: vtm-instance's default from PATH.
+  std::string swtpm_binary;
 };
 
 // Where a VM's files live.
@@ -59,8 +69,9 @@ struct VmPaths {
 class Manager {
  public:
   // provisioner may be null: vTPMs are then created without identity (no certificates).
+  // measurements may be null: instances are then launched unmeasured.
   Manager(ManagerConfig config, Registry& registry, const MasterKey& master_key, const std::string& instance_binary,
-          VtpmProvisioner* provisioner);
+          VtpmProvisioner* provisioner, HostMeasurementLog* measurements = nullptr);
 
   VmPaths PathsFor(const std::string& uuid) const;
 
@@ -112,7 +123,11 @@ class Manager {
   ManagerConfig config_;
   Registry& registry_;
   const MasterKey& master_key_;
+  // Measures what will run for rec (InstanceLaunch) into the host PCR, before it runs.
+  Status MeasureLaunch(const VmRecord& rec, const InstanceLaunch& launch);
+
   VtpmProvisioner* provisioner_;
+  HostMeasurementLog* measurements_;
   Mutex mu_;
   std::set<std::string> claimed_ GUARDED_BY(mu_);  // VM uuids an operation in this process owns
   // Last: its monitor thread calls OnInstanceExit, so it is destroyed (joined) first.

@@ -6,7 +6,7 @@
 namespace vtm {
 namespace {
 
-constexpr int kSchemaVersion = 2;
+constexpr int kSchemaVersion = 3;
 
 struct StateName {
   VmState state;
@@ -77,6 +77,13 @@ class Txn {
 constexpr const char* kColumns =
     "uuid, name, service, state, generation, instance_uid, wrapped_state_key, wrapped_migration_key, instance_pid, "
     "created_at, updated_at, last_error";
+constexpr const char* kVtpmColumns = "vtpm_ek_name, vtpm_ek_rsa_name, vtpm_ak_name, vtpm_ek_public, vtpm_ak_public";
+constexpr const char* kVtpmColumnsDdl =
+    "ALTER TABLE vms ADD COLUMN vtpm_ek_name BLOB NOT NULL DEFAULT x'';"
+    "ALTER TABLE vms ADD COLUMN vtpm_ek_rsa_name BLOB NOT NULL DEFAULT x'';"
+    "ALTER TABLE vms ADD COLUMN vtpm_ak_name BLOB NOT NULL DEFAULT x'';"
+    "ALTER TABLE vms ADD COLUMN vtpm_ek_public BLOB NOT NULL DEFAULT x'';"
+    "ALTER TABLE vms ADD COLUMN vtpm_ak_public BLOB NOT NULL DEFAULT x'';";
 
 }  // namespace
 
@@ -138,6 +145,11 @@ Status Registry::InitSchema(const std::string& path) {
                                "UPDATE meta SET value='2' WHERE key='schema_version'"));
       v = 2;
     }
+    if (v == 2) {
+      // v2 -> v3: the vTPM's public identity (EK/AK names and publics) for measured launch.
+      VTM_RETURN_IF_ERROR(Exec(std::string(kVtpmColumnsDdl) + "UPDATE meta SET value='3' WHERE key='schema_version'"));
+      v = 3;
+    }
     if (v != kSchemaVersion) {
       return Error(ErrorCode::kFailedPrecondition, "registry " + path + " has schema version " + std::to_string(v) +
                                                        "; this vtmd understands version " +
@@ -145,6 +157,8 @@ Status Registry::InitSchema(const std::string& path) {
     }
     return OkStatus();
   }
+  // A new registry: the v1 tables above plus every later column.
+  VTM_RETURN_IF_ERROR(Exec(kVtpmColumnsDdl));
   return Exec("INSERT INTO meta VALUES ('schema_version', '" + std::to_string(kSchemaVersion) + "')");
 }
 
@@ -211,7 +225,7 @@ Status Registry::Insert(VmRecord* record, uint32_t uid_base, uint32_t uid_count)
 }
 
 Result<std::vector<VmRecord>> Registry::Query(const std::string& where, const std::vector<std::string>& args) {
-  Stmt q(db_, std::string("SELECT ") + kColumns + " FROM vms " + where);
+  Stmt q(db_, std::string("SELECT ") + kColumns + ", " + kVtpmColumns + " FROM vms " + where);
   if (!q.ok()) return SqlError(db_, "query");
   for (size_t i = 0; i < args.size(); ++i) q.Text(static_cast<int>(i + 1), args[i]);
   std::vector<VmRecord> out;
@@ -230,6 +244,11 @@ Result<std::vector<VmRecord>> Registry::Query(const std::string& where, const st
     r.created_at = q.ColText(9);
     r.updated_at = q.ColText(10);
     r.last_error = q.ColText(11);
+    r.vtpm.ek_name = q.ColText(12);
+    r.vtpm.ek_rsa_name = q.ColText(13);
+    r.vtpm.ak_name = q.ColText(14);
+    r.vtpm.ek_public = q.ColText(15);
+    r.vtpm.ak_public = q.ColText(16);
     out.push_back(std::move(r));
   }
   if (rc != SQLITE_DONE) return SqlError(db_, "query");
@@ -283,6 +302,22 @@ Result<VmRecord> Registry::Transition(const std::string& uuid, uint64_t expected
   if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "updating VM " + uuid);
   VTM_RETURN_IF_ERROR(txn.Commit());
   return r;
+}
+
+Status Registry::SetVtpmIdentity(const std::string& uuid, const VtpmPublicIdentity& id) {
+  MutexLock lock(mu_);
+  Stmt up(db_,
+          "UPDATE vms SET vtpm_ek_name=?1, vtpm_ek_rsa_name=?2, vtpm_ak_name=?3, vtpm_ek_public=?4, vtpm_ak_public=?5 "
+          "WHERE uuid=?6");
+  up.Blob(1, id.ek_name);
+  up.Blob(2, id.ek_rsa_name);
+  up.Blob(3, id.ak_name);
+  up.Blob(4, id.ek_public);
+  up.Blob(5, id.ak_public);
+  up.Text(6, uuid);
+  if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "recording the vTPM identity of VM " + uuid);
+  if (sqlite3_changes(db_) != 1) return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid + "'");
+  return OkStatus();
 }
 
 Status Registry::Remove(const std::string& uuid, uint64_t expected_generation) {

@@ -32,6 +32,16 @@ enum class VmState { kDefined, kProvisioned, kStarting, kRunning, kStopping, kSt
 const char* VmStateName(VmState state);  // "provisioned", "running", ...
 Result<VmState> ParseVmState(const std::string& name);
 
+// The public identity of a provisioned vTPM, recorded at provisioning: what measured launch
+// extends into the host PCR and what deep attestation names. TPM names are nameAlg || digest.
+struct VtpmPublicIdentity {
+  std::string ek_name;       // ECC P-256 EK
+  std::string ek_rsa_name;   // RSA 2048 EK
+  std::string ak_name;
+  std::string ek_public;     // marshalled TPM2B_PUBLIC of the ECC EK
+  std::string ak_public;     // marshalled TPM2B_PUBLIC of the AK
+};
+
 struct VmRecord {
   std::string uuid;
   std::string name;
@@ -45,6 +55,7 @@ struct VmRecord {
   std::string created_at;
   std::string updated_at;
   std::string last_error;
+  VtpmPublicIdentity vtpm;  // empty for a vTPM created without identity
 };
 
 // A certificate the host CA issued. Kept after its VM is deleted (revoked), for the CRL.
@@ -79,6 +90,8 @@ class Registry {
   Result<VmRecord> Transition(const std::string& uuid, uint64_t expected_generation, const std::set<VmState>& from,
                               VmState to, std::optional<int64_t> pid = std::nullopt,
                               std::optional<std::string> last_error = std::nullopt);
+  // Records the public identity of uuid's vTPM (at provisioning).
+  Status SetVtpmIdentity(const std::string& uuid, const VtpmPublicIdentity& identity);
   // Removes the row (and with it the only copies of the VM's wrapped keys) if it is still at
   // expected_generation. The VM's certificates stay, revoked.
   Status Remove(const std::string& uuid, uint64_t expected_generation);

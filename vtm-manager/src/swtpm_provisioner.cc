@@ -6,7 +6,7 @@
 
 namespace vtm {
 
-Result<std::vector<CertRecord>> SwtpmProvisioner::Provision(const VmRecord& vm, const std::string& tpm_state_dir,
+Result<ProvisionedVtpm> SwtpmProvisioner::Provision(const VmRecord& vm, const std::string& tpm_state_dir,
                                                             const SecretBytes& state_key,
                                                             const SecretBytes& migration_key) {
   ProvisioningSwtpmOptions o;
@@ -19,11 +19,11 @@ Result<std::vector<CertRecord>> SwtpmProvisioner::Provision(const VmRecord& vm, 
   o.extra_args = {"--seccomp", "action=kill"};
   o.label = "vTPM of VM " + vm.uuid;
   VTM_ASSIGN_OR_RETURN(auto swtpm, ProvisioningSwtpm::Start(o));
-  auto certs = ProvisionVtpm(swtpm->tpm(), host_tpm_, host_ca_, registry_, vm.uuid, vm.service);
+  auto provisioned = ProvisionVtpm(swtpm->tpm(), host_tpm_, host_ca_, registry_, vm.uuid, vm.service);
   Status down = swtpm->Shutdown();
-  if (!certs.ok()) return certs;
+  if (!provisioned.ok()) return provisioned;
   if (!down.ok()) return std::move(down).error().Context("saving the provisioned state of " + o.label);
-  return certs;
+  return provisioned;
 }
 
 }  // namespace vtm

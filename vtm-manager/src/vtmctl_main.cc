@@ -213,7 +213,9 @@ int Run(int argc, char** argv) {
     std::cout << "host TPM:    " << h.host_tpm() << "\n"
               << "simulated:   " << (h.simulated_host_tpm() ? "YES - not a hardware root of trust" : "no") << "\n"
               << "PCR policy:  " << h.pcr_policy() << "\n"
-              << "vtmd:        " << h.version() << "\n";
+              << "vtmd:        " << h.version() << "\n"
+              << "measured:    PCR " << h.measure_pcr() << ", log "
+              << (h.measurement_log_consistent() ? "consistent: " : "INCONSISTENT: ") << h.measurement_log_detail() << "\n";
   } else if (cmd == "delete") {
     std::cout << "deleted the vTPM of VM " << resp->vms(0).uuid()
               << " (state and keys destroyed, certificates revoked)\n";

@@ -30,7 +30,9 @@
 #include "swtpm_provisioner.h"
 #include "manager.h"
 #include "master_key.h"
+#include "measurement_log.h"
 #include "registry.h"
+#include "vtm/digest.h"
 #include "vtm/fs.h"
 #include "vtm/host_tpm.h"
 #include "vtm/host_tpm_executor.h"
@@ -61,6 +63,9 @@ Runs the vTPM manager daemon. Options may also be given in a config file as
   --ca-residency MODE      tpm: the CA key that signs vTPM certificates lives inside the host
                            TPM (default); sealed: a software key wrapped by the master key and
                            bound to the host AK by one quote, for hosts whose TPM signs slowly
+  --measure-pcr N          host PCR (sha256 bank) vtmd extends its own start and every
+                           instance launch into, with a replayable log in the state dir
+                           (default 13; see docs/attestation.md for why)
   --log-level LEVEL        debug | info | warning | error (default info)
   --help
 )";
@@ -78,7 +83,26 @@ struct Options {
   uint32_t uid_count = 65536;
   std::string log_level = "info";
   std::string ca_residency = "tpm";
+  uint32_t measure_pcr = 13;
 };
+
+// The effective configuration as vtmd measures it: one "name = value" line per option, in a
+// fixed order (so the same configuration always has the same digest).
+std::string CanonicalConfig(const Options& o) {
+  std::ostringstream out;
+  out << "state-dir = " << o.state_dir << "\n"
+      << "run-dir = " << o.run_dir << "\n"
+      << "socket = " << o.socket << "\n"
+      << "host-tpm = " << o.host_tpm << "\n"
+      << "host-pcrs = " << o.host_pcrs << "\n"
+      << "group = " << o.group << "\n"
+      << "qemu-user = " << o.qemu_user << "\n"
+      << "instance-uid-base = " << o.uid_base << "\n"
+      << "instance-uid-count = " << o.uid_count << "\n"
+      << "ca-residency = " << o.ca_residency << "\n"
+      << "measure-pcr = " << o.measure_pcr << "\n";
+  return out.str();
+}
 
 Status Apply(Options* o, const std::string& name, const std::string& value) {
   auto number = [&](uint32_t* out) -> Status {
@@ -103,6 +127,7 @@ Status Apply(Options* o, const std::string& name, const std::string& value) {
   else if (name == "instance-uid-count") return number(&o->uid_count);
   else if (name == "log-level") o->log_level = value;
   else if (name == "ca-residency") o->ca_residency = value;
+  else if (name == "measure-pcr") return number(&o->measure_pcr);
   else return Error(ErrorCode::kInvalidArgument, "unknown option '" + name + "'");
   return OkStatus();
 }
@@ -269,6 +294,12 @@ int Run(int argc, char** argv) {
   LOG_INFO << "host TPM: " << description;
   // From here on every host-TPM command goes through this one executor.
   HostTpmExecutor host_tpm(std::move(opened).value());
+  if (tcti.rfind("device:/dev/tpmrm", 0) != 0) {
+    // No resource manager: objects a killed vtmd left loaded would hold the TPM's few slots.
+    auto flushed = host_tpm.Run([](Tpm& tpm) { return tpm.FlushLeftovers(); });
+    if (!flushed.ok()) return fatal(std::move(flushed).error().Context("flushing objects left in the host TPM"));
+    if (*flushed > 0) LOG_WARNING << "flushed " << *flushed << " objects an earlier vtmd left loaded in the host TPM";
+  }
 
   auto master = host_tpm.Run([&](Tpm& tpm) {
     return MasterKey::LoadOrCreate(tpm, opts.state_dir + "/master-key.sealed", *pcrs);
@@ -296,6 +327,24 @@ int Run(int argc, char** argv) {
   if (!host_ca.ok()) return fatal(std::move(host_ca).error().Context("loading the host CA"));
   SwtpmProvisioner provisioner(host_tpm, **host_ca, **registry);
 
+  // Measured launch: vtmd's own binary and configuration first, then every instance launch.
+  auto boot_id = CurrentBootId();
+  if (!boot_id.ok()) return fatal(std::move(boot_id).error().Context("reading the host boot id"));
+  auto measurements = HostMeasurementLog::Open(host_tpm, opts.state_dir + "/measurement-log.pb", opts.measure_pcr, *boot_id);
+  if (!measurements.ok()) return fatal(std::move(measurements).error().Context("opening the measurement log"));
+  {
+    auto self = Sha256OfFile("/proc/self/exe");
+    if (!self.ok()) return fatal(std::move(self).error().Context("measuring vtmd"));
+    attest::VtmdStart start;
+    start.set_vtmd_sha256(*self);
+    start.set_config_sha256(Sha256Digest(CanonicalConfig(opts)));
+    start.set_version(VTM_VERSION);
+    start.set_boot_id(*boot_id);
+    if (auto st = (*measurements)->Measure(attest::MEASUREMENT_TYPE_VTMD_START, start.SerializeAsString()); !st.ok()) {
+      return fatal(std::move(st).error().Context("measuring vtmd's start"));
+    }
+  }
+
   ManagerConfig mc;
   mc.state_dir = opts.state_dir;
   mc.run_dir = opts.run_dir;
@@ -303,10 +352,11 @@ int Run(int argc, char** argv) {
   mc.instance_uid_count = opts.uid_count;
   mc.socket_uid = qemu_uid;
   mc.socket_gid = qemu_gid;
-  Manager manager(mc, **registry, *master, FindProgram("vtm-instance"), &provisioner);
+  mc.swtpm_binary = FindProgram("swtpm");
+  Manager manager(mc, **registry, *master, FindProgram("vtm-instance"), &provisioner, measurements->get());
   if (auto st = manager.Reconcile(); !st.ok()) return fatal(std::move(st).error().Context("reconciling the registry"));
 
-  HostDescription host{description, simulated != nullptr, pcrs->ToString()};
+  HostDescription host{description, simulated != nullptr, pcrs->ToString(), measurements->get()};
   ApiService service(manager, **registry, host_ak->get(), host_ca->get(), host);
   ApiServer server(service, group, group_name);
   if (auto st = server.Listen(opts.socket); !st.ok()) return fatal(st.error());

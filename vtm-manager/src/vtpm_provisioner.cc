@@ -29,7 +29,7 @@ uint32_t NvIndexOfCertKind(const std::string& kind) {
   return 0;
 }
 
-Result<std::vector<CertRecord>> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, HostCa& host_ca,
+Result<ProvisionedVtpm> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, HostCa& host_ca,
                                               Registry& registry, const std::string& vm_uuid,
                                               const std::string& service) {
   // vTPMs have three transient object slots: each object is flushed at the end of its scope.
@@ -109,7 +109,14 @@ Result<std::vector<CertRecord>> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_t
   VTM_RETURN_IF_ERROR(vtpm.MakePersistent(ik, kIkHandle));
   for (const auto& c : certs) VTM_RETURN_IF_ERROR(vtpm.WriteNvCertificate(NvIndexOfCertKind(c.kind), c.der));
   VTM_RETURN_IF_ERROR(vtpm.WriteNvCertificate(kNvCaChain, host_ca.ca_chain_der()));
-  return certs;
+  ProvisionedVtpm out;
+  out.certs = std::move(certs);
+  out.identity.ek_name = ek_ecc_pub.name;
+  out.identity.ek_rsa_name = ek_rsa_pub.name;
+  out.identity.ak_name = ak_pub.name;
+  out.identity.ek_public = ek_ecc_pub.tpm2b_public;
+  out.identity.ak_public = ak_pub.tpm2b_public;
+  return out;
 }
 
 }  // namespace vtm

@@ -16,6 +16,7 @@
 
 #include "host_ca.h"
 #include "vtm/host_tpm_executor.h"
+#include "manager.h"
 #include "registry.h"
 #include "vtm/tpm.h"
 
@@ -33,8 +34,9 @@ constexpr uint32_t kIkHandle = 0x81000003;
 uint32_t NvIndexOfCertKind(const std::string& kind);
 
 // Runs the whole provisioning against vtpm and returns the certificates it issued (each already
-// recorded in the registry by HostCa::Issue). host_tpm makes the credential-activation challenge.
-Result<std::vector<CertRecord>> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, HostCa& host_ca,
+// recorded in the registry by HostCa::Issue) and the vTPM's public identity. host_tpm makes the
+// credential-activation challenge.
+Result<ProvisionedVtpm> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, HostCa& host_ca,
                                               Registry& registry, const std::string& vm_uuid,
                                               const std::string& service);
 

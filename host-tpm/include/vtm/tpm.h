@@ -128,6 +128,12 @@ class Tpm : public HostTpm {
   // Reads a whole NV index (owner auth, in chunks). kNotFound if it is not defined.
   virtual Result<std::string> ReadNv(uint32_t nv_index) = 0;
 
+  // Flushes transient objects and sessions an earlier user left loaded (a process killed
+  // before it could flush them: without a resource manager, as with a simulated host TPM or
+  // /dev/tpm0, they would hold the TPM's few object slots). Returns how many were flushed.
+  // Only for a TPM this process is the sole user of.
+  virtual Result<int> FlushLeftovers() = 0;
+
   // Flushes a transient object (used by TpmKey's destructor).
   virtual void Flush(uint32_t esys_handle) = 0;
   // Releases the TSS's reference to a persistent object, which stays in the TPM (used by

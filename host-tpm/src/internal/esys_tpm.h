@@ -58,6 +58,7 @@ class EsysTpm final : public Tpm {
   Result<TpmKey> LoadPersistent(uint32_t persistent_handle) override;
   Status WriteNvCertificate(uint32_t nv_index, const std::string& data) override;
   Result<std::string> ReadNv(uint32_t nv_index) override;
+  Result<int> FlushLeftovers() override;
   void Flush(uint32_t esys_handle) override;
   void Forget(uint32_t esys_handle) override;
 
