@@ -18,6 +18,9 @@
 #include <vector>
 
 #include "ctrl_protocol.h"
+#include "instance.pb.h"
+#include "relay_policy.h"
+#include "vtm/framing.h"
 #include "test_env.h"
 #include "vtm/fs.h"
 #include "vtm/net.h"
@@ -445,6 +448,237 @@ TEST_F(InstanceTest, SwtpmDeathEndsTheInstanceWithFailure) {
   EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) != 0) << DescribeWaitStatus(*status);
   EXPECT_NE(inst.Log().find("killed by signal"), std::string::npos) << inst.Log();
   EXPECT_FALSE(PathExists(Path("run/tpm.sock")));
+}
+
+
+// ---------------------------------------------------------------------------------------
+// The manager channel and the relay's policy
+
+// vtmd's side of the manager channel, as a test sees it.
+instance_api::InstanceResponse Manage(const std::string& socket, const instance_api::InstanceRequest& request) {
+  instance_api::InstanceResponse response;
+  auto conn = ConnectUnix(socket);
+  if (!conn.ok()) {
+    response.set_error("connect: " + conn.error().message());
+    return response;
+  }
+  SetTimeouts(conn->get());
+  if (!WriteFrame(conn->get(), request.SerializeAsString()).ok()) return response;
+  auto frame = ReadFrame(conn->get());
+  if (frame.ok()) (void)response.ParseFromString(*frame);
+  return response;
+}
+instance_api::StatusResponse StatusOf(const std::string& socket) {
+  instance_api::InstanceRequest request;
+  request.mutable_status();
+  return Manage(socket, request).status();
+}
+
+// GET_STATEBLOB of one blob type in one response (the state of a fresh vTPM fits); flags 1
+// asks for it decrypted. Returns {result, state_flags, data}.
+struct StateBlob {
+  uint32_t result = 0xffffffff;
+  uint32_t flags = 0;
+  std::vector<uint8_t> data;
+};
+StateBlob GetStateBlob(int ctrl_fd, uint32_t type, uint32_t flags) {
+  StateBlob out;
+  auto req = Be32(static_cast<uint32_t>(CtrlCommand::kGetStateBlob));
+  for (uint32_t v : {flags, type, 0u}) {
+    auto b = Be32(v);
+    req.insert(req.end(), b.begin(), b.end());
+  }
+  if (!WriteAll(ctrl_fd, req.data(), req.size()).ok()) return out;
+  uint8_t hdr[16];
+  if (!ReadAll(ctrl_fd, hdr, sizeof hdr).ok()) return out;
+  out.result = LoadBe32(hdr);
+  out.flags = LoadBe32(hdr + 4);
+  uint32_t length = LoadBe32(hdr + 12);
+  if (out.result != 0 || length > (8u << 20)) return out;
+  out.data.resize(length);
+  if (!ReadAll(ctrl_fd, out.data.data(), length).ok()) out.result = 0xfffffffe;
+  return out;
+}
+// SET_STATEBLOB in one write, as QEMU sends it; returns the TPM result (or 0xffffffff).
+uint32_t SetStateBlob(int ctrl_fd, uint32_t type, uint32_t flags, const std::vector<uint8_t>& data) {
+  auto req = Be32(static_cast<uint32_t>(CtrlCommand::kSetStateBlob));
+  for (uint32_t v : {flags, type, static_cast<uint32_t>(data.size())}) {
+    auto b = Be32(v);
+    req.insert(req.end(), b.begin(), b.end());
+  }
+  req.insert(req.end(), data.begin(), data.end());
+  if (!WriteAll(ctrl_fd, req.data(), req.size()).ok()) return 0xffffffff;
+  uint8_t resp[4];
+  if (!ReadAll(ctrl_fd, resp, sizeof resp).ok()) return 0xffffffff;
+  return LoadBe32(resp);
+}
+uint32_t Simple(int ctrl_fd, CtrlCommand cmd, const std::vector<uint8_t>& body = {}) {
+  auto req = Be32(static_cast<uint32_t>(cmd));
+  req.insert(req.end(), body.begin(), body.end());
+  if (!WriteAll(ctrl_fd, req.data(), req.size()).ok()) return 0xffffffff;
+  uint8_t resp[4];
+  if (!ReadAll(ctrl_fd, resp, sizeof resp).ok()) return 0xffffffff;
+  return LoadBe32(resp);
+}
+
+class InstanceManagerTest : public InstanceTest {
+ protected:
+  void SetUp() override {
+    InstanceTest::SetUp();
+    if (IsSkipped()) return;
+    ASSERT_EQ(mkdir(Path("mgr").c_str(), 0700), 0);
+  }
+  std::string ManagerSocket() const { return Path("mgr/instance.sock"); }
+};
+
+TEST_F(InstanceManagerTest, UnencryptedStateBlobIsRefusedThatSwtpmItselfWouldTake) {
+  Instance inst(dir_.path(), TestKeys(5), {"--manager-socket", ManagerSocket()});
+  ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
+  // Only root reaches the manager socket.
+  struct stat st {};
+  ASSERT_EQ(stat(ManagerSocket().c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 0u);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  auto status = StatusOf(ManagerSocket());
+  EXPECT_EQ(status.pid(), inst.process().pid());
+  EXPECT_EQ(status.vm_uuid(), kVm);
+  EXPECT_EQ(status.mode(), instance_api::MODE_ACTIVE);
+  EXPECT_FALSE(status.qemu_attached());
+
+  FakeQemu qemu(Path("run/tpm.sock"));
+  ASSERT_TRUE(qemu.Start()) << inst.Log();
+  ASSERT_TRUE(qemu.StartupAndGetRandom()) << inst.Log();
+  status = StatusOf(ManagerSocket());
+  EXPECT_TRUE(status.qemu_attached());
+  EXPECT_EQ(status.inits(), 1u);
+
+  // The state as swtpm exports it to QEMU (encrypted with the migration key), and the same
+  // state decrypted: what a source without a migration key would send.
+  StateBlob encrypted = GetStateBlob(qemu.ctrl_fd(), kBlobTypePermanent, 0);
+  ASSERT_EQ(encrypted.result, 0u);
+  EXPECT_EQ(encrypted.flags & kStateFlagEncrypted, kStateFlagEncrypted);
+  StateBlob plain = GetStateBlob(qemu.ctrl_fd(), kBlobTypePermanent, 1);
+  ASSERT_EQ(plain.result, 0u);
+  EXPECT_EQ(plain.flags & kStateFlagEncrypted, 0u);
+  ASSERT_FALSE(plain.data.empty());
+
+  ASSERT_EQ(Simple(qemu.ctrl_fd(), CtrlCommand::kStop), 0u);
+  EXPECT_EQ(SetStateBlob(qemu.ctrl_fd(), kBlobTypePermanent, 0, plain.data), kTpmBadParameter);
+  status = StatusOf(ManagerSocket());
+  EXPECT_EQ(status.requests_refused(), 1u);
+  EXPECT_EQ(status.state_blobs_imported(), 0u);
+  EXPECT_NE(status.last_refusal().find("not encrypted"), std::string::npos) << status.last_refusal();
+  // The encrypted one passes, and the vTPM runs on it.
+  EXPECT_EQ(SetStateBlob(qemu.ctrl_fd(), kBlobTypePermanent, kStateFlagEncrypted, encrypted.data), 0u);
+  EXPECT_EQ(Simple(qemu.ctrl_fd(), CtrlCommand::kInit, Be32(0)), 0u);
+  EXPECT_EQ(StatusOf(ManagerSocket()).state_blobs_imported(), 1u);
+  qemu.Disconnect();
+  usleep(100 * 1000);
+
+  // swtpm itself, reached directly, takes the plaintext blob although it runs with a
+  // migration key: the gap the relay closes.
+  auto direct = ConnectUnixWithRetry(Path("run/swtpm-ctrl.sock"), std::chrono::seconds(5));
+  ASSERT_TRUE(direct.ok()) << direct.error().message();
+  SetTimeouts(direct->get());
+  ASSERT_EQ(Simple(direct->get(), CtrlCommand::kStop), 0u);
+  EXPECT_EQ(SetStateBlob(direct->get(), kBlobTypePermanent, 0, plain.data), 0u);
+}
+
+TEST_F(InstanceManagerTest, FenceEndsTheSessionStopsTheTpmAndRefusesInitAndExport) {
+  Instance inst(dir_.path(), TestKeys(6), {"--manager-socket", ManagerSocket()});
+  ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
+  FakeQemu qemu(Path("run/tpm.sock"));
+  ASSERT_TRUE(qemu.Start()) << inst.Log();
+  ASSERT_TRUE(qemu.StartupAndGetRandom()) << inst.Log();
+
+  instance_api::InstanceRequest fence;
+  fence.mutable_fence()->set_reason("test");
+  auto r = Manage(ManagerSocket(), fence);
+  ASSERT_TRUE(r.ok()) << r.error();
+  EXPECT_TRUE(r.fence().qemu_was_attached());
+  // QEMU's control connection is gone; the data channel it still holds reaches no running TPM.
+  uint8_t byte;
+  EXPECT_LE(read(qemu.ctrl_fd(), &byte, 1), 0);
+  auto rnd = qemu.Tpm({0x80, 0x01, 0, 0, 0, 0x0c, 0, 0, 0x01, 0x7b, 0x00, 0x10});
+  EXPECT_TRUE(rnd.size() < 10 || LoadBe32(rnd.data() + 6) != 0) << "the fenced TPM still answers";
+  EXPECT_EQ(StatusOf(ManagerSocket()).mode(), instance_api::MODE_FENCED);
+  // Idempotent.
+  EXPECT_TRUE(Manage(ManagerSocket(), fence).ok());
+
+  FakeQemu again(Path("run/tpm.sock"));
+  ASSERT_TRUE(again.connected());
+  EXPECT_EQ(Simple(again.ctrl_fd(), CtrlCommand::kInit, Be32(0)), kTpmFail);
+  EXPECT_EQ(GetStateBlob(again.ctrl_fd(), kBlobTypePermanent, 0).result, kTpmFail);
+  EXPECT_EQ(StatusOf(ManagerSocket()).requests_refused(), 2u);
+  // An incoming admission makes no sense here.
+  instance_api::InstanceRequest admit;
+  admit.mutable_admit_incoming()->set_migration_id("m1");
+  EXPECT_FALSE(Manage(ManagerSocket(), admit).ok());
+}
+
+TEST_F(InstanceManagerTest, IncomingInstanceTakesStateOnlyAfterAdmissionAndInitOnlyAfterState) {
+  // The source: a vTPM with some state, exported encrypted with the shared migration key.
+  TempDir source_dir;
+  chmod(source_dir.path().c_str(), 0755);
+  std::vector<StateBlob> blobs;
+  {
+    Instance src(source_dir.path(), TestKeys(7));
+    ASSERT_EQ(src.ReadyLine(), "READY") << src.Log();
+    FakeQemu qemu(source_dir.path() + "/run/tpm.sock");
+    ASSERT_TRUE(qemu.Start());
+    ASSERT_TRUE(qemu.StartupAndGetRandom());
+    for (uint32_t type : {kBlobTypePermanent, kBlobTypeVolatile}) {
+      blobs.push_back(GetStateBlob(qemu.ctrl_fd(), type, 0));
+      ASSERT_EQ(blobs.back().result, 0u) << "type " << type;
+    }
+  }
+  Instance dst(dir_.path(), TestKeys(7), {"--manager-socket", ManagerSocket(), "--incoming"});
+  ASSERT_EQ(dst.ReadyLine(), "READY") << dst.Log();
+  EXPECT_EQ(StatusOf(ManagerSocket()).mode(), instance_api::MODE_INCOMING);
+  FakeQemu qemu(Path("run/tpm.sock"));
+  ASSERT_TRUE(qemu.connected());
+  // No state yet: INIT would start an empty vTPM in the VM's place.
+  EXPECT_EQ(Simple(qemu.ctrl_fd(), CtrlCommand::kInit, Be32(0)), kTpmFail);
+  // Not admitted yet.
+  EXPECT_EQ(SetStateBlob(qemu.ctrl_fd(), kBlobTypePermanent, kStateFlagEncrypted, blobs[0].data), kTpmFail);
+
+  instance_api::InstanceRequest admit;
+  admit.mutable_admit_incoming()->set_migration_id("mig-1");
+  admit.mutable_admit_incoming()->set_generation(7);
+  ASSERT_TRUE(Manage(ManagerSocket(), admit).ok());
+  // A second, different migration is refused; the same one again is fine.
+  instance_api::InstanceRequest other = admit;
+  other.mutable_admit_incoming()->set_migration_id("mig-2");
+  EXPECT_FALSE(Manage(ManagerSocket(), other).ok());
+  EXPECT_TRUE(Manage(ManagerSocket(), admit).ok());
+
+  EXPECT_EQ(Simple(qemu.ctrl_fd(), CtrlCommand::kStop), 0u);
+  EXPECT_EQ(SetStateBlob(qemu.ctrl_fd(), kBlobTypePermanent, kStateFlagEncrypted, blobs[0].data), 0u);
+  EXPECT_EQ(SetStateBlob(qemu.ctrl_fd(), kBlobTypeVolatile, kStateFlagEncrypted, blobs[1].data), 0u);
+  EXPECT_EQ(Simple(qemu.ctrl_fd(), CtrlCommand::kInit, Be32(0)), 0u) << dst.Log();
+  auto status = StatusOf(ManagerSocket());
+  EXPECT_EQ(status.mode(), instance_api::MODE_ACTIVE);
+  EXPECT_EQ(status.migration_id(), "mig-1");
+  EXPECT_EQ(status.generation(), 7u);
+  EXPECT_EQ(status.imported_blob_types(), (1u << kBlobTypePermanent) | (1u << kBlobTypeVolatile));
+}
+
+TEST_F(InstanceManagerTest, OtherUidsCannotReachTheManagerSocket) {
+  Instance inst(dir_.path(), TestKeys(8), {"--manager-socket", ManagerSocket()});
+  ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
+  // The instance's own uid (a compromised swtpm or relay) and any other uid are kept out.
+  for (uid_t uid : {kUid, uid_t{65534}}) {
+    pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      if (setresgid(uid, uid, uid) != 0 || setresuid(uid, uid, uid) != 0) _exit(2);
+      _exit(ConnectUnix(ManagerSocket()).ok() ? 1 : 0);
+    }
+    int wstatus = 0;
+    ASSERT_EQ(waitpid(child, &wstatus, 0), child);
+    EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << "uid " << uid << " reached the manager socket";
+  }
+  EXPECT_EQ(StatusOf(ManagerSocket()).pid(), inst.process().pid());
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "instance.h"
+#include "relay_policy.h"
 
 namespace vtm::instance {
 namespace {
@@ -265,6 +266,8 @@ TEST(InstanceCommandLineTest, ToCommandLineRoundTripsThroughTheParser) {
   c.swtpm_path = "/usr/bin/swtpm";
   c.seccomp = false;
   c.log_level = LogLevel::kDebug;
+  c.manager_socket = "/run/vtm/manager/x.sock";
+  c.incoming = true;
   auto back = ParseCommandLine(ToCommandLine(c));
   ASSERT_TRUE(back.ok()) << back.error().ToString();
   EXPECT_EQ(back->vm_uuid, c.vm_uuid);
@@ -281,6 +284,76 @@ TEST(InstanceCommandLineTest, ToCommandLineRoundTripsThroughTheParser) {
   EXPECT_EQ(back->swtpm_path, c.swtpm_path);
   EXPECT_EQ(back->seccomp, c.seccomp);
   EXPECT_EQ(back->log_level, c.log_level);
+  EXPECT_EQ(back->manager_socket, c.manager_socket);
+  EXPECT_EQ(back->incoming, c.incoming);
+}
+
+
+// The relay's policy on its own (relay_policy.h).
+CtrlRequest StateBlobRequest(uint32_t flags, uint32_t type) {
+  CtrlRequest r;
+  r.code = static_cast<uint32_t>(CtrlCommand::kSetStateBlob);
+  r.known = true;
+  r.state_blob = StateBlobHeader{flags, type, 16};
+  return r;
+}
+CtrlRequest Plain(CtrlCommand cmd) {
+  CtrlRequest r;
+  r.code = static_cast<uint32_t>(cmd);
+  r.known = true;
+  return r;
+}
+
+TEST(RelayPolicyTest, UnencryptedStateBlobIsRefusedInEveryMode) {
+  for (RelayMode mode : {RelayMode::kActive, RelayMode::kIncoming, RelayMode::kFenced}) {
+    RelayPolicyState s;
+    s.mode = mode;
+    s.incoming_admitted = true;
+    auto refusal = CheckRequest(StateBlobRequest(0, kBlobTypePermanent), s);
+    ASSERT_TRUE(refusal.has_value()) << RelayModeName(mode);
+    EXPECT_NE(refusal->tpm_result, 0u);
+    EXPECT_EQ(refusal->response_size, 4u);
+  }
+  RelayPolicyState active;
+  EXPECT_FALSE(CheckRequest(StateBlobRequest(kStateFlagEncrypted, kBlobTypePermanent), active).has_value());
+  auto r = CheckRequest(StateBlobRequest(1, kBlobTypeVolatile), active);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_NE(r->reason.find("not encrypted"), std::string::npos);
+}
+
+TEST(RelayPolicyTest, IncomingNeedsAdmissionThenPermanentStateBeforeInit) {
+  RelayPolicyState s;
+  s.mode = RelayMode::kIncoming;
+  EXPECT_TRUE(CheckRequest(StateBlobRequest(kStateFlagEncrypted, kBlobTypePermanent), s).has_value());
+  EXPECT_TRUE(CheckRequest(Plain(CtrlCommand::kInit), s).has_value());
+  EXPECT_FALSE(CheckRequest(Plain(CtrlCommand::kStop), s).has_value());
+  EXPECT_FALSE(CheckRequest(Plain(CtrlCommand::kGetCapability), s).has_value());
+  s.incoming_admitted = true;
+  auto blob = StateBlobRequest(kStateFlagEncrypted, kBlobTypePermanent);
+  ASSERT_FALSE(CheckRequest(blob, s).has_value());
+  RecordPassed(blob, &s);
+  EXPECT_EQ(s.imported_blob_types, 1u << kBlobTypePermanent);
+  auto init = Plain(CtrlCommand::kInit);
+  ASSERT_FALSE(CheckRequest(init, s).has_value());
+  RecordPassed(init, &s);
+  EXPECT_EQ(s.mode, RelayMode::kActive);
+}
+
+TEST(RelayPolicyTest, FencedRefusesInitAndStateExportWithTheSizesQemuReads) {
+  RelayPolicyState s;
+  s.mode = RelayMode::kFenced;
+  auto init = CheckRequest(Plain(CtrlCommand::kInit), s);
+  ASSERT_TRUE(init.has_value());
+  EXPECT_EQ(RefusalResponse(*init).size(), 4u);
+  auto get = CheckRequest(Plain(CtrlCommand::kGetStateBlob), s);
+  ASSERT_TRUE(get.has_value());
+  std::string answer = RefusalResponse(*get);
+  ASSERT_EQ(answer.size(), 16u);  // ptm_getstate's response header
+  EXPECT_EQ(static_cast<uint8_t>(answer[3]), kTpmFail);
+  EXPECT_FALSE(CheckRequest(Plain(CtrlCommand::kGetTpmEstablished), s).has_value());
+  RelayPolicyState active;
+  EXPECT_FALSE(CheckRequest(Plain(CtrlCommand::kGetStateBlob), active).has_value());
+  EXPECT_FALSE(CheckRequest(Plain(CtrlCommand::kInit), active).has_value());
 }
 
 }  // namespace

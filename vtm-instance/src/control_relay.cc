@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "manager_channel.h"
 #include "swtpm_ctrl.h"
 #include "vtm/log.h"
 #include "vtm/net.h"
@@ -18,26 +19,37 @@ namespace {
 constexpr int kMaxFdsPerMessage = 4;
 }  // namespace
 
-ControlRelay::ControlRelay(UniqueFd listener, std::string swtpm_ctrl_path)
-    : listener_(std::move(listener)), swtpm_ctrl_path_(std::move(swtpm_ctrl_path)) {}
+ControlRelay::ControlRelay(UniqueFd listener, std::string swtpm_ctrl_path, RelayMode mode)
+    : listener_(std::move(listener)), swtpm_ctrl_path_(std::move(swtpm_ctrl_path)) {
+  policy_.mode = mode;
+}
 
-Status ControlRelay::Serve(int wake_fd) {
+Status ControlRelay::Serve(int wake_fd, ManagerChannel* manager) {
   for (;;) {
     // While a client is attached the listener is not polled: a second QEMU waits in the
     // backlog, as it would with swtpm itself, until the first one goes.
-    pollfd fds[3] = {{wake_fd, POLLIN, 0}, {-1, POLLIN, 0}, {-1, POLLIN, 0}};
+    pollfd fds[5] = {{wake_fd, POLLIN, 0}, {-1, POLLIN, 0}, {-1, POLLIN, 0}, {-1, POLLIN, 0}, {-1, POLLIN, 0}};
+    if (manager != nullptr) {
+      fds[3].fd = manager->listener_fd();
+      fds[4].fd = manager->connection_fd();
+    }
     if (client_.valid()) {
       fds[1].fd = client_.get();
       fds[2].fd = swtpm_.get();
     } else {
       fds[1].fd = listener_.get();
     }
-    int r = poll(fds, 3, -1);
+    int r = poll(fds, 5, -1);
     if (r < 0) {
       if (errno == EINTR) continue;
       return ErrnoError("poll");
     }
     if (fds[0].revents & POLLIN) return OkStatus();
+    // vtmd first: a fence must not wait behind QEMU's next request.
+    if (manager != nullptr) {
+      if (fds[4].revents & (POLLIN | POLLHUP | POLLERR)) manager->OnConnectionReadable(*this);
+      if (fds[3].revents & POLLIN) manager->OnListenerReadable();
+    }
     if (!client_.valid()) {
       if (fds[1].revents & (POLLERR | POLLNVAL)) return Error(ErrorCode::kIo, "the listening socket failed");
       if (fds[1].revents & POLLIN) AcceptClient();
@@ -138,6 +150,7 @@ bool ControlRelay::PumpFromClient() {
 bool ControlRelay::ForwardRequest(const CtrlRequest& request) {
   ++counts_[request.code];
   ++session_requests_;
+  if (auto refusal = CheckRequest(request, policy_)) return Refuse(request, *refusal);
   std::string name = CtrlCommandName(request.code);
   if (!request.known) {
     LOG_WARNING << "passing on unknown control command " << name << " (" << request.size << " bytes)";
@@ -179,7 +192,58 @@ bool ControlRelay::ForwardRequest(const CtrlRequest& request) {
     EndSession(std::move(st).error().Context("passing " + name + " to swtpm").message());
     return false;
   }
+  RecordPassed(request, &policy_);
+  if (request.code == static_cast<uint32_t>(CtrlCommand::kGetStateBlob)) ++counters_.exported;
+  if (request.code == static_cast<uint32_t>(CtrlCommand::kSetStateBlob)) ++counters_.imported;
+  if (request.code == static_cast<uint32_t>(CtrlCommand::kInit)) ++counters_.inits;
   return true;
+}
+
+bool ControlRelay::Refuse(const CtrlRequest& request, const Refusal& refusal) {
+  LOG_WARNING << refusal.reason;
+  ++counters_.refused;
+  counters_.last_refusal = refusal.reason;
+  pending_fds_.clear();
+  (void)request;
+  std::string answer = RefusalResponse(refusal);
+  if (Status st = WriteAll(client_.get(), answer.data(), answer.size()); !st.ok()) {
+    EndSession("answering QEMU: " + st.error().message());
+    return false;
+  }
+  return true;
+}
+
+Status ControlRelay::Fence(const std::string& reason) {
+  if (policy_.mode == RelayMode::kFenced) return OkStatus();
+  policy_.mode = RelayMode::kFenced;
+  LOG_INFO << "fenced by vtmd: " << reason;
+  EndSession("fenced: " + reason);
+  // A QEMU that still holds the data channel must find no running TPM behind it.
+  auto conn = ConnectUnix(swtpm_ctrl_path_);
+  if (!conn.ok()) return std::move(conn).error().Context("fenced, but stopping the TPM in swtpm failed");
+  SetIoTimeouts(conn->get());
+  VTM_ASSIGN_OR_RETURN(auto resp, SwtpmCtrlCall(conn->get(), CtrlCommand::kStop, 4));
+  if (uint32_t result = LoadBe32(resp.data()); result != 0) {
+    return Error(ErrorCode::kInternal, "fenced, but swtpm answered STOP with TPM result " + std::to_string(result));
+  }
+  return OkStatus();
+}
+
+Status ControlRelay::AdmitIncoming(const std::string& migration_id, uint64_t generation) {
+  if (policy_.mode != RelayMode::kIncoming) {
+    return Error(ErrorCode::kFailedPrecondition, std::string("this vTPM is ") + RelayModeName(policy_.mode) +
+                                                     ", not waiting for an incoming migration");
+  }
+  if (migration_id.empty()) return Error(ErrorCode::kInvalidArgument, "AdmitIncoming needs a migration ID");
+  if (policy_.incoming_admitted && (migration_id != migration_id_ || generation != generation_)) {
+    return Error(ErrorCode::kFailedPrecondition,
+                 "this vTPM already admitted migration " + migration_id_ + "; refusing " + migration_id);
+  }
+  policy_.incoming_admitted = true;
+  migration_id_ = migration_id;
+  generation_ = generation;
+  LOG_INFO << "admitted incoming migration " << migration_id << " (generation " << generation << ")";
+  return OkStatus();
 }
 
 bool ControlRelay::PumpFromSwtpm() {

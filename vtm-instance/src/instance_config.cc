@@ -67,6 +67,8 @@ std::vector<std::string> ToCommandLine(const InstanceConfig& c) {
   if (c.socket_mode != defaults.socket_mode) args.insert(args.end(), {"--socket-mode", mode});
   if (c.swtpm_path != defaults.swtpm_path) args.insert(args.end(), {"--swtpm", c.swtpm_path});
   if (!c.seccomp) args.push_back("--no-seccomp");
+  if (!c.manager_socket.empty()) args.insert(args.end(), {"--manager-socket", c.manager_socket});
+  if (c.incoming) args.push_back("--incoming");
   static const char* kLevels[] = {"debug", "info", "warning", "error"};
   if (c.log_level != defaults.log_level) args.insert(args.end(), {"--log-level", kLevels[static_cast<int>(c.log_level)]});
   return args;
@@ -79,6 +81,10 @@ Result<InstanceConfig> ParseCommandLine(const std::vector<std::string>& args) {
     const std::string& opt = args[i];
     if (opt == "--no-seccomp") {
       c.seccomp = false;
+      continue;
+    }
+    if (opt == "--incoming") {
+      c.incoming = true;
       continue;
     }
     if (i + 1 >= args.size()) return Error(ErrorCode::kInvalidArgument, opt + " needs a value");
@@ -113,6 +119,9 @@ Result<InstanceConfig> ParseCommandLine(const std::vector<std::string>& args) {
     } else if (opt == "--ready-fd") {
       VTM_ASSIGN_OR_RETURN(c.ready_fd, ParseNumber(opt, val, 10, 65535));
       have_ready = true;
+    } else if (opt == "--manager-socket") {
+      VTM_RETURN_IF_ERROR(CheckPath(opt, val));
+      c.manager_socket = val;
     } else if (opt == "--swtpm") {
       if (val.empty()) return Error(ErrorCode::kInvalidArgument, "--swtpm needs a path");
       c.swtpm_path = val;
@@ -141,7 +150,7 @@ Result<InstanceConfig> ParseCommandLine(const std::vector<std::string>& args) {
   if (c.keys_fd <= 2 || c.ready_fd <= 2 || c.keys_fd == c.ready_fd) {
     return Error(ErrorCode::kInvalidArgument, "--keys-fd and --ready-fd must be distinct fds above 2");
   }
-  for (const auto& p : {c.TpmSocketPath(), c.SwtpmCtrlSocketPath()}) {
+  for (const auto& p : {c.TpmSocketPath(), c.SwtpmCtrlSocketPath(), c.manager_socket}) {
     if (p.size() > kSunPathMax) {
       return Error(ErrorCode::kInvalidArgument, "--run-dir is too long for a unix socket path (max " +
                                                     std::to_string(kSunPathMax) + " bytes): " + p);

@@ -30,6 +30,12 @@ struct InstanceConfig {
   int keys_fd = -1;
   int ready_fd = -1;
   std::string swtpm_path = "swtpm";
+  // vtmd's channel into the instance (manager_channel.h); empty: none. Must be in a directory
+  // only root can enter.
+  std::string manager_socket;
+  // The destination of a migration: state blobs only after vtmd admits the migration, INIT only
+  // after the permanent state arrived. The state directory starts empty.
+  bool incoming = false;
   bool seccomp = true;  // --no-seccomp turns the relay's filter off (debugging)
   LogLevel log_level = LogLevel::kInfo;
 

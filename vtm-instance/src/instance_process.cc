@@ -16,8 +16,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <memory>
 #include <thread>
 
+#include "manager_channel.h"
 #include "swtpm_ctrl.h"
 #include "vtm/fs.h"
 #include "vtm/log.h"
@@ -96,6 +98,7 @@ Status InstanceProcess::Setup() {
   VTM_RETURN_IF_ERROR(StartSwtpm());
   VTM_RETURN_IF_ERROR(WaitForSwtpm(std::chrono::seconds(10)));
   VTM_RETURN_IF_ERROR(ListenForQemu());
+  VTM_RETURN_IF_ERROR(ListenForManager());
   VTM_RETURN_IF_ERROR(DropPrivileges());
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   // The sanitizer runtimes need syscalls (ptrace for leak checking, ...) the filter forbids.
@@ -320,10 +323,29 @@ Status InstanceProcess::ApplySeccomp() {
   return OkStatus();
 }
 
+Status InstanceProcess::ListenForManager() {
+  if (config_.manager_socket.empty()) return OkStatus();
+  // Created by the uid that started us (root) before privileges are dropped, mode 0600, in a
+  // directory vtmd keeps root-only: neither QEMU nor this instance's own uid can reach it
+  // (ManagerChannel checks the peer uid as well). It stays when the instance ends (the
+  // directory is not ours to write after the uid drop); the next instance replaces it.
+  manager_uid_ = getuid();
+  auto listener = ListenUnix(config_.manager_socket, 0600);
+  if (!listener.ok()) return std::move(listener).error().Context("creating the manager socket " + config_.manager_socket);
+  manager_listener_ = std::move(*listener);
+  return OkStatus();
+}
+
 int InstanceProcess::ServeUntilStopped() {
-  ControlRelay relay(std::move(listener_), config_.SwtpmCtrlSocketPath());
+  ControlRelay relay(std::move(listener_), config_.SwtpmCtrlSocketPath(),
+                     config_.incoming ? RelayMode::kIncoming : RelayMode::kActive);
+  std::unique_ptr<ManagerChannel> manager;
+  if (manager_listener_.valid()) {
+    manager = std::make_unique<ManagerChannel>(std::move(manager_listener_), manager_uid_, config_.vm_uuid,
+                                               swtpm_.pid());
+  }
   for (;;) {
-    auto st = relay.Serve(signal_fd_.get());
+    auto st = relay.Serve(signal_fd_.get(), manager.get());
     if (!st.ok()) {
       LOG_ERROR << "relay failed: " << st.error().message();
       relay.EndSession("relay failure");

@@ -41,6 +41,7 @@ class InstanceProcess {
   Status StartSwtpm();
   Status WaitForSwtpm(std::chrono::milliseconds timeout);
   Status ListenForQemu();
+  Status ListenForManager();
   Status DropPrivileges();
   Status ApplySeccomp();
   int ServeUntilStopped();
@@ -53,6 +54,8 @@ class InstanceProcess {
   UniqueFd signal_fd_;
   Subprocess swtpm_;
   UniqueFd listener_;
+  UniqueFd manager_listener_;  // --manager-socket, if given
+  uid_t manager_uid_ = 0;      // the uid that started the instance (vtmd: root)
   bool owns_run_files_ = false;  // set once no other instance can own the run dir's sockets
 };
 

@@ -3,9 +3,12 @@
 
 #include <openssl/rand.h>
 
-#include <cctype>
-#include <filesystem>
+#include <unistd.h>
 
+#include <cctype>
+#include <cerrno>
+
+#include "instance_channel.h"
 #include "vtm/digest.h"
 #include "vtm/fs.h"
 #include "vtm/log.h"
@@ -25,17 +28,12 @@ bool IsInstanceOf(int64_t pid, const std::string& uuid) {
   return cmdline->find("vtm-instance") != std::string::npos && cmdline->find(uuid) != std::string::npos;
 }
 
-// The pid of a vtm-instance serving uuid, found by scanning /proc; 0 if there is none. Used
-// where a crash came between spawning an instance and recording its pid.
-int64_t FindInstanceOf(const std::string& uuid) {
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
-    const std::string name = entry.path().filename().string();
-    if (name.empty() || !std::isdigit(static_cast<unsigned char>(name[0]))) continue;
-    int64_t pid = std::stoll(name);
-    if (IsInstanceOf(pid, uuid)) return pid;
-  }
-  return 0;
+// The pid of the vtm-instance serving a VM, asked over its manager socket (only root reaches
+// it, so the answer is the instance's own); 0 if none answers. Used where a crash came between
+// spawning an instance and recording its pid.
+int64_t InstancePidOf(const VmPaths& paths) {
+  auto status = InstanceStatus(paths.manager_socket);
+  return status.ok() ? status->pid() : 0;
 }
 }  // namespace
 
@@ -101,6 +99,7 @@ VmPaths Manager::PathsFor(const std::string& uuid) const {
   p.log_dir = p.vm_dir + "/log";
   p.run_dir = config_.run_dir + "/vms/" + uuid;
   p.tpm_socket = p.run_dir + "/tpm.sock";
+  p.manager_socket = config_.run_dir + "/manager/" + uuid + ".sock";
   return p;
 }
 
@@ -213,6 +212,7 @@ Result<VmRecord> Manager::Start(const std::string& vm) {
   launch.config.socket_uid = config_.socket_uid;
   launch.config.socket_gid = config_.socket_gid;
   if (!config_.swtpm_binary.empty()) launch.config.swtpm_path = config_.swtpm_binary;
+  launch.config.manager_socket = paths.manager_socket;
   auto state_key = master_key_.Unwrap(rec.wrapped_state_key, WrapLabel(uuid, kStateKey));
   if (!state_key.ok()) return fail(std::move(state_key).error());
   auto migration_key = master_key_.Unwrap(rec.wrapped_migration_key, WrapLabel(uuid, kMigrationKey));
@@ -307,6 +307,8 @@ Status Manager::MakeVmDirs(const VmPaths& paths, uint32_t uid) const {
   // Every level above a VM's own directories must be traversable by its uid. Start makes them
   // again, so a VM whose directories were lost recovers them (the keys are in the registry).
   VTM_RETURN_IF_ERROR(MakeDir(config_.run_dir + "/vms", 0711, 0, 0));
+  // Instances' manager sockets: root only, apart from the per-VM dirs their uids own.
+  VTM_RETURN_IF_ERROR(MakeDir(config_.run_dir + "/manager", 0700, 0, 0));
   VTM_RETURN_IF_ERROR(MakeDir(config_.state_dir + "/vms", 0711, 0, 0));
   VTM_RETURN_IF_ERROR(MakeDir(paths.vm_dir, 0711, 0, 0));
   VTM_RETURN_IF_ERROR(MakeDir(paths.tpm_dir, 0700, uid, uid));
@@ -320,6 +322,7 @@ Status Manager::Destroy(const std::string& uuid, uint64_t generation) {
   VmPaths paths = PathsFor(uuid);
   VTM_RETURN_IF_ERROR(RemoveTree(paths.vm_dir));
   VTM_RETURN_IF_ERROR(RemoveTree(paths.run_dir));
+  if (::unlink(paths.manager_socket.c_str()) != 0 && errno != ENOENT) return ErrnoError("removing " + paths.manager_socket);
   // Removing the row destroys the only (wrapped) copies of the VM's keys.
   return registry_.Remove(uuid, generation);
 }
@@ -372,7 +375,7 @@ Status Manager::Reconcile() {
       case VmState::kStopping:
         // Interrupted half-way: the instance's readiness or exit was never recorded. Leave no
         // unrecorded process behind.
-        if (int64_t pid = FindInstanceOf(rec.uuid); pid > 0) {
+        if (int64_t pid = InstancePidOf(PathsFor(rec.uuid)); pid > 0) {
           if (supervisor_.Adopt(rec.uuid, static_cast<pid_t>(pid)).ok()) {
             (void)supervisor_.Stop(rec.uuid, config_.stop_grace);
           }

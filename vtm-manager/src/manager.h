@@ -64,6 +64,7 @@ struct VmPaths {
   std::string log_dir;  // <state>/vms/<uuid>/log    0700 instance uid
   std::string run_dir;  // <run>/vms/<uuid>
   std::string tpm_socket;  // <run>/vms/<uuid>/tpm.sock
+  std::string manager_socket;  // <run>/manager/<uuid>.sock: vtmd's channel into the instance (root only)
 };
 
 class Manager {
