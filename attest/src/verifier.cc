@@ -481,6 +481,9 @@ void Verifier::Impl::HostQuoteAndLogs(Checks& checks, const HostEvidence& e, con
   {
     const MeasurementLog& log = e.measurement_log();
     Status st = [&]() -> Status {
+      if (!log.inconsistency().empty()) {
+        return Error(ErrorCode::kFailedPrecondition, "vtmd reports the log inconsistent: " + log.inconsistency());
+      }
       if (policy.measurement_pcr() != 0 && log.pcr() != policy.measurement_pcr()) {
         return Error(ErrorCode::kFailedPrecondition, "the log is for PCR " + std::to_string(log.pcr()) +
                                                          ", the policy expects PCR " +

@@ -137,6 +137,11 @@ TEST_F(VerifierTest, ForeignExtendOfTheMeasurementPcrIsRefused) {
   ExpectOnly(Deep(MakeDeep()), "measurement_log", "foreign extend");
 }
 
+TEST_F(VerifierTest, LogVtmdMarkedInconsistentIsRefused) {
+  mlog_.set_inconsistency("PCR 15 was extended outside vtmd");
+  ExpectOnly(Deep(MakeDeep()), "measurement_log", "vtmd reports the log inconsistent");
+}
+
 TEST_F(VerifierTest, AkCertificateFromAnotherHostsCaIsRefused) {
   auto other = Must(ca::SoftwareSigner::Generate());
   ca::CaCertRequest req;
