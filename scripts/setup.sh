@@ -12,7 +12,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   libssl-dev libsqlite3-dev libseccomp-dev libtss2-dev libtpms-dev
   libprotobuf-dev protobuf-compiler libgtest-dev libgmock-dev
-  swtpm swtpm-tools swtpm-dev tpm2-tools
+  swtpm swtpm-tools swtpm-dev tpm2-tools tpm2-openssl
   qemu-system-x86 busybox-static cpio
   clang libclang-rt-14-dev clang-tidy openssl
 )

@@ -1,9 +1,11 @@
 #!/bin/bash
 # Builds the end-to-end test guest: Debian's cloud kernel plus a busybox initramfs with
-# tpm2-tools. Usage: build-guest.sh OUTDIR
+# tpm2-tools, the openssl CLI with the tpm2 provider (tpm2-openssl), the trusted-connection
+# guest helpers and virtio-net. Usage: build-guest.sh OUTDIR
 #
 # Produces OUTDIR/vmlinuz, OUTDIR/initrd.img (gzip'ed newc cpio) and OUTDIR/kernel-version.
-# Idempotent: does nothing when vmlinuz and initrd.img exist and are newer than this script.
+# Idempotent: does nothing when vmlinuz and initrd.img exist and are newer than this script and
+# the guest helpers it installs (trusted-connection/guest/*).
 # Exit status 3 means the kernel package could not be fetched (apt unreachable); callers may
 # treat that as "skip", every other failure is a real error.
 #
@@ -18,6 +20,9 @@ log() { echo "build-guest: $*" >&2; }
 
 [[ $# -eq 1 ]] || { echo "usage: $0 OUTDIR" >&2; exit 2; }
 SCRIPT="$(readlink -f "${BASH_SOURCE[0]}")"
+REPO="$(cd "$(dirname "$SCRIPT")/../.." && pwd)"
+# Scripts installed into the image as /usr/bin/<name>; a change to any of them rebuilds it.
+HELPERS=("$REPO"/trusted-connection/guest/vtm-*)
 mkdir -p "$1"
 OUT="$(readlink -f "$1")"
 
@@ -25,8 +30,14 @@ OUT="$(readlink -f "$1")"
 exec 9>"$OUT/.build.lock"
 flock 9
 
-if [[ "${VTM_GUEST_FORCE:-0}" != 1 && -f "$OUT/vmlinuz" && -f "$OUT/initrd.img" &&
-      "$OUT/vmlinuz" -nt "$SCRIPT" && "$OUT/initrd.img" -nt "$SCRIPT" ]]; then
+up_to_date() {
+  [[ "${VTM_GUEST_FORCE:-0}" != 1 && -f "$OUT/vmlinuz" && -f "$OUT/initrd.img" ]] || return 1
+  local input
+  for input in "$SCRIPT" "${HELPERS[@]}"; do
+    [[ "$OUT/vmlinuz" -nt "$input" && "$OUT/initrd.img" -nt "$input" ]] || return 1
+  done
+}
+if up_to_date; then
   log "up to date: $OUT"
   exit 0
 fi
@@ -41,6 +52,12 @@ done
 [[ -n "$BUSYBOX" ]] || die "a statically linked busybox is needed (apt-get install busybox-static)"
 TPM2="$(command -v tpm2 || true)"
 [[ -n "$TPM2" ]] || die "tpm2-tools not installed (/usr/bin/tpm2 missing)"
+OPENSSL="$(command -v openssl || true)"
+[[ -n "$OPENSSL" ]] || die "the openssl CLI is not installed (apt-get install openssl)"
+LIBDIR=/usr/lib/x86_64-linux-gnu
+TPM2_PROVIDER="$LIBDIR/ossl-modules/tpm2.so"
+[[ -f "$TPM2_PROVIDER" ]] || die "$TPM2_PROVIDER missing (apt-get install tpm2-openssl)"
+for h in "${HELPERS[@]}"; do [[ -f "$h" ]] || die "guest helper $h missing"; done
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/vtm-guest-build.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
@@ -126,16 +143,25 @@ for link in /usr/bin/tpm2_*; do
   ln -sf tpm2 "$R/usr/bin/$(basename "$link")"
 done
 
-# Shared libraries: what ldd reports for tpm2, plus the TCTIs that libtss2-tctildr
-# dlopen()s at run time, plus what those need.
-LIBDIR=/usr/lib/x86_64-linux-gnu
+# openssl with the tpm2 provider where OpenSSL looks for providers (MODULESDIR) and Debian's
+# openssl.cnf where it looks for its configuration (OPENSSLDIR /usr/lib/ssl).
+cp "$OPENSSL" "$R/usr/bin/openssl"
+mkdir -p "$R/lib/x86_64-linux-gnu/ossl-modules" "$R/etc/ssl" "$R/usr/lib/ssl"
+cp "$TPM2_PROVIDER" "$R/lib/x86_64-linux-gnu/ossl-modules/tpm2.so"
+cp -L /etc/ssl/openssl.cnf "$R/etc/ssl/openssl.cnf"
+ln -s /etc/ssl/openssl.cnf "$R/usr/lib/ssl/openssl.cnf"
+# The trusted-connection helpers (POSIX sh) a service in the VM uses.
+for h in "${HELPERS[@]}"; do install -m 0755 "$h" "$R/usr/bin/$(basename "$h")"; done
+
+# Shared libraries: what ldd reports for tpm2, openssl and the tpm2 provider, plus the TCTIs
+# that libtss2-tctildr dlopen()s at run time, plus what those need.
 shopt -s nullglob
 dlopened=("$LIBDIR"/libtss2-tcti-*.so.[0-9] "$LIBDIR"/libtss2-tctildr.so.[0-9])
 shopt -u nullglob
 [[ ${#dlopened[@]} -gt 0 ]] || die "no libtss2-tcti-*.so.N in $LIBDIR (libtss2-tcti-device0 missing?)"
 libs_of() { ldd "$1" | awk '/=> \// {print $3} /^\t\/.*ld-linux/ {print $1}'; }
 declare -A seen=()
-queue=("$TPM2" "${dlopened[@]}")
+queue=("$TPM2" "$OPENSSL" "$TPM2_PROVIDER" "${dlopened[@]}")
 while [[ ${#queue[@]} -gt 0 ]]; do
   f="${queue[0]}"; queue=("${queue[@]:1}")
   [[ -n "${seen[$f]:-}" ]] && continue
@@ -145,7 +171,7 @@ while [[ ${#queue[@]} -gt 0 ]]; do
   done < <(libs_of "$f")
 done
 for f in "${!seen[@]}"; do
-  [[ "$f" == "$TPM2" ]] && continue
+  [[ "$f" == "$TPM2" || "$f" == "$OPENSSL" || "$f" == "$TPM2_PROVIDER" ]] && continue
   case "$f" in
     */ld-linux-x86-64.so.2) cp -L "$f" "$R/lib64/ld-linux-x86-64.so.2" ;;
     *) cp -L "$f" "$R/lib/x86_64-linux-gnu/$(basename "$f")" ;;
@@ -166,36 +192,45 @@ MODLIST="$R/etc/vtm-modules"
 : >"$MODLIST"
 MODROOT="$KX/lib/modules/$KVER"
 declare -A modseen=()
-add_module() {  # add_module NAME: dependencies first, then NAME
+add_module() {  # add_module NAME: dependencies first, then NAME (files per module: it recurses)
   local name="$1" path deps d
   [[ -n "${modseen[$name]:-}" ]] && return 0
   modseen[$name]=1
   path="$(find "$MODROOT" -name "$name.ko*" -o -name "${name//_/-}.ko*" | head -n1)"
   [[ -n "$path" ]] || die "module $name not found under $MODROOT"
   case "$path" in
-    *.ko.xz) xz -dc "$path" >"$WORK/mod.ko" ;;
-    *.ko.zst) zstd -qdc "$path" >"$WORK/mod.ko" ;;
-    *.ko.gz) gzip -dc "$path" >"$WORK/mod.ko" ;;
-    *) cp "$path" "$WORK/mod.ko" ;;
+    *.ko.xz) xz -dc "$path" >"$WORK/$name.ko" ;;
+    *.ko.zst) zstd -qdc "$path" >"$WORK/$name.ko" ;;
+    *.ko.gz) gzip -dc "$path" >"$WORK/$name.ko" ;;
+    *) cp "$path" "$WORK/$name.ko" ;;
   esac
-  objcopy -O binary --only-section=.modinfo "$WORK/mod.ko" "$WORK/modinfo"
-  deps="$(tr '\0' '\n' <"$WORK/modinfo" | sed -n 's/^depends=//p' | tr ',' ' ')"
+  objcopy -O binary --only-section=.modinfo "$WORK/$name.ko" "$WORK/$name.modinfo"
+  deps="$(tr '\0' '\n' <"$WORK/$name.modinfo" | sed -n 's/^depends=//p' | tr ',' ' ')"
   for d in $deps; do add_module "$d"; done
   mkdir -p "$R/lib/modules"
-  mv "$WORK/mod.ko" "$R/lib/modules/$name.ko"
+  mv "$WORK/$name.ko" "$R/lib/modules/$name.ko"
   echo "$name" >>"$MODLIST"
 }
-for pair in CONFIG_TCG_TPM:tpm CONFIG_HW_RANDOM:rng_core CONFIG_TCG_TIS_CORE:tpm_tis_core \
-            CONFIG_TCG_TIS:tpm_tis CONFIG_TCG_CRB:tpm_crb; do
-  opt="${pair%%:*}" mod="${pair##*:}"
-  case "$(cfg "$opt")" in
-    y) ;;
-    m) add_module "$mod" ;;
-    *) die "kernel $KVER has no $opt" ;;
-  esac
-done
+# need_drivers CONFIG_X:module ...: each driver built in (=y) or its module added (=m).
+need_drivers() {
+  local pair opt mod
+  for pair in "$@"; do
+    opt="${pair%%:*}" mod="${pair##*:}"
+    case "$(cfg "$opt")" in
+      y) ;;
+      m) add_module "$mod" ;;
+      *) die "kernel $KVER has no $opt" ;;
+    esac
+  done
+}
+need_drivers CONFIG_TCG_TPM:tpm CONFIG_HW_RANDOM:rng_core CONFIG_TCG_TIS_CORE:tpm_tis_core \
+             CONFIG_TCG_TIS:tpm_tis CONFIG_TCG_CRB:tpm_crb
 if [[ -s "$MODLIST" ]]; then log "TPM modules: $(tr '\n' ' ' <"$MODLIST")"
 else log "TPM drivers (tpm, tpm_tis, tpm_crb) are built into $KVER"; fi
+# virtio-net for tests that reach a service in the guest (QEMU user-mode networking).
+before=$(wc -l <"$MODLIST")
+need_drivers CONFIG_VIRTIO_PCI:virtio_pci CONFIG_VIRTIO_NET:virtio_net
+log "network modules: $(tail -n +$((before + 1)) "$MODLIST" | tr '\n' ' ')"
 [[ "$(cfg CONFIG_IMA)" == y ]] || log "warning: CONFIG_IMA is off, PCR 10 stays zero"
 
 cat >"$R/init" <<'EOF'
@@ -205,6 +240,7 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export LD_LIBRARY_PATH=/lib/x86_64-linux-gnu
 export HOME=/root
 export TPM2TOOLS_TCTI=device:/dev/tpmrm0
+export TPM2OPENSSL_TCTI=device:/dev/tpmrm0
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -217,7 +253,18 @@ fi
 # The TPM character devices appear asynchronously after a driver probe.
 i=0
 while [ ! -e /dev/tpmrm0 ] && [ ! -e /dev/tpm0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-[ -e /dev/tpmrm0 ] || export TPM2TOOLS_TCTI=device:/dev/tpm0
+[ -e /dev/tpmrm0 ] || export TPM2TOOLS_TCTI=device:/dev/tpm0 TPM2OPENSSL_TCTI=device:/dev/tpm0
+# QEMU user-mode networking (-netdev user): the guest is 10.0.2.15, the host 10.0.2.2.
+ip link set lo up
+# A virtio device of type 1 is a NIC; its eth0 appears once virtio_net has probed it.
+if grep -qx 0x0001 /sys/bus/virtio/devices/*/device 2>/dev/null; then
+  i=0
+  while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+fi
+if [ -e /sys/class/net/eth0 ]; then
+  ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 ||
+    echo "VTM-GUEST: network setup failed"
+fi
 [ -e /dev/tpm0 ] || echo "VTM-GUEST: no TPM device found"
 echo "VTM-GUEST: boot ok"
 if [ -f /vtm-test.sh ]; then

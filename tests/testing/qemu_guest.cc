@@ -220,6 +220,13 @@ GuestRun RunGuest(const GuestOptions& options) {
                              "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
                              "-device", options.tpm_device + ",tpmdev=tpm0"});
   }
+  if (!options.tcp_forwards.empty()) {
+    std::string netdev = "user,id=net0,restrict=on";
+    for (const auto& [guest_port, host_port] : options.tcp_forwards) {
+      netdev += ",hostfwd=tcp:127.0.0.1:" + std::to_string(host_port) + "-:" + std::to_string(guest_port);
+    }
+    argv.insert(argv.end(), {"-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"});
+  }
   argv.insert(argv.end(), options.extra_qemu_args.begin(), options.extra_qemu_args.end());
 
   SpawnOptions so;

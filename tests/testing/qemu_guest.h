@@ -62,6 +62,10 @@ struct GuestOptions {
   std::string extra_cmdline;
   std::vector<std::string> extra_qemu_args;
   int memory_mb = 256;
+  // Guest TCP port -> host port on 127.0.0.1. Non-empty: the guest gets a virtio-net NIC on
+  // QEMU user-mode networking (restrict=on: no way out, only these forwards in); it is
+  // 10.0.2.15 and the host 10.0.2.2.
+  std::map<int, int> tcp_forwards;
 };
 
 struct GuestRun {
