@@ -1,6 +1,8 @@
 // libFuzzer target for the TPM-public-area helpers of vtm_attest (SpkiFromTpmPublic,
-// TpmNameOfPublic): verifiers feed them EK/AK publics from other hosts and from files. Beyond
-// "no crash": rejections carry kInvalidArgument/kDataLoss only, and every SPKI produced parses.
+// TpmNameOfPublic, MakeCredential to an EK) and the tpm2-tools PCR file reader: verifiers feed
+// them EK/AK publics from other hosts, and guests' quote files reach vtmctl. Beyond "no crash":
+// rejections carry kInvalidArgument/kDataLoss only, every SPKI produced parses, and PCR values
+// read from a file parse as Quote.pcr_values.
 // Link: vtm_attest.
 #include <openssl/evp.h>
 #include <openssl/x509.h>
@@ -9,10 +11,25 @@
 #include <cstdlib>
 #include <string>
 
+#include "vtm/credential.h"
+#include "vtm/quote.h"
 #include "vtm/tpm_structures.h"
 
 extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
   setenv("TSS2_LOG", "all+none", /*overwrite=*/0);  // tss2-mu logs every malformed input
+  // A credential to whatever this is: only a real EK public area gets one.
+  auto cred = vtm::attest::MakeCredential(input, std::string(32, 's'), std::string(34, 'n'));
+  if (cred.ok()) {
+    if (!spki.ok() || cred->id_object.size() < 4 || cred->encrypted_secret.size() < 2) __builtin_trap();
+  } else if (!Expected(cred.error().code())) {
+    __builtin_trap();
+  }
+  auto pcrs = vtm::attest::PcrValuesFromTpm2ToolsFile(input);
+  if (pcrs.ok()) {
+    if (!vtm::attest::ParsePcrValues(*pcrs).ok()) __builtin_trap();
+  } else if (pcrs.error().code() != vtm::ErrorCode::kInvalidArgument) {
+    __builtin_trap();
+  }
   return 0;
 }
 

@@ -8,6 +8,7 @@
 
 #include <cstring>
 
+#include "vtm/fs.h"
 #include "vtm/hex.h"
 #include "vtm/tpm_structures.h"
 
@@ -192,6 +193,75 @@ std::string Tpm2ToolsPcrFile(const QuotedPcrs& pcrs) {
     }
   }
   return out;
+}
+
+Result<std::string> PcrValuesFromTpm2ToolsFile(std::string_view file) {
+  // Layout as written by Tpm2ToolsPcrFile above (and tpm2-tools' pcr serializer).
+  constexpr size_t kSelectionSize = 4 + TPM2_NUM_PCR_BANKS * 8;
+  constexpr size_t kDigestListSize = 4 + 8 * (2 + sizeof(TPMU_HA));
+  auto le = [&](size_t at, int bytes) {
+    uint32_t v = 0;
+    for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(file[at + static_cast<size_t>(i)]);
+    return v;
+  };
+  const Error bad(ErrorCode::kInvalidArgument, "not a tpm2-tools PCR file (tpm2_quote -o): ");
+  if (file.size() < kSelectionSize + 4) return Error(bad.code(), bad.message() + "too short");
+  const uint32_t banks = le(0, 4);
+  if (banks == 0 || banks > TPM2_NUM_PCR_BANKS) return Error(bad.code(), bad.message() + "bank count out of range");
+  std::vector<PcrBank> out;
+  size_t wanted = 0;
+  for (uint32_t b = 0; b < banks; ++b) {
+    const size_t at = 4 + 8 * b;
+    const uint8_t size_of_select = static_cast<uint8_t>(file[at + 2]);
+    if (size_of_select > TPM2_PCR_SELECT_MAX) return Error(bad.code(), bad.message() + "selection too large");
+    PcrBank bank;
+    bank.hash_alg = static_cast<TPM2_ALG_ID>(le(at, 2));
+    for (uint32_t pcr = 0; pcr < 8u * size_of_select; ++pcr) {
+      if ((static_cast<uint8_t>(file[at + 3 + pcr / 8]) >> (pcr % 8)) & 1) bank.values[pcr] = "";
+    }
+    wanted += bank.values.size();
+    out.push_back(std::move(bank));
+  }
+  const uint32_t lists = le(kSelectionSize, 4);
+  if (lists != (wanted + 7) / 8 || file.size() != kSelectionSize + 4 + lists * kDigestListSize) {
+    return Error(bad.code(), bad.message() + "its digest lists do not match its selection");
+  }
+  size_t list = 0, in_list = 0;
+  for (PcrBank& bank : out) {
+    for (auto& [pcr, value] : bank.values) {
+      const size_t at = kSelectionSize + 4 + list * kDigestListSize;
+      if (in_list == 0 && le(at, 4) != std::min<size_t>(8, wanted - 8 * list)) {
+        return Error(bad.code(), bad.message() + "a digest list has the wrong count");
+      }
+      const size_t d = at + 4 + in_list * (2 + sizeof(TPMU_HA));
+      const uint32_t size = le(d, 2);
+      if (size > sizeof(TPMU_HA)) return Error(bad.code(), bad.message() + "a digest is too large");
+      value.assign(file.substr(d + 2, size));
+      if (++in_list == 8) {
+        in_list = 0;
+        ++list;
+      }
+    }
+  }
+  // MarshalPcrValues checks each digest's size against its bank.
+  return MarshalPcrValues(out);
+}
+
+Result<Quote> ReadTpm2ToolsQuote(const std::string& message_path, const std::string& signature_path,
+                                 const std::string& pcrs_path) {
+  Quote q;
+  auto read = [](const std::string& path, const char* what) -> Result<std::string> {
+    auto bytes = ReadFile(path);
+    if (!bytes.ok()) return std::move(bytes).error().Context(std::string("reading the quote's ") + what);
+    return bytes;
+  };
+  VTM_ASSIGN_OR_RETURN(*q.mutable_attest(), read(message_path, "message (tpm2_quote -m)"));
+  VTM_ASSIGN_OR_RETURN(*q.mutable_signature(), read(signature_path, "signature (tpm2_quote -s)"));
+  VTM_ASSIGN_OR_RETURN(std::string pcr_file, read(pcrs_path, "PCR values (tpm2_quote -o)"));
+  auto values = PcrValuesFromTpm2ToolsFile(pcr_file);
+  if (!values.ok()) return std::move(values).error().Context(pcrs_path);
+  q.set_pcr_values(std::move(values).value());
+  return q;
 }
 
 Result<std::string> PcrDigestOf(const QuotedPcrs& pcrs, TPM2_ALG_ID hash_alg) {

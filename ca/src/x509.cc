@@ -522,6 +522,25 @@ Result<std::string> IssueEkCertificate(Signer& ca_key, const std::string& issuer
   return SignWithSigner(ca_key, x.get());
 }
 
+namespace {
+// What every end-entity identity certificate (AK, IK, a host endpoint) carries, then the
+// signature: not a CA, digitalSignature, TLS server+client EKU when tls, the SANs, subject and
+// authority key identifiers.
+Result<std::string> FinishEndEntity(Signer& ca_key, const Issuer& issuer, X509* x, const std::string& spki_der,
+                                    std::vector<GeneralNamePtr> names, bool tls) {
+  Extensions exts;
+  VTM_RETURN_IF_ERROR(AddBasicConstraints(exts, false));
+  VTM_RETURN_IF_ERROR(AddKeyUsage(exts, {kDigitalSignature}));
+  if (tls) VTM_RETURN_IF_ERROR(AddExtendedKeyUsage(exts, {"1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"}));
+  VTM_RETURN_IF_ERROR(AddSubjectAltNames(exts, std::move(names), /*critical=*/false));
+  VTM_ASSIGN_OR_RETURN(std::string key_id, KeyIdentifierOfSpki(spki_der));
+  VTM_RETURN_IF_ERROR(AddKeyId(exts, NID_subject_key_identifier, key_id));
+  VTM_RETURN_IF_ERROR(AddKeyId(exts, NID_authority_key_identifier, issuer.key_id));
+  VTM_RETURN_IF_ERROR(AddToCertificate(x, exts));
+  return SignWithSigner(ca_key, x);
+}
+}  // namespace
+
 Result<std::string> IssueIdentityCertificate(Signer& ca_key, const std::string& issuer_cert_der,
                                              const IdentityCertRequest& req) {
   VTM_RETURN_IF_ERROR(CheckVmUuid(req.vm_uuid));
@@ -544,17 +563,29 @@ Result<std::string> IssueIdentityCertificate(Signer& ca_key, const std::string& 
     VTM_ASSIGN_OR_RETURN(GeneralNamePtr service_uri, UriName("vtm:service:" + req.service));
     names.push_back(std::move(service_uri));
   }
-  Extensions exts;
-  VTM_RETURN_IF_ERROR(AddBasicConstraints(exts, false));
-  VTM_RETURN_IF_ERROR(AddKeyUsage(exts, {kDigitalSignature}));
   // The IK is the VM's TLS identity; the AK signs only TPM-generated structures, so it gets no EKU.
-  if (!req.attestation_key) VTM_RETURN_IF_ERROR(AddExtendedKeyUsage(exts, {"1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"}));
-  VTM_RETURN_IF_ERROR(AddSubjectAltNames(exts, std::move(names), /*critical=*/false));
-  VTM_ASSIGN_OR_RETURN(std::string key_id, KeyIdentifierOfSpki(req.spki_der));
-  VTM_RETURN_IF_ERROR(AddKeyId(exts, NID_subject_key_identifier, key_id));
-  VTM_RETURN_IF_ERROR(AddKeyId(exts, NID_authority_key_identifier, issuer.key_id));
-  VTM_RETURN_IF_ERROR(AddToCertificate(x.get(), exts));
-  return SignWithSigner(ca_key, x.get());
+  return FinishEndEntity(ca_key, issuer, x.get(), req.spki_der, std::move(names), /*tls=*/!req.attestation_key);
+}
+
+Result<std::string> IssueHostTlsCertificate(Signer& ca_key, const std::string& issuer_cert_der,
+                                            const HostTlsCertRequest& req) {
+  const bool name_ok = !req.host_name.empty() && req.host_name.size() <= 64 &&
+                       std::all_of(req.host_name.begin(), req.host_name.end(), [](unsigned char c) {
+                         return std::isalnum(c) || c == '.' || c == '-';
+                       });
+  if (!name_ok) return Error(ErrorCode::kInvalidArgument, "host name '" + req.host_name + "' is not 1..64 of [A-Za-z0-9.-]");
+  if (req.purpose != "attestation" && req.purpose != "migration") {
+    return Error(ErrorCode::kInvalidArgument, "unknown host TLS certificate purpose '" + req.purpose + "'");
+  }
+  VTM_ASSIGN_OR_RETURN(Issuer issuer, LoadIssuer(ca_key, issuer_cert_der));
+  VTM_ASSIGN_OR_RETURN(EvpPkeyPtr key, PublicKeyFromSpki(req.spki_der, "the endpoint's public key"));
+  VTM_ASSIGN_OR_RETURN(X509NamePtr subject, SubjectName(req.host_name + " vtmd " + req.purpose, "vtm"));
+  VTM_ASSIGN_OR_RETURN(X509Ptr x, NewCertificate(req.serial, req.validity, X509_get_subject_name(issuer.cert.get()),
+                                                 subject.get(), key.get()));
+  std::vector<GeneralNamePtr> names;
+  VTM_ASSIGN_OR_RETURN(GeneralNamePtr host_uri, UriName("vtm:host:" + req.host_name));
+  names.push_back(std::move(host_uri));
+  return FinishEndEntity(ca_key, issuer, x.get(), req.spki_der, std::move(names), /*tls=*/true);
 }
 
 Result<std::string> CreateCrl(Signer& ca_key, const std::string& issuer_cert_der,
@@ -661,6 +692,20 @@ std::string DerToPem(const std::string& der, const char* label) {
   char* data = nullptr;
   const long len = BIO_get_mem_data(bio.get(), &data);
   return std::string(data, static_cast<size_t>(len));
+}
+
+std::vector<std::string> SplitDerCertificates(const std::string& concatenated) {
+  std::vector<std::string> out;
+  const auto* p = reinterpret_cast<const unsigned char*>(concatenated.data());
+  const auto* end = p + concatenated.size();
+  while (p < end) {
+    const unsigned char* start = p;
+    X509Ptr cert(d2i_X509(nullptr, &p, end - p));
+    if (!cert) break;
+    out.emplace_back(reinterpret_cast<const char*>(start), static_cast<size_t>(p - start));
+  }
+  ERR_clear_error();
+  return out;
 }
 
 }  // namespace vtm::ca

@@ -67,11 +67,11 @@ TEST_F(IdentityGuestTest, GuestFindsEkCertificateQuotesWithAkAndCannotTouchCerti
   std::string out = run.ScriptOutput();
 
   // EK certificate in NV == the EK the guest recreates from the TCG template.
-  std::string ek_cert = HexDecode(GuestMarker(out, "EKCERT"));
+  std::string ek_cert = HexToBytes(GuestMarker(out, "EKCERT"));
   ASSERT_FALSE(ek_cert.empty()) << out;
   auto info = ca::ParseCertificate(ek_cert);
   ASSERT_TRUE(info.ok()) << info.error().ToString();
-  std::string guest_ek = SpkiFromPem(HexDecode(GuestMarker(out, "EKPUB")));
+  std::string guest_ek = SpkiFromPem(HexToBytes(GuestMarker(out, "EKPUB")));
   ASSERT_FALSE(guest_ek.empty()) << out;
   EXPECT_EQ(info->spki_der, guest_ek) << "EK certificate does not match tpm2_createek's EK";
   // ...and it is the certificate vtmd reports and the host CA signed.
@@ -88,9 +88,9 @@ TEST_F(IdentityGuestTest, GuestFindsEkCertificateQuotesWithAkAndCannotTouchCerti
   auto akpub = RunCommand({"openssl", "x509", "-pubkey", "-noout", "-in", p("ak.pem")});
   ASSERT_EQ(akpub.exit_code, 0) << akpub.output;
   WriteBytes(p("akpub.pem"), akpub.output);
-  WriteBytes(p("q.msg"), HexDecode(GuestMarker(out, "QMSG")));
-  WriteBytes(p("q.sig"), HexDecode(GuestMarker(out, "QSIG")));
-  WriteBytes(p("q.pcrs"), HexDecode(GuestMarker(out, "QPCRS")));
+  WriteBytes(p("q.msg"), HexToBytes(GuestMarker(out, "QMSG")));
+  WriteBytes(p("q.sig"), HexToBytes(GuestMarker(out, "QSIG")));
+  WriteBytes(p("q.pcrs"), HexToBytes(GuestMarker(out, "QPCRS")));
   auto check = RunCommand({"tpm2_checkquote", "-u", p("akpub.pem"), "-m", p("q.msg"), "-s", p("q.sig"), "-f",
                            p("q.pcrs"), "-g", "sha256", "-q", nonce});
   EXPECT_EQ(check.exit_code, 0) << check.output << "\n" << out;
@@ -105,7 +105,7 @@ TEST_F(IdentityGuestTest, GuestFindsEkCertificateQuotesWithAkAndCannotTouchCerti
   auto ikpub = RunCommand({"openssl", "x509", "-pubkey", "-noout", "-in", p("ik.pem")});
   WriteBytes(p("ikpub.pem"), ikpub.output);
   WriteBytes(p("d"), "data to sign");
-  WriteBytes(p("d.sig"), HexDecode(GuestMarker(out, "IKSIG")));
+  WriteBytes(p("d.sig"), HexToBytes(GuestMarker(out, "IKSIG")));
   auto ik_ok = RunCommand({"openssl", "dgst", "-sha256", "-verify", p("ikpub.pem"), "-signature", p("d.sig"), p("d")});
   EXPECT_EQ(ik_ok.exit_code, 0) << ik_ok.output << "\n" << out;
 

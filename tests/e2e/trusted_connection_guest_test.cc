@@ -223,7 +223,7 @@ TEST_F(TrustedConnectionGuestTest, MutualTlsWithVtpmIkAndLabelledData) {
   EXPECT_EQ(GuestMarker(out, "ID_VM"), vm) << out;
 
   // Labelled data signed in the guest verifies on the host...
-  std::string signed_data = HexDecode(GuestMarker(out, "SIGNED"));
+  std::string signed_data = HexToBytes(GuestMarker(out, "SIGNED"));
   ASSERT_FALSE(signed_data.empty()) << guest.Describe();
   tc::SignedDataExpectation e;
   e.trusted_ca_pem = ca.output;
@@ -267,7 +267,7 @@ TEST_F(TrustedConnectionGuestTest, MutualTlsWithVtpmIkAndLabelledData) {
     t[at + 9] = 'T';
     refused(t, e, "the signature does not verify");
   }
-  refused(HexDecode(GuestMarker(out, "FORGED")), tc::SignedDataExpectation{ca.output, {crl.output}, false, "", "", ""},
+  refused(HexToBytes(GuestMarker(out, "FORGED")), tc::SignedDataExpectation{ca.output, {crl.output}, false, "", "", ""},
           "the label names VM " + std::string(kOtherVm) + " but the data was signed by the IK of VM " + vm);
   {  // Expected another VM (another VM's certificate signed it), another nonce (replay).
     tc::SignedDataExpectation e2 = e;

@@ -215,6 +215,21 @@ TEST_F(QuoteTest, MultiBankQuoteFromTpm2QuoteIsAccepted) {
   ASSERT_TRUE(parsed.ok()) << parsed.error().ToString();
   EXPECT_EQ(parsed->pcrs.banks.size(), 2u);
   EXPECT_EQ(Tpm2ToolsPcrFile(parsed->pcrs), *ReadFile(d + "q.pcrs"));
+  // And back: tpm2_quote's own file becomes the same pcr_values (what vtmctl attest deep reads).
+  auto from_tool = PcrValuesFromTpm2ToolsFile(*ReadFile(d + "q.pcrs"));
+  ASSERT_TRUE(from_tool.ok()) << from_tool.error().ToString();
+  EXPECT_EQ(*from_tool, *marshalled);
+  // A file cut short, one with a byte more, and one whose selection claims a PCR more than
+  // its digests hold are refused, each with the same clear message prefix.
+  const std::string file = *ReadFile(d + "q.pcrs");
+  std::string more_selected = file;
+  more_selected[4 + 3 + 1] = static_cast<char>(more_selected[4 + 3 + 1] | 0x08);  // sha1 PCR 11
+  for (const std::string& bad : {file.substr(0, file.size() - 1), file + "x", more_selected, std::string()}) {
+    auto r = PcrValuesFromTpm2ToolsFile(bad);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(r.error().message().find("tpm2-tools PCR file"), std::string::npos) << r.error().message();
+  }
 }
 
 }  // namespace

@@ -26,20 +26,8 @@ class TlsStreamTest : public ::testing::Test {
     Issue("rogue-client", "rogue-ca");
   }
   std::string P(const std::string& name) const { return dir_.path() + "/" + name; }
-  void Run(const std::vector<std::string>& argv) {
-    auto r = RunCommand(argv);
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-  }
-  void MakeCa(const std::string& name) {
-    Run({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-         P(name + ".key"), "-out", P(name + ".pem"), "-subj", "/CN=" + name, "-days", "2"});
-  }
-  void Issue(const std::string& name, const std::string& ca) {
-    Run({"openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-         P(name + ".key"), "-out", P(name + ".csr"), "-subj", "/CN=" + name});
-    Run({"openssl", "x509", "-req", "-in", P(name + ".csr"), "-CA", P(ca + ".pem"), "-CAkey", P(ca + ".key"),
-         "-CAcreateserial", "-out", P(name + ".pem"), "-days", "2"});
-  }
+  void MakeCa(const std::string& name) { MakeTestCa(dir_.path(), name); }
+  void Issue(const std::string& name, const std::string& ca) { IssueTestCertificate(dir_.path(), name, ca); }
   std::shared_ptr<TlsContext> Context(TlsContext::Role role, const std::string& name, const std::string& trusted) {
     auto creds = ReadTlsCredentialFiles(P(name + ".pem"), P(name + ".key"), P(trusted + ".pem"));
     EXPECT_TRUE(creds.ok()) << creds.error().ToString();

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "test_env.h"
+#include "vtm/credential.h"
 #include "vtm/fs.h"
 #include "vtm/hex.h"
 #include "vtm/host_tpm.h"
@@ -270,6 +271,35 @@ TEST_F(TpmTest, QuoteVerifiesWithTpm2Checkquote) {
   r = RunCommand({"tpm2_checkquote", "-u", d + "/ak.pem", "-m", d + "/quote.msg", "-s", d + "/quote.sig", "-q",
                   HexEncode(RandomBytes(20))});
   EXPECT_NE(r.exit_code, 0) << "a quote verified against the wrong nonce: " << r.output;
+}
+
+// A verifier without a TPM (vtm::attest::MakeCredential, as vtm-verify uses it) wraps a
+// secret for the AK's name to an ECC and an RSA EK; this TPM activates both, and refuses a
+// credential made for another name or to another EK.
+TEST_F(TpmTest, SoftwareMadeCredentialActivatesInTheTpm) {
+  TpmKey ak = LoadedKey(*tpm_, KeyRole::kAttestation);
+  ASSERT_TRUE(ak.valid());
+  const TpmKeyPublic ak_pub = PublicOf(ak);
+  for (KeyAlg alg : {KeyAlg::kEccP256, KeyAlg::kRsa2048}) {
+    TpmKey ek = Must(tpm_->CreateEk(alg));
+    const TpmKeyPublic ek_pub = PublicOf(ek);
+    const std::string secret = RandomBytes(32);
+    auto made = attest::MakeCredential(ek_pub.tpm2b_public, secret, ak_pub.name);
+    ASSERT_TRUE(made.ok()) << made.error().ToString();
+    auto activated = tpm_->ActivateCredential(ak, ek, {made->id_object, made->encrypted_secret});
+    ASSERT_TRUE(activated.ok()) << activated.error().ToString();
+    EXPECT_EQ(HexEncode(AsString(*activated)), HexEncode(secret));
+
+    std::string other_name = ak_pub.name;
+    other_name.back() ^= 0x01;
+    auto wrong_name = attest::MakeCredential(ek_pub.tpm2b_public, secret, other_name);
+    ASSERT_TRUE(wrong_name.ok());
+    EXPECT_FALSE(tpm_->ActivateCredential(ak, ek, {wrong_name->id_object, wrong_name->encrypted_secret}).ok());
+  }
+  // Only restricted decryption keys are EKs; an AK's public area is refused, with a reason.
+  auto not_ek = attest::MakeCredential(ak_pub.tpm2b_public, "secret", ak_pub.name);
+  ASSERT_FALSE(not_ek.ok());
+  EXPECT_NE(not_ek.error().message().find("not a restricted ECC or RSA decryption key"), std::string::npos);
 }
 
 // The verifier (this TPM) wraps a secret to the attester's EK for the attester's AK name; only

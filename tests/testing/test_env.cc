@@ -1,6 +1,8 @@
 // Test fixtures shared by the integration and e2e tiers.
 #include "test_env.h"
 
+#include "vtm/hex.h"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
@@ -59,12 +61,10 @@ CommandResult RunCommand(const std::vector<std::string>& argv, const std::string
 
 std::string BuildPath(const std::string& relative) { return std::string(VTM_BUILD_DIR) + "/" + relative; }
 
-std::string HexDecode(std::string_view hex) {
-  std::string out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
-    out.push_back(static_cast<char>(std::stoi(std::string(hex.substr(i, 2)), nullptr, 16)));
-  }
-  return out;
+std::string HexToBytes(std::string_view hex) {
+  auto bytes = vtm::HexDecode(hex);
+  EXPECT_TRUE(bytes.ok()) << "not hex: " << hex;
+  return bytes.ok() ? *bytes : std::string();
 }
 
 std::string SpkiDerToPem(const std::string& der) {
@@ -91,6 +91,26 @@ std::string Sha256(std::string_view data) {
 
 std::string AsString(const SecretBytes& secret) {
   return std::string(reinterpret_cast<const char*>(secret.data()), secret.size());
+}
+
+namespace {
+void RunOpenssl(const std::vector<std::string>& argv) {
+  auto r = RunCommand(argv);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+}
+}  // namespace
+
+void MakeTestCa(const std::string& dir, const std::string& name) {
+  RunOpenssl({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+              dir + "/" + name + ".key", "-out", dir + "/" + name + ".pem", "-subj", "/CN=" + name, "-days", "2"});
+}
+
+void IssueTestCertificate(const std::string& dir, const std::string& name, const std::string& ca) {
+  const std::string p = dir + "/";
+  RunOpenssl({"openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+              p + name + ".key", "-out", p + name + ".csr", "-subj", "/CN=" + name});
+  RunOpenssl({"openssl", "x509", "-req", "-in", p + name + ".csr", "-CA", p + ca + ".pem", "-CAkey", p + ca + ".key",
+              "-CAcreateserial", "-out", p + name + ".pem", "-days", "2"});
 }
 
 }  // namespace vtm::testing

@@ -14,7 +14,6 @@
 namespace vtm::attest {
 namespace {
 
-using vtm::testing::HexDecode;
 
 // The leaves of RFC 6962's reference tests (certificate-transparency merkle_tree_test).
 std::vector<std::string> CtLeaves() {

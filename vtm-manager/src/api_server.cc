@@ -72,14 +72,23 @@ void ApiServer::HandleConnection(UniqueFd conn) {
     (void)WriteFrame(conn.get(), denied.SerializeAsString());
     return;
   }
+  FdStream stream(conn.get());
+  ServeRequests(stream, [&](const api::Request& req) {
+    api::Response resp = service_.Handle(req);
+    if (resp.status() != api::STATUS_OK) LOG_INFO << "uid " << cred->uid << ": request failed: " << resp.error();
+    return resp;
+  });
+}
+
+void ServeRequests(Stream& stream, const std::function<api::Response(const api::Request&)>& handle) {
   for (;;) {
-    auto frame = ReadFrame(conn.get());
+    auto frame = ReadFrame(stream);
     if (!frame.ok()) {
       if (frame.error().code() == ErrorCode::kInvalidArgument) {
         api::Response bad;
         bad.set_status(api::STATUS_INVALID_ARGUMENT);
         bad.set_error(frame.error().message());
-        (void)WriteFrame(conn.get(), bad.SerializeAsString());
+        (void)WriteFrame(stream, bad.SerializeAsString());
       }
       return;
     }
@@ -89,12 +98,9 @@ void ApiServer::HandleConnection(UniqueFd conn) {
       resp.set_status(ToApiStatus(req.error().code()));
       resp.set_error(req.error().message());
     } else {
-      resp = service_.Handle(*req);
-      if (resp.status() != api::STATUS_OK) {
-        LOG_INFO << "uid " << cred->uid << ": request failed: " << resp.error();
-      }
+      resp = handle(*req);
     }
-    if (!WriteFrame(conn.get(), resp.SerializeAsString()).ok()) return;
+    if (!WriteFrame(stream, resp.SerializeAsString()).ok()) return;
   }
 }
 

@@ -10,15 +10,22 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 
 #include "api_service.h"
 #include "vtm/listener.h"
+#include "vtm/stream.h"
 #include "vtm/unique_fd.h"
 
 namespace vtm {
+
+// Reads framed api::Request messages from stream until the peer hangs up, answering each with
+// handle's response (malformed frames and requests get their error, never reach handle). The
+// one request loop of every transport of the API: the unix socket and the TLS endpoint.
+void ServeRequests(Stream& stream, const std::function<api::Response(const api::Request&)>& handle);
 
 class ApiServer {
  public:

@@ -97,6 +97,24 @@ Result<api::Request> ParseRequest(const std::string& bytes) {
       }
       break;
     }
+    case api::Request::kAttestHost: VTM_RETURN_IF_ERROR(CheckNonce(req.attest_host().nonce())); break;
+    case api::Request::kAttestDeep: {
+      const auto& d = req.attest_deep();
+      api::VmRef ref;
+      ref.set_uuid(d.vm());
+      VTM_RETURN_IF_ERROR(CheckVmRef(ref));
+      VTM_RETURN_IF_ERROR(CheckNonce(d.nonce()));
+      // A TPMS_ATTEST of a quote and a TPMT_SIGNATURE are well under 1 KiB; 24 PCRs of 4 banks
+      // under 4 KiB. Larger is not a quote.
+      if (d.guest_quote().attest().empty() || d.guest_quote().attest().size() > 2048 ||
+          d.guest_quote().signature().empty() || d.guest_quote().signature().size() > 2048 ||
+          d.guest_quote().pcr_values().size() > 8192) {
+        return Error(ErrorCode::kInvalidArgument,
+                     "the guest quote needs its TPMS_ATTEST and TPMT_SIGNATURE (tpm2_quote -m and -s), each under "
+                     "2 KiB, and PCR values under 8 KiB");
+      }
+      break;
+    }
     case api::Request::kStart: VTM_RETURN_IF_ERROR(CheckVmRef(req.start())); break;
     case api::Request::kStop: VTM_RETURN_IF_ERROR(CheckVmRef(req.stop())); break;
     case api::Request::kDelete: VTM_RETURN_IF_ERROR(CheckVmRef(req.delete_())); break;
@@ -196,6 +214,18 @@ Status ApiService::HandleCa(const api::Request& req, api::Response* resp) {
   }
 }
 
+Status ApiService::HandleAttest(const api::Request& req, api::Response* resp) {
+  if (ra_ == nullptr) return Error(ErrorCode::kFailedPrecondition, "this vtmd runs without a host CA; attestation needs one");
+  if (req.op_case() == api::Request::kAttestHost) {
+    VTM_ASSIGN_OR_RETURN(*resp->mutable_host_evidence(), ra_->HostEvidence(req.attest_host().nonce()));
+    return OkStatus();
+  }
+  const auto& d = req.attest_deep();
+  VTM_ASSIGN_OR_RETURN(*resp->mutable_deep_evidence(),
+                       ra_->DeepEvidence(d.vm(), d.nonce(), d.guest_quote(), d.guest_event_log()));
+  return OkStatus();
+}
+
 api::Response ApiService::Handle(const api::Request& req) {
   api::Response resp;
   auto fail = [&resp](const Error& e) {
@@ -240,6 +270,10 @@ api::Response ApiService::Handle(const api::Request& req) {
     case api::Request::kIssueEkCert:
     case api::Request::kActivateHostCredential:
       if (Status st = HandleCa(req, &resp); !st.ok()) fail(st.error());
+      break;
+    case api::Request::kAttestHost:
+    case api::Request::kAttestDeep:
+      if (Status st = HandleAttest(req, &resp); !st.ok()) fail(st.error());
       break;
     case api::Request::kStart: one(manager_.Start(req.start().uuid())); break;
     case api::Request::kStop: one(manager_.Stop(req.stop().uuid())); break;

@@ -8,6 +8,7 @@
 #include "host_ca.h"
 #include "manager.h"
 #include "measurement_log.h"
+#include "ra_client.h"
 #include "vtm.pb.h"
 
 namespace vtm {
@@ -27,19 +28,23 @@ api::Status ToApiStatus(ErrorCode code);
 
 class ApiService {
  public:
-  // host_ak and host_ca may be null (no host identity: CA requests are refused).
-  ApiService(Manager& manager, Registry& registry, HostAttestationKey* host_ak, HostCa* host_ca, HostDescription host)
-      : manager_(manager), registry_(registry), host_ak_(host_ak), host_ca_(host_ca), host_(std::move(host)) {}
+  // host_ak and host_ca may be null (no host identity: CA requests are refused); ra may be null
+  // (attestation requests are refused).
+  ApiService(Manager& manager, Registry& registry, HostAttestationKey* host_ak, HostCa* host_ca, HostDescription host,
+             RaClient* ra = nullptr)
+      : manager_(manager), registry_(registry), host_ak_(host_ak), host_ca_(host_ca), host_(std::move(host)), ra_(ra) {}
   api::Response Handle(const api::Request& request);
 
  private:
   void FillVm(const VmRecord& rec, api::Vm* out);
   Status HandleCa(const api::Request& req, api::Response* resp);
+  Status HandleAttest(const api::Request& req, api::Response* resp);
   Manager& manager_;
   Registry& registry_;
   HostAttestationKey* host_ak_;
   HostCa* host_ca_;
   HostDescription host_;
+  RaClient* ra_;
 };
 
 }  // namespace vtm

@@ -1,7 +1,7 @@
 // Host quote with the measurement log, host identity, a VM's vTPM identity from the registry.
 #include "attestation_host.h"
 
-#include <openssl/x509.h>
+#include "vtm/x509.h"
 
 namespace vtm {
 
@@ -21,16 +21,8 @@ attest::HostIdentity VtmdAttestationHost::Identity() {
   const std::string ca = ca_.ca_certificate();
   id.set_ca_certificate(ca);
   // ca_chain_der() is the CA certificate followed by the fleet chain, as concatenated DER.
-  std::string rest = ca_.ca_chain_der().substr(ca.size());
-  const auto* p = reinterpret_cast<const unsigned char*>(rest.data());
-  const auto* end = p + rest.size();
-  while (p < end) {
-    const unsigned char* cert_start = p;
-    X509* cert = d2i_X509(nullptr, &p, end - p);
-    if (cert == nullptr) break;
-    X509_free(cert);
-    id.add_ca_chain(std::string(reinterpret_cast<const char*>(cert_start), static_cast<size_t>(p - cert_start)));
-  }
+  std::vector<std::string> chain = ca::SplitDerCertificates(ca_.ca_chain_der());
+  for (size_t i = 1; i < chain.size(); ++i) id.add_ca_chain(chain[i]);
   id.set_host_name(host_name_);
   id.set_simulated_host_tpm(simulated_);
   return id;

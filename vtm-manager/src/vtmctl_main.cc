@@ -1,11 +1,14 @@
 // vtmctl: the operator's CLI for vtmd. Human-readable output by default, --json for scripts
 // (the protobuf JSON mapping of the API messages). Exit codes are documented in
 // docs/operator-guide.md and stable for scripts.
+#include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 
 #include <cstdlib>
+#include <algorithm>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <iomanip>
 #include <iostream>
 #include <string>
@@ -13,6 +16,8 @@
 
 #include "api_client.h"
 #include "external_formats.h"
+#include "vtm/fs.h"
+#include "vtm/quote.h"
 #include "vtm.pb.h"
 #include "vtm/hex.h"
 
@@ -38,6 +43,15 @@ Commands:
   ca crl                               print a CRL of every revoked vTPM certificate
   ca activate-credential FILE          activate a tpm2_makecredential output made for the
                                        host AK with the host EK; prints the secret (hex)
+  attest host --nonce HEX --output FILE
+                                       host evidence on a verifier's nonce (from
+                                       `vtm-verify nonce`): a host-AK quote, the host's
+                                       logs and certificates (a HostEvidence message)
+  attest deep VM --nonce HEX --quote-message F --quote-signature F --quote-pcrs F
+              [--guest-event-log F] --output FILE
+                                       deep evidence: the guest's quote (tpm2_quote -m -s -o,
+                                       made with the same nonce) linked to a host quote
+                                       (a DeepEvidence message); check with vtm-verify
 
 VM is a UUID or a name. --socket defaults to $VTM_SOCKET or /run/vtm/vtmd.sock.
 
@@ -82,6 +96,115 @@ void PrintVm(const api::Vm& vm) {
   if (!vm.last_error().empty()) std::cout << "last error:    " << vm.last_error() << "\n";
 }
 
+// `attest host|deep ...` into an attest_host / attest_deep request; *output: --output FILE.
+int BuildAttestRequest(const std::vector<std::string>& args, api::Request* req, std::string* output) {
+  const std::string sub = args.size() > 1 ? args[1] : "";
+  if (sub != "host" && sub != "deep") {
+    std::cerr << "vtmctl attest: use 'attest host' or 'attest deep VM' (see --help)\n";
+    return kUsage_;
+  }
+  std::map<std::string, std::string> opt;
+  std::string vm;
+  for (size_t i = 2; i < args.size(); ++i) {
+    if (args[i].rfind("--", 0) == 0 && i + 1 < args.size()) {
+      opt[args[i].substr(2)] = args[i + 1];
+      ++i;
+    } else if (sub == "deep" && vm.empty() && args[i].rfind("--", 0) != 0) {
+      vm = args[i];
+    } else {
+      std::cerr << "vtmctl attest " << sub << ": unexpected argument '" << args[i] << "'\n";
+      return kUsage_;
+    }
+  }
+  const std::vector<std::string> known = sub == "host" ? std::vector<std::string>{"nonce", "output"}
+                                                       : std::vector<std::string>{"nonce", "output", "quote-message",
+                                                                                  "quote-signature", "quote-pcrs",
+                                                                                  "guest-event-log"};
+  for (const auto& [name, value] : opt) {
+    if (std::find(known.begin(), known.end(), name) == known.end()) {
+      std::cerr << "vtmctl attest " << sub << ": unknown option --" << name << "\n";
+      return kUsage_;
+    }
+  }
+  for (const std::string name : {"nonce", "output"}) {
+    if (opt[name].empty()) {
+      std::cerr << "vtmctl attest " << sub << ": --" << name << " is required\n";
+      return kUsage_;
+    }
+  }
+  auto nonce = HexDecode(opt["nonce"]);
+  if (!nonce.ok()) {
+    std::cerr << "vtmctl attest " << sub << ": --nonce: " << nonce.error().message() << "\n";
+    return kUsage_;
+  }
+  *output = opt["output"];
+  if (sub == "host") {
+    req->mutable_attest_host()->set_nonce(*nonce);
+    return kOk;
+  }
+  if (vm.empty()) {
+    std::cerr << "vtmctl attest deep: name the VM (UUID or name)\n";
+    return kUsage_;
+  }
+  auto* d = req->mutable_attest_deep();
+  d->set_vm(vm);
+  d->set_nonce(*nonce);
+  // The guest's tpm2_quote files: -m (TPMS_ATTEST), -s (TPMT_SIGNATURE), -o (PCR values).
+  for (const std::string name : {"quote-message", "quote-signature", "quote-pcrs"}) {
+    if (opt[name].empty()) {
+      std::cerr << "vtmctl attest deep: --" << name << " is required (tpm2_quote -m, -s and -o in the guest)\n";
+      return kUsage_;
+    }
+  }
+  auto quote = attest::ReadTpm2ToolsQuote(opt["quote-message"], opt["quote-signature"], opt["quote-pcrs"]);
+  if (!quote.ok()) {
+    std::cerr << "vtmctl attest deep: " << quote.error().message() << "\n";
+    return kUsage_;
+  }
+  *d->mutable_guest_quote() = std::move(quote).value();
+  if (!opt["guest-event-log"].empty()) {
+    auto log = ReadFile(opt["guest-event-log"]);
+    if (!log.ok()) {
+      std::cerr << "vtmctl attest deep: --guest-event-log: " << log.error().message() << "\n";
+      return kUsage_;
+    }
+    d->set_guest_event_log(std::move(log).value());
+  }
+  return kOk;
+}
+
+// Writes the evidence of an attest response (binary protobuf, what vtm-verify reads) and says
+// what it holds: a line on stderr, or with --json one object on stdout:
+//   {"evidence_file", "kind": "host"|"deep", "bytes", "batch_size", "measurement_log_entries",
+//    "simulated_host_tpm"}
+int WriteEvidence(const api::Response& resp, const std::string& path, bool json) {
+  const bool deep = resp.has_deep_evidence();
+  const std::string bytes = deep ? resp.deep_evidence().SerializeAsString() : resp.host_evidence().SerializeAsString();
+  // Evidence holds no secret (docs/attestation.md); readable like any certificate.
+  if (auto st = WriteFileAtomic(path, bytes, 0644); !st.ok()) {
+    std::cerr << "vtmctl attest: writing " << path << ": " << st.error().message() << "\n";
+    return kError;
+  }
+  const attest::HostEvidence& host = deep ? resp.deep_evidence().host() : resp.host_evidence();
+  if (json) {
+    // The path through protobuf's JSON writer, so any character in it is escaped properly.
+    std::string quoted_path;
+    google::protobuf::Value v;
+    v.set_string_value(path);
+    (void)google::protobuf::util::MessageToJsonString(v, &quoted_path);
+    std::cout << "{\"evidence_file\": " << quoted_path << ", \"kind\": \"" << (deep ? "deep" : "host")
+              << "\", \"bytes\": " << bytes.size() << ", \"batch_size\": " << host.proof().tree_size()
+              << ", \"measurement_log_entries\": " << host.measurement_log().events_size()
+              << ", \"simulated_host_tpm\": " << (host.host().simulated_host_tpm() ? "true" : "false") << "}\n";
+    return kOk;
+  }
+  std::cerr << "wrote " << (deep ? "deep" : "host") << " evidence (" << bytes.size() << " bytes) to " << path
+            << ": host quote shared by " << host.proof().tree_size() << " request(s), measurement log of "
+            << host.measurement_log().events_size() << " entries"
+            << (host.host().simulated_host_tpm() ? "; SIMULATED host TPM, not a hardware root of trust" : "") << "\n";
+  return kOk;
+}
+
 int Run(int argc, char** argv) {
   const char* socket_env = std::getenv("VTM_SOCKET");
   std::string socket = socket_env != nullptr ? socket_env : "/run/vtm/vtmd.sock";
@@ -101,6 +224,7 @@ int Run(int argc, char** argv) {
   }
   const std::string cmd = args[0];
   std::string kind_filter;
+  std::string evidence_path;
   api::Request req;
   auto need_vm = [&](api::VmRef* ref) -> bool {
     if (args.size() != 2) {
@@ -174,6 +298,8 @@ int Run(int argc, char** argv) {
                    "'ca activate-credential FILE'\n";
       return kUsage_;
     }
+  } else if (cmd == "attest") {
+    if (int rc = BuildAttestRequest(args, &req, &evidence_path); rc != kOk) return rc;
   } else {
     std::cerr << "vtmctl: unknown command '" << cmd << "'\n" << kUsage;
     return kUsage_;
@@ -184,6 +310,7 @@ int Run(int argc, char** argv) {
     std::cerr << "vtmctl: " << resp.error().message() << "\n";
     return resp.error().code() == ErrorCode::kPermissionDenied ? kDenied : kUnreachable;
   }
+  if (cmd == "attest" && resp->status() == api::STATUS_OK) return WriteEvidence(*resp, evidence_path, json);
   if (json) {
     google::protobuf::util::JsonPrintOptions o;
     o.add_whitespace = true;

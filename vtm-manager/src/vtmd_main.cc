@@ -24,6 +24,8 @@
 
 #include "api_server.h"
 #include "api_service.h"
+#include "attestation_endpoint.h"
+#include "attestation_host.h"
 #include "host_attestation_key.h"
 #include "host_ca.h"
 #include "simulated_manufacturer.h"
@@ -66,6 +68,15 @@ Runs the vTPM manager daemon. Options may also be given in a config file as
   --measure-pcr N          host PCR (sha256 bank) vtmd extends its own start and every
                            instance launch into, with a replayable log in the state dir
                            (default 13; see docs/attestation.md for why)
+  --attest-pcrs SEL        host PCRs each host quote covers (default sha256:0-7, 10 and
+                           the --measure-pcr)
+  --attest-batch-window-us N  requests arriving within N microseconds share one host quote
+                           (default 2000; 0: one quote per request)
+  --attest-max-batch N     a batch is quoted at once when it has N requests (default 4096)
+  --attest-listen HOST:PORT  serve remote verifiers over mutual TLS 1.3 there (default: off;
+                           only the local socket)
+  --attest-verifier-ca FILE  PEM: verifiers' client certificates must chain to it (needed
+                           with --attest-listen)
   --log-level LEVEL        debug | info | warning | error (default info)
   --help
 )";
@@ -84,6 +95,11 @@ struct Options {
   std::string log_level = "info";
   std::string ca_residency = "tpm";
   uint32_t measure_pcr = 13;
+  std::string attest_pcrs;  // empty: the default above
+  uint32_t attest_batch_window_us = 2000;
+  uint32_t attest_max_batch = 4096;
+  std::string attest_listen;
+  std::string attest_verifier_ca;
 };
 
 // The effective configuration as vtmd measures it: one "name = value" line per option, in a
@@ -100,7 +116,12 @@ std::string CanonicalConfig(const Options& o) {
       << "instance-uid-base = " << o.uid_base << "\n"
       << "instance-uid-count = " << o.uid_count << "\n"
       << "ca-residency = " << o.ca_residency << "\n"
-      << "measure-pcr = " << o.measure_pcr << "\n";
+      << "measure-pcr = " << o.measure_pcr << "\n"
+      << "attest-pcrs = " << o.attest_pcrs << "\n"
+      << "attest-batch-window-us = " << o.attest_batch_window_us << "\n"
+      << "attest-max-batch = " << o.attest_max_batch << "\n"
+      << "attest-listen = " << o.attest_listen << "\n"
+      << "attest-verifier-ca = " << o.attest_verifier_ca << "\n";
   return out.str();
 }
 
@@ -128,6 +149,11 @@ Status Apply(Options* o, const std::string& name, const std::string& value) {
   else if (name == "log-level") o->log_level = value;
   else if (name == "ca-residency") o->ca_residency = value;
   else if (name == "measure-pcr") return number(&o->measure_pcr);
+  else if (name == "attest-pcrs") o->attest_pcrs = value;
+  else if (name == "attest-batch-window-us") return number(&o->attest_batch_window_us);
+  else if (name == "attest-max-batch") return number(&o->attest_max_batch);
+  else if (name == "attest-listen") o->attest_listen = value;
+  else if (name == "attest-verifier-ca") o->attest_verifier_ca = value;
   else return Error(ErrorCode::kInvalidArgument, "unknown option '" + name + "'");
   return OkStatus();
 }
@@ -356,22 +382,61 @@ int Run(int argc, char** argv) {
   Manager manager(mc, **registry, *master, FindProgram("vtm-instance"), &provisioner, measurements->get());
   if (auto st = manager.Reconcile(); !st.ok()) return fatal(std::move(st).error().Context("reconciling the registry"));
 
+  // The RA client: host and deep evidence for verifiers, batched under one host quote.
+  RaClientConfig ra_config;
+  {
+    std::string sel = opts.attest_pcrs;
+    if (sel.empty()) {
+      sel = "sha256:0,1,2,3,4,5,6,7,10";
+      if (opts.measure_pcr != 10 && opts.measure_pcr > 7) sel += "," + std::to_string(opts.measure_pcr);
+    }
+    auto quote_pcrs = PcrSelection::Parse(sel);
+    if (!quote_pcrs.ok()) return fatal(std::move(quote_pcrs).error().Context("--attest-pcrs"));
+    ra_config.quote_pcrs = *quote_pcrs;
+  }
+  ra_config.batch_window = std::chrono::microseconds(opts.attest_batch_window_us);
+  ra_config.max_batch = opts.attest_max_batch == 0 ? 1 : opts.attest_max_batch;
+  if (tcti.rfind("device:", 0) == 0) {
+    // The host's own logs describe the host TPM's PCRs only when that TPM is the real one.
+    ra_config.uefi_event_log_path = "/sys/kernel/security/tpm0/binary_bios_measurements";
+    ra_config.ima_log_path = "/sys/kernel/security/ima/binary_runtime_measurements";
+  }
+  VtmdAttestationHost attestation_host(**host_ak, **host_ca, **measurements, **registry, hostname, simulated != nullptr);
+  RaClient ra(attestation_host, ra_config);
+
   HostDescription host{description, simulated != nullptr, pcrs->ToString(), measurements->get()};
-  ApiService service(manager, **registry, host_ak->get(), host_ca->get(), host);
+  ApiService service(manager, **registry, host_ak->get(), host_ca->get(), host, &ra);
+  std::unique_ptr<AttestationEndpoint> endpoint;
+  if (!opts.attest_listen.empty()) {
+    if (opts.attest_verifier_ca.empty()) {
+      return fatal(Error(ErrorCode::kInvalidArgument,
+                         "--attest-listen needs --attest-verifier-ca: the CA whose verifiers may connect"));
+    }
+    AttestationEndpointConfig ec{opts.attest_listen, opts.attest_verifier_ca, hostname};
+    auto started = AttestationEndpoint::Start(ec, service, **host_ca, **registry);
+    if (!started.ok()) return fatal(std::move(started).error().Context("starting the attestation endpoint"));
+    endpoint = std::move(started).value();
+  }
+  // The API socket last: once it exists vtmd is ready, the network endpoint included.
   ApiServer server(service, group, group_name);
   if (auto st = server.Listen(opts.socket); !st.ok()) return fatal(st.error());
+  std::thread endpoint_thread([&] {
+    if (endpoint) endpoint->Serve();
+  });
 
   std::thread signals([&] {
     int sig = 0;
     sigwait(&set, &sig);
     LOG_INFO << "received " << strsignal(sig) << "; shutting down (vTPM instances keep running)";
     server.Shutdown();
+    if (endpoint) endpoint->Shutdown();
   });
 
   LOG_INFO << "vtmd " << VTM_VERSION << " ready on " << opts.socket << " (state " << opts.state_dir << ")";
   server.Serve();
   // Serve() returns only after the signal thread called Shutdown(); it has nothing left to do.
   signals.join();
+  endpoint_thread.join();
   LOG_INFO << "vtmd stopped";
   return 0;
 }

@@ -48,6 +48,14 @@ Result<std::string> MarshalPcrValues(const std::vector<PcrBank>& pcrs);
 // The bytes tpm2-tools reads with `tpm2_checkquote -f FILE` (its default "serialized" PCR
 // format: little-endian TPML_PCR_SELECTION and TPML_DIGEST structure dumps), for cross-checks.
 std::string Tpm2ToolsPcrFile(const QuotedPcrs& pcrs);
+// The inverse: the Quote.pcr_values bytes of a `tpm2_quote -o FILE` (e.g. a guest's quote
+// handed to vtmctl). kInvalidArgument for a file that is not exactly that structure dump or
+// whose digests do not match its selection.
+Result<std::string> PcrValuesFromTpm2ToolsFile(std::string_view file);
+// A quote from the three files `tpm2_quote -m MSG -s SIG -o PCRS` writes (TPMS_ATTEST,
+// TPMT_SIGNATURE in the default "tss" format, PCR file). Errors name the file at fault.
+Result<Quote> ReadTpm2ToolsQuote(const std::string& message_path, const std::string& signature_path,
+                                 const std::string& pcrs_path);
 // H(concatenation of the selected PCR values in selection order): what TPM2_Quote puts in
 // pcrDigest, with H the hash of the signing scheme.
 Result<std::string> PcrDigestOf(const QuotedPcrs& pcrs, TPM2_ALG_ID hash_alg);

@@ -103,6 +103,20 @@ struct IdentityCertRequest {
 Result<std::string> IssueIdentityCertificate(Signer& ca_key, const std::string& issuer_cert_der,
                                              const IdentityCertRequest& req);
 
+// The TLS certificate of one of vtmd's network endpoints (the attestation service, later the
+// migration channel): subject CN = "<host> vtmd <purpose>", URI SAN vtm:host:<host>,
+// digitalSignature, serverAuth + clientAuth (a host is client and server between managers).
+// Issued by the host CA at each vtmd start for a fresh key that never leaves vtmd's memory.
+struct HostTlsCertRequest {
+  std::string spki_der;
+  std::string host_name;  // 1..64 characters of [A-Za-z0-9.-]
+  std::string purpose;    // "attestation", "migration"
+  uint64_t serial = 0;
+  Validity validity;
+};
+Result<std::string> IssueHostTlsCertificate(Signer& ca_key, const std::string& issuer_cert_der,
+                                            const HostTlsCertRequest& req);
+
 struct RevokedCert {
   uint64_t serial;
   std::time_t revoked_at;
@@ -127,6 +141,9 @@ struct CertificateInfo {
 // for anything else.
 Result<CertificateInfo> ParseCertificate(const std::string& der_or_pem);
 Result<std::string> CertificateToDer(const std::string& der_or_pem);
+// The certificates of concatenated DER (e.g. HostCa::ca_chain_der()), in order; stops at the
+// first bytes that are not a certificate.
+std::vector<std::string> SplitDerCertificates(const std::string& concatenated);
 std::string DerToPem(const std::string& der, const char* label = "CERTIFICATE");
 // ExtractCertifyEvidence, VerifyCertifyEvidence (the evidence proves the certificate's key
 // lives in the TPM of its AK) and VerifySignedBy: see vtm/certificates.h.

@@ -1,0 +1,199 @@
+// vtmd's network attestation endpoint against a real vtmd (swtpm host TPM), driven by the
+// remote verifier's own tools: `vtm-verify fetch` over mutual TLS 1.3 gets host evidence that
+// `vtm-verify host` accepts once `vtm-verify activate` has bound the host AK to the host EK by
+// a credential activation (until then the same evidence is refused for that one reason);
+// verifiers with a certificate from another CA are refused at the handshake; a verifier may not
+// use management requests over the network; the endpoint's certificate is issued by the host
+// CA of the evidence, and a host CA other than the one that answered is detected; evidence
+// equals what the local `vtmctl attest host` gives for the same host.
+#include <gtest/gtest.h>
+
+#include <regex>
+
+#include "attestation.pb.h"
+#include "remote_client.h"
+#include "vtm.pb.h"
+#include "vtm/framing.h"
+#include "vtm/credential.h"
+#include "vtm/fs.h"
+#include "vtm/tpm_structures.h"
+#include "vtm/verifier.h"
+#include "vtm/x509.h"
+#include "vtm/listener.h"
+#include "vtm/tls.h"
+#include "vtmd_fixture.h"
+
+namespace vtm::testing {
+namespace {
+
+class AttestationEndpointTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    MakeTestCa(dir.path(), "verifier-ca");
+    IssueTestCertificate(dir.path(), "verifier", "verifier-ca");
+    MakeTestCa(dir.path(), "rogue-ca");
+    IssueTestCertificate(dir.path(), "rogue", "rogue-ca");
+    ASSERT_TRUE(f.StartVtmd({"--attest-listen", "127.0.0.1:0", "--attest-verifier-ca", P("verifier-ca.pem")}))
+        << f.VtmdLog();
+    std::smatch m;
+    const std::string log = f.VtmdLog();
+    ASSERT_TRUE(std::regex_search(log, m, std::regex("attestation endpoint on 127.0.0.1:0 \\(port ([0-9]+)\\)")))
+        << log;
+    server = "127.0.0.1:" + m[1].str();
+    // The endpoint certificate chains to the host CA: what verifiers trust for the server.
+    auto ca = f.Vtmctl({"ca", "show"});
+    ASSERT_EQ(ca.exit_code, 0) << ca.output;
+    ASSERT_TRUE(WriteFileAtomic(P("host-ca.pem"), ca.output, 0644).ok());
+  }
+  void TearDown() override {
+    if (HasFailure()) std::cerr << "---- vtmd log ----\n" << f.VtmdLog();
+  }
+  std::string P(const std::string& name) const { return dir.path() + "/" + name; }
+  CommandResult Verify(std::vector<std::string> args) {
+    args.insert(args.begin(), BuildPath("attest/vtm-verify"));
+    return RunCommand(args);
+  }
+  std::vector<std::string> Tls(const std::string& who) {
+    return {"--server", server, "--tls-cert", P(who + ".pem"), "--tls-key", P(who + ".key"), "--tls-ca", P("host-ca.pem")};
+  }
+  std::string Nonce() {
+    auto r = Verify({"nonce"});
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return r.output.substr(0, r.output.find('\n'));
+  }
+  std::unique_ptr<RemoteAttestationClient> Client() {
+    auto creds = ReadTlsCredentialFiles(P("verifier.pem"), P("verifier.key"), P("host-ca.pem"));
+    EXPECT_TRUE(creds.ok()) << creds.error().ToString();
+    auto c = RemoteAttestationClient::Connect(server, *creds, std::chrono::seconds(30));
+    EXPECT_TRUE(c.ok()) << c.error().ToString();
+    return c.ok() ? std::move(c).value() : nullptr;
+  }
+
+  VtmdFixture f;
+  TempDir dir;
+  std::string server;
+};
+
+TEST_F(AttestationEndpointTest, RemoteVerifierFetchesActivatesAndAppraises) {
+  const std::string nonce = Nonce();
+  std::vector<std::string> fetch = {"fetch", "host", "--nonce", nonce, "--output", P("host.pb")};
+  auto tls = Tls("verifier");
+  fetch.insert(fetch.end(), tls.begin(), tls.end());
+  auto fetched = Verify(fetch);
+  ASSERT_EQ(fetched.exit_code, 0) << fetched.output;
+
+  // A starting policy from this known-good host, naming the (test) manufacturer of its TPM, but
+  // without the AK that learn trusts on first use: this verifier proves it by activation.
+  auto learned = Verify({"learn", "--evidence", P("host.pb")});
+  ASSERT_EQ(learned.exit_code, 0) << learned.output;
+  auto policy = attest::ParsePolicyJson(learned.output);
+  ASSERT_TRUE(policy.ok()) << policy.error().ToString();
+  policy->clear_activated_host_ak_names();
+  auto manufacturer = ReadFile(f.state_dir() + "/../host-tpm/test-manufacturer-ca.pem");
+  ASSERT_TRUE(manufacturer.ok());
+  policy->add_host_ek_ca_pem(*manufacturer);
+  ASSERT_TRUE(WriteFileAtomic(P("policy.json"), attest::PolicyToJson(*policy), 0644).ok());
+
+  auto refused = Verify({"host", "--evidence", P("host.pb"), "--policy", P("policy.json"), "--nonce", nonce});
+  EXPECT_EQ(refused.exit_code, 1) << refused.output;
+  EXPECT_NE(refused.output.find("FAIL  host_ak_binding"), std::string::npos) << refused.output;
+  EXPECT_EQ(refused.output.find("FAIL  host_quote"), std::string::npos) << refused.output;
+
+  std::vector<std::string> activate = {"activate", "--evidence", P("host.pb"), "--policy", P("policy.json")};
+  activate.insert(activate.end(), tls.begin(), tls.end());
+  auto activated = Verify(activate);
+  ASSERT_EQ(activated.exit_code, 0) << activated.output;
+  EXPECT_NE(activated.output.find("recorded in"), std::string::npos) << activated.output;
+  EXPECT_NE(f.VtmdLog().find("activate_host_credential: answered"), std::string::npos);
+
+  auto trusted = Verify({"host", "--evidence", P("host.pb"), "--policy", P("policy.json"), "--nonce", nonce});
+  EXPECT_EQ(trusted.exit_code, 0) << trusted.output;
+  // The same evidence a second time with a replay file: accepted once, then refused.
+  auto once = Verify({"host", "--evidence", P("host.pb"), "--policy", P("policy.json"), "--nonce", nonce,
+                      "--replay-file", P("replay")});
+  EXPECT_EQ(once.exit_code, 0) << once.output;
+  auto twice = Verify({"host", "--evidence", P("host.pb"), "--policy", P("policy.json"), "--nonce", nonce,
+                       "--replay-file", P("replay")});
+  EXPECT_EQ(twice.exit_code, 1) << twice.output;
+
+  // Local and remote evidence come from the same host identity.
+  auto local = f.Vtmctl({"attest", "host", "--nonce", Nonce(), "--output", P("local.pb")});
+  ASSERT_EQ(local.exit_code, 0) << local.output;
+  attest::HostEvidence remote_ev, local_ev;
+  ASSERT_TRUE(remote_ev.ParseFromString(*ReadFile(P("host.pb"))));
+  ASSERT_TRUE(local_ev.ParseFromString(*ReadFile(P("local.pb"))));
+  EXPECT_EQ(remote_ev.host().SerializeAsString(), local_ev.host().SerializeAsString());
+}
+
+TEST_F(AttestationEndpointTest, VerifierFromAnotherCaIsRefusedAtTheHandshake) {
+  std::vector<std::string> fetch = {"fetch", "host", "--nonce", Nonce(), "--output", P("host.pb")};
+  auto tls = Tls("rogue");
+  fetch.insert(fetch.end(), tls.begin(), tls.end());
+  auto r = Verify(fetch);
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_FALSE(PathExists(P("host.pb")));
+  EXPECT_NE(f.VtmdLog().find("attestation endpoint: refused a connection"), std::string::npos) << f.VtmdLog();
+}
+
+TEST_F(AttestationEndpointTest, ManagementRequestsAreNotServedOverTheNetwork) {
+  auto creds = ReadTlsCredentialFiles(P("verifier.pem"), P("verifier.key"), P("host-ca.pem"));
+  ASSERT_TRUE(creds.ok());
+  auto ctx = TlsContext::Create(TlsContext::Role::kClient, *creds);
+  ASSERT_TRUE(ctx.ok());
+  auto fd = ConnectTcp(server);
+  ASSERT_TRUE(fd.ok());
+  auto tls = (*ctx)->Connect(std::move(fd).value(), std::chrono::seconds(30));
+  ASSERT_TRUE(tls.ok()) << tls.error().ToString();
+  for (int op = 0; op < 3; ++op) {
+    api::Request req;
+    if (op == 0) req.mutable_list();
+    if (op == 1) req.mutable_create()->set_name("from-the-network");
+    if (op == 2) req.mutable_ca_csr();
+    ASSERT_TRUE(WriteFrame(**tls, req.SerializeAsString()).ok());
+    auto frame = ReadFrame(**tls);
+    ASSERT_TRUE(frame.ok()) << frame.error().ToString();
+    api::Response resp;
+    ASSERT_TRUE(resp.ParseFromString(*frame));
+    EXPECT_EQ(resp.status(), api::STATUS_PERMISSION_DENIED) << resp.error();
+  }
+  // Nothing was created.
+  auto list = f.Vtmctl({"list"});
+  EXPECT_EQ(list.output.find("from-the-network"), std::string::npos) << list.output;
+}
+
+TEST_F(AttestationEndpointTest, EndpointCertificateBindsTheChannelToTheAttestedHostCa) {
+  auto client = Client();
+  ASSERT_TRUE(client);
+  auto ev = client->HostEvidence(std::string(32, 'n'));
+  ASSERT_TRUE(ev.ok()) << ev.error().ToString();
+  EXPECT_TRUE(client->CheckServedBy(ev->host()).ok());
+  // Evidence relayed from another host (another host CA) does not match this channel.
+  attest::HostIdentity other = ev->host();
+  auto rogue_ca = ReadFile(P("rogue-ca.pem"));
+  ASSERT_TRUE(rogue_ca.ok());
+  other.set_ca_certificate(*ca::CertificateToDer(*rogue_ca));
+  auto refused = client->CheckServedBy(other);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kPermissionDenied);
+  // An activation with a credential made for another AK name is refused by the host TPM.
+  auto ak_name = TpmNameOfPublic(ev->host().ak_public());
+  ASSERT_TRUE(ak_name.ok());
+  std::string other_name = *ak_name;
+  other_name.back() ^= 0x01;
+  auto made = attest::MakeCredential(ev->host().ek_public(), std::string(32, 's'), other_name);
+  ASSERT_TRUE(made.ok()) << made.error().ToString();
+  auto wrong = client->ActivateCredential(made->id_object, made->encrypted_secret);
+  EXPECT_FALSE(wrong.ok());
+  // ActivateHostAk does the right one.
+  auto bound = ActivateHostAk(*client, ev->host());
+  ASSERT_TRUE(bound.ok()) << bound.error().ToString();
+  EXPECT_EQ(*bound, *ak_name);
+  // Malformed requests get their error and the connection stays usable.
+  auto bad_nonce = client->HostEvidence("short");
+  ASSERT_FALSE(bad_nonce.ok());
+  EXPECT_EQ(bad_nonce.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_TRUE(client->HostEvidence(std::string(16, 'm')).ok());
+}
+
+}  // namespace
+}  // namespace vtm::testing
