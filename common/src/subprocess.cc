@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -13,7 +14,11 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <sstream>
 #include <thread>
+
+#include "vtm/fs.h"
+#include "vtm/hex.h"
 
 namespace vtm {
 
@@ -70,6 +75,7 @@ Result<Subprocess> Subprocess::Spawn(const std::vector<std::string>& argv, const
   std::vector<std::pair<int, int>> fd_map(options.fds.begin(), options.fds.end());
   std::vector<int> moved_fds(fd_map.size(), -1);
 
+  const pid_t parent = getpid();
   pid_t pid = fork();
   if (pid < 0) return ErrnoError("fork");
   if (pid == 0) {
@@ -107,6 +113,11 @@ Result<Subprocess> Subprocess::Spawn(const std::vector<std::string>& argv, const
     }
     if (options.uid) {
       if (setresuid(*options.uid, *options.uid, *options.uid) != 0) fail(errno);
+    }
+    if (options.parent_death_signal != 0) {
+      if (prctl(PR_SET_PDEATHSIG, options.parent_death_signal) != 0) fail(errno);
+      // The parent may have died before the signal was armed.
+      if (getppid() != parent) _exit(127);
     }
     execve(cargv[0], cargv.data(), cenv.data());
     if (errno == ENOENT && std::strchr(cargv[0], '/') == nullptr) execvpe(cargv[0], cargv.data(), cenv.data());
@@ -182,6 +193,67 @@ bool ProcessAlive(pid_t pid) {
   buf[n] = '\0';
   const char* close_paren = strrchr(buf, ')');
   return !(close_paren && close_paren[1] == ' ' && close_paren[2] == 'Z');
+}
+
+namespace {
+
+struct ProcessIdentity {
+  std::string start_time;  // field 22 of /proc/<pid>/stat, in clock ticks since boot
+  std::string cmdline;
+};
+
+Result<ProcessIdentity> IdentifyProcess(pid_t pid) {
+  const std::string dir = "/proc/" + std::to_string(pid);
+  VTM_ASSIGN_OR_RETURN(std::string stat, ReadFile(dir + "/stat"));
+  VTM_ASSIGN_OR_RETURN(std::string cmdline, ReadFile(dir + "/cmdline"));
+  // The command name (field 2) may hold spaces and parentheses: count fields after the last ')'.
+  auto close = stat.rfind(')');
+  if (close == std::string::npos) return Error(ErrorCode::kDataLoss, dir + "/stat is malformed");
+  std::istringstream fields(stat.substr(close + 1));
+  std::string field;
+  for (int i = 3; i <= 22; ++i) {
+    if (!(fields >> field)) return Error(ErrorCode::kDataLoss, dir + "/stat has no start time");
+  }
+  return ProcessIdentity{field, cmdline};
+}
+
+}  // namespace
+
+Status RecordProcess(const std::string& record_path, pid_t pid) {
+  VTM_ASSIGN_OR_RETURN(ProcessIdentity id, IdentifyProcess(pid));
+  return WriteFileAtomic(record_path,
+                         std::to_string(pid) + " " + id.start_time + " " + HexEncode(id.cmdline) + "\n", 0600);
+}
+
+Result<pid_t> EndRecordedProcess(const std::string& record_path) {
+  if (!PathExists(record_path)) return 0;
+  VTM_ASSIGN_OR_RETURN(std::string text, ReadFile(record_path));
+  std::istringstream in(text);
+  long pid = 0;
+  std::string start_time, cmdline_hex;
+  in >> pid >> start_time >> cmdline_hex;
+  pid_t ended = 0;
+  bool same = false;
+  if (pid > 0 && ProcessAlive(static_cast<pid_t>(pid))) {
+    auto now = IdentifyProcess(static_cast<pid_t>(pid));
+    same = now.ok() && now->start_time == start_time && HexEncode(now->cmdline) == cmdline_hex;
+  }
+  if (same) {
+    if (kill(static_cast<pid_t>(pid), SIGKILL) != 0 && errno != ESRCH) {
+      return ErrnoError("ending the recorded process " + std::to_string(pid) + " (" + record_path + ")");
+    }
+    // Not our child: wait until its parent (init or a subreaper) has reaped it or it is a zombie,
+    // which holds no files or locks any more.
+    for (int i = 0; i < 500 && ProcessAlive(static_cast<pid_t>(pid)); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (ProcessAlive(static_cast<pid_t>(pid))) {
+      return Error(ErrorCode::kInternal, "the recorded process " + std::to_string(pid) + " survived SIGKILL");
+    }
+    ended = static_cast<pid_t>(pid);
+  }
+  if (::unlink(record_path.c_str()) != 0 && errno != ENOENT) return ErrnoError("removing " + record_path);
+  return ended;
 }
 
 std::string FindProgram(const std::string& name) {

@@ -8,6 +8,7 @@
 #include <tss2/tss2_esys.h>
 #include <tss2/tss2_tctildr.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <utility>
@@ -216,6 +217,14 @@ Status EsysTpm::ExtendPcr(const std::string& bank_name, int pcr, const std::stri
                                ESYS_TR_NONE, &values);
   if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_PCR_Extend(" + bank_name + ":" + std::to_string(pcr) + ")", rc);
   return OkStatus();
+}
+
+void EsysTpm::SetOwnerAuth(const SecretBytes& auth) {
+  TPM2B_AUTH value{};
+  value.size = static_cast<UINT16>(std::min(auth.size(), sizeof value.buffer));
+  std::memcpy(value.buffer, auth.data(), value.size);
+  Esys_TR_SetAuth(esys(), ESYS_TR_RH_OWNER, &value);
+  OPENSSL_cleanse(value.buffer, sizeof value.buffer);
 }
 
 Result<SecretBytes> EsysTpm::GetRandom(size_t n) {

@@ -4,6 +4,7 @@
 #include "vtm/provisioning_swtpm.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -159,6 +160,9 @@ Result<std::unique_ptr<ProvisioningSwtpm>> ProvisioningSwtpm::Start(const Provis
   SpawnOptions spawn;
   spawn.uid = options.uid;
   spawn.gid = options.gid;
+  // A half-provisioned vTPM is undone by the owner's successor; its swtpm must not outlive
+  // the owner (kill -9 of vtmd mid-create).
+  spawn.parent_death_signal = SIGKILL;
 
   UniqueFd state_key, migration_key;
   if (options.state_key != nullptr) {
@@ -205,6 +209,12 @@ Result<std::unique_ptr<ProvisioningSwtpm>> ProvisioningSwtpm::Start(const Provis
   auto child = Subprocess::Spawn(argv, spawn);
   if (!child.ok()) return std::move(child).error().Context(context + " (is swtpm installed?)");
   self->swtpm_ = std::move(*child);
+  if (!options.process_record.empty()) {
+    if (Status st = RecordProcess(options.process_record, self->swtpm_.pid()); !st.ok()) {
+      return std::move(st).error().Context(context);
+    }
+    self->process_record_ = options.process_record;
+  }
   // Only swtpm holds these now: if it exits, reads on ctrl see EOF instead of hanging.
   ctrl_child.reset();
   state_key.reset();
@@ -256,8 +266,9 @@ Status ProvisioningSwtpm::Shutdown() {
     ctrl_.reset();
   }
   auto status = swtpm_.Wait(timeout_);
+  if (!status.ok()) swtpm_.Terminate();
+  if (!process_record_.empty()) ::unlink(process_record_.c_str());
   if (!status.ok()) {
-    swtpm_.Terminate();
     return Error(ErrorCode::kUnavailable,
                  "swtpm did not exit within " + std::to_string(timeout_.count()) + " ms of CMD_SHUTDOWN and was killed")
         .Context(context);
@@ -273,7 +284,13 @@ Status ProvisioningSwtpm::Shutdown() {
 
 ProvisioningSwtpm::~ProvisioningSwtpm() {
   // A Start() that failed half-way leaves no Tpm: Subprocess's destructor then stops swtpm.
-  if (shut_down_ || !tpm_) return;
+  if (shut_down_ || !tpm_) {
+    if (!shut_down_) {
+      swtpm_.Terminate();
+      if (!process_record_.empty()) ::unlink(process_record_.c_str());
+    }
+    return;
+  }
   if (Status st = Shutdown(); !st.ok()) LOG_WARNING << st.error().message();
 }
 

@@ -3,8 +3,10 @@
 // seeds across restarts, so secrets sealed to it survive a restart like they survive a reboot.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <string_view>
@@ -140,6 +142,12 @@ Result<std::unique_ptr<SimulatedHostTpm>> SimulatedHostTpm::Start(const std::str
   // 0700: the state files hold the TPM's seeds, i.e. everything that is "sealed" to it.
   if (auto st = MakeDir(state_dir, 0700); !st.ok()) return std::move(st).error().Context(context);
   const std::string log_path = state_dir + "/swtpm.log";
+  // An swtpm left by an owner killed before it could stop it (kill -9 of vtmd) holds the
+  // state directory's lock; end it, identified by the record its owner left.
+  const std::string record = state_dir + "/swtpm.process";
+  auto stale = EndRecordedProcess(record);
+  if (!stale.ok()) return std::move(stale).error().Context(context);
+  if (*stale > 0) LOG_WARNING << "ended the simulated host TPM's swtpm (pid " << *stale << ") that its owner left running";
 
   Error last_error(ErrorCode::kUnavailable, "no attempt made");
   size_t log_start = 0;
@@ -159,10 +167,15 @@ Result<std::unique_ptr<SimulatedHostTpm>> SimulatedHostTpm::Start(const std::str
     log_start = FileSize(log_path);
     SpawnOptions options;
     options.output_file = log_path;  // anything swtpm prints before its log is open
+    // The simulated TPM lives and dies with its owner (a clean shutdown: swtpm saves its state).
+    options.parent_death_signal = SIGTERM;
     auto swtpm = Subprocess::Spawn(argv, options);
     if (!swtpm.ok()) return std::move(swtpm).error().Context(context + " (is swtpm installed?)");
     Status serving = WaitUntilServing(*swtpm, *port);
     if (serving.ok()) {
+      if (Status recorded = RecordProcess(record, swtpm->pid()); !recorded.ok()) {
+        return std::move(recorded).error().Context(context);
+      }
       std::unique_ptr<SimulatedHostTpm> tpm(new SimulatedHostTpm());
       tpm->impl_ = std::make_unique<Impl>(Impl{std::move(swtpm).value(), state_dir});
       tpm->tcti_ = "swtpm:host=127.0.0.1,port=" + p;
@@ -181,7 +194,9 @@ Result<std::unique_ptr<SimulatedHostTpm>> SimulatedHostTpm::Start(const std::str
 }
 
 SimulatedHostTpm::~SimulatedHostTpm() {
-  if (impl_) impl_->swtpm.Terminate();
+  if (!impl_) return;
+  impl_->swtpm.Terminate();
+  ::unlink((impl_->state_dir + "/swtpm.process").c_str());
 }
 
 int SimulatedHostTpm::pid() const { return impl_ ? impl_->swtpm.pid() : -1; }

@@ -277,6 +277,45 @@ TEST(VtmdShutdownTest, IdleConnectionsAreEndedAndJoinedAtShutdown) {
   EXPECT_EQ(read(idle->get(), &byte, 1), 0);
 }
 
+// A host TPM whose owner hierarchy has a password: vtmd refuses without it, saying how to give
+// it; works with it from a root-only file or a systemd credential; refuses a file others can
+// read; and the password appears in no argv or environment of vtmd.
+TEST(VtmdOwnerAuthTest, OwnerPasswordFromFileOrCredentialNeverArgvOrEnvironment) {
+  VtmdFixture f;
+  const std::string password = "owner-pw-7f3a9c";
+  auto changed = RunCommand({"env", "TPM2TOOLS_TCTI=" + f.host_tcti(), "tpm2_changeauth", "-c", "owner", password});
+  ASSERT_EQ(changed.exit_code, 0) << changed.output;
+
+  auto refused = f.RunVtmdExpectingExit();
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.output.find("--owner-auth-file"), std::string::npos) << refused.output;
+
+  const std::string dir = f.state_dir() + "-secrets";
+  ASSERT_TRUE(MakeDir(dir, 0700).ok());
+  const std::string file = dir + "/owner-auth";
+  ASSERT_TRUE(WriteFileAtomic(file, password + "\n", 0644).ok());
+  auto loose = f.RunVtmdExpectingExit({"--owner-auth-file", file});
+  EXPECT_NE(loose.exit_code, 0);
+  EXPECT_NE(loose.output.find("chmod 600"), std::string::npos) << loose.output;
+
+  ASSERT_EQ(chmod(file.c_str(), 0600), 0);
+  ASSERT_TRUE(f.StartVtmd({"--owner-auth-file", file})) << f.VtmdLog();
+  ASSERT_EQ(f.Vtmctl({"create", "--name", "vm"}).exit_code, 0);
+  for (const char* what : {"cmdline", "environ"}) {
+    auto text = ReadFile("/proc/" + std::to_string(f.vtmd_pid()) + "/" + what);
+    ASSERT_TRUE(text.ok());
+    EXPECT_EQ(text->find(password), std::string::npos) << what;
+  }
+  EXPECT_EQ(f.VtmdLog().find(password), std::string::npos);
+  f.StopVtmd();
+
+  // The systemd credential (LoadCredential=vtm-owner-auth:...).
+  ASSERT_TRUE(WriteFileAtomic(dir + "/vtm-owner-auth", password, 0400).ok());
+  f.SetVtmdEnvironment({"CREDENTIALS_DIRECTORY=" + dir});
+  ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+  EXPECT_EQ(f.Vtmctl({"show", "vm"}).exit_code, 0);
+}
+
 TEST(VtmdStartupTest, SecondVtmdOnSameStateIsRefused) {
   VtmdFixture f;
   ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();

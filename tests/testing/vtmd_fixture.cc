@@ -48,6 +48,7 @@ VtmdFixture::~VtmdFixture() {
   }
   for (pid_t pid : FindProcesses({"vtm-instance", run_dir_})) kill(pid, SIGKILL);
   for (pid_t pid : FindProcesses({kSwtpmProcess, state_dir_ + "/vms/"})) kill(pid, SIGKILL);
+  for (pid_t pid : FindProcesses({kSwtpmProcess, state_dir_ + "/simulated-host-tpm"})) kill(pid, SIGKILL);
 }
 
 std::vector<std::string> VtmdFixture::VtmdArgv(const std::vector<std::string>& extra) const {
@@ -62,6 +63,9 @@ std::vector<std::string> VtmdFixture::VtmdArgv(const std::vector<std::string>& e
 bool VtmdFixture::StartVtmd(const std::vector<std::string>& extra_args) {
   SpawnOptions opts;
   opts.output_file = log_;
+  const char* path = getenv("PATH");
+  opts.env = {std::string("PATH=") + (path ? path : "/usr/sbin:/usr/bin:/sbin:/bin")};
+  opts.env.insert(opts.env.end(), vtmd_env_.begin(), vtmd_env_.end());
   auto p = Subprocess::Spawn(VtmdArgv(extra_args), opts);
   if (!p.ok()) return false;
   vtmd_ = std::move(p).value();
@@ -75,6 +79,11 @@ bool VtmdFixture::StartVtmd(const std::vector<std::string>& extra_args) {
 }
 
 int VtmdFixture::StopVtmd() { return vtmd_.Terminate(std::chrono::seconds(20)); }
+
+int VtmdFixture::WaitVtmdExit(std::chrono::milliseconds timeout) {
+  auto st = vtmd_.Wait(timeout);
+  return st.ok() ? *st : StopVtmd();
+}
 
 CommandResult VtmdFixture::RunVtmdExpectingExit(const std::vector<std::string>& extra_args) {
   return RunCommand(VtmdArgv(extra_args));

@@ -3,6 +3,7 @@
 // of every process on destruction, also when an assertion failed.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -22,6 +23,11 @@ class VtmdFixture {
   bool StartVtmd(const std::vector<std::string>& extra_args = {});
   // SIGTERM and wait; returns vtmd's wait status.
   int StopVtmd();
+  // Waits for vtmd to exit by itself (a crash point, kill -9 by the test); its wait status.
+  int WaitVtmdExit(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  // Extra "NAME=value" entries for the environment of vtmd started from now on (PATH is
+  // always passed), e.g. VTM_CRASH_AT.
+  void SetVtmdEnvironment(std::vector<std::string> env) { vtmd_env_ = std::move(env); }
   // Runs vtmd in the foreground until it exits (for start-up failures).
   CommandResult RunVtmdExpectingExit(const std::vector<std::string>& extra_args = {});
 
@@ -44,6 +50,7 @@ class VtmdFixture {
   std::string state_dir_, run_dir_, socket_, log_;
   std::unique_ptr<SimulatedHostTpm> host_tpm_;
   Subprocess vtmd_;
+  std::vector<std::string> vtmd_env_;
   std::vector<std::string> started_vms_;
 };
 

@@ -157,6 +157,8 @@ Status InstanceProcess::StartSwtpm() {
   options.fds = {{kStateKeyFd, state_r.get()}, {kMigrationKeyFd, mig_r.get()}};
   options.uid = config_.uid;
   options.gid = config_.gid;
+  // This swtpm serves only this instance: it must not outlive it (kill -9 of vtm-instance).
+  options.parent_death_signal = SIGKILL;
   // swtpm's own messages go to --log; anything else it prints joins instance.log.
   auto argv = BuildSwtpmArgv(config_, kStateKeyFd, kMigrationKeyFd);
   auto child = Subprocess::Spawn(argv, options);

@@ -9,6 +9,7 @@
 #include <cerrno>
 
 #include "instance_channel.h"
+#include "vtm/crash_point.h"
 #include "vtm/digest.h"
 #include "vtm/fs.h"
 #include "vtm/log.h"
@@ -100,6 +101,7 @@ VmPaths Manager::PathsFor(const std::string& uuid) const {
   p.run_dir = config_.run_dir + "/vms/" + uuid;
   p.tpm_socket = p.run_dir + "/tpm.sock";
   p.manager_socket = config_.run_dir + "/manager/" + uuid + ".sock";
+  p.provisioning_record = p.vm_dir + "/provisioning-swtpm.process";
   return p;
 }
 
@@ -159,16 +161,18 @@ Result<VmRecord> Manager::Create(const std::string& uuid_in, const std::string& 
   // The binding is committed first, as `defined`; a crash before `provisioned` is undone by
   // Reconcile, so a half-provisioned vTPM is never started.
   VTM_RETURN_IF_ERROR(registry_.Insert(&rec, config_.instance_uid_base, config_.instance_uid_count));
+  CrashPoint("create.defined-recorded");
   VmPaths paths = PathsFor(uuid);
   Status dirs = MakeVmDirs(paths, rec.instance_uid);
   if (!dirs.ok()) {
     (void)Destroy(uuid, rec.generation);
     return std::move(dirs).error().Context("creating the directories of VM " + uuid);
   }
+  CrashPoint("create.directories-made");
   if (provisioner_ != nullptr) {
     // Certificates are recorded as they are issued, so Destroy revokes any a failed
     // provisioning left behind.
-    auto provisioned = provisioner_->Provision(rec, paths.tpm_dir, state_key, migration_key);
+    auto provisioned = provisioner_->Provision(rec, paths, state_key, migration_key);
     Status recorded = provisioned.ok() ? registry_.SetVtpmIdentity(uuid, provisioned->identity)
                                        : Status(provisioned.error());
     if (!recorded.ok()) {
@@ -178,6 +182,7 @@ Result<VmRecord> Manager::Create(const std::string& uuid_in, const std::string& 
   }
   auto provisioned = registry_.Transition(uuid, rec.generation, {VmState::kDefined}, VmState::kProvisioned);
   if (!provisioned.ok()) return std::move(provisioned).error().Context("recording the creation of VM " + uuid);
+  CrashPoint("create.provisioned-recorded");
   LOG_INFO << "created vTPM for VM " << uuid << " (" << name << "), instance uid " << rec.instance_uid;
   return provisioned;
 }
@@ -197,6 +202,7 @@ Result<VmRecord> Manager::Start(const std::string& vm) {
     return std::move(moved).error().Context("cannot start the vTPM of VM " + uuid);
   }
   const uint64_t generation = moved->generation;
+  CrashPoint("start.starting-recorded");
   auto fail = [&](Error err) -> Error {
     (void)registry_.Transition(uuid, generation, {VmState::kStarting}, VmState::kFailed, 0, err.message());
     return std::move(err).Context("starting the vTPM of VM " + uuid);
@@ -226,6 +232,7 @@ Result<VmRecord> Manager::Start(const std::string& vm) {
   if (Status measured = MeasureLaunch(*moved, launch); !measured.ok()) return fail(std::move(measured).error());
   auto pid = supervisor_.Launch(launch, config_.ready_timeout);
   if (!pid.ok()) return fail(std::move(pid).error());
+  CrashPoint("start.instance-ready");
   // Fails if the instance died after READY and the monitor recorded it (it won the
   // generation): then the start failed.
   auto running = registry_.Transition(uuid, generation, {VmState::kStarting}, VmState::kRunning, *pid, "");
@@ -233,6 +240,7 @@ Result<VmRecord> Manager::Start(const std::string& vm) {
     (void)supervisor_.Stop(uuid, config_.stop_grace);
     return std::move(running).error().Context("recording the start of VM " + uuid);
   }
+  CrashPoint("start.running-recorded");
   LOG_INFO << "started vTPM for VM " << uuid << ": vtm-instance pid " << *pid << ", socket " << paths.tpm_socket;
   return running;
 }
@@ -273,14 +281,18 @@ Result<VmRecord> Manager::Stop(const std::string& vm) {
   }
   auto stopping = registry_.Transition(uuid, rec.generation, {VmState::kRunning}, VmState::kStopping);
   if (!stopping.ok()) return std::move(stopping).error().Context("cannot stop the vTPM of VM " + uuid);
+  CrashPoint("stop.stopping-recorded");
   Status stopped = supervisor_.Stop(uuid, config_.stop_grace);
   if (!stopped.ok()) {
     (void)registry_.Transition(uuid, stopping->generation, {VmState::kStopping}, VmState::kFailed, std::nullopt,
                                stopped.error().message());
     return std::move(stopped).error().Context("stopping the vTPM of VM " + uuid);
   }
+  CrashPoint("stop.instance-stopped");
   LOG_INFO << "stopped vTPM for VM " << uuid;
-  return registry_.Transition(uuid, stopping->generation, {VmState::kStopping}, VmState::kStopped, 0);
+  auto done = registry_.Transition(uuid, stopping->generation, {VmState::kStopping}, VmState::kStopped, 0);
+  if (done.ok()) CrashPoint("stop.stopped-recorded");
+  return done;
 }
 
 Status Manager::Delete(const std::string& vm) {
@@ -298,6 +310,7 @@ Status Manager::Delete(const std::string& vm) {
                                         VmState::kDeleting, VmState::kDefined},
                                        VmState::kDeleting);
   if (!deleting.ok()) return std::move(deleting).error().Context("cannot delete the vTPM of VM " + uuid);
+  CrashPoint("delete.deleting-recorded");
   VTM_RETURN_IF_ERROR(Destroy(uuid, deleting->generation));
   LOG_INFO << "deleted vTPM for VM " << uuid << ": state and keys destroyed, certificates revoked";
   return OkStatus();
@@ -319,8 +332,14 @@ Status Manager::Destroy(const std::string& uuid, uint64_t generation) {
   // Revoked first: if anything below fails, the identity is already dead.
   auto revoked = registry_.RevokeCertificatesOf(uuid);
   if (!revoked.ok()) return std::move(revoked).error();
+  CrashPoint("destroy.certificates-revoked");
   VmPaths paths = PathsFor(uuid);
+  // A create interrupted by a crash may have left its provisioning swtpm running.
+  auto ended = EndRecordedProcess(paths.provisioning_record);
+  if (!ended.ok()) return std::move(ended).error();
+  if (*ended > 0) LOG_WARNING << "ended the provisioning swtpm (pid " << *ended << ") of VM " << uuid;
   VTM_RETURN_IF_ERROR(RemoveTree(paths.vm_dir));
+  CrashPoint("destroy.state-removed");
   VTM_RETURN_IF_ERROR(RemoveTree(paths.run_dir));
   if (::unlink(paths.manager_socket.c_str()) != 0 && errno != ENOENT) return ErrnoError("removing " + paths.manager_socket);
   // Removing the row destroys the only (wrapped) copies of the VM's keys.

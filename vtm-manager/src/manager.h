@@ -34,12 +34,25 @@ struct ProvisionedVtpm {
   VtpmPublicIdentity identity;
 };
 
+// Where a VM's files live.
+struct VmPaths {
+  std::string vm_dir;   // <state>/vms/<uuid>        0711 root
+  std::string tpm_dir;  // <state>/vms/<uuid>/tpm    0700 instance uid (encrypted swtpm state)
+  std::string log_dir;  // <state>/vms/<uuid>/log    0700 instance uid
+  std::string run_dir;  // <run>/vms/<uuid>
+  std::string tpm_socket;  // <run>/vms/<uuid>/tpm.sock
+  std::string manager_socket;  // <run>/manager/<uuid>.sock: vtmd's channel into the instance (root only)
+  // <state>/vms/<uuid>/provisioning-swtpm.process: the provisioning swtpm while it runs
+  // (RecordProcess), so an interrupted create can end it.
+  std::string provisioning_record;
+};
+
 // Gives a freshly created vTPM its identity (EKs, AK, IK, certificates in NV) before any VM
 // attaches. Implemented over a provisioning swtpm in vtmd, injectable for tests.
 class VtpmProvisioner {
  public:
   virtual ~VtpmProvisioner() = default;
-  virtual Result<ProvisionedVtpm> Provision(const VmRecord& vm, const std::string& tpm_state_dir,
+  virtual Result<ProvisionedVtpm> Provision(const VmRecord& vm, const VmPaths& paths,
                                                     const SecretBytes& state_key, const SecretBytes& migration_key) = 0;
 };
 
@@ -55,16 +68,6 @@ struct ManagerConfig {
   // The swtpm binary instances run (an absolute path, so what is measured is what runs);
   // empty: vtm-instance's default from PATH.
   std::string swtpm_binary;
-};
-
-// Where a VM's files live.
-struct VmPaths {
-  std::string vm_dir;   // <state>/vms/<uuid>        0711 root
-  std::string tpm_dir;  // <state>/vms/<uuid>/tpm    0700 instance uid (encrypted swtpm state)
-  std::string log_dir;  // <state>/vms/<uuid>/log    0700 instance uid
-  std::string run_dir;  // <run>/vms/<uuid>
-  std::string tpm_socket;  // <run>/vms/<uuid>/tpm.sock
-  std::string manager_socket;  // <run>/manager/<uuid>.sock: vtmd's channel into the instance (root only)
 };
 
 class Manager {

@@ -12,7 +12,7 @@ class SwtpmProvisioner : public VtpmProvisioner {
  public:
   SwtpmProvisioner(HostTpmExecutor& host_tpm, HostCa& host_ca, Registry& registry)
       : host_tpm_(host_tpm), host_ca_(host_ca), registry_(registry) {}
-  Result<ProvisionedVtpm> Provision(const VmRecord& vm, const std::string& tpm_state_dir,
+  Result<ProvisionedVtpm> Provision(const VmRecord& vm, const VmPaths& paths,
                                             const SecretBytes& state_key, const SecretBytes& migration_key) override;
 
  private:

@@ -33,6 +33,7 @@
 #include "manager.h"
 #include "master_key.h"
 #include "measurement_log.h"
+#include "owner_auth.h"
 #include "registry.h"
 #include "vtm/digest.h"
 #include "vtm/fs.h"
@@ -58,6 +59,9 @@ Runs the vTPM manager daemon. Options may also be given in a config file as
                            swtpm:host=127.0.0.1,port=2321 (default auto: the device if
                            /dev/tpmrm0 exists, else a SIMULATED host TPM)
   --host-pcrs SEL          host PCRs the master key is sealed to (default sha256:0,1,2,3,4,5,6,7)
+  --owner-auth-file FILE   the host TPM's owner hierarchy password (mode 0600, root's); without
+                           it, the systemd credential "vtm-owner-auth" if there is one, else
+                           none. Never give a password on the command line or in the environment
   --group NAME             members may use the API besides root (default vtm, if it exists)
   --qemu-user USER         owner of each VM's tpm.sock, the user QEMU runs as (default root)
   --instance-uid-base N    first uid for per-VM processes (default 500000000)
@@ -87,6 +91,7 @@ struct Options {
   std::string socket;
   std::string host_tpm = "auto";
   std::string host_pcrs = "sha256:0,1,2,3,4,5,6,7";
+  std::string owner_auth_file;
   std::string group;
   bool group_given = false;
   std::string qemu_user = "root";
@@ -142,6 +147,7 @@ Status Apply(Options* o, const std::string& name, const std::string& value) {
   else if (name == "socket") o->socket = value;
   else if (name == "host-tpm") o->host_tpm = value;
   else if (name == "host-pcrs") o->host_pcrs = value;
+  else if (name == "owner-auth-file") o->owner_auth_file = value;
   else if (name == "group") { o->group = value; o->group_given = true; }
   else if (name == "qemu-user") o->qemu_user = value;
   else if (name == "instance-uid-base") return number(&o->uid_base);
@@ -318,6 +324,11 @@ int Run(int argc, char** argv) {
   if (!opened.ok()) return fatal(std::move(opened).error().Context("opening the host TPM " + tcti));
   std::string description = (*opened)->Describe();
   LOG_INFO << "host TPM: " << description;
+  {
+    auto owner_auth = LoadOwnerAuth(opts.owner_auth_file);
+    if (!owner_auth.ok()) return fatal(owner_auth.error());
+    if (!owner_auth->empty()) (*opened)->SetOwnerAuth(*owner_auth);
+  }
   // From here on every host-TPM command goes through this one executor.
   HostTpmExecutor host_tpm(std::move(opened).value());
   if (tcti.rfind("device:/dev/tpmrm", 0) != 0) {
@@ -331,7 +342,12 @@ int Run(int argc, char** argv) {
     return MasterKey::LoadOrCreate(tpm, opts.state_dir + "/master-key.sealed", *pcrs);
   });
   if (!master.ok()) {
-    return fatal(std::move(master).error().Context("vtmd refuses to start"));
+    Error e = std::move(master).error();
+    if (e.message().find("authorization") != std::string::npos) {
+      e = Error(e.code(), e.message() + " (if the host TPM's owner hierarchy has a password, give it with "
+                                        "--owner-auth-file or the systemd credential " + std::string(kOwnerAuthCredential) + ")");
+    }
+    return fatal(std::move(e).Context("vtmd refuses to start"));
   }
   auto registry = Registry::Open(opts.state_dir + "/registry.db");
   if (!registry.ok()) return fatal(registry.error());

@@ -5,6 +5,7 @@
 
 #include <ctime>
 
+#include "vtm/crash_point.h"
 #include "vtm/log.h"
 
 namespace vtm {
@@ -39,6 +40,7 @@ Result<ProvisionedVtpm> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, Host
     VTM_ASSIGN_OR_RETURN(TpmKey ek_rsa, vtpm.CreateEk(KeyAlg::kRsa2048));
     VTM_ASSIGN_OR_RETURN(ek_rsa_pub, vtpm.ReadPublic(ek_rsa));
   }
+  CrashPoint("create.provision-ek-created");
   VTM_ASSIGN_OR_RETURN(TpmKey srk, vtpm.CreateSrk());
   VTM_RETURN_IF_ERROR(vtpm.MakePersistent(srk, kSrkHandle));
   VTM_ASSIGN_OR_RETURN(TpmKeyBlob ak_blob, vtpm.CreateKey(srk, KeyRole::kAttestation));
@@ -57,6 +59,7 @@ Result<ProvisionedVtpm> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, Host
       return Error(ErrorCode::kTpm, "the vTPM's AK failed credential activation with its EK");
     }
   }
+  CrashPoint("create.provision-ak-activated");
   VTM_ASSIGN_OR_RETURN(TpmKeyBlob ik_blob, vtpm.CreateKey(srk, KeyRole::kSigning));
   VTM_ASSIGN_OR_RETURN(TpmKey ik, vtpm.LoadKey(srk, ik_blob));
   VTM_ASSIGN_OR_RETURN(ik_pub, vtpm.ReadPublic(ik));
@@ -99,6 +102,7 @@ Result<ProvisionedVtpm> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, Host
                                                      }));
     certs.push_back(std::move(c));
   }
+  CrashPoint("create.provision-certificates-issued");
   // The IK certificate is only as good as the proof that the IK sits beside the AK.
   ca::CertifyEvidence ev{ik_pub.tpm2b_public, ik_certify.attest, ik_certify.signature, ak_pub.tpm2b_public};
   if (auto st = ca::VerifyCertifyEvidence(certs.back().der, ev); !st.ok()) {

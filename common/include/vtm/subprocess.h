@@ -28,6 +28,12 @@ struct SpawnOptions {
   bool new_session = true;
   // Environment of the child. Only PATH is passed when empty.
   std::vector<std::string> env;
+  // If non-zero, the child gets this signal when the thread that spawned it ends (the whole
+  // process killed by SIGKILL included): PR_SET_PDEATHSIG, set after the privilege drop (a
+  // credential change clears it). For helpers that must not outlive their owner (a simulated
+  // host TPM, a provisioning swtpm); never for what must survive a restart (vtm-instance).
+  // Spawn such a child only from a thread that outlives it.
+  int parent_death_signal = 0;
 };
 
 class Subprocess {
@@ -62,6 +68,14 @@ std::string DescribeWaitStatus(int status);
 
 // True if a process with this pid exists and is not a zombie.
 bool ProcessAlive(pid_t pid);
+
+// A process recorded in a file (pid, start time and command line from /proc), so that whoever
+// comes after its owner (a vtmd restarted after kill -9) can find it and end it. A reused pid
+// never matches: its start time or command line differ.
+Status RecordProcess(const std::string& record_path, pid_t pid);
+// If the process recorded at record_path still runs, kills it (SIGKILL) and waits until it is
+// gone; removes the record. Returns the pid it ended, or 0 if there was nothing to end.
+Result<pid_t> EndRecordedProcess(const std::string& record_path);
 
 // Absolute path of a program found next to the running executable, or else on PATH.
 std::string FindProgram(const std::string& name);

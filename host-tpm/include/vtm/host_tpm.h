@@ -68,6 +68,11 @@ class HostTpm {
   // whose value differs from pcrs_at_seal, e.g. "host PCR sha256:7 changed since the master key
   // was sealed".
   virtual Result<SecretBytes> Unseal(const SealedObject& sealed) = 0;
+
+  // The owner hierarchy's authorization value, for every command authorized by TPM_RH_OWNER
+  // (the storage primary, persistent objects, NV reads). Hosts often set one
+  // (tpm2_changeauth -c owner); without it such commands fail with TPM_RC_BAD_AUTH.
+  virtual void SetOwnerAuth(const SecretBytes& auth) = 0;
 };
 
 // An swtpm process playing the host TPM, for development, demos and tests. Its state lives in

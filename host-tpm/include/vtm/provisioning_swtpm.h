@@ -39,6 +39,10 @@ struct ProvisioningSwtpmOptions {
   std::string log_path;
   // Whole options appended to swtpm's argv, e.g. {"--seccomp", "action=kill"}.
   std::vector<std::string> extra_args;
+  // If set, swtpm's pid, start time and command line are recorded here while it runs, so a
+  // successor of an owner killed mid-provisioning can end it (EndRecordedProcess). swtpm also
+  // gets SIGKILL when the thread that started it ends.
+  std::string process_record;
   // Names the vTPM in errors and in Tpm::Describe(), e.g. "vTPM of VM <uuid>".
   std::string label;
   // For every exchange on the control channel and for swtpm's exit.
@@ -73,6 +77,7 @@ class ProvisioningSwtpm {
   Subprocess swtpm_;
   UniqueFd ctrl_;
   std::unique_ptr<Tpm> tpm_;
+  std::string process_record_;
   bool shut_down_ = false;
 };
 

@@ -39,6 +39,7 @@ class EsysTpm final : public Tpm {
   Result<SecretBytes> GetRandom(size_t n) override;
   Result<SealedObject> Seal(const SecretBytes& secret, const PcrSelection& selection) override;
   Result<SecretBytes> Unseal(const SealedObject& sealed) override;
+  void SetOwnerAuth(const SecretBytes& auth) override;
 
   // Tpm (tpm.cc)
   Result<TpmKey> CreateEk(KeyAlg alg) override;
