@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <sstream>
@@ -198,7 +199,8 @@ bool ProcessAlive(pid_t pid) {
 namespace {
 
 struct ProcessIdentity {
-  std::string start_time;  // field 22 of /proc/<pid>/stat, in clock ticks since boot
+  pid_t parent = 0;        // field 4 of /proc/<pid>/stat
+  std::string start_time;  // field 22, in clock ticks since boot
   std::string cmdline;
 };
 
@@ -210,19 +212,26 @@ Result<ProcessIdentity> IdentifyProcess(pid_t pid) {
   auto close = stat.rfind(')');
   if (close == std::string::npos) return Error(ErrorCode::kDataLoss, dir + "/stat is malformed");
   std::istringstream fields(stat.substr(close + 1));
+  ProcessIdentity id;
   std::string field;
   for (int i = 3; i <= 22; ++i) {
     if (!(fields >> field)) return Error(ErrorCode::kDataLoss, dir + "/stat has no start time");
+    if (i == 4) id.parent = static_cast<pid_t>(std::strtol(field.c_str(), nullptr, 10));
   }
-  return ProcessIdentity{field, cmdline};
+  id.start_time = field;
+  id.cmdline = std::move(cmdline);
+  return id;
 }
 
 }  // namespace
 
 Status RecordProcess(const std::string& record_path, pid_t pid) {
   VTM_ASSIGN_OR_RETURN(ProcessIdentity id, IdentifyProcess(pid));
+  // The recorder is the owner: while the process is still its child, the owner lives.
   return WriteFileAtomic(record_path,
-                         std::to_string(pid) + " " + id.start_time + " " + HexEncode(id.cmdline) + "\n", 0600);
+                         std::to_string(pid) + " " + id.start_time + " " + HexEncode(id.cmdline) + " " +
+                             std::to_string(::getpid()) + "\n",
+                         0600);
 }
 
 Result<pid_t> EndRecordedProcess(const std::string& record_path) {
@@ -230,13 +239,19 @@ Result<pid_t> EndRecordedProcess(const std::string& record_path) {
   VTM_ASSIGN_OR_RETURN(std::string text, ReadFile(record_path));
   std::istringstream in(text);
   long pid = 0;
+  long owner = 0;
   std::string start_time, cmdline_hex;
-  in >> pid >> start_time >> cmdline_hex;
+  in >> pid >> start_time >> cmdline_hex >> owner;
   pid_t ended = 0;
   bool same = false;
   if (pid > 0 && ProcessAlive(static_cast<pid_t>(pid))) {
     auto now = IdentifyProcess(static_cast<pid_t>(pid));
     same = now.ok() && now->start_time == start_time && HexEncode(now->cmdline) == cmdline_hex;
+    // Still the child of the process that recorded it: its owner runs and keeps it (a second
+    // owner on the same state, e.g. two simulated host TPMs on one directory, must not end
+    // the first one's). A parent's death reparents the child at once, so a pid the owner's
+    // successor reuses is never this process's parent.
+    if (same && owner > 0 && now->parent == static_cast<pid_t>(owner)) return 0;
   }
   if (same) {
     if (kill(static_cast<pid_t>(pid), SIGKILL) != 0 && errno != ESRCH) {

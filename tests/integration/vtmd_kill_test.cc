@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "vtm/fs.h"
+#include "test_processes.h"
 #include "vtm/subprocess.h"
 #include "vtmd_fixture.h"
 
@@ -64,18 +65,19 @@ TEST_F(VtmdKillTest, StaleSimulatedHostTpmRecordedByAnEarlierVtmdIsEnded) {
   ASSERT_TRUE(MakeDir(dir, 0700).ok());
   SpawnOptions opts;
   opts.output_file = dir + "/stale.log";
-  auto stale = Subprocess::Spawn({"swtpm", "socket", "--tpm2", "--tpmstate", "dir=" + dir, "--server",
-                                  "type=unixio,path=" + dir + "/stale-data.sock", "--ctrl",
-                                  "type=unixio,path=" + dir + "/stale-ctrl.sock", "--flags", "not-need-init,startup-clear"},
-                                 opts);
-  ASSERT_TRUE(stale.ok());
+  // Its owner is gone: no child of this test.
+  pid_t stale = SpawnOrphan({"swtpm", "socket", "--tpm2", "--tpmstate", "dir=" + dir, "--server",
+                             "type=unixio,path=" + dir + "/stale-data.sock", "--ctrl",
+                             "type=unixio,path=" + dir + "/stale-ctrl.sock", "--flags", "not-need-init,startup-clear"},
+                            opts);
+  ASSERT_GT(stale, 0);
   // It holds the lock once it runs; give it the moment it needs.
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  ASSERT_TRUE(stale->running()) << *ReadFile(dir + "/stale.log");
-  ASSERT_TRUE(RecordProcess(dir + "/swtpm.process", stale->pid()).ok());
+  ASSERT_TRUE(ProcessAlive(stale)) << *ReadFile(dir + "/stale.log");
+  ASSERT_TRUE(RecordProcess(dir + "/swtpm.process", stale).ok());
 
   ASSERT_TRUE(f.StartVtmd({"--host-tpm", "simulated"})) << f.VtmdLog();
-  EXPECT_FALSE(stale->running());
+  EXPECT_FALSE(ProcessAlive(stale));
   EXPECT_NE(f.VtmdLog().find("that its owner left running"), std::string::npos) << f.VtmdLog();
   EXPECT_EQ(f.Vtmctl({"list"}).exit_code, 0);
 }

@@ -1,29 +1,35 @@
-// Recorded processes: a successor ends exactly the process its predecessor recorded, never a
-// process that merely reuses the pid.
+// Recorded processes: a successor ends exactly the process its dead predecessor recorded, never
+// a process that merely reuses the pid, nor one whose owner still runs.
 #include "vtm/subprocess.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include "test_env.h"
+#include "test_processes.h"
 #include "vtm/fs.h"
 
 namespace vtm {
 namespace {
 
-TEST(RecordedProcessTest, EndsTheRecordedProcessAndRemovesTheRecord) {
+// Polls until pid is gone (or a zombie); false if it still runs after a few seconds.
+bool GoneSoon(pid_t pid) {
+  for (int i = 0; i < 500 && ProcessAlive(pid); ++i) usleep(10000);
+  return !ProcessAlive(pid);
+}
+
+TEST(RecordedProcessTest, EndsTheRecordedProcessOfADeadOwnerAndRemovesTheRecord) {
   testing::TempDir dir;
   const std::string record = dir.path() + "/sleeper.process";
-  auto child = Subprocess::Spawn({"sleep", "60"}, SpawnOptions{});
-  ASSERT_TRUE(child.ok());
-  ASSERT_TRUE(RecordProcess(record, child->pid()).ok());
-  // Another process, say vtmd after kill -9, is the one to end it: not its parent.
+  // Its owner is gone (the intermediate process that started it exited), as after kill -9.
+  pid_t orphan = testing::SpawnOrphan({"sleep", "60"});
+  ASSERT_GT(orphan, 0);
+  ASSERT_TRUE(RecordProcess(record, orphan).ok());
   auto ended = EndRecordedProcess(record);
   ASSERT_TRUE(ended.ok()) << ended.error().message();
-  EXPECT_EQ(*ended, child->pid());
-  auto st = child->Wait(std::chrono::seconds(5));
-  ASSERT_TRUE(st.ok());
-  EXPECT_TRUE(WIFSIGNALED(*st) && WTERMSIG(*st) == SIGKILL);
+  EXPECT_EQ(*ended, orphan);
+  EXPECT_TRUE(GoneSoon(orphan));
   EXPECT_FALSE(PathExists(record));
   // Nothing recorded: nothing to end.
   auto none = EndRecordedProcess(record);
@@ -34,9 +40,9 @@ TEST(RecordedProcessTest, EndsTheRecordedProcessAndRemovesTheRecord) {
 TEST(RecordedProcessTest, LeavesAProcessThatDoesNotMatchTheRecord) {
   testing::TempDir dir;
   const std::string record = dir.path() + "/p.process";
-  auto child = Subprocess::Spawn({"sleep", "60"}, SpawnOptions{});
-  ASSERT_TRUE(child.ok());
-  ASSERT_TRUE(RecordProcess(record, child->pid()).ok());
+  pid_t orphan = testing::SpawnOrphan({"sleep", "60"});
+  ASSERT_GT(orphan, 0);
+  ASSERT_TRUE(RecordProcess(record, orphan).ok());
   // Same pid, different start time: the pid was reused by another process.
   auto text = ReadFile(record);
   ASSERT_TRUE(text.ok());
@@ -47,8 +53,24 @@ TEST(RecordedProcessTest, LeavesAProcessThatDoesNotMatchTheRecord) {
   auto ended = EndRecordedProcess(record);
   ASSERT_TRUE(ended.ok());
   EXPECT_EQ(*ended, 0);
-  EXPECT_TRUE(child->running());
+  EXPECT_TRUE(ProcessAlive(orphan));
   EXPECT_FALSE(PathExists(record));
+  kill(orphan, SIGKILL);
+}
+
+// A second owner on the same record (two simulated host TPMs on one state directory) must not
+// end the process of a first owner that still runs.
+TEST(RecordedProcessTest, LeavesAProcessWhoseOwnerStillRuns) {
+  testing::TempDir dir;
+  const std::string record = dir.path() + "/owned.process";
+  auto child = Subprocess::Spawn({"sleep", "60"}, SpawnOptions{});
+  ASSERT_TRUE(child.ok());
+  ASSERT_TRUE(RecordProcess(record, child->pid()).ok());
+  auto ended = EndRecordedProcess(record);
+  ASSERT_TRUE(ended.ok()) << ended.error().message();
+  EXPECT_EQ(*ended, 0);
+  EXPECT_TRUE(child->running());
+  EXPECT_TRUE(PathExists(record));
 }
 
 TEST(SpawnTest, ParentDeathSignalReachesTheChildWhenItsSpawningThreadEnds) {

@@ -69,12 +69,14 @@ std::string DescribeWaitStatus(int status);
 // True if a process with this pid exists and is not a zombie.
 bool ProcessAlive(pid_t pid);
 
-// A process recorded in a file (pid, start time and command line from /proc), so that whoever
-// comes after its owner (a vtmd restarted after kill -9) can find it and end it. A reused pid
-// never matches: its start time or command line differ.
+// A process recorded in a file (pid, start time and command line from /proc, and the recording
+// process as its owner), so that whoever comes after its owner (a vtmd restarted after kill -9)
+// can find it and end it. A reused pid never matches: its start time or command line differ.
 Status RecordProcess(const std::string& record_path, pid_t pid);
-// If the process recorded at record_path still runs, kills it (SIGKILL) and waits until it is
-// gone; removes the record. Returns the pid it ended, or 0 if there was nothing to end.
+// If the process recorded at record_path still runs and its owner does not (it is no longer
+// the owner's child), kills it (SIGKILL) and waits until it is gone; removes the record.
+// Returns the pid it ended, or 0 if there was nothing to end. A process whose owner still runs
+// is left alone with its record.
 Result<pid_t> EndRecordedProcess(const std::string& record_path);
 
 // Absolute path of a program found next to the running executable, or else on PATH.
