@@ -3,6 +3,7 @@
 // across a VM restart (a new swtpm process on the same state directory).
 #include <gtest/gtest.h>
 
+#include <signal.h>
 #include <sys/stat.h>
 
 #include <chrono>
@@ -53,6 +54,7 @@ class GuestSmokeTest : public GuestImageTest {
     ::unlink(CtrlSocket().c_str());
     SpawnOptions so;
     so.output_file = dir_.path() + "/swtpm.log";
+    so.parent_death_signal = SIGKILL;
     auto p = Subprocess::Spawn({"swtpm", "socket", "--tpm2", "--tpmstate", "dir=" + StateDir(), "--ctrl",
                                 "type=unixio,path=" + CtrlSocket()},
                                so);

@@ -2,6 +2,8 @@
 // started for itself keeps running, and the next vtmd starts without help.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <thread>
@@ -130,6 +132,51 @@ TEST_F(VtmdKillTest, InstanceSwtpmEndsWithItsInstance) {
   EXPECT_EQ(state, "failed");
   auto again = f.Vtmctl({"start", "vm"});
   EXPECT_EQ(again.exit_code, 0) << again.output;
+}
+
+// What ctest's timeout does to a test: SIGKILL, so no destructor runs. Here the test (a child
+// of this one) is killed alone, not its process tree, and after a vtmd restart, so the
+// running instance is no descendant of it any more: nothing it started may keep running, and
+// its directory goes too.
+TEST(VtmdFixtureTest, TestKilledMidwayLeavesNoProcessAndNoDirectory) {
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  pid_t test = fork();
+  ASSERT_GE(test, 0);
+  if (test == 0) {
+    close(fds[0]);
+    std::string report = "failed";
+    {
+      VtmdFixture f;
+      if (f.StartVtmd() && f.Vtmctl({"create", "--name", "vm"}).exit_code == 0 &&
+          f.Vtmctl({"start", "vm"}).exit_code == 0) {
+        f.StopVtmd();
+        if (f.StartVtmd()) report = std::filesystem::path(f.state_dir()).parent_path().string();
+      }
+      (void)!write(fds[1], report.data(), report.size());
+      close(fds[1]);
+      pause();  // until killed, as a test hanging until its timeout
+    }
+    _exit(0);
+  }
+  close(fds[1]);
+  std::string dir;
+  char buf[512];
+  ssize_t n;
+  while ((n = read(fds[0], buf, sizeof buf)) > 0) dir.append(buf, static_cast<size_t>(n));
+  close(fds[0]);
+  ASSERT_NE(dir, "failed");
+  ASSERT_FALSE(dir.empty());
+  // vtmd, the host TPM's swtpm, the instance (adopted by the second vtmd) and its swtpm.
+  ASSERT_GE(FindProcesses({dir}).size(), 4u);
+  ASSERT_FALSE(FindProcesses({"vtm-instance", dir}).empty());
+
+  ASSERT_EQ(kill(test, SIGKILL), 0);
+  int st = 0;
+  ASSERT_EQ(waitpid(test, &st, 0), test);
+  EXPECT_TRUE(WaitUntilGone({dir}).empty()) << "processes of the killed test outlived it";
+  for (int i = 0; i < 100 && PathExists(dir); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(PathExists(dir));
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Builds (once) and boots the end-to-end test guest under QEMU; see qemu_guest.h.
 #include "qemu_guest.h"
 
+#include <signal.h>
 #include <sys/wait.h>
 
 #include <cctype>
@@ -232,6 +233,7 @@ GuestRun RunGuest(const GuestOptions& options) {
   SpawnOptions so;
   so.output_file = qemu_log_path;
   so.env = ChildEnv();
+  so.parent_death_signal = SIGKILL;  // a test killed by ctest's timeout takes its guest with it
   const auto start = std::chrono::steady_clock::now();
   auto seconds_since_start = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

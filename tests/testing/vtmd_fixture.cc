@@ -63,6 +63,7 @@ std::vector<std::string> VtmdFixture::VtmdArgv(const std::vector<std::string>& e
 bool VtmdFixture::StartVtmd(const std::vector<std::string>& extra_args) {
   SpawnOptions opts;
   opts.output_file = log_;
+  opts.parent_death_signal = SIGKILL;  // a test killed by ctest's timeout takes vtmd with it
   const char* path = getenv("PATH");
   opts.env = {std::string("PATH=") + (path ? path : "/usr/sbin:/usr/bin:/sbin:/bin")};
   opts.env.insert(opts.env.end(), vtmd_env_.begin(), vtmd_env_.end());
@@ -112,21 +113,6 @@ CommandResult VtmdFixture::VtmctlAs(const std::vector<std::string>& setpriv_args
 std::string VtmdFixture::VtmdLog() const {
   auto text = ReadFile(log_);
   return text.ok() ? *text : "";
-}
-
-std::vector<pid_t> FindProcesses(const std::vector<std::string>& needles) {
-  std::vector<pid_t> out;
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
-    std::string name = e.path().filename().string();
-    if (name.empty() || !isdigit(static_cast<unsigned char>(name[0]))) continue;
-    auto cmd = ReadFile(e.path().string() + "/cmdline");
-    if (!cmd.ok()) continue;
-    bool all = true;
-    for (const auto& n : needles) all = all && cmd->find(n) != std::string::npos;
-    if (all) out.push_back(static_cast<pid_t>(std::stol(name)));
-  }
-  return out;
 }
 
 long ProcessUid(pid_t pid) {

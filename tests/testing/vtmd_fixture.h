@@ -1,6 +1,8 @@
 // Runs a real vtmd (and vtmctl against it) for integration and e2e tests: a simulated host
 // TPM started by the test (so it survives vtmd restarts), temp state/run dirs, and cleanup
-// of every process on destruction, also when an assertion failed.
+// of every process on destruction, also when an assertion failed, and when the test process
+// is killed (ctest's timeout): vtmd and the host TPM get SIGKILL with it, and an OrphanGuard
+// ends whatever else names the test's directory.
 #pragma once
 
 #include <chrono>
@@ -9,6 +11,7 @@
 #include <vector>
 
 #include "test_env.h"
+#include "test_processes.h"
 #include "vtm/host_tpm.h"
 #include "vtm/subprocess.h"
 
@@ -47,6 +50,9 @@ class VtmdFixture {
  private:
   std::vector<std::string> VtmdArgv(const std::vector<std::string>& extra) const;
   TempDir dir_;
+  // Ends what the test started (vtmd, instances it adopted across restarts, swtpms) if the
+  // test is killed before the destructor runs.
+  OrphanGuard guard_{dir_.path()};
   std::string state_dir_, run_dir_, socket_, log_;
   std::unique_ptr<SimulatedHostTpm> host_tpm_;
   Subprocess vtmd_;
@@ -58,8 +64,6 @@ class VtmdFixture {
 // swtpm in its arguments (vtm-instance --swtpm PATH).
 inline const std::string kSwtpmProcess("swtpm\0socket", 12);
 
-// Pids of processes whose command line contains every one of the given strings.
-std::vector<pid_t> FindProcesses(const std::vector<std::string>& needles);
 // The real uid of a process, from /proc/<pid>/status; -1 if gone.
 long ProcessUid(pid_t pid);
 // Value of "key: value" in vtmctl's human output.
