@@ -512,9 +512,10 @@ Result<std::string> IssueEkCertificate(Signer& ca_key, const std::string& issuer
   VTM_RETURN_IF_ERROR(AddBasicConstraints(exts, false));
   VTM_RETURN_IF_ERROR(AddKeyUsage(exts, {req.rsa ? kKeyEncipherment : kKeyAgreement}));
   VTM_RETURN_IF_ERROR(AddExtendedKeyUsage(exts, {kTcgKpEkCertificate}));
-  // anyPolicy: TCG's own policy OIDs state verification practices this CA does not claim.
-  VTM_ASSIGN_OR_RETURN(std::string any_policy, der::Oid(kAnyPolicy));
-  VTM_RETURN_IF_ERROR(AddRaw(exts, "2.5.29.32", false, der::Tlv(der::kSequence, der::Tlv(der::kSequence, any_policy))));
+  // anyPolicy: TCG's own policy OIDs state verification practices this CA does not claim. A key
+  // vtm did not create gets the one policy that says so (and no anyPolicy that could mask it).
+  VTM_ASSIGN_OR_RETURN(std::string policy, der::Oid(req.unprovisioned_key ? kUnprovisionedKeyPolicyOid : kAnyPolicy));
+  VTM_RETURN_IF_ERROR(AddRaw(exts, "2.5.29.32", false, der::Tlv(der::kSequence, der::Tlv(der::kSequence, policy))));
   VTM_ASSIGN_OR_RETURN(std::string spec_attributes, TpmSpecificationAttributes(req));
   VTM_RETURN_IF_ERROR(AddRaw(exts, kSubjectDirectoryAttributes, false, spec_attributes));
   VTM_RETURN_IF_ERROR(AddKeyId(exts, NID_authority_key_identifier, issuer.key_id));

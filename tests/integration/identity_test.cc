@@ -3,6 +3,7 @@
 // extension verifies with the host AK; a deleted VM's serials appear in the CRL and
 // `openssl verify -crl_check` then fails; bad CA input is refused with a clear error.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <fstream>
 #include <map>
@@ -12,6 +13,7 @@
 #include <openssl/evp.h>
 
 #include "vtm.pb.h"
+#include "vtm/certificates.h"
 #include "vtm/fs.h"
 #include "vtm/hex.h"
 #include "host_ca.h"
@@ -235,6 +237,8 @@ TEST_F(IdentityTest, SwtpmSetupGetsEkCertificatesFromTheHostCaThroughVtmCreateCe
     WriteText(out + ".pem", ca::DerToPem(*pem));
     auto v = RunCommand({"openssl", "verify", "-CAfile", Path("ca.pem"), out + ".pem"});
     EXPECT_EQ(v.exit_code, 0) << index << ": " << v.output;
+    auto x = attest::LoadCertificate(*pem);  // marked: a key vtm did not create
+    EXPECT_TRUE(x.ok() && attest::HasCertificatePolicy(x->get(), attest::kUnprovisionedKeyPolicyOid)) << index;
     ++verified;
   }
   EXPECT_EQ(verified, 2) << "expected swtpm_setup --ecc to store an RSA and an ECC EK certificate";
@@ -243,6 +247,62 @@ TEST_F(IdentityTest, SwtpmSetupGetsEkCertificatesFromTheHostCaThroughVtmCreateCe
                               dir.path()});
   EXPECT_NE(platform.exit_code, 0);
   EXPECT_NE(platform.output.find("only EK certificates"), std::string::npos) << platform.output;
+}
+
+// issue_ek_cert certifies whatever key it is given: only root may ask, and what it issues is
+// marked apart from a provisioned vTPM's EK certificate, even for the very same key.
+TEST(IdentityOutsideKeyTest, IssueEkCertIsRootOnlyAndMarksWhatItIssues) {
+  VtmdFixture f;
+  TempDir dir;
+  auto p = [&](const std::string& n) { return dir.path() + "/" + n; };
+  ASSERT_TRUE(f.StartVtmd({"--group", "daemon"})) << f.VtmdLog();  // gid 1, base-passwd
+  ASSERT_EQ(f.Vtmctl({"create", "--uuid", kUuid, "--name", "web1"}).exit_code, 0) << f.VtmdLog();
+  WriteText(p("ca.pem"), f.Vtmctl({"ca", "show"}).output);
+  auto certs = SplitCerts(f.Vtmctl({"certs", "web1"}).output);
+  ASSERT_EQ(certs.count("ek-rsa"), 1u);
+  auto marked = [](const std::string& der_or_pem) {
+    auto x = attest::LoadCertificate(der_or_pem);
+    EXPECT_TRUE(x.ok());
+    return x.ok() && attest::HasCertificatePolicy(x->get(), attest::kUnprovisionedKeyPolicyOid);
+  };
+  for (const auto& [kind, pem] : certs) EXPECT_FALSE(marked(pem)) << kind << " of a provisioned vTPM is marked";
+
+  // swtpm_setup's --ek for the provisioned vTPM's own RSA EK (modulus hex, as openssl prints it).
+  WriteText(p("ek-rsa.pem"), certs["ek-rsa"]);
+  auto modulus = RunCommand({"openssl", "x509", "-noout", "-modulus", "-in", p("ek-rsa.pem")});
+  ASSERT_EQ(modulus.exit_code, 0) << modulus.output;
+  const std::string ek_hex = modulus.output.substr(modulus.output.find('=') + 1, modulus.output.find('\n') -
+                                                                                     modulus.output.find('=') - 1);
+  WriteText(p("tool.conf"), "socket = " + f.socket() + "\n");
+  const std::vector<std::string> tool_args = {"--type", "ek", "--ek", ek_hex, "--dir", dir.path(), "--configfile",
+                                              p("tool.conf")};
+
+  // A vtm group member (served for everything else) is refused, and told who may.
+  ASSERT_EQ(chmod(dir.path().c_str(), 0755), 0);
+  ASSERT_EQ(f.VtmctlAs({"--reuid=65534", "--regid=65534", "--groups=daemon"}, {"list"}).exit_code, 0);
+  auto member =
+      f.RunBuiltAs({"--reuid=65534", "--regid=65534", "--groups=daemon"}, "vtm-manager/vtm-create-certs", tool_args);
+  EXPECT_EQ(member.exit_code, 1) << member.output;
+  EXPECT_NE(member.output.find("permission denied"), std::string::npos) << member.output;
+  EXPECT_NE(member.output.find("for root only"), std::string::npos) << member.output;
+  EXPECT_FALSE(PathExists(p("ek.cert")));
+
+  // Root gets a certificate of the same CA for the same key, marked as an outside key.
+  std::vector<std::string> as_root = {BuildPath("vtm-manager/vtm-create-certs")};
+  as_root.insert(as_root.end(), tool_args.begin(), tool_args.end());
+  auto root = RunCommand(as_root);
+  ASSERT_EQ(root.exit_code, 0) << root.output;
+  auto issued = ReadFile(p("ek.cert"));
+  ASSERT_TRUE(issued.ok());
+  WriteText(p("outside.pem"), ca::DerToPem(*issued));
+  auto verify = RunCommand({"openssl", "verify", "-CAfile", p("ca.pem"), p("outside.pem")});
+  EXPECT_EQ(verify.exit_code, 0) << verify.output;
+  auto same_key = RunCommand({"openssl", "x509", "-noout", "-modulus", "-in", p("outside.pem")});
+  EXPECT_EQ(same_key.output, modulus.output);
+  EXPECT_TRUE(marked(*issued));
+  auto text = RunCommand({"openssl", "x509", "-noout", "-text", "-in", p("outside.pem")});
+  EXPECT_NE(text.output.find("Policy: 2.25.175342463645521248098509356622530514097"), std::string::npos)
+      << text.output;
 }
 
 TEST(IdentitySealedTest, SealedCaIssuesVerifiableCertificatesAndAHostQuoteBindsItsKey) {

@@ -151,6 +151,13 @@ TEST_F(VerifierTest, AkCertificateFromAnotherHostsCaIsRefused) {
   ExpectOnly(Deep(MakeDeep()), "vtpm_ak_certificate", "not issued by this host's CA");
 }
 
+// The same EK key certified by the same host CA, but through issue_ek_cert (swtpm_setup's
+// certificate tool, for a key vtm did not create): refused as a vTPM EK certificate, alone.
+TEST_F(VerifierTest, EkCertificateIssuedForAnOutsideKeyIsRefused) {
+  vtpm_ek_cert_ = IssueVtpmEkCert(*host_ca_signer_, host_ca_cert_, /*unprovisioned=*/true);
+  ExpectOnly(Deep(MakeDeep()), "vtpm_ek_certificate", "swtpm_setup certificate tool");
+}
+
 TEST_F(VerifierTest, CaCertificateWithoutValidCertifyIsRefused) {
   ca::CaCertRequest req;
   req.common_name = "vtm host CA test-host";  // same key and name, no TPM2_Certify evidence

@@ -172,8 +172,10 @@ struct AttestWorld {
     policy_ = BasePolicy();
   }
 
-  std::string IssueVtpmEkCert(ca::Signer& signer, const std::string& issuer) {
+  // unprovisioned: as vtmd's issue_ek_cert request issues it (swtpm_setup's certificate tool).
+  std::string IssueVtpmEkCert(ca::Signer& signer, const std::string& issuer, bool unprovisioned = false) {
     ca::EkCertRequest req;
+    req.unprovisioned_key = unprovisioned;
     req.ek_spki_der = vtpm_.ek.spki_der;
     req.tpm_manufacturer = "id:00001014";
     req.tpm_model = "swtpm";

@@ -97,15 +97,22 @@ CommandResult VtmdFixture::Vtmctl(const std::vector<std::string>& args) {
 }
 
 CommandResult VtmdFixture::VtmctlAs(const std::vector<std::string>& setpriv_args, const std::vector<std::string>& args) {
-  const std::string copy = dir_.path() + "/vtmctl";
+  std::vector<std::string> with_socket = {"--socket", socket_};
+  with_socket.insert(with_socket.end(), args.begin(), args.end());
+  return RunBuiltAs(setpriv_args, "vtm-manager/vtmctl", with_socket);
+}
+
+CommandResult VtmdFixture::RunBuiltAs(const std::vector<std::string>& setpriv_args, const std::string& build_path,
+                                      const std::vector<std::string>& args) {
+  const std::string copy = dir_.path() + "/" + std::filesystem::path(build_path).filename().string();
   if (!PathExists(copy)) {
     std::error_code ec;
-    std::filesystem::copy_file(BuildPath("vtm-manager/vtmctl"), copy, ec);
+    std::filesystem::copy_file(BuildPath(build_path), copy, ec);
     chmod(copy.c_str(), 0755);
   }
   std::vector<std::string> argv = {"setpriv"};
   argv.insert(argv.end(), setpriv_args.begin(), setpriv_args.end());
-  argv.insert(argv.end(), {copy, "--socket", socket_});
+  argv.push_back(copy);
   argv.insert(argv.end(), args.begin(), args.end());
   return RunCommand(argv);
 }

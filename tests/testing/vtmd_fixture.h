@@ -39,6 +39,9 @@ class VtmdFixture {
   // "--clear-groups"}. The binary is copied into the test's (traversable) directory first, so
   // the build tree's permissions do not matter.
   CommandResult VtmctlAs(const std::vector<std::string>& setpriv_args, const std::vector<std::string>& args);
+  // Any program of the build tree (e.g. "vtm-manager/vtm-create-certs") run the same way.
+  CommandResult RunBuiltAs(const std::vector<std::string>& setpriv_args, const std::string& build_path,
+                           const std::vector<std::string>& args);
   std::string VtmdLog() const;
 
   const std::string& state_dir() const { return state_dir_; }

@@ -338,6 +338,34 @@ TEST_F(X509Test, EkCertificatesFollowTheTcgProfile) {
   EXPECT_EQ(refused.error().code(), ErrorCode::kInvalidArgument);
 }
 
+// swtpm_setup's certificate tool path: a key vtm did not create is certified under the one
+// policy that says so, which openssl reads as the certificate's only policy.
+TEST_F(X509Test, EkCertificateForAnUnprovisionedKeyCarriesOnlyThePolicyThatMarksIt) {
+  EkCertRequest req;
+  req.ek_spki_der = Spki(NewKey(false).get());
+  req.tpm_manufacturer = "id:00001014";
+  req.tpm_model = "swtpm";
+  req.tpm_version = "id:20191023";
+  req.serial = 13;
+  auto provisioned = IssueEkCertificate(*ca_key_, ca_der_, req);
+  req.unprovisioned_key = true;
+  req.serial = 14;
+  auto outside = IssueEkCertificate(*ca_key_, ca_der_, req);
+  ASSERT_TRUE(provisioned.ok() && outside.ok());
+  auto marked = [](const std::string& der) {
+    auto x = attest::LoadCertificate(der);
+    return x.ok() && attest::HasCertificatePolicy(x->get(), kUnprovisionedKeyPolicyOid);
+  };
+  EXPECT_FALSE(marked(*provisioned));
+  EXPECT_TRUE(marked(*outside));
+  const std::string path = WriteFile(dir_, "ek-outside.pem", DerToPem(*outside));
+  EXPECT_EQ(OpensslVerify(path).exit_code, 0);  // still a valid certificate of this CA
+  auto text = RunCommand({"openssl", "x509", "-noout", "-text", "-in", path});
+  EXPECT_NE(text.output.find("Policy: 2.25.175342463645521248098509356622530514097"), std::string::npos)
+      << text.output;
+  EXPECT_EQ(text.output.find("Any Policy"), std::string::npos) << text.output;
+}
+
 TEST_F(X509Test, AkAndIkCertificatesNameTheVmAndService) {
   const std::string ak = IssueIdentity(true, 20);
   const std::string ik = IssueIdentity(false, 21);

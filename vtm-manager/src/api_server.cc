@@ -74,7 +74,7 @@ void ApiServer::HandleConnection(UniqueFd conn) {
   }
   FdStream stream(conn.get());
   ServeRequests(stream, [&](const api::Request& req) {
-    api::Response resp = service_.Handle(req);
+    api::Response resp = service_.Handle(req, ApiCaller{cred->uid});
     if (resp.status() != api::STATUS_OK) LOG_INFO << "uid " << cred->uid << ": request failed: " << resp.error();
     return resp;
   });

@@ -143,7 +143,7 @@ void ApiService::FillVm(const VmRecord& rec, api::Vm* out) {
   out->set_service(rec.service);
 }
 
-Status ApiService::HandleCa(const api::Request& req, api::Response* resp) {
+Status ApiService::HandleCa(const api::Request& req, const ApiCaller& caller, api::Response* resp) {
   if (host_ca_ == nullptr || host_ak_ == nullptr) {
     return Error(ErrorCode::kFailedPrecondition, "this vtmd runs without a host CA");
   }
@@ -172,8 +172,19 @@ Status ApiService::HandleCa(const api::Request& req, api::Response* resp) {
     case api::Request::kCaInstall:
       return host_ca_->InstallCertificate(req.ca_install().certificate_pem(), req.ca_install().chain_pem());
     case api::Request::kIssueEkCert: {
+      // The host CA would certify whatever public key it is given as a TPM EK: only root, who
+      // could read the CA's residency anyway, may ask, and what it gets is marked as a key vtm
+      // did not create (vtmd's own provisioning issues EK certificates in-process, unmarked).
+      if (!caller.uid || *caller.uid != 0) {
+        return Error(ErrorCode::kPermissionDenied,
+                     "issuing an EK certificate for an outside key (swtpm_setup's certificate tool, "
+                     "vtm-create-certs) is for root only; " +
+                         (caller.uid ? "uid " + std::to_string(*caller.uid) : std::string("a remote caller")) +
+                         " may not. Run swtpm_setup as root");
+      }
       const auto& r = req.issue_ek_cert();
       ca::EkCertRequest ek;
+      ek.unprovisioned_key = true;
       ek.ek_spki_der = r.ek_spki_der();
       VTM_ASSIGN_OR_RETURN(ek.rsa, IsRsaSpki(ek.ek_spki_der));
       ek.tpm_manufacturer = r.tpm_manufacturer().empty() ? "id:00001014" : r.tpm_manufacturer();
@@ -226,7 +237,7 @@ Status ApiService::HandleAttest(const api::Request& req, api::Response* resp) {
   return OkStatus();
 }
 
-api::Response ApiService::Handle(const api::Request& req) {
+api::Response ApiService::Handle(const api::Request& req, const ApiCaller& caller) {
   api::Response resp;
   auto fail = [&resp](const Error& e) {
     resp.set_status(ToApiStatus(e.code()));
@@ -269,7 +280,7 @@ api::Response ApiService::Handle(const api::Request& req) {
     case api::Request::kCaCrl:
     case api::Request::kIssueEkCert:
     case api::Request::kActivateHostCredential:
-      if (Status st = HandleCa(req, &resp); !st.ok()) fail(st.error());
+      if (Status st = HandleCa(req, caller, &resp); !st.ok()) fail(st.error());
       break;
     case api::Request::kAttestHost:
     case api::Request::kAttestDeep:

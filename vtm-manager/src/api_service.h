@@ -2,6 +2,9 @@
 // from the socket server so the request path can be fuzzed and tested without sockets.
 #pragma once
 
+#include <sys/types.h>
+
+#include <optional>
 #include <string>
 
 #include "host_attestation_key.h"
@@ -26,6 +29,12 @@ Result<api::Request> ParseRequest(const std::string& bytes);
 // The status and message a client sees for an Error.
 api::Status ToApiStatus(ErrorCode code);
 
+// Who sent a request. The transport has already let the caller in (the unix socket: root or the
+// vtm group); requests that only local root may make check uid here.
+struct ApiCaller {
+  std::optional<uid_t> uid;  // from the kernel (SO_PEERCRED); nullopt: a remote peer (TLS)
+};
+
 class ApiService {
  public:
   // host_ak and host_ca may be null (no host identity: CA requests are refused); ra may be null
@@ -33,11 +42,11 @@ class ApiService {
   ApiService(Manager& manager, Registry& registry, HostAttestationKey* host_ak, HostCa* host_ca, HostDescription host,
              RaClient* ra = nullptr)
       : manager_(manager), registry_(registry), host_ak_(host_ak), host_ca_(host_ca), host_(std::move(host)), ra_(ra) {}
-  api::Response Handle(const api::Request& request);
+  api::Response Handle(const api::Request& request, const ApiCaller& caller);
 
  private:
   void FillVm(const VmRecord& rec, api::Vm* out);
-  Status HandleCa(const api::Request& req, api::Response* resp);
+  Status HandleCa(const api::Request& req, const ApiCaller& caller, api::Response* resp);
   Status HandleAttest(const api::Request& req, api::Response* resp);
   Manager& manager_;
   Registry& registry_;

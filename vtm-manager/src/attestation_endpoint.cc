@@ -110,7 +110,7 @@ void AttestationEndpoint::HandleConnection(UniqueFd conn) {
       LOG_WARNING << "attestation endpoint: refused a management request from verifier " << verifier;
       return resp;
     }
-    resp = service_.Handle(req);
+    resp = service_.Handle(req, ApiCaller{std::nullopt});  // remote: never root
     LOG_INFO << "attestation endpoint: verifier " << verifier << ": "
              << api::Request::descriptor()->FindFieldByNumber(static_cast<int>(req.op_case()))->name() << ": "
              << (resp.status() == api::STATUS_OK ? std::string("answered") : "failed: " + resp.error());

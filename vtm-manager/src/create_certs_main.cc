@@ -74,7 +74,9 @@ int Run(int argc, char** argv) {
     return 1;
   }
   if (resp->status() != api::STATUS_OK) {
-    std::cerr << "vtm-create-certs: vtmd refused: " << resp->error() << "\n";
+    std::cerr << "vtm-create-certs: vtmd refused"
+              << (resp->status() == api::STATUS_PERMISSION_DENIED ? " (permission denied)" : "") << ": " << resp->error()
+              << "\n";
     return 1;
   }
   auto der = ca::CertificateToDer(resp->pem());

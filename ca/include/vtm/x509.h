@@ -56,6 +56,7 @@ struct Validity {
 // library for the CA, vtmd and remote verifiers.
 using attest::CertifyEvidence;
 using attest::kCertifyEvidenceOid;
+using attest::kUnprovisionedKeyPolicyOid;
 
 // The host CA's own certificate: self-signed (subject == issuer), CA:TRUE, pathlen 0,
 // keyCertSign|cRLSign, carrying the certify evidence as a non-critical extension.
@@ -86,6 +87,10 @@ struct EkCertRequest {
   std::string tpm_spec_family = "2.0";
   uint32_t tpm_spec_level = 0;
   uint32_t tpm_spec_revision = 159;
+  // The key was not created by vtm in a vTPM it provisioned (swtpm_setup's certificate tool
+  // asks for any public key): the certificate names kUnprovisionedKeyPolicyOid as its only
+  // certificate policy instead of anyPolicy, so a verifier can refuse it as a vTPM EK.
+  bool unprovisioned_key = false;
 };
 // issuer_cert_der: the CA certificate whose subject becomes the issuer.
 Result<std::string> IssueEkCertificate(Signer& ca_key, const std::string& issuer_cert_der, const EkCertRequest& req);
