@@ -5,6 +5,7 @@
 #include <ctime>
 #include <string>
 
+#include "fuzz_ca.h"
 #include "vtm/labelled_data.h"
 #include "vtm/x509.h"
 
@@ -12,15 +13,8 @@ namespace {
 
 const vtm::tc::SignedDataExpectation& Expectation() {
   static const vtm::tc::SignedDataExpectation* e = [] {
-    auto signer = vtm::ca::SoftwareSigner::Generate();
-    if (!signer.ok()) __builtin_trap();
-    vtm::ca::CaCertRequest req;
-    req.common_name = "fuzz CA";
-    req.validity = {1, 0};
-    auto der = vtm::ca::CreateSelfSignedCaCertificate(**signer, req);
-    if (!der.ok()) __builtin_trap();
     auto* x = new vtm::tc::SignedDataExpectation();
-    x->trusted_ca_pem = vtm::ca::DerToPem(*der);
+    x->trusted_ca_pem = vtm::ca::DerToPem(vtm::fuzz::FixedCaCertificate());
     x->allow_missing_crl = true;
     return x;
   }();

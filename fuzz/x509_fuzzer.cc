@@ -9,24 +9,10 @@
 #include <utility>
 
 #include "../ca/src/internal.h"  // DecodeCertifyEvidence: reach the DER reader without a signed certificate
+#include "fuzz_ca.h"
 #include "vtm/x509.h"
 
 namespace {
-
-// A valid certificate for the evidence checks to compare keys with.
-const std::string& FixedCertificate() {
-  static const std::string* cert = [] {
-    auto signer = vtm::ca::SoftwareSigner::Generate();
-    if (!signer.ok()) __builtin_trap();
-    vtm::ca::CaCertRequest req;
-    req.common_name = "fuzz CA";
-    req.validity = {1, 0};
-    auto der = vtm::ca::CreateSelfSignedCaCertificate(**signer, req);
-    if (!der.ok()) __builtin_trap();
-    return new std::string(*der);
-  }();
-  return *cert;
-}
 
 // Splits input into length-prefixed (2 bytes, big-endian) fields; the last takes the rest.
 std::string TakeField(std::string& rest) {
@@ -71,7 +57,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (evidence.ok()) {
         // Whatever decodes must encode back to the same bytes (DER is canonical).
         if (vtm::ca::EncodeCertifyEvidence(*evidence) != input) __builtin_trap();
-        (void)vtm::ca::VerifyCertifyEvidence(FixedCertificate(), *evidence);
+        (void)vtm::ca::VerifyCertifyEvidence(vtm::fuzz::FixedCaCertificate(), *evidence);
       }
       break;
     }
@@ -81,7 +67,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       e.attest = TakeField(input);
       e.signature = TakeField(input);
       e.ak_tpm2b_public = input;
-      (void)vtm::ca::VerifyCertifyEvidence(FixedCertificate(), e);
+      (void)vtm::ca::VerifyCertifyEvidence(vtm::fuzz::FixedCaCertificate(), e);
       break;
     }
   }

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "vtm/ossl_ptr.h"
+#include "vtm/tpm_structures.h"
 
 namespace vtm::attest {
 namespace {
@@ -16,7 +17,7 @@ namespace {
 std::string Sha256Of(std::initializer_list<std::string_view> parts) {
   OsslPtr<EVP_MD_CTX, EVP_MD_CTX_free> ctx(EVP_MD_CTX_new());
   std::string out(kMerkleHashSize, '\0');
-  bool ok = ctx && EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) == 1;
+  bool ok = ctx && EVP_DigestInit_ex(ctx.get(), DigestForTpmAlg(TPM2_ALG_SHA256), nullptr) == 1;
   for (std::string_view p : parts) ok = ok && EVP_DigestUpdate(ctx.get(), p.data(), p.size()) == 1;
   ok = ok && EVP_DigestFinal_ex(ctx.get(), reinterpret_cast<unsigned char*>(out.data()), nullptr) == 1;
   // SHA-256 in the default provider fails only when memory runs out; no hash is safer than a

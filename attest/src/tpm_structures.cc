@@ -16,8 +16,11 @@
 
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <string>
 
+#include "vtm/mutex.h"
 #include "vtm/ossl_ptr.h"
 
 namespace vtm {
@@ -30,12 +33,6 @@ using PkeyPtr = OsslPtr<EVP_PKEY, EVP_PKEY_free>;
 using BnPtr = OsslPtr<BIGNUM, BN_free>;
 using EcdsaSigPtr = OsslPtr<ECDSA_SIG, ECDSA_SIG_free>;
 
-std::string Hex(uint32_t v) {
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "0x%x", v);
-  return buf;
-}
-
 template <typename T, int (*I2d)(const T*, unsigned char**)>
 Result<std::string> ToDer(const T* object, const char* what) {
   const int len = I2d(object, nullptr);
@@ -44,6 +41,39 @@ Result<std::string> ToDer(const T* object, const char* what) {
   auto* out = reinterpret_cast<unsigned char*>(der.data());
   if (I2d(object, &out) != len) return Error(ErrorCode::kInternal, std::string("encoding ") + what + " failed");
   return der;
+}
+
+// Keys that passed BuildPublicKey, by the exact bytes they were built from (key type, curve or
+// exponent, point or modulus). A verifier sees the same few AKs for every quote, and building
+// an OpenSSL key with its public-key check (a scalar multiplication for EC) costs about as much
+// as the signature check itself. Bounded: emptied when full (a cache, not a record). Only
+// valid keys are kept, so the check is never skipped for bytes it has not passed. EVP_PKEYs are
+// shared read-only across threads (OpenSSL 3 allows that once built); each holder has a reference.
+class PublicKeyCache {
+ public:
+  static constexpr size_t kMaxKeys = 256;
+  PkeyPtr Find(const std::string& key_bytes) EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    auto it = keys_.find(key_bytes);
+    if (it == keys_.end() || EVP_PKEY_up_ref(it->second.get()) != 1) return nullptr;
+    return PkeyPtr(it->second.get());
+  }
+  void Add(const std::string& key_bytes, EVP_PKEY* key) EXCLUDES(mu_) {
+    if (EVP_PKEY_up_ref(key) != 1) return;
+    PkeyPtr ref(key);
+    MutexLock lock(mu_);
+    if (keys_.size() >= kMaxKeys) keys_.clear();
+    keys_.emplace(key_bytes, std::move(ref));
+  }
+
+ private:
+  Mutex mu_;
+  std::map<std::string, PkeyPtr> keys_ GUARDED_BY(mu_);
+};
+
+PublicKeyCache& KeyCache() {
+  static auto* cache = new PublicKeyCache();  // never destroyed: used until the process exits
+  return *cache;
 }
 
 // A public area as an OpenSSL key. The public-key check matters for verification: an
@@ -71,7 +101,7 @@ Result<PkeyPtr> PublicKeyOf(const TPMT_PUBLIC& area) {
         field = 66;
         break;
       default:
-        return Error(ErrorCode::kInvalidArgument, "TPM ECC key on curve " + Hex(area.parameters.eccDetail.curveID) +
+        return Error(ErrorCode::kInvalidArgument, "TPM ECC key on curve " + TpmConstantHex(area.parameters.eccDetail.curveID) +
                                                       " (only NIST P-256, P-384 and P-521 are supported)");
     }
     const TPMS_ECC_POINT& p = area.unique.ecc;
@@ -104,8 +134,18 @@ Result<PkeyPtr> PublicKeyOf(const TPMT_PUBLIC& area) {
     }
   } else {
     return Error(ErrorCode::kInvalidArgument,
-                 "TPM key of type " + Hex(area.type) + " has no X.509 public key form (ECC or RSA only)");
+                 "TPM key of type " + TpmConstantHex(area.type) + " has no X.509 public key form (ECC or RSA only)");
   }
+  // What the key is made of, exactly: the cache key.
+  std::string cache_key(key_type);
+  cache_key += '\0';
+  if (area.type == TPM2_ALG_ECC) {
+    cache_key += std::to_string(area.parameters.eccDetail.curveID) + '\0' + point;
+  } else {
+    cache_key += std::to_string(area.parameters.rsaDetail.exponent) + '\0';
+    cache_key.append(reinterpret_cast<const char*>(area.unique.rsa.buffer), area.unique.rsa.size);
+  }
+  if (PkeyPtr cached = KeyCache().Find(cache_key)) return cached;
   ParamPtr params(OSSL_PARAM_BLD_to_param(bld.get()));
   PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_name(nullptr, key_type, nullptr));
   if (!params || !ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1) {
@@ -121,21 +161,29 @@ Result<PkeyPtr> PublicKeyOf(const TPMT_PUBLIC& area) {
     return Error(ErrorCode::kDataLoss, "the TPM's " + std::string(key_type) +
                                            " public key is not a valid key (e.g. a point not on the curve)");
   }
+  KeyCache().Add(cache_key, key.get());
   return key;
 }
 
 }  // namespace
 
 const EVP_MD* DigestForTpmAlg(TPM2_ALG_ID alg) {
+  // Fetched once: OpenSSL 3 looks a legacy EVP_sha256() up in its provider store (locks,
+  // hash tables) at every EVP_DigestInit, which costs more than hashing a PCR extend. Kept
+  // for the process's lifetime (fetched objects are thread-safe to use).
+  static const EVP_MD* const kSha1 = EVP_MD_fetch(nullptr, "SHA1", nullptr);
+  static const EVP_MD* const kSha256 = EVP_MD_fetch(nullptr, "SHA2-256", nullptr);
+  static const EVP_MD* const kSha384 = EVP_MD_fetch(nullptr, "SHA2-384", nullptr);
+  static const EVP_MD* const kSha512 = EVP_MD_fetch(nullptr, "SHA2-512", nullptr);
   switch (alg) {
     case TPM2_ALG_SHA1:
-      return EVP_sha1();
+      return kSha1;
     case TPM2_ALG_SHA256:
-      return EVP_sha256();
+      return kSha256;
     case TPM2_ALG_SHA384:
-      return EVP_sha384();
+      return kSha384;
     case TPM2_ALG_SHA512:
-      return EVP_sha512();
+      return kSha512;
     default:
       return nullptr;
   }
@@ -143,7 +191,7 @@ const EVP_MD* DigestForTpmAlg(TPM2_ALG_ID alg) {
 
 Result<std::string> TpmDigest(TPM2_ALG_ID alg, std::string_view data) {
   const EVP_MD* md = DigestForTpmAlg(alg);
-  if (md == nullptr) return Error(ErrorCode::kInvalidArgument, "unsupported hash algorithm " + Hex(alg));
+  if (md == nullptr) return Error(ErrorCode::kInvalidArgument, "unsupported hash algorithm " + TpmConstantHex(alg));
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   if (EVP_Digest(data.data(), data.size(), digest, &len, md, nullptr) != 1) {
@@ -204,11 +252,11 @@ Result<bool> VerifyTpmSignature(const TPMT_PUBLIC& key_area, const TPMT_SIGNATUR
     }
     default:
       return Error(ErrorCode::kInvalidArgument,
-                   "unsupported signature scheme " + Hex(signature.sigAlg) + " (expected ECDSA, RSASSA or RSAPSS)");
+                   "unsupported signature scheme " + TpmConstantHex(signature.sigAlg) + " (expected ECDSA, RSASSA or RSAPSS)");
   }
   const EVP_MD* md = DigestForTpmAlg(hash_alg);
   if (md == nullptr) {
-    return Error(ErrorCode::kInvalidArgument, "unsupported hash algorithm " + Hex(hash_alg) + " in the signature");
+    return Error(ErrorCode::kInvalidArgument, "unsupported hash algorithm " + TpmConstantHex(hash_alg) + " in the signature");
   }
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int digest_len = 0;
@@ -239,11 +287,38 @@ Result<bool> VerifyTpmSignature(const TPMT_PUBLIC& key_area, const TPMT_SIGNATUR
 
 Error MalformedTpmStructure(const char* what, const UnmarshalOutcome& outcome) {
   if (outcome.rc != TSS2_RC_SUCCESS) {
-    return Error(ErrorCode::kInvalidArgument, std::string(what) + " does not unmarshal (TSS2 rc " + Hex(outcome.rc) +
+    return Error(ErrorCode::kInvalidArgument, std::string(what) + " does not unmarshal (TSS2 rc " + TpmConstantHex(outcome.rc) +
                                                   "): truncated or not this structure");
   }
   return Error(ErrorCode::kInvalidArgument,
                std::string(what) + " has " + std::to_string(outcome.trailing) + " trailing bytes");
+}
+
+std::string TpmConstantHex(uint32_t value) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "0x%x", value);
+  return buf;
+}
+
+Result<SignedAttest> ParseSignedAttest(std::string_view attest, std::string_view signature, TPMI_ST_ATTEST type,
+                                       const char* context) {
+  const std::string where(context);
+  SignedAttest out;
+  VTM_ASSIGN_OR_RETURN(out.attest, (ParseTpmStructure<TPMS_ATTEST, Tss2_MU_TPMS_ATTEST_Unmarshal>(
+                                       attest, (where + ": the TPMS_ATTEST").c_str())));
+  VTM_ASSIGN_OR_RETURN(out.signature, (ParseTpmStructure<TPMT_SIGNATURE, Tss2_MU_TPMT_SIGNATURE_Unmarshal>(
+                                          signature, (where + ": the TPMT_SIGNATURE").c_str())));
+  if (out.attest.magic != TPM2_GENERATED_VALUE) {
+    return Error(ErrorCode::kInvalidArgument,
+                 where + ": attest was not generated by a TPM (magic " + TpmConstantHex(out.attest.magic) + ")");
+  }
+  if (out.attest.type != type) {
+    const char* command = type == TPM2_ST_ATTEST_QUOTE ? "TPM2_Quote" : type == TPM2_ST_ATTEST_CERTIFY ? "TPM2_Certify"
+                                                                                                      : "TPM2";
+    return Error(ErrorCode::kInvalidArgument, where + ": attest is not a " + command + " result (type " +
+                                                  TpmConstantHex(out.attest.type) + ")");
+  }
+  return out;
 }
 
 Result<TPM2B_PUBLIC> ParseTpm2bPublic(std::string_view bytes, const char* what) {

@@ -3,11 +3,13 @@
 // write) must agree with every verdict: it accepts what VerifyQuote accepts and refuses the
 // altered PCR value, the wrong nonce and the other AK that VerifyQuote refuses.
 #include <gtest/gtest.h>
+#include <tss2/tss2_mu.h>
 
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "simulated_host_tpm_test.h"
 #include "test_env.h"
 #include "tpm2_tools.h"
 #include "vtm/fs.h"
@@ -25,15 +27,10 @@ using vtm::testing::RunCommand;
 using vtm::testing::Sha256;
 using vtm::testing::TempDir;
 
-class QuoteTest : public ::testing::Test {
+class QuoteTest : public vtm::testing::SimulatedHostTpmTest {
  protected:
   void SetUp() override {
-    auto sim = SimulatedHostTpm::Start(dir_.path() + "/host-tpm");
-    ASSERT_TRUE(sim.ok()) << sim.error().ToString();
-    sim_ = std::move(sim).value();
-    auto tpm = Tpm::OpenTcti(sim_->tcti());
-    ASSERT_TRUE(tpm.ok()) << tpm.error().ToString();
-    tpm_ = std::move(tpm).value();
+    ASSERT_NO_FATAL_FAILURE(SimulatedHostTpmTest::SetUp());
     // Non-trivial PCR values: extend PCRs 1 and 10 as firmware and IMA would.
     ASSERT_TRUE(tpm_->ExtendPcr("sha256", 1, Sha256("firmware")).ok());
     ASSERT_TRUE(tpm_->ExtendPcr("sha256", 10, Sha256("ima")).ok());
@@ -91,9 +88,6 @@ class QuoteTest : public ::testing::Test {
     return vtm::testing::Tpm2Checkquote(q, ak_tpm2b_public, nonce, dir_.path());
   }
 
-  TempDir dir_;
-  std::unique_ptr<SimulatedHostTpm> sim_;
-  std::unique_ptr<Tpm> tpm_;
   TpmKey srk_;
   TpmKey ak_;
   std::string ak_public_;
@@ -149,6 +143,33 @@ TEST_F(QuoteTest, QuoteByAnotherAkIsRefusedByBoth) {
   EXPECT_NE(CheckQuote(q, ak_public_, nonce).exit_code, 0);
 }
 
+// Verifying builds the AK as an OpenSSL key once and keeps it by its exact bytes: a public
+// area that differs in one bit (a point off the curve) is checked, and refused, every time,
+// and the cached AK still accepts only its own signatures.
+TEST_F(QuoteTest, CachedAkKeyNeverStandsInForOtherKeyBytes) {
+  const std::string nonce = Sha256("n");
+  const Quote q = MakeQuote(ak_, {"sha256:0,10"}, nonce);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(VerifyQuote(q, ak_public_, nonce).ok());
+  auto pub = ParseTpm2bPublic(ak_public_, "AK");
+  ASSERT_TRUE(pub.ok());
+  pub->publicArea.unique.ecc.y.buffer[pub->publicArea.unique.ecc.y.size - 1] ^= 1;
+  uint8_t buf[sizeof(TPM2B_PUBLIC)];
+  size_t size = 0;
+  ASSERT_EQ(Tss2_MU_TPM2B_PUBLIC_Marshal(&*pub, buf, sizeof buf, &size), TSS2_RC_SUCCESS);
+  const std::string off_curve(reinterpret_cast<const char*>(buf), size);
+  for (int i = 0; i < 2; ++i) {
+    auto parsed = VerifyQuote(q, off_curve, nonce);
+    ASSERT_FALSE(parsed.ok());
+    EXPECT_NE(parsed.error().message().find("not a valid key"), std::string::npos) << parsed.error().message();
+  }
+  std::string other_public;
+  TpmKey other = LoadKey(KeyRole::kAttestation, &other_public);
+  const Quote by_other = MakeQuote(other, {"sha256:0,10"}, nonce);
+  EXPECT_FALSE(VerifyQuote(by_other, ak_public_, nonce).ok());
+  EXPECT_TRUE(VerifyQuote(by_other, other_public, nonce).ok());
+  EXPECT_TRUE(VerifyQuote(q, ak_public_, nonce).ok());
+}
+
 TEST_F(QuoteTest, QuoteByAnUnrestrictedKeyIsRefused) {
   std::string signing_public;
   TpmKey signing = LoadKey(KeyRole::kSigning, &signing_public);
@@ -173,20 +194,16 @@ TEST_F(QuoteTest, MultiBankQuoteFromTpm2QuoteIsAccepted) {
   // A quote tpm2-tools made (its own AK, sha1 and sha256 banks, 9 PCRs each: more than one
   // TPML_DIGEST) is accepted, and our tpm2-tools PCR file is byte-identical to tpm2_quote's.
   const std::string d = dir_.path() + "/";
-  auto tool = [&](std::vector<std::string> args) {
-    args.insert(args.begin(), {"env", "TPM2TOOLS_TCTI=" + sim_->tcti()});
-    return RunCommand(args);
-  };
   // Free our transient slots for the tools (swtpm has three).
   ak_ = TpmKey();
   srk_ = TpmKey();
-  ASSERT_EQ(tool({"tpm2_createek", "-c", d + "ek.ctx", "-G", "ecc"}).exit_code, 0);
-  CommandResult ak = tool({"tpm2_createak", "-C", d + "ek.ctx", "-c", d + "ak.ctx", "-G", "ecc", "-g", "sha256",
+  ASSERT_EQ(Tpm2Tool({"tpm2_createek", "-c", d + "ek.ctx", "-G", "ecc"}).exit_code, 0);
+  CommandResult ak = Tpm2Tool({"tpm2_createak", "-C", d + "ek.ctx", "-c", d + "ak.ctx", "-G", "ecc", "-g", "sha256",
                            "-s", "ecdsa", "-u", d + "ak.pub", "-n", d + "ak.name"});
   ASSERT_EQ(ak.exit_code, 0) << ak.output;
-  ASSERT_EQ(tool({"tpm2_flushcontext", "-t"}).exit_code, 0);
+  ASSERT_EQ(Tpm2Tool({"tpm2_flushcontext", "-t"}).exit_code, 0);
   const std::string nonce = Sha256("multi-bank");
-  CommandResult quote = tool({"tpm2_quote", "-c", d + "ak.ctx", "-l", "sha1:0,1,2,3,4,5,6,7,10+sha256:0,1,2,3,4,5,6,7,10",
+  CommandResult quote = Tpm2Tool({"tpm2_quote", "-c", d + "ak.ctx", "-l", "sha1:0,1,2,3,4,5,6,7,10+sha256:0,1,2,3,4,5,6,7,10",
                               "-q", HexEncode(nonce), "-m", d + "q.attest", "-s", d + "q.sig", "-o", d + "q.pcrs",
                               "-g", "sha256"});
   ASSERT_EQ(quote.exit_code, 0) << quote.output;

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "simulated_host_tpm_test.h"
 #include "test_env.h"
 #include "vtm/credential.h"
 #include "vtm/fs.h"
@@ -115,23 +116,8 @@ TPMS_ATTEST ParseAttest(const std::string& attest) {
   return out;
 }
 
-class TpmTest : public ::testing::Test {
+class TpmTest : public vtm::testing::SimulatedHostTpmTest {
  protected:
-  void SetUp() override {
-    auto sim = SimulatedHostTpm::Start(dir_.path() + "/host-tpm");
-    ASSERT_TRUE(sim.ok()) << sim.error().ToString();
-    sim_ = std::move(sim).value();
-    auto tpm = Tpm::OpenTcti(sim_->tcti());
-    ASSERT_TRUE(tpm.ok()) << tpm.error().ToString();
-    tpm_ = std::move(tpm).value();
-  }
-
-  CommandResult Tpm2Tool(const std::vector<std::string>& args) {
-    std::vector<std::string> argv = {"env", "TPM2TOOLS_TCTI=" + sim_->tcti()};
-    argv.insert(argv.end(), args.begin(), args.end());
-    return RunCommand(argv);
-  }
-
   // Without a resource manager, tools leave objects loaded; swtpm has three transient slots.
   void FlushToolObjects() { ASSERT_EQ(Tpm2Tool({"tpm2_flushcontext", "-t"}).exit_code, 0); }
 
@@ -170,11 +156,6 @@ class TpmTest : public ::testing::Test {
     EXPECT_EQ(HexEncode(ours), HexEncode(PemFileToSpkiDer(pem)))
         << "EK (" << tool_alg << ") differs from tpm2_createek's";
   }
-
-  // Destroyed in reverse order: TPM connection, swtpm, then its directory.
-  TempDir dir_;
-  std::unique_ptr<SimulatedHostTpm> sim_;
-  std::unique_ptr<Tpm> tpm_;
 };
 
 TEST_F(TpmTest, EccEkIsTheKeyTpm2CreateekRecreates) { CheckEkMatchesTpm2Createek(KeyAlg::kEccP256, "ecc"); }

@@ -50,12 +50,28 @@ Result<T> ParseTpmStructure(std::string_view bytes, const char* what) {
   return value;
 }
 
+// "0x" and lower-case hex digits of a TPM constant (algorithm id, structure tag, magic, response
+// code), for messages.
+std::string TpmConstantHex(uint32_t value);
+
+// A TPMS_ATTEST with the TPMT_SIGNATURE over it, as TPM2_Quote and TPM2_Certify return them.
+struct SignedAttest {
+  TPMS_ATTEST attest{};
+  TPMT_SIGNATURE signature{};
+};
+// Unmarshals attest and signature from outside bytes (exactly one structure each) and checks
+// that a TPM generated attest (magic TPM_GENERATED) as the result it claims to be: type
+// TPM_ST_ATTEST_QUOTE or TPM_ST_ATTEST_CERTIFY. kInvalidArgument with a message that starts
+// with context (e.g. "quote"). The signature itself is the caller's to check.
+Result<SignedAttest> ParseSignedAttest(std::string_view attest, std::string_view signature, TPMI_ST_ATTEST type,
+                                       const char* context);
+
 // A marshalled TPM2B_PUBLIC from outside whose size field covers exactly the TPMT_PUBLIC after
 // it (a TPM name is hashed over those bytes as given). kInvalidArgument naming `what`.
 Result<TPM2B_PUBLIC> ParseTpm2bPublic(std::string_view bytes, const char* what);
 
-// The OpenSSL digest of a TPM hash algorithm (SHA-1, SHA-256, SHA-384, SHA-512); nullptr for
-// any other algorithm id.
+// The OpenSSL digest of a TPM hash algorithm (SHA-1, SHA-256, SHA-384, SHA-512), fetched once
+// per process; nullptr for any other algorithm id.
 const EVP_MD* DigestForTpmAlg(TPM2_ALG_ID alg);
 
 // H_alg(data) for a TPM hash algorithm DigestForTpmAlg knows; kInvalidArgument for others.
