@@ -10,10 +10,11 @@ shift || true
 
 packages=(
   build-essential cmake ninja-build pkg-config git
-  libssl-dev libsqlite3-dev libseccomp-dev libtss2-dev libtpms-dev
+  libssl-dev libsqlite3-dev libseccomp-dev libtss2-dev libtpms-dev libxml2-dev
   libprotobuf-dev protobuf-compiler libgtest-dev libgmock-dev
   swtpm swtpm-tools swtpm-dev tpm2-tools tpm2-openssl
   qemu-system-x86 busybox-static cpio
+  libvirt-daemon-system libvirt-clients
   clang libclang-rt-14-dev clang-tidy openssl
 )
 

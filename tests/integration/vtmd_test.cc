@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <grp.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <thread>
@@ -79,8 +81,9 @@ TEST_F(VtmdTest, WrongRequestsGiveClearErrorsAndChangeNothing) {
   ASSERT_EQ(f.Vtmctl({"start", kUuid}).exit_code, 0);
   auto before = f.Vtmctl({"show", kUuid});
 
+  // Idempotent for scripts and hooks: a second start succeeds, says so and changes nothing.
   auto second = f.Vtmctl({"start", kUuid});
-  EXPECT_EQ(second.exit_code, 4) << second.output;
+  EXPECT_EQ(second.exit_code, 0) << second.output;
   EXPECT_NE(second.output.find("already running"), std::string::npos) << second.output;
 
   auto unknown = f.Vtmctl({"start", "00000000-0000-4000-8000-000000000000"});
@@ -176,22 +179,32 @@ TEST_F(VtmdTest, ConcurrentOperationsOnOneVmHaveExactlyOneWinner) {
     ASSERT_EQ(created.exit_code, 0) << created.output;
     std::string uuid = Field(created.output, "uuid");
 
+    // start and stop are idempotent: the loser is refused (4) or, if it came second, finds
+    // the work done (0 with a note); the work itself happens once.
     auto [s1, s2] = Twice(f, {"start", name});
-    EXPECT_EQ((s1.exit_code == 0) + (s2.exit_code == 0), 1) << s1.output << "\n" << s2.output;
+    EXPECT_EQ((s1.exit_code == 0 && s1.output.find("already running") == std::string::npos) +
+                  (s2.exit_code == 0 && s2.output.find("already running") == std::string::npos),
+              1)
+        << s1.output << "\n" << s2.output;
     for (const auto* r : {&s1, &s2}) {
       if (r->exit_code != 0) {
         EXPECT_EQ(r->exit_code, 4) << r->output;
       }
     }
     EXPECT_EQ(FindProcesses({"vtm-instance", uuid}).size(), 1u);
+    EXPECT_EQ(CountLines(f.VtmdLog(), "started vTPM for VM " + uuid), 1) << f.VtmdLog();
 
     auto [t1, t2] = Twice(f, {"stop", name});
-    EXPECT_EQ((t1.exit_code == 0) + (t2.exit_code == 0), 1) << t1.output << "\n" << t2.output;
+    EXPECT_EQ((t1.exit_code == 0 && t1.output.find("was not running") == std::string::npos) +
+                  (t2.exit_code == 0 && t2.output.find("was not running") == std::string::npos),
+              1)
+        << t1.output << "\n" << t2.output;
     for (const auto* r : {&t1, &t2}) {
       if (r->exit_code != 0) {
         EXPECT_EQ(r->exit_code, 4) << r->output;
       }
     }
+    EXPECT_EQ(CountLines(f.VtmdLog(), "stopped vTPM for VM " + uuid), 1) << f.VtmdLog();
     EXPECT_EQ(Field(f.Vtmctl({"show", name}).output, "state"), "stopped");
 
     auto [d1, d2] = Twice(f, {"delete", name});
@@ -314,6 +327,109 @@ TEST(VtmdOwnerAuthTest, OwnerPasswordFromFileOrCredentialNeverArgvOrEnvironment)
   f.SetVtmdEnvironment({"CREDENTIALS_DIRECTORY=" + dir});
   ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
   EXPECT_EQ(f.Vtmctl({"show", "vm"}).exit_code, 0);
+int Attached(const std::string& socket) {
+  auto n = CountAcceptedConnections(socket);
+  return n.ok() ? *n : -1;
+}
+
+TEST_F(VtmdTest, StopIsIdempotentAndRefusedWhileQemuIsAttached) {
+  ASSERT_EQ(f.Vtmctl({"create", "--uuid", kUuid}).exit_code, 0);
+  auto idle = f.Vtmctl({"stop", kUuid});
+  EXPECT_EQ(idle.exit_code, 0) << idle.output;
+  EXPECT_NE(idle.output.find("was not running"), std::string::npos) << idle.output;
+  EXPECT_EQ(Field(idle.output, "state"), "provisioned");
+
+  auto started = f.Vtmctl({"start", kUuid});
+  ASSERT_EQ(started.exit_code, 0) << started.output;
+  const std::string socket = Field(started.output, "tpm socket");
+  pid_t instance = static_cast<pid_t>(std::stol(Field(started.output, "instance pid")));
+  // A client on tpm.sock, as QEMU's tpm-emulator backend is; the instance accepts it.
+  auto qemu = ConnectUnix(socket);
+  ASSERT_TRUE(qemu.ok()) << qemu.error().message();
+  for (int i = 0; i < 100 && Attached(socket) == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(Attached(socket), 1);
+
+  auto refused = f.Vtmctl({"stop", kUuid});
+  EXPECT_EQ(refused.exit_code, 4) << refused.output;
+  EXPECT_NE(refused.output.find("QEMU is attached"), std::string::npos) << refused.output;
+  EXPECT_NE(refused.output.find("--force"), std::string::npos) << refused.output;
+  EXPECT_TRUE(ProcessAlive(instance));
+  EXPECT_EQ(Field(f.Vtmctl({"show", kUuid}).output, "state"), "running");
+
+  // Once QEMU is gone, stop goes through.
+  qemu->reset();
+  auto stopped = f.Vtmctl({"stop", kUuid});
+  EXPECT_EQ(stopped.exit_code, 0) << stopped.output;
+  EXPECT_FALSE(ProcessAlive(instance));
+
+  // --force stops under a connected client.
+  auto again = f.Vtmctl({"start", kUuid});
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  auto second_qemu = ConnectUnix(socket);
+  ASSERT_TRUE(second_qemu.ok());
+  for (int i = 0; i < 100 && Attached(socket) == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  auto forced = f.Vtmctl({"stop", "--force", kUuid});
+  EXPECT_EQ(forced.exit_code, 0) << forced.output;
+  EXPECT_EQ(Field(forced.output, "state"), "stopped");
+}
+
+// True if a process running as uid/gid can connect to the unix socket at path.
+bool ConnectsAs(uid_t uid, gid_t gid, const std::string& path) {
+  pid_t child = fork();
+  if (child == 0) {
+    if (setgroups(0, nullptr) != 0 || setresgid(gid, gid, gid) != 0 || setresuid(uid, uid, uid) != 0) _exit(2);
+    _exit(ConnectUnix(path).ok() ? 0 : 1);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+TEST(VtmdQemuUserTest, DefaultFollowsLibvirtsQemuConf) {
+  VtmdFixture f;
+  TempDir conf_dir;
+  const std::string conf = conf_dir.path() + "/qemu.conf";
+  // "nobody" stands in for libvirt-qemu: any account other than root and the instance's.
+  ASSERT_TRUE(WriteFileAtomic(conf, "# libvirt\nuser = \"nobody\"\n", 0644).ok());
+  ASSERT_TRUE(f.StartVtmd({"--libvirt-qemu-conf", conf})) << f.VtmdLog();
+  EXPECT_NE(f.VtmdLog().find("QEMU user: nobody"), std::string::npos) << f.VtmdLog();
+  ASSERT_EQ(f.Vtmctl({"create", "--uuid", kUuid}).exit_code, 0);
+  auto started = f.Vtmctl({"start", kUuid});
+  ASSERT_EQ(started.exit_code, 0) << started.output;
+  struct stat st;
+  ASSERT_EQ(stat(Field(started.output, "tpm socket").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 65534u);
+  EXPECT_TRUE(ConnectsAs(65534, 65534, Field(started.output, "tpm socket")));
+  // An explicit --qemu-user that contradicts libvirt is used, with a warning naming both.
+  f.Vtmctl({"stop", kUuid});
+  f.StopVtmd();
+  ASSERT_TRUE(f.StartVtmd({"--libvirt-qemu-conf", conf, "--qemu-user", "root"})) << f.VtmdLog();
+  EXPECT_NE(f.VtmdLog().find("differs from the user libvirt runs QEMU as, nobody"), std::string::npos) << f.VtmdLog();
+}
+
+TEST(VtmdQemuUserTest, AdoptionGivesSocketsToTheNewQemuUser) {
+  VtmdFixture f;
+  ASSERT_TRUE(f.StartVtmd({"--qemu-user", "root"})) << f.VtmdLog();
+  ASSERT_EQ(f.Vtmctl({"create", "--uuid", kUuid}).exit_code, 0);
+  auto started = f.Vtmctl({"start", kUuid});
+  ASSERT_EQ(started.exit_code, 0) << started.output;
+  const std::string socket = Field(started.output, "tpm socket");
+  EXPECT_FALSE(ConnectsAs(65534, 65534, socket));  // root's socket
+
+  f.StopVtmd();
+  ASSERT_TRUE(f.StartVtmd({"--qemu-user", "nobody"})) << f.VtmdLog();
+  auto shown = f.Vtmctl({"show", kUuid});
+  EXPECT_EQ(Field(shown.output, "state"), "running");
+  EXPECT_EQ(Field(shown.output, "instance pid"), Field(started.output, "instance pid"));  // adopted, not restarted
+  struct stat st;
+  ASSERT_EQ(stat(socket.c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 65534u);
+  EXPECT_TRUE(ConnectsAs(65534, 65534, socket));
+  EXPECT_NE(f.VtmdLog().find("corrected to uid 65534"), std::string::npos) << f.VtmdLog();
 }
 
 TEST(VtmdStartupTest, SecondVtmdOnSameStateIsRefused) {

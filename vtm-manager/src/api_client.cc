@@ -1,12 +1,15 @@
 // Connects to vtmd's socket and exchanges one framed request/response.
 #include "api_client.h"
 
+#include <sys/socket.h>
+
 #include "vtm/framing.h"
 #include "vtm/net.h"
 
 namespace vtm {
 
-Result<api::Response> CallVtmd(const std::string& socket_path, const api::Request& request) {
+Result<api::Response> CallVtmd(const std::string& socket_path, const api::Request& request,
+                               std::chrono::milliseconds timeout) {
   auto conn = ConnectUnix(socket_path);
   if (!conn.ok()) {
     if (conn.error().code() == ErrorCode::kPermissionDenied) {
@@ -15,6 +18,13 @@ Result<api::Response> CallVtmd(const std::string& socket_path, const api::Reques
     }
     return Error(ErrorCode::kUnavailable, "cannot reach vtmd at " + socket_path + " (" + conn.error().message() +
                                               "); is vtmd running? (systemctl status vtmd)");
+  }
+  if (timeout.count() > 0) {
+    timeval tv{};
+    tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
+    tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
+    setsockopt(conn->get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    setsockopt(conn->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   }
   // vtmd may answer (a refusal) and close before reading the request; its answer is still
   // readable then, so a failed write is only an error if no answer follows.

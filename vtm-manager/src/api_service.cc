@@ -43,10 +43,10 @@ Result<bool> IsRsaSpki(const std::string& spki) {
   return Error(ErrorCode::kInvalidArgument, "the EK public key is neither RSA nor EC");
 }
 
-Status CheckVmRef(const api::VmRef& ref) {
-  if (ref.uuid().empty()) return Error(ErrorCode::kInvalidArgument, "name the VM by its UUID or name");
-  if (NormalizeUuid(ref.uuid()).ok()) return OkStatus();
-  return ValidateVmName(ref.uuid());
+Status CheckVmRef(const std::string& vm) {
+  if (vm.empty()) return Error(ErrorCode::kInvalidArgument, "name the VM by its UUID or name");
+  if (NormalizeUuid(vm).ok()) return OkStatus();
+  return ValidateVmName(vm);
 }
 
 }  // namespace
@@ -72,7 +72,7 @@ Result<api::Request> ParseRequest(const std::string& bytes) {
       if (!req.create().name().empty()) VTM_RETURN_IF_ERROR(ValidateVmName(req.create().name()));
       if (!req.create().service().empty()) VTM_RETURN_IF_ERROR(ValidateVmName(req.create().service()));
       break;
-    case api::Request::kCerts: VTM_RETURN_IF_ERROR(CheckVmRef(req.certs())); break;
+    case api::Request::kCerts: VTM_RETURN_IF_ERROR(CheckVmRef(req.certs().uuid())); break;
     case api::Request::kCaInstall:
       if (req.ca_install().certificate_pem().empty()) {
         return Error(ErrorCode::kInvalidArgument, "ca install needs the certificate issued by the fleet CA");
@@ -100,9 +100,7 @@ Result<api::Request> ParseRequest(const std::string& bytes) {
     case api::Request::kAttestHost: VTM_RETURN_IF_ERROR(CheckNonce(req.attest_host().nonce())); break;
     case api::Request::kAttestDeep: {
       const auto& d = req.attest_deep();
-      api::VmRef ref;
-      ref.set_uuid(d.vm());
-      VTM_RETURN_IF_ERROR(CheckVmRef(ref));
+      VTM_RETURN_IF_ERROR(CheckVmRef(d.vm()));
       VTM_RETURN_IF_ERROR(CheckNonce(d.nonce()));
       // A TPMS_ATTEST of a quote and a TPMT_SIGNATURE are well under 1 KiB; 24 PCRs of 4 banks
       // under 4 KiB. Larger is not a quote.
@@ -115,10 +113,10 @@ Result<api::Request> ParseRequest(const std::string& bytes) {
       }
       break;
     }
-    case api::Request::kStart: VTM_RETURN_IF_ERROR(CheckVmRef(req.start())); break;
-    case api::Request::kStop: VTM_RETURN_IF_ERROR(CheckVmRef(req.stop())); break;
-    case api::Request::kDelete: VTM_RETURN_IF_ERROR(CheckVmRef(req.delete_())); break;
-    case api::Request::kShow: VTM_RETURN_IF_ERROR(CheckVmRef(req.show())); break;
+    case api::Request::kStart: VTM_RETURN_IF_ERROR(CheckVmRef(req.start().uuid())); break;
+    case api::Request::kStop: VTM_RETURN_IF_ERROR(CheckVmRef(req.stop().uuid())); break;
+    case api::Request::kDelete: VTM_RETURN_IF_ERROR(CheckVmRef(req.delete_().uuid())); break;
+    case api::Request::kShow: VTM_RETURN_IF_ERROR(CheckVmRef(req.show().uuid())); break;
     case api::Request::kList:
     case api::Request::kHost: break;
     case api::Request::OP_NOT_SET:
@@ -286,8 +284,18 @@ api::Response ApiService::Handle(const api::Request& req, const ApiCaller& calle
     case api::Request::kAttestDeep:
       if (Status st = HandleAttest(req, &resp); !st.ok()) fail(st.error());
       break;
-    case api::Request::kStart: one(manager_.Start(req.start().uuid())); break;
-    case api::Request::kStop: one(manager_.Stop(req.stop().uuid())); break;
+    case api::Request::kStart: {
+      std::string note;
+      one(manager_.Start(req.start().uuid(), &note));
+      resp.set_note(note);
+      break;
+    }
+    case api::Request::kStop: {
+      std::string note;
+      one(manager_.Stop(req.stop().uuid(), req.stop().force(), &note));
+      resp.set_note(note);
+      break;
+    }
     case api::Request::kShow: one(manager_.Show(req.show().uuid())); break;
     case api::Request::kDelete: {
       auto rec = manager_.Show(req.delete_().uuid());
@@ -325,6 +333,7 @@ api::Response ApiService::Handle(const api::Request& req, const ApiCaller& calle
         h->set_measurement_log_consistent(m.consistent);
         h->set_measurement_log_detail(m.detail);
       }
+      h->set_run_dir(host_.run_dir);
       break;
     }
     case api::Request::OP_NOT_SET: fail(Error(ErrorCode::kInvalidArgument, "request names no operation")); break;

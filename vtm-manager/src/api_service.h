@@ -21,6 +21,7 @@ struct HostDescription {
   bool simulated = false;
   std::string pcr_policy;
   HostMeasurementLog* measurements = nullptr;  // may be null
+  std::string run_dir;
 };
 
 // Parses a serialized api::Request and checks its fields (UUIDs, names, exactly one op).

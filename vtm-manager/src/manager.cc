@@ -3,16 +3,20 @@
 
 #include <openssl/rand.h>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cctype>
 #include <cerrno>
+#include <filesystem>
+#include <thread>
 
 #include "instance_channel.h"
 #include "vtm/crash_point.h"
 #include "vtm/digest.h"
 #include "vtm/fs.h"
 #include "vtm/log.h"
+#include "vtm/net.h"
 #include "vtm/subprocess.h"
 
 namespace vtm {
@@ -187,11 +191,18 @@ Result<VmRecord> Manager::Create(const std::string& uuid_in, const std::string& 
   return provisioned;
 }
 
-Result<VmRecord> Manager::Start(const std::string& vm) {
+Result<VmRecord> Manager::Start(const std::string& vm, std::string* note) {
   VTM_ASSIGN_OR_RETURN(OwnedVm owned, ClaimVm(vm));
   const VmRecord& rec = owned.record;
   const std::string& uuid = rec.uuid;
-  if (rec.state == VmState::kRunning || rec.state == VmState::kStarting) {
+  if (rec.state == VmState::kRunning) {
+    if (note != nullptr) {
+      *note = "the vTPM of VM " + uuid + " was already running (vtm-instance pid " +
+              std::to_string(rec.instance_pid) + "); nothing changed";
+    }
+    return rec;
+  }
+  if (rec.state == VmState::kStarting) {
     return Error(ErrorCode::kFailedPrecondition, "the vTPM of VM " + uuid + " is already " + VmStateName(rec.state) +
                                                      " (vtm-instance pid " + std::to_string(rec.instance_pid) +
                                                      "); its socket is " + PathsFor(uuid).tpm_socket);
@@ -267,7 +278,11 @@ Status Manager::MeasureLaunch(const VmRecord& rec, const InstanceLaunch& launch)
   return measurements_->Measure(attest::MEASUREMENT_TYPE_INSTANCE_LAUNCH, m.SerializeAsString());
 }
 
-Result<VmRecord> Manager::Stop(const std::string& vm) {
+Result<int> Manager::AttachedClients(const std::string& uuid) const {
+  return CountAcceptedConnections(PathsFor(uuid).tpm_socket);
+}
+
+Result<VmRecord> Manager::Stop(const std::string& vm, bool force, std::string* note) {
   VTM_ASSIGN_OR_RETURN(OwnedVm owned, ClaimVm(vm));
   const VmRecord& rec = owned.record;
   const std::string& uuid = rec.uuid;
@@ -275,9 +290,29 @@ Result<VmRecord> Manager::Stop(const std::string& vm) {
     // The instance is already gone; stopping acknowledges the failure.
     return registry_.Transition(uuid, rec.generation, {VmState::kFailed}, VmState::kStopped, 0);
   }
+  if (rec.state == VmState::kProvisioned || rec.state == VmState::kStopped) {
+    if (note != nullptr) *note = "the vTPM of VM " + uuid + " was not running; nothing changed";
+    return rec;
+  }
   if (rec.state != VmState::kRunning) {
-    return Error(ErrorCode::kFailedPrecondition,
-                 "the vTPM of VM " + uuid + " is not running (it is " + VmStateName(rec.state) + ")");
+    return Error(ErrorCode::kFailedPrecondition, "the vTPM of VM " + uuid + " is " + VmStateName(rec.state) +
+                                                     "; try again when that has finished");
+  }
+  if (!force) {
+    // A QEMU that has just exited (libvirt's `release` follows right after) may still show
+    // for a moment until the instance sees the hang-up.
+    auto attached = AttachedClients(uuid);
+    for (int i = 0; i < 20 && attached.ok() && *attached > 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      attached = AttachedClients(uuid);
+    }
+    if (!attached.ok()) return std::move(attached).error().Context("checking whether a QEMU uses VM " + uuid);
+    if (*attached > 0) {
+      return Error(ErrorCode::kFailedPrecondition,
+                   "a QEMU is attached to the vTPM of VM " + uuid + " (" + PathsFor(uuid).tpm_socket +
+                       "): stopping it would take the TPM away from the running guest. Shut the VM down first "
+                       "(virsh shutdown/destroy), or use `vtmctl stop --force " + uuid + "`");
+    }
   }
   auto stopping = registry_.Transition(uuid, rec.generation, {VmState::kRunning}, VmState::kStopping);
   if (!stopping.ok()) return std::move(stopping).error().Context("cannot stop the vTPM of VM " + uuid);
@@ -326,6 +361,26 @@ Status Manager::MakeVmDirs(const VmPaths& paths, uint32_t uid) const {
   VTM_RETURN_IF_ERROR(MakeDir(paths.vm_dir, 0711, 0, 0));
   VTM_RETURN_IF_ERROR(MakeDir(paths.tpm_dir, 0700, uid, uid));
   return MakeDir(paths.log_dir, 0700, uid, uid);
+}
+
+Status Manager::CorrectSocketOwner(const VmRecord& rec) const {
+  const VmPaths paths = PathsFor(rec.uuid);
+  struct stat st;
+  if (::stat(paths.tpm_socket.c_str(), &st) != 0) return ErrnoError("inspecting " + paths.tpm_socket);
+  if (st.st_uid == config_.socket_uid && st.st_gid == config_.socket_gid) return OkStatus();
+  if (::chown(paths.tpm_socket.c_str(), config_.socket_uid, config_.socket_gid) != 0) {
+    return ErrnoError("giving " + paths.tpm_socket + " to the QEMU user (uid " + std::to_string(config_.socket_uid) + ")");
+  }
+  // vtm-instance makes its run dir 0711 only when QEMU runs as a uid of its own; a QEMU user
+  // other than root and the instance's uid must be able to reach the socket through it.
+  if (config_.socket_uid != 0 && config_.socket_uid != rec.instance_uid &&
+      ::chmod(paths.run_dir.c_str(), 0711) != 0) {
+    return ErrnoError("letting the QEMU user reach " + paths.run_dir);
+  }
+  LOG_WARNING << "VM " << rec.uuid << ": " << paths.tpm_socket << " belonged to uid " << st.st_uid << " gid "
+              << st.st_gid << " (the QEMU user of the vtmd that started it); corrected to uid " << config_.socket_uid
+              << " gid " << config_.socket_gid << " (--qemu-user changed)";
+  return OkStatus();
 }
 
 Status Manager::Destroy(const std::string& uuid, uint64_t generation) {
@@ -384,6 +439,10 @@ Status Manager::Reconcile() {
         if (IsInstanceOf(rec.instance_pid, rec.uuid)) {
           VTM_RETURN_IF_ERROR(supervisor_.Adopt(rec.uuid, static_cast<pid_t>(rec.instance_pid)));
           LOG_INFO << "adopted running vTPM of VM " << rec.uuid << " (pid " << rec.instance_pid << ")";
+          if (Status owner = CorrectSocketOwner(rec); !owner.ok()) {
+            LOG_WARNING << "VM " << rec.uuid << ": " << owner.error().message()
+                        << "; QEMU may not be able to connect: stop and start the vTPM";
+          }
         } else {
           (void)registry_.Transition(rec.uuid, rec.generation, {VmState::kRunning}, VmState::kFailed, 0,
                                      "vtm-instance ended while vtmd was not running");

@@ -81,8 +81,14 @@ class Manager {
 
   // uuid may be empty (one is generated); name defaults to the uuid; service names the IK.
   Result<VmRecord> Create(const std::string& uuid, const std::string& name, const std::string& service = "");
-  Result<VmRecord> Start(const std::string& vm);
-  Result<VmRecord> Stop(const std::string& vm);
+  // Idempotent for scripts and hooks: starting a running vTPM succeeds and says so in *note.
+  Result<VmRecord> Start(const std::string& vm, std::string* note = nullptr);
+  // Idempotent likewise (a provisioned or stopped vTPM is left as it is, *note says so).
+  // Refused while a QEMU is attached to the vTPM's socket, unless force: the guest would lose
+  // its TPM.
+  Result<VmRecord> Stop(const std::string& vm, bool force = false, std::string* note = nullptr);
+  // How many QEMU connections the VM's instance currently serves (0 when not running).
+  Result<int> AttachedClients(const std::string& uuid) const;
   Status Delete(const std::string& vm);
   Result<std::vector<VmRecord>> List();
   Result<VmRecord> Show(const std::string& vm);
@@ -123,6 +129,9 @@ class Manager {
   Status Destroy(const std::string& uuid, uint64_t generation);
   // Creates (or repairs) a VM's directories with their modes and owners.
   Status MakeVmDirs(const VmPaths& paths, uint32_t uid) const;
+  // An adopted instance made its tpm.sock for the QEMU user of the vtmd that started it; when
+  // that setting changed since, QEMU could not connect. Gives the socket to the current one.
+  Status CorrectSocketOwner(const VmRecord& rec) const;
 
   ManagerConfig config_;
   Registry& registry_;

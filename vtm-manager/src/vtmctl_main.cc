@@ -4,6 +4,7 @@
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <algorithm>
 #include <fstream>
@@ -18,6 +19,7 @@
 #include "external_formats.h"
 #include "vtm/fs.h"
 #include "vtm/quote.h"
+#include "vtmctl_libvirt.h"
 #include "vtm.pb.h"
 #include "vtm/hex.h"
 
@@ -31,7 +33,10 @@ Commands:
                                        create a vTPM for a VM: keys, directories, EKs,
                                        AK, IK and their certificates from the host CA
   start VM                             start the VM's vTPM; prints the socket for QEMU
-  stop VM                              stop the VM's vTPM (its state is kept)
+                                       (already running: succeeds with a note)
+  stop [--force] VM                    stop the VM's vTPM (its state is kept); refused while
+                                       a QEMU is attached unless --force (not running:
+                                       succeeds with a note)
   delete VM                            destroy the VM's vTPM state and keys (must be stopped)
   list                                 list all vTPMs
   show VM                              show one vTPM
@@ -52,6 +57,9 @@ Commands:
                                        deep evidence: the guest's quote (tpm2_quote -m -s -o,
                                        made with the same nonce) linked to a host quote
                                        (a DeepEvidence message); check with vtm-verify
+  libvirt qemu-user|xml|patch|orphans|hook
+                                       libvirt domains and their vTPMs (`vtmctl libvirt`
+                                       lists them)
 
 VM is a UUID or a name. --socket defaults to $VTM_SOCKET or /run/vtm/vtmd.sock.
 
@@ -212,6 +220,11 @@ int Run(int argc, char** argv) {
   std::vector<std::string> args;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
+    if (args.size() == 2 && args[0] == "libvirt" && args[1] == "hook") {
+      // libvirt's arguments (a domain may be named anything) pass through untouched.
+      args.insert(args.end(), argv + i, argv + argc);
+      break;
+    }
     if (a == "--json") json = true;
     else if (a == "--socket" && i + 1 < argc) socket = argv[++i];
     else if (a.rfind("--socket=", 0) == 0) socket = a.substr(9);
@@ -223,10 +236,11 @@ int Run(int argc, char** argv) {
     return kUsage_;
   }
   const std::string cmd = args[0];
+  if (cmd == "libvirt") return RunLibvirtCommand({args.begin() + 1, args.end()}, socket);
   std::string kind_filter;
   std::string evidence_path;
   api::Request req;
-  auto need_vm = [&](api::VmRef* ref) -> bool {
+  auto need_vm = [&](auto* ref) -> bool {
     if (args.size() != 2) {
       std::cerr << "vtmctl " << cmd << ": name one VM (UUID or name)\n";
       return false;
@@ -248,6 +262,11 @@ int Run(int argc, char** argv) {
   } else if (cmd == "start") {
     if (!need_vm(req.mutable_start())) return kUsage_;
   } else if (cmd == "stop") {
+    auto force = std::find(args.begin(), args.end(), "--force");
+    if (force != args.end()) {
+      req.mutable_stop()->set_force(true);
+      args.erase(force);
+    }
     if (!need_vm(req.mutable_stop())) return kUsage_;
   } else if (cmd == "delete") {
     if (!need_vm(req.mutable_delete_())) return kUsage_;
@@ -324,6 +343,7 @@ int Run(int argc, char** argv) {
     std::cerr << "vtmctl " << cmd << ": " << resp->error() << "\n";
     return ExitFor(resp->status());
   }
+  if (!resp->note().empty()) std::cerr << "vtmctl " << cmd << ": note: " << resp->note() << "\n";
   if (json) return kOk;
 
   if (cmd == "list") {

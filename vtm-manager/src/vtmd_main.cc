@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
-#include <pwd.h>
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/prctl.h>
@@ -36,6 +35,7 @@
 #include "owner_auth.h"
 #include "registry.h"
 #include "vtm/digest.h"
+#include "vtm/libvirt.h"
 #include "vtm/fs.h"
 #include "vtm/host_tpm.h"
 #include "vtm/host_tpm_executor.h"
@@ -63,7 +63,10 @@ Runs the vTPM manager daemon. Options may also be given in a config file as
                            it, the systemd credential "vtm-owner-auth" if there is one, else
                            none. Never give a password on the command line or in the environment
   --group NAME             members may use the API besides root (default vtm, if it exists)
-  --qemu-user USER         owner of each VM's tpm.sock, the user QEMU runs as (default root)
+  --qemu-user USER         owner of each VM's tpm.sock, the user QEMU runs as (default: the
+                           user libvirt runs QEMU as: `user` in --libvirt-qemu-conf, else
+                           libvirt-qemu if that account exists, else root)
+  --libvirt-qemu-conf FILE libvirt's QEMU driver config (default /etc/libvirt/qemu.conf)
   --instance-uid-base N    first uid for per-VM processes (default 500000000)
   --instance-uid-count N   size of that uid range (default 65536)
   --ca-residency MODE      tpm: the CA key that signs vTPM certificates lives inside the host
@@ -94,7 +97,8 @@ struct Options {
   std::string owner_auth_file;
   std::string group;
   bool group_given = false;
-  std::string qemu_user = "root";
+  std::string qemu_user;  // empty: libvirt's, see DetectQemuUser
+  std::string libvirt_qemu_conf = "/etc/libvirt/qemu.conf";
   uint32_t uid_base = 500000000;
   uint32_t uid_count = 65536;
   std::string log_level = "info";
@@ -150,6 +154,7 @@ Status Apply(Options* o, const std::string& name, const std::string& value) {
   else if (name == "owner-auth-file") o->owner_auth_file = value;
   else if (name == "group") { o->group = value; o->group_given = true; }
   else if (name == "qemu-user") o->qemu_user = value;
+  else if (name == "libvirt-qemu-conf") o->libvirt_qemu_conf = value;
   else if (name == "instance-uid-base") return number(&o->uid_base);
   else if (name == "instance-uid-count") return number(&o->uid_count);
   else if (name == "log-level") o->log_level = value;
@@ -288,14 +293,25 @@ int Run(int argc, char** argv) {
       return fatal(Error(ErrorCode::kInvalidArgument, "group '" + group_name + "' does not exist"));
     }
   }
-  uid_t qemu_uid = 0;
-  gid_t qemu_gid = 0;
-  if (struct passwd* pw = getpwnam(opts.qemu_user.c_str())) {
-    qemu_uid = pw->pw_uid;
-    qemu_gid = pw->pw_gid;
-  } else {
-    return fatal(Error(ErrorCode::kInvalidArgument, "--qemu-user '" + opts.qemu_user + "' does not exist"));
+  // The socket's owner must be the user QEMU runs as, or QEMU's connect fails with nothing
+  // but "Permission denied"; libvirt's own setting is the best default.
+  auto libvirt_user = libvirt::DetectQemuUser(opts.libvirt_qemu_conf, libvirt::SystemUserExists);
+  std::string qemu_user = opts.qemu_user;
+  if (qemu_user.empty()) {
+    if (!libvirt_user.ok()) {
+      return fatal(std::move(libvirt_user).error().Context("finding the user libvirt runs QEMU as (or set --qemu-user)"));
+    }
+    qemu_user = libvirt_user->user;
+    LOG_INFO << "QEMU user: " << qemu_user << " (" << libvirt_user->source << ")";
+  } else if (libvirt_user.ok() && libvirt_user->user != qemu_user && PathExists(opts.libvirt_qemu_conf)) {
+    LOG_WARNING << "--qemu-user " << qemu_user << " differs from the user libvirt runs QEMU as, "
+                << libvirt_user->user << " (" << libvirt_user->source
+                << "): domains started by libvirt will fail to connect to their vTPM with 'Permission denied'";
   }
+  auto qemu_ids = libvirt::ResolveQemuUser(qemu_user);
+  if (!qemu_ids.ok()) return fatal(std::move(qemu_ids).error().Context("--qemu-user"));
+  const uid_t qemu_uid = qemu_ids->uid;
+  const gid_t qemu_gid = qemu_ids->gid;
 
   if (auto st = MakeDir(opts.state_dir, 0711, 0, 0); !st.ok()) return fatal(st.error());
   if (auto st = MakeDir(opts.run_dir, 0711, 0, 0); !st.ok()) return fatal(st.error());
@@ -420,7 +436,7 @@ int Run(int argc, char** argv) {
   VtmdAttestationHost attestation_host(**host_ak, **host_ca, **measurements, **registry, hostname, simulated != nullptr);
   RaClient ra(attestation_host, ra_config);
 
-  HostDescription host{description, simulated != nullptr, pcrs->ToString(), measurements->get()};
+  HostDescription host{description, simulated != nullptr, pcrs->ToString(), measurements->get(), opts.run_dir};
   ApiService service(manager, **registry, host_ak->get(), host_ca->get(), host, &ra);
   std::unique_ptr<AttestationEndpoint> endpoint;
   if (!opts.attest_listen.empty()) {
