@@ -10,10 +10,7 @@
 
 #include <cerrno>
 #include <cstring>
-#include <sstream>
 #include <thread>
-
-#include "vtm/fs.h"
 
 namespace vtm {
 namespace {
@@ -174,29 +171,6 @@ Result<std::vector<gid_t>> GetPeerGroups(int fd) {
     groups.resize(len / sizeof(gid_t) + 1);  // the kernel told us how much it needs
   }
   return Error(ErrorCode::kIo, "SO_PEERGROUPS: the peer's group list keeps growing");
-}
-
-int CountAcceptedConnectionsIn(const std::string& proc_net_unix, const std::string& path) {
-  // "Num RefCount Protocol Flags Type St Inode Path": an accepted socket carries its
-  // listener's path with St 03 (SS_CONNECTED); the listener is 01, queued connections 02.
-  std::istringstream in(proc_net_unix);
-  std::string line;
-  int count = 0;
-  while (std::getline(in, line)) {
-    std::istringstream fields(line);
-    std::string num, refs, proto, flags, type, st, inode;
-    if (!(fields >> num >> refs >> proto >> flags >> type >> st >> inode)) continue;
-    std::string rest;
-    std::getline(fields, rest);
-    rest.erase(0, rest.find_first_not_of(' '));
-    if (st == "03" && rest == path) ++count;
-  }
-  return count;
-}
-
-Result<int> CountAcceptedConnections(const std::string& path) {
-  VTM_ASSIGN_OR_RETURN(std::string table, ReadFile("/proc/net/unix"));
-  return CountAcceptedConnectionsIn(table, path);
 }
 
 }  // namespace vtm

@@ -9,6 +9,7 @@
 
 #include <thread>
 
+#include "instance_channel.h"
 #include "vtm/fs.h"
 #include "vtm/net.h"
 #include "vtm/subprocess.h"
@@ -327,9 +328,17 @@ TEST(VtmdOwnerAuthTest, OwnerPasswordFromFileOrCredentialNeverArgvOrEnvironment)
   f.SetVtmdEnvironment({"CREDENTIALS_DIRECTORY=" + dir});
   ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
   EXPECT_EQ(f.Vtmctl({"show", "vm"}).exit_code, 0);
-int Attached(const std::string& socket) {
-  auto n = CountAcceptedConnections(socket);
-  return n.ok() ? *n : -1;
+}
+
+// Waits (up to 2 s) until the instance of kUuid reports a QEMU attached on its manager channel.
+bool WaitUntilAttached(const VtmdFixture& f) {
+  const std::string channel = f.run_dir() + "/manager/" + kUuid + ".sock";
+  for (int i = 0; i < 100; ++i) {
+    auto status = InstanceStatus(channel);
+    if (status.ok() && status->qemu_attached()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
 }
 
 TEST_F(VtmdTest, StopIsIdempotentAndRefusedWhileQemuIsAttached) {
@@ -346,10 +355,7 @@ TEST_F(VtmdTest, StopIsIdempotentAndRefusedWhileQemuIsAttached) {
   // A client on tpm.sock, as QEMU's tpm-emulator backend is; the instance accepts it.
   auto qemu = ConnectUnix(socket);
   ASSERT_TRUE(qemu.ok()) << qemu.error().message();
-  for (int i = 0; i < 100 && Attached(socket) == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  ASSERT_EQ(Attached(socket), 1);
+  ASSERT_TRUE(WaitUntilAttached(f));
 
   auto refused = f.Vtmctl({"stop", kUuid});
   EXPECT_EQ(refused.exit_code, 4) << refused.output;
@@ -369,9 +375,7 @@ TEST_F(VtmdTest, StopIsIdempotentAndRefusedWhileQemuIsAttached) {
   ASSERT_EQ(again.exit_code, 0) << again.output;
   auto second_qemu = ConnectUnix(socket);
   ASSERT_TRUE(second_qemu.ok());
-  for (int i = 0; i < 100 && Attached(socket) == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  ASSERT_TRUE(WaitUntilAttached(f));
   auto forced = f.Vtmctl({"stop", "--force", kUuid});
   EXPECT_EQ(forced.exit_code, 0) << forced.output;
   EXPECT_EQ(Field(forced.output, "state"), "stopped");

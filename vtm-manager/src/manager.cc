@@ -16,7 +16,6 @@
 #include "vtm/digest.h"
 #include "vtm/fs.h"
 #include "vtm/log.h"
-#include "vtm/net.h"
 #include "vtm/subprocess.h"
 
 namespace vtm {
@@ -278,8 +277,9 @@ Status Manager::MeasureLaunch(const VmRecord& rec, const InstanceLaunch& launch)
   return measurements_->Measure(attest::MEASUREMENT_TYPE_INSTANCE_LAUNCH, m.SerializeAsString());
 }
 
-Result<int> Manager::AttachedClients(const std::string& uuid) const {
-  return CountAcceptedConnections(PathsFor(uuid).tpm_socket);
+Result<bool> Manager::QemuAttached(const std::string& uuid) const {
+  VTM_ASSIGN_OR_RETURN(instance_api::StatusResponse status, InstanceStatus(PathsFor(uuid).manager_socket));
+  return status.qemu_attached();
 }
 
 Result<VmRecord> Manager::Stop(const std::string& vm, bool force, std::string* note) {
@@ -301,13 +301,17 @@ Result<VmRecord> Manager::Stop(const std::string& vm, bool force, std::string* n
   if (!force) {
     // A QEMU that has just exited (libvirt's `release` follows right after) may still show
     // for a moment until the instance sees the hang-up.
-    auto attached = AttachedClients(uuid);
-    for (int i = 0; i < 20 && attached.ok() && *attached > 0; ++i) {
+    auto attached = QemuAttached(uuid);
+    for (int i = 0; i < 20 && attached.ok() && *attached; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      attached = AttachedClients(uuid);
+      attached = QemuAttached(uuid);
     }
-    if (!attached.ok()) return std::move(attached).error().Context("checking whether a QEMU uses VM " + uuid);
-    if (*attached > 0) {
+    if (!attached.ok()) {
+      return std::move(attached).error().Context("asking the instance of VM " + uuid +
+                                                 " whether a QEMU uses it (`vtmctl stop --force " + uuid +
+                                                 "` stops it regardless)");
+    }
+    if (*attached) {
       return Error(ErrorCode::kFailedPrecondition,
                    "a QEMU is attached to the vTPM of VM " + uuid + " (" + PathsFor(uuid).tpm_socket +
                        "): stopping it would take the TPM away from the running guest. Shut the VM down first "

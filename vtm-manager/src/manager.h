@@ -87,8 +87,8 @@ class Manager {
   // Refused while a QEMU is attached to the vTPM's socket, unless force: the guest would lose
   // its TPM.
   Result<VmRecord> Stop(const std::string& vm, bool force = false, std::string* note = nullptr);
-  // How many QEMU connections the VM's instance currently serves (0 when not running).
-  Result<int> AttachedClients(const std::string& uuid) const;
+  // Whether a QEMU is attached to the VM's running instance (asked over its manager channel).
+  Result<bool> QemuAttached(const std::string& uuid) const;
   Status Delete(const std::string& vm);
   Result<std::vector<VmRecord>> List();
   Result<VmRecord> Show(const std::string& vm);

@@ -44,12 +44,4 @@ Result<PeerCredentials> GetPeerCredentials(int fd);
 // (SO_PEERGROUPS, Linux >= 4.13): unlike /proc/<pid>/status, immune to pid reuse.
 Result<std::vector<gid_t>> GetPeerGroups(int fd);
 
-// How many connections the process listening on the unix socket at path has accepted and not
-// yet closed (from /proc/net/unix, so for sockets in this network namespace; connections still
-// waiting in the backlog are not counted). Lets vtmd see whether a QEMU is attached to a vTPM
-// without asking the instance.
-Result<int> CountAcceptedConnections(const std::string& path);
-// The same from the text of /proc/net/unix (for tests and the fuzzer).
-int CountAcceptedConnectionsIn(const std::string& proc_net_unix, const std::string& path);
-
 }  // namespace vtm
