@@ -82,12 +82,7 @@ TEST_F(IdentityGuestTest, GuestFindsEkCertificateQuotesWithAkAndCannotTouchCerti
   EXPECT_EQ(RunCommand({"openssl", "verify", "-CAfile", p("ca.pem"), p("ek.pem")}).exit_code, 0);
 
   // The AK quote verifies with the AK certificate's public key.
-  auto ak_cert = f.Vtmctl({"certs", "idguest", "--kind", "ak"});
-  ASSERT_EQ(ak_cert.exit_code, 0) << ak_cert.output;
-  WriteBytes(p("ak.pem"), ak_cert.output);
-  auto akpub = RunCommand({"openssl", "x509", "-pubkey", "-noout", "-in", p("ak.pem")});
-  ASSERT_EQ(akpub.exit_code, 0) << akpub.output;
-  WriteBytes(p("akpub.pem"), akpub.output);
+  WriteBytes(p("akpub.pem"), f.CertificatePublicKeyPem("idguest", "ak"));
   WriteBytes(p("q.msg"), HexToBytes(GuestMarker(out, "QMSG")));
   WriteBytes(p("q.sig"), HexToBytes(GuestMarker(out, "QSIG")));
   WriteBytes(p("q.pcrs"), HexToBytes(GuestMarker(out, "QPCRS")));
@@ -99,11 +94,7 @@ TEST_F(IdentityGuestTest, GuestFindsEkCertificateQuotesWithAkAndCannotTouchCerti
   EXPECT_NE(replay.exit_code, 0) << "a quote with another nonce must not verify";
 
   // The IK (persistent at 0x81000003) signs data that its certificate's key verifies.
-  auto ik_cert = f.Vtmctl({"certs", "idguest", "--kind", "ik"});
-  ASSERT_EQ(ik_cert.exit_code, 0);
-  WriteBytes(p("ik.pem"), ik_cert.output);
-  auto ikpub = RunCommand({"openssl", "x509", "-pubkey", "-noout", "-in", p("ik.pem")});
-  WriteBytes(p("ikpub.pem"), ikpub.output);
+  WriteBytes(p("ikpub.pem"), f.CertificatePublicKeyPem("idguest", "ik"));
   WriteBytes(p("d"), "data to sign");
   WriteBytes(p("d.sig"), HexToBytes(GuestMarker(out, "IKSIG")));
   auto ik_ok = RunCommand({"openssl", "dgst", "-sha256", "-verify", p("ikpub.pem"), "-signature", p("d.sig"), p("d")});

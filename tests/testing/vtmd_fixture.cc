@@ -1,6 +1,7 @@
 // VtmdFixture: real vtmd, real host-TPM swtpm, temp dirs, guaranteed cleanup.
 #include "vtmd_fixture.h"
 
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
 
@@ -115,6 +116,14 @@ CommandResult VtmdFixture::RunBuiltAs(const std::vector<std::string>& setpriv_ar
   argv.push_back(copy);
   argv.insert(argv.end(), args.begin(), args.end());
   return RunCommand(argv);
+}
+
+std::string VtmdFixture::CertificatePublicKeyPem(const std::string& vm, const std::string& kind) {
+  auto cert = Vtmctl({"certs", vm, "--kind", kind});
+  EXPECT_EQ(cert.exit_code, 0) << cert.output;
+  auto pub = RunCommand({"openssl", "x509", "-pubkey", "-noout"}, cert.output);
+  EXPECT_EQ(pub.exit_code, 0) << pub.output;
+  return cert.exit_code == 0 && pub.exit_code == 0 ? pub.output : std::string();
 }
 
 std::string VtmdFixture::VtmdLog() const {

@@ -43,6 +43,9 @@ class VtmdFixture {
   CommandResult RunBuiltAs(const std::vector<std::string>& setpriv_args, const std::string& build_path,
                            const std::vector<std::string>& args);
   std::string VtmdLog() const;
+  // The public key (PEM) of a VM's vTPM certificate of kind "ak", "ik", "ek-ecc" or "ek-rsa",
+  // read with `openssl x509 -pubkey` from `vtmctl certs`; "" (and a test failure) if missing.
+  std::string CertificatePublicKeyPem(const std::string& vm, const std::string& kind);
 
   const std::string& state_dir() const { return state_dir_; }
   const std::string& run_dir() const { return run_dir_; }
