@@ -17,19 +17,6 @@
 
 extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
   setenv("TSS2_LOG", "all+none", /*overwrite=*/0);  // tss2-mu logs every malformed input
-  // A credential to whatever this is: only a real EK public area gets one.
-  auto cred = vtm::attest::MakeCredential(input, std::string(32, 's'), std::string(34, 'n'));
-  if (cred.ok()) {
-    if (!spki.ok() || cred->id_object.size() < 4 || cred->encrypted_secret.size() < 2) __builtin_trap();
-  } else if (!Expected(cred.error().code())) {
-    __builtin_trap();
-  }
-  auto pcrs = vtm::attest::PcrValuesFromTpm2ToolsFile(input);
-  if (pcrs.ok()) {
-    if (!vtm::attest::ParsePcrValues(*pcrs).ok()) __builtin_trap();
-  } else if (pcrs.error().code() != vtm::ErrorCode::kInvalidArgument) {
-    __builtin_trap();
-  }
   return 0;
 }
 
@@ -54,6 +41,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (name.ok()) {
     if (name->size() < 2 + 20) __builtin_trap();  // nameAlg + at least a SHA-1 digest
   } else if (!Expected(name.error().code())) {
+    __builtin_trap();
+  }
+  // A credential to whatever this is: only a real EK public area gets one.
+  auto cred = vtm::attest::MakeCredential(input, std::string(32, 's'), std::string(34, 'n'));
+  if (cred.ok()) {
+    if (!spki.ok() || cred->id_object.size() < 4 || cred->encrypted_secret.size() < 2) __builtin_trap();
+  } else if (!Expected(cred.error().code())) {
+    __builtin_trap();
+  }
+  auto pcrs = vtm::attest::PcrValuesFromTpm2ToolsFile(input);
+  if (pcrs.ok()) {
+    if (!vtm::attest::ParsePcrValues(*pcrs).ok()) __builtin_trap();
+  } else if (pcrs.error().code() != vtm::ErrorCode::kInvalidArgument) {
     __builtin_trap();
   }
   return 0;

@@ -27,6 +27,9 @@ constexpr char kTcgAtTpmModel[] = "2.23.133.2.2";
 constexpr char kTcgAtTpmVersion[] = "2.23.133.2.3";
 constexpr char kTcgAtTpmSpecification[] = "2.23.133.2.16";
 constexpr char kTcgKpEkCertificate[] = "2.23.133.8.1";
+constexpr char kTcgKpAikCertificate[] = "2.23.133.8.3";  // TCG: the key is an attestation key
+constexpr char kServerAuth[] = "1.3.6.1.5.5.7.3.1";
+constexpr char kClientAuth[] = "1.3.6.1.5.5.7.3.2";
 constexpr char kAnyPolicy[] = "2.5.29.32.0";
 constexpr char kSubjectDirectoryAttributes[] = "2.5.29.9";
 
@@ -518,6 +521,8 @@ Result<std::string> IssueEkCertificate(Signer& ca_key, const std::string& issuer
   VTM_RETURN_IF_ERROR(AddRaw(exts, "2.5.29.32", false, der::Tlv(der::kSequence, der::Tlv(der::kSequence, policy))));
   VTM_ASSIGN_OR_RETURN(std::string spec_attributes, TpmSpecificationAttributes(req));
   VTM_RETURN_IF_ERROR(AddRaw(exts, kSubjectDirectoryAttributes, false, spec_attributes));
+  VTM_ASSIGN_OR_RETURN(std::string key_id, KeyIdentifierOfSpki(req.ek_spki_der));
+  VTM_RETURN_IF_ERROR(AddKeyId(exts, NID_subject_key_identifier, key_id));
   VTM_RETURN_IF_ERROR(AddKeyId(exts, NID_authority_key_identifier, issuer.key_id));
   VTM_RETURN_IF_ERROR(AddToCertificate(x.get(), exts));
   return SignWithSigner(ca_key, x.get());
@@ -525,14 +530,18 @@ Result<std::string> IssueEkCertificate(Signer& ca_key, const std::string& issuer
 
 namespace {
 // What every end-entity identity certificate (AK, IK, a host endpoint) carries, then the
-// signature: not a CA, digitalSignature, TLS server+client EKU when tls, the SANs, subject and
-// authority key identifiers.
+// signature: not a CA, digitalSignature, the EKU (TLS server+client, or the TCG AK purpose), the
+// SANs, subject and authority key identifiers.
 Result<std::string> FinishEndEntity(Signer& ca_key, const Issuer& issuer, X509* x, const std::string& spki_der,
                                     std::vector<GeneralNamePtr> names, bool tls) {
   Extensions exts;
   VTM_RETURN_IF_ERROR(AddBasicConstraints(exts, false));
   VTM_RETURN_IF_ERROR(AddKeyUsage(exts, {kDigitalSignature}));
-  if (tls) VTM_RETURN_IF_ERROR(AddExtendedKeyUsage(exts, {"1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"}));
+  if (tls) {
+    VTM_RETURN_IF_ERROR(AddExtendedKeyUsage(exts, {kServerAuth, kClientAuth}));
+  } else {
+    VTM_RETURN_IF_ERROR(AddExtendedKeyUsage(exts, {kTcgKpAikCertificate}));
+  }
   VTM_RETURN_IF_ERROR(AddSubjectAltNames(exts, std::move(names), /*critical=*/false));
   VTM_ASSIGN_OR_RETURN(std::string key_id, KeyIdentifierOfSpki(spki_der));
   VTM_RETURN_IF_ERROR(AddKeyId(exts, NID_subject_key_identifier, key_id));
@@ -564,7 +573,7 @@ Result<std::string> IssueIdentityCertificate(Signer& ca_key, const std::string& 
     VTM_ASSIGN_OR_RETURN(GeneralNamePtr service_uri, UriName("vtm:service:" + req.service));
     names.push_back(std::move(service_uri));
   }
-  // The IK is the VM's TLS identity; the AK signs only TPM-generated structures, so it gets no EKU.
+  // The IK is the VM's TLS identity; the AK signs only TPM-generated structures (TCG AK purpose).
   return FinishEndEntity(ca_key, issuer, x.get(), req.spki_der, std::move(names), /*tls=*/!req.attestation_key);
 }
 

@@ -89,6 +89,13 @@ Result<std::string> RemoteAttestationClient::ActivateCredential(const std::strin
   return resp.secret();
 }
 
+Result<std::string> RemoteAttestationClient::Crl() {
+  api::Request req;
+  req.mutable_ca_crl();
+  VTM_ASSIGN_OR_RETURN(api::Response resp, Call(req));
+  return resp.pem();
+}
+
 Status RemoteAttestationClient::CheckServedBy(const attest::HostIdentity& host) const {
   VTM_ASSIGN_OR_RETURN(X509Ptr endpoint, ParseDer(server_certificate_der(), "the endpoint's certificate"));
   VTM_ASSIGN_OR_RETURN(X509Ptr ca, ParseDer(host.ca_certificate(), "the evidence's host CA certificate"));

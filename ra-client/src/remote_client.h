@@ -34,6 +34,9 @@ class RemoteAttestationClient {
   // The host TPM's TPM2_ActivateCredential of a credential; the secret it recovered.
   Result<std::string> ActivateCredential(const std::string& id_object, const std::string& encrypted_secret);
 
+  // The host CA's current CRL (PEM), signed by the host CA key.
+  Result<std::string> Crl();
+
   // The endpoint's certificate (DER), as presented in the handshake.
   const std::string& server_certificate_der() const { return stream_->peer_certificate_der(); }
   // kPermissionDenied unless the endpoint's certificate is signed by host.ca_certificate and

@@ -144,7 +144,7 @@ TEST_F(AttestationEndpointTest, ManagementRequestsAreNotServedOverTheNetwork) {
   ASSERT_TRUE(fd.ok());
   auto tls = (*ctx)->Connect(std::move(fd).value(), std::chrono::seconds(30));
   ASSERT_TRUE(tls.ok()) << tls.error().ToString();
-  for (int op = 0; op < 3; ++op) {
+  for (int op = 0; op < 3; ++op) {  // (ca_crl is allowed: see the CRL test)
     api::Request req;
     if (op == 0) req.mutable_list();
     if (op == 1) req.mutable_create()->set_name("from-the-network");
@@ -159,6 +159,27 @@ TEST_F(AttestationEndpointTest, ManagementRequestsAreNotServedOverTheNetwork) {
   // Nothing was created.
   auto list = f.Vtmctl({"list"});
   EXPECT_EQ(list.output.find("from-the-network"), std::string::npos) << list.output;
+}
+
+// Relying parties fetch the host CA's CRL over the endpoint; `openssl crl` checks its signature
+// with the host CA certificate, and a deleted VM's certificate serial is in it.
+TEST_F(AttestationEndpointTest, CrlIsFetchedOverTheEndpointAndListsRevocations) {
+  ASSERT_EQ(f.Vtmctl({"create", "--name", "gone"}).exit_code, 0);
+  auto certs = f.Vtmctl({"certs", "gone", "--kind", "ak"});
+  ASSERT_EQ(certs.exit_code, 0);
+  auto ak = ca::ParseCertificate(certs.output);
+  ASSERT_TRUE(ak.ok());
+  ASSERT_EQ(f.Vtmctl({"delete", "gone"}).exit_code, 0);
+  std::vector<std::string> fetch = {"fetch", "crl", "--output", P("crl.pem")};
+  auto tls = Tls("verifier");
+  fetch.insert(fetch.end(), tls.begin(), tls.end());
+  auto fetched = Verify(fetch);
+  ASSERT_EQ(fetched.exit_code, 0) << fetched.output;
+  auto checked = RunCommand({"openssl", "crl", "-in", P("crl.pem"), "-CAfile", P("host-ca.pem"), "-noout", "-text"});
+  ASSERT_EQ(checked.exit_code, 0) << checked.output;
+  EXPECT_NE(checked.output.find("verify OK"), std::string::npos) << checked.output;
+  std::string serial = ak->serial_hex;
+  EXPECT_NE(checked.output.find("Serial Number: " + serial), std::string::npos) << serial << "\n" << checked.output;
 }
 
 TEST_F(AttestationEndpointTest, EndpointCertificateBindsTheChannelToTheAttestedHostCa) {

@@ -7,6 +7,8 @@
 
 #include <fstream>
 #include <map>
+#include <regex>
+#include <set>
 #include <sstream>
 
 #include <google/protobuf/util/json_util.h>
@@ -171,6 +173,42 @@ TEST_F(IdentityTest, FleetCaFlowAndBadInputIsRefused) {
   auto chain = RunCommand({"openssl", "verify", "-CAfile", Path("fleet.pem"), "-untrusted", Path("host-ca.pem"),
                            Path("ek.pem")});
   EXPECT_EQ(chain.exit_code, 0) << chain.output;
+}
+
+// Two hosts with the same host name under one fleet CA: their CA names differ (the host EK is
+// in them) and certificate serials are 64-bit random, so no (issuer, serial) pair repeats — a
+// relying party's CRL lookup cannot confuse them.
+TEST_F(IdentityTest, HostsUnderOneFleetCaNeverShareIssuerNameOrSerials) {
+  VtmdFixture other;
+  ASSERT_TRUE(other.StartVtmd()) << other.VtmdLog();
+  std::map<std::string, std::string> subjects;
+  std::set<std::string> serials;
+  for (VtmdFixture* host : {&f, &other}) {
+    ASSERT_EQ(host->Vtmctl({"create", "--uuid", kUuid, "--name", "same"}).exit_code, 0);
+    auto ca = ca::ParseCertificate(host->Vtmctl({"ca", "show"}).output);
+    ASSERT_TRUE(ca.ok()) << ca.error().ToString();
+    std::smatch m;
+    EXPECT_TRUE(std::regex_match(ca->subject, m, std::regex("CN=vtm host CA [A-Za-z0-9.-]+ [0-9a-f]{16},O=vtm")))
+        << ca->subject;
+    subjects[ca->subject] = host->state_dir();
+    auto certs = host->Vtmctl({"certs", "same"});
+    std::istringstream in(certs.output);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("# ", 0) != 0) continue;
+      std::istringstream fields(line);
+      std::string hash, kind, word, serial;
+      fields >> hash >> kind >> word >> serial;
+      ASSERT_EQ(word, "serial") << line;
+      serials.insert(serial);
+    }
+  }
+  EXPECT_EQ(subjects.size(), 2u) << "two hosts issue under one CA name";
+  EXPECT_EQ(serials.size(), 8u) << "serials repeat across or within hosts";
+  // 64 random bits: that all eight fall below 2^40 has probability 2^-192.
+  bool any_large = false;
+  for (const auto& s : serials) any_large = any_large || std::stoull(s) > (1ull << 40);
+  EXPECT_TRUE(any_large) << "serials look like a counter";
 }
 
 TEST_F(IdentityTest, HostAkBindsToHostEkByCredentialActivationMadeWithTpm2Tools) {

@@ -312,6 +312,7 @@ TEST_F(X509Test, EkCertificatesFollowTheTcgProfile) {
     EXPECT_NE(t.find("Policy: X509v3 Any Policy"), std::string::npos) << t;
     EXPECT_NE(t.find("X509v3 Subject Directory Attributes"), std::string::npos) << t;
     EXPECT_NE(t.find("X509v3 Authority Key Identifier"), std::string::npos) << t;
+    EXPECT_NE(t.find("X509v3 Subject Key Identifier"), std::string::npos) << t;
     EXPECT_NE(t.find("Not After : Dec 31 23:59:59 9999 GMT"), std::string::npos) << t;
 
     // TPMSpecification { "2.0", 0, 159 } under tcg-at-tpmSpecification, byte for byte.
@@ -366,6 +367,38 @@ TEST_F(X509Test, EkCertificateForAnUnprovisionedKeyCarriesOnlyThePolicyThatMarks
   EXPECT_EQ(text.output.find("Any Policy"), std::string::npos) << text.output;
 }
 
+// vtmd's network endpoints present these: verified by openssl as a TLS server and client
+// certificate of the host CA; a host name that cannot be a URI/CN part, or an unknown purpose,
+// is refused.
+TEST_F(X509Test, HostTlsCertificatesServeAndClientAuthenticate) {
+  HostTlsCertRequest req;
+  req.spki_der = Spki(NewKey(false).get());
+  req.host_name = "host-1.example";
+  req.purpose = "attestation";
+  req.serial = 0x8000000000000001ull;  // the top bit set: still a positive INTEGER
+  req.validity = OneYear();
+  auto cert = IssueHostTlsCertificate(*ca_key_, ca_der_, req);
+  ASSERT_TRUE(cert.ok()) << cert.error().ToString();
+  auto info = ParseCertificate(*cert);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->subject, "CN=host-1.example vtmd attestation,O=vtm");
+  EXPECT_EQ(info->uris, std::vector<std::string>{"vtm:host:host-1.example"});
+  EXPECT_EQ(info->serial, 0x8000000000000001ull);
+  const std::string path = WriteFile(dir_, "endpoint.pem", DerToPem(*cert));
+  EXPECT_EQ(OpensslVerify(path, {"-purpose", "sslserver"}).exit_code, 0);
+  EXPECT_EQ(OpensslVerify(path, {"-purpose", "sslclient"}).exit_code, 0);
+  for (const auto& [host, purpose] : {std::pair<std::string, std::string>{"bad/host", "attestation"},
+                                      {"", "attestation"}, {std::string(65, 'h'), "attestation"},
+                                      {"host-1", "anything"}}) {
+    HostTlsCertRequest bad = req;
+    bad.host_name = host;
+    bad.purpose = purpose;
+    auto refused = IssueHostTlsCertificate(*ca_key_, ca_der_, bad);
+    ASSERT_FALSE(refused.ok()) << host << " " << purpose;
+    EXPECT_EQ(refused.error().code(), ErrorCode::kInvalidArgument);
+  }
+}
+
 TEST_F(X509Test, AkAndIkCertificatesNameTheVmAndService) {
   const std::string ak = IssueIdentity(true, 20);
   const std::string ik = IssueIdentity(false, 21);
@@ -386,6 +419,9 @@ TEST_F(X509Test, AkAndIkCertificatesNameTheVmAndService) {
     const bool has_tls_eku =
         text.output.find("TLS Web Server Authentication, TLS Web Client Authentication") != std::string::npos;
     EXPECT_EQ(has_tls_eku, std::string(role) == "IK") << text.output;
+    const bool has_ak_eku = text.output.find("X509v3 Extended Key Usage: \n                2.23.133.8.3") !=
+                            std::string::npos;
+    EXPECT_EQ(has_ak_eku, std::string(role) == "AK") << text.output;
     EXPECT_NE(text.output.find("X509v3 Subject Key Identifier"), std::string::npos);
     EXPECT_TRUE(VerifySignedBy(der, ca_der_).ok());
   }

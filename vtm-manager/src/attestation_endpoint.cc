@@ -49,7 +49,9 @@ bool AllowedOverNetwork(const api::Request& request) {
   switch (request.op_case()) {
     case api::Request::kAttestHost:
     case api::Request::kAttestDeep:
-    case api::Request::kActivateHostCredential: return true;
+    case api::Request::kActivateHostCredential:
+    case api::Request::kCaCrl:  // relying parties fetch revocations where they fetch evidence
+      return true;
     default: return false;
   }
 }
@@ -106,7 +108,8 @@ void AttestationEndpoint::HandleConnection(UniqueFd conn) {
     api::Response resp;
     if (!AllowedOverNetwork(req)) {
       resp.set_status(api::STATUS_PERMISSION_DENIED);
-      resp.set_error("a remote verifier may only ask for host or deep evidence and host credential activation");
+      resp.set_error("a remote verifier may only ask for host or deep evidence, host credential activation and the "
+                     "host CA's CRL");
       LOG_WARNING << "attestation endpoint: refused a management request from verifier " << verifier;
       return resp;
     }

@@ -4,7 +4,8 @@
 // can tie the channel to the host CA it appraises in the evidence); a verifier must present a
 // certificate that chains to the configured verifier CA. A connection carries framed
 // api::Request / api::Response messages, the same as the local socket, restricted to what a
-// verifier may ask: attest_host, attest_deep and activate_host_credential. Each answered
+// verifier may ask: attest_host, attest_deep, activate_host_credential and ca_crl (relying
+// parties fetch the host CA's revocations where they fetch evidence). Each answered
 // request is logged with the verifier's certificate subject.
 //
 // Thread safety: Serve() blocks until Shutdown() (from any thread) and joins every connection.

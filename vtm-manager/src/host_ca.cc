@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "vtm/fs.h"
+#include "vtm/hex.h"
 #include "vtm/log.h"
 
 namespace vtm {
@@ -18,6 +19,15 @@ uint64_t RandomSerial() {
   uint64_t v = 0;
   RAND_bytes(reinterpret_cast<unsigned char*>(&v), sizeof v);
   return (v & 0x7fffffffffffffffULL) | 1;
+}
+
+// The host CA's common name: the host name for people, and the first 64 bits of the host EK's
+// name so that two hosts (or a host renamed, or two hosts with one name) under one fleet CA
+// never issue under the same issuer name.
+std::string CaCommonName(const std::string& host_name, const HostAttestationKey& ak) {
+  const std::string& ek_name = ak.ek_public().name;  // nameAlg (2 bytes) || digest
+  // RFC 5280's upper bound for a common name is 64 characters: the host name gives way.
+  return "vtm host CA " + host_name.substr(0, 35) + " " + HexEncode(ek_name.substr(2, 8));
 }
 
 }  // namespace
@@ -74,7 +84,7 @@ Result<std::unique_ptr<HostCa>> HostCa::LoadOrCreate(HostAttestationKey& ak, con
     VTM_ASSIGN_OR_RETURN(evidence, id->CertifyCaKey());
   }
   ca::CaCertRequest req;
-  req.common_name = "vtm host CA " + host_name;
+  req.common_name = CaCommonName(host_name, id->ak_);
   req.serial = RandomSerial();
   req.validity.not_before = std::time(nullptr) - 60;
   req.evidence = std::move(evidence);
@@ -182,7 +192,7 @@ std::string HostCa::ca_chain_der() const {
 
 Result<CertRecord> HostCa::Issue(Registry& registry, const std::string& owner, const std::string& kind,
                                  const CertificateMaker& make) {
-  VTM_ASSIGN_OR_RETURN(uint64_t serial, registry.NextSerial());
+  VTM_ASSIGN_OR_RETURN(uint64_t serial, registry.NewSerial());
   auto der = make(*signer_, ca_certificate(), serial);
   if (!der.ok()) return std::move(der).error().Context("issuing the " + kind + " certificate for " + owner);
   CertRecord rec;
@@ -200,7 +210,7 @@ Result<std::string> HostCa::CreateCsr() {
     VTM_ASSIGN_OR_RETURN(evidence, CertifyCaKey());
   }
   ca::CaCertRequest req;
-  req.common_name = "vtm host CA " + host_name_;
+  req.common_name = CaCommonName(host_name_, ak_);
   req.evidence = std::move(evidence);
   return ca::CreateCaCsr(*signer_, req);
 }

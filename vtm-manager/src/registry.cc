@@ -3,6 +3,8 @@
 
 #include <ctime>
 
+#include "vtm/secret.h"
+
 namespace vtm {
 namespace {
 
@@ -333,9 +335,17 @@ Status Registry::Remove(const std::string& uuid, uint64_t expected_generation) {
   return OkStatus();
 }
 
-Result<uint64_t> Registry::NextSerial() {
+Result<uint64_t> Registry::NewSerial() {
   MutexLock lock(mu_);
-  return NextCounter("next_serial");
+  for (;;) {
+    VTM_ASSIGN_OR_RETURN(SecretBytes random, RandomSecret(sizeof(uint64_t)));
+    uint64_t serial = 0;
+    for (size_t i = 0; i < random.size(); ++i) serial = (serial << 8) | random.data()[i];
+    if (serial == 0) continue;
+    Stmt q(db_, "SELECT 1 FROM certificates WHERE serial=?1");
+    q.Int(1, static_cast<int64_t>(serial));  // stored as the same 64 bits, signed
+    if (sqlite3_step(q.get()) != SQLITE_ROW) return serial;
+  }
 }
 
 Result<uint64_t> Registry::NextCrlNumber() {

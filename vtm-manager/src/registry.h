@@ -96,8 +96,10 @@ class Registry {
   // expected_generation. The VM's certificates stay, revoked.
   Status Remove(const std::string& uuid, uint64_t expected_generation);
 
-  // Certificates. Serials come from NextSerial (a monotonic counter, never reused).
-  Result<uint64_t> NextSerial();
+  // Certificates. Serials are 64 random bits (RFC 5280 positive integers, CA/Browser Forum's
+  // "at least 64 bits from a CSPRNG"), never 0 and not in use by this registry, so two hosts
+  // under one fleet CA do not issue the same (issuer, serial) by counting from one.
+  Result<uint64_t> NewSerial();
   Status AddCertificates(const std::vector<CertRecord>& certs);
   Result<std::vector<CertRecord>> CertificatesOf(const std::string& vm_uuid);
   Result<std::vector<CertRecord>> RevokedCertificates();

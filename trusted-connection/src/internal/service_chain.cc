@@ -91,6 +91,11 @@ Error ChainError(int err, X509* cert, const std::string& whose) {
                    "the CRL of " + issuer + " is out of date: fetch a fresh one (`vtmctl ca crl`)");
     case X509_V_ERR_CRL_SIGNATURE_FAILURE:
       return Error(ErrorCode::kPermissionDenied, "the CRL of " + issuer + " has a bad signature");
+    case X509_V_ERR_INVALID_PURPOSE:
+      // The host CA gives the TLS EKU only to IKs; an AK certificate (TCG AK purpose) lands here.
+      return Error(ErrorCode::kPermissionDenied,
+                   whose + "'s " + what + " is not a vTPM IK certificate (its extended key usage is not TLS): the "
+                   "key used is not the vTPM's identity key");
     case X509_V_ERR_CERT_HAS_EXPIRED:
     case X509_V_ERR_CERT_NOT_YET_VALID:
       return Error(ErrorCode::kPermissionDenied,
@@ -110,8 +115,8 @@ Result<IkIdentity> CheckIkCertificate(X509* cert, const std::string& expected_vm
   id.certificate_der.assign(reinterpret_cast<char*>(der), static_cast<size_t>(n));
   OPENSSL_free(der);
   id.subject = OneLine(X509_get_subject_name(cert));
-  // The host CA gives the TLS server EKU only to IK certificates; X509_get_extended_key_usage
-  // reports "all" when there is no EKU, which is what an AK certificate looks like.
+  // The host CA gives the TLS server EKU only to IK certificates (AKs carry the TCG AK purpose,
+  // older AK certificates none: X509_get_extended_key_usage reports "all" for those).
   if ((X509_get_extension_flags(cert) & EXFLAG_XKUSAGE) == 0 || (X509_get_extended_key_usage(cert) & XKU_SSL_SERVER) == 0) {
     return Error(ErrorCode::kPermissionDenied,
                  whose + "'s certificate " + id.subject +
