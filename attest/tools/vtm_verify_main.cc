@@ -4,7 +4,7 @@
 //   vtm-verify nonce [--json]
 //   vtm-verify host|deep --evidence FILE --policy FILE --nonce HEX [--json] [--now UNIX]
 //                        [--replay-file FILE]
-//   vtm-verify learn --evidence FILE [--deep]
+//   vtm-verify learn --evidence FILE [--deep] [--host-ek-ca PEM-FILE]
 //   vtm-verify fetch host|deep --server HOST:PORT --tls-cert F --tls-key F --tls-ca F
 //                  --nonce HEX --output FILE [deep: --vm VM --quote-message F
 //                  --quote-signature F --quote-pcrs F [--guest-event-log F]]
@@ -49,7 +49,7 @@ int Usage(const std::string& why) {
             << "usage: vtm-verify nonce [--json]\n"
             << "       vtm-verify host|deep --evidence FILE --policy FILE --nonce HEX [--json] [--now UNIX]\n"
             << "                            [--replay-file FILE]\n"
-            << "       vtm-verify learn --evidence FILE [--deep]\n"
+            << "       vtm-verify learn --evidence FILE [--deep] [--host-ek-ca PEM-FILE]\n"
             << "       vtm-verify fetch host|deep --server HOST:PORT --tls-cert F --tls-key F --tls-ca F --nonce HEX\n"
             << "                  --output FILE [deep: --vm VM --quote-message F --quote-signature F\n"
             << "                  --quote-pcrs F [--guest-event-log F]]\n"
@@ -223,7 +223,18 @@ int Run(int argc, char** argv) {
 
   if (command == "learn") {
     const HostEvidence& host = deep ? deep_evidence.host() : host_evidence;
-    std::cout << PolicyToJson(LearnPolicy(host, deep ? &deep_evidence : nullptr)) << "\n";
+    AttestationPolicy learned = LearnPolicy(host, deep ? &deep_evidence : nullptr);
+    // The one thing evidence cannot teach: whom to trust for host EK certificates (the TPM
+    // manufacturer's or the fleet's CA). The operator names it; without it the policy trusts none.
+    if (!opt["host-ek-ca"].empty()) {
+      auto pem = ReadFile(opt["host-ek-ca"]);
+      if (!pem.ok()) return BadInput("--host-ek-ca: " + pem.error().message());
+      if (pem->find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
+        return BadInput("--host-ek-ca: " + opt["host-ek-ca"] + " holds no PEM certificate");
+      }
+      learned.add_host_ek_ca_pem(*pem);
+    }
+    std::cout << PolicyToJson(learned) << "\n";
     return kTrusted;
   }
 
