@@ -84,14 +84,17 @@ TEST_F(AttestationEndpointTest, RemoteVerifierFetchesActivatesAndAppraises) {
 
   // A starting policy from this known-good host, naming the (test) manufacturer of its TPM, but
   // without the AK that learn trusts on first use: this verifier proves it by activation.
-  auto learned = Verify({"learn", "--evidence", P("host.pb")});
+  const std::string manufacturer = f.state_dir() + "/../host-tpm/test-manufacturer-ca.pem";
+  auto learned = Verify({"learn", "--evidence", P("host.pb"), "--host-ek-ca", manufacturer});
   ASSERT_EQ(learned.exit_code, 0) << learned.output;
   auto policy = attest::ParsePolicyJson(learned.output);
   ASSERT_TRUE(policy.ok()) << policy.error().ToString();
+  ASSERT_EQ(policy->host_ek_ca_pem_size(), 1);
+  EXPECT_EQ(policy->host_ek_ca_pem(0), *ReadFile(manufacturer));
   policy->clear_activated_host_ak_names();
-  auto manufacturer = ReadFile(f.state_dir() + "/../host-tpm/test-manufacturer-ca.pem");
-  ASSERT_TRUE(manufacturer.ok());
-  policy->add_host_ek_ca_pem(*manufacturer);
+  // A trust anchor that is not a certificate is bad input, not an empty trust list.
+  auto not_pem = Verify({"learn", "--evidence", P("host.pb"), "--host-ek-ca", P("host.pb")});
+  EXPECT_EQ(not_pem.exit_code, 2) << not_pem.output;
   ASSERT_TRUE(WriteFileAtomic(P("policy.json"), attest::PolicyToJson(*policy), 0644).ok());
 
   auto refused = Verify({"host", "--evidence", P("host.pb"), "--policy", P("policy.json"), "--nonce", nonce});
