@@ -237,6 +237,7 @@ Result<VmRecord> Manager::Start(const std::string& vm, std::string* note) {
   launch.migration_key = std::move(migration_key).value();
 
   if (Status dirs = MakeVmDirs(paths, rec.instance_uid); !dirs.ok()) return fail(std::move(dirs).error());
+  CrashPoint("start.directories-made");
 
   // Measured before it runs: a launch that cannot be measured does not happen.
   if (Status measured = MeasureLaunch(*moved, launch); !measured.ok()) return fail(std::move(measured).error());

@@ -3,6 +3,7 @@
 
 #include <cstdio>
 
+#include "vtm/crash_point.h"
 #include "vtm/digest.h"
 #include "vtm/fs.h"
 #include "vtm/hex.h"
@@ -138,6 +139,9 @@ Status HostMeasurementLog::Measure(attest::MeasurementType type, const std::stri
     log_.mutable_events()->RemoveLast();
     return std::move(saved).error().Context("writing the measurement log");
   }
+  // A crash here leaves an entry written ahead but never extended: the next start drops it.
+  const bool launch = type == attest::MEASUREMENT_TYPE_INSTANCE_LAUNCH;
+  if (launch) CrashPoint("start.launch-logged");
   PcrSelection sel;
   sel.pcrs = {static_cast<int>(pcr_)};
   // The check and the extend are one executor job: nothing of vtmd's runs in between.
@@ -151,6 +155,7 @@ Status HostMeasurementLog::Measure(attest::MeasurementType type, const std::stri
     (void)Save();
     return std::move(before).error().Context("extending host PCR " + std::to_string(pcr_));
   }
+  if (launch) CrashPoint("start.launch-extended");
   if (*before != expected) {
     MarkInconsistent("PCR " + std::to_string(pcr_) + " held " + HexEncode(*before) + " before entry " +
                      std::to_string(e->sequence()) + " where the log replays to " + HexEncode(expected) +

@@ -1,0 +1,148 @@
+// Crash consistency, swept (issue 10): vtmd is SIGKILLed at every crash point one lifecycle
+// (create, start, stop, delete) passes — the points are enumerated by a traced run of that
+// lifecycle (VTM_CRASH_TRACE), not listed by hand — and after each crash a restarted vtmd must
+// hold the invariants: it starts without help; the VM is either gone or in a resting state;
+// registry and state directory agree; at most one instance, and one exactly when the VM is
+// running; no process nobody owns; the measurement log still replays to its PCR. Then the lifecycle can be finished (stop, delete) and
+// leaves nothing behind.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "test_processes.h"
+#include "vtm/fs.h"
+#include "vtmd_fixture.h"
+
+namespace vtm::testing {
+namespace {
+
+constexpr const char* kUuid = "5a0c3e1d-7b2f-4c8e-9d6a-1f2e3d4c5b6a";
+
+// The lifecycle; stops at the first command that fails (the crash). Returns how many succeeded.
+int Lifecycle(VtmdFixture& f) {
+  int done = 0;
+  for (const std::vector<std::string>& cmd : std::vector<std::vector<std::string>>{
+           {"create", "--uuid", kUuid, "--name", "sweep"}, {"start", "sweep"}, {"stop", "sweep"}, {"delete", "sweep"}}) {
+    if (f.Vtmctl(cmd).exit_code != 0) break;
+    ++done;
+  }
+  return done;
+}
+
+bool VmDirExists(const VtmdFixture& f) {
+  std::error_code ec;
+  return std::filesystem::exists(f.state_dir() + "/vms/" + kUuid, ec);
+}
+
+size_t Instances(const VtmdFixture& f) { return FindProcesses({"vtm-instance", f.run_dir()}).size(); }
+size_t Swtpms(const VtmdFixture& f) { return FindProcesses({kSwtpmProcess, f.state_dir() + "/vms/"}).size(); }
+
+// Instances that vtmd ends asynchronously (a stop in flight when it died) may take a moment.
+void WaitForProcesses(const VtmdFixture& f, size_t instances, size_t swtpms) {
+  for (int i = 0; i < 100 && (Instances(f) != instances || Swtpms(f) != swtpms); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+void CheckInvariants(VtmdFixture& f, const std::string& point) {
+  SCOPED_TRACE("after a crash at " + point);
+  auto list = f.Vtmctl({"list"});
+  ASSERT_EQ(list.exit_code, 0) << list.output;
+  // The measurement log still replays to the host PCR (an entry written ahead of a crash that
+  // kept it from being extended is dropped at start).
+  auto host = f.Vtmctl({"host"});
+  EXPECT_NE(host.output.find(", log consistent: "), std::string::npos) << host.output;
+  auto shown = f.Vtmctl({"show", kUuid});
+  if (shown.exit_code == 3) {  // gone: nothing of it is left
+    EXPECT_FALSE(VmDirExists(f)) << "state directory of a VM the registry does not know";
+    WaitForProcesses(f, 0, 0);
+    EXPECT_EQ(Instances(f), 0u);
+    EXPECT_EQ(Swtpms(f), 0u);
+    return;
+  }
+  ASSERT_EQ(shown.exit_code, 0) << shown.output;
+  const std::string state = Field(shown.output, "state");
+  static const std::set<std::string> kResting = {"provisioned", "running", "stopped", "failed"};
+  EXPECT_TRUE(kResting.count(state)) << "VM left in state " << state << "\n" << shown.output;
+  EXPECT_TRUE(VmDirExists(f)) << "the registry knows a VM whose state directory is gone";
+  const size_t want = state == "running" ? 1 : 0;
+  WaitForProcesses(f, want, want);
+  EXPECT_EQ(Instances(f), want) << state;
+  EXPECT_EQ(Swtpms(f), want) << state;
+  if (state == "running") {
+    const std::string pid = Field(shown.output, "instance pid");
+    auto instances = FindProcesses({"vtm-instance", f.run_dir()});
+    ASSERT_EQ(instances.size(), 1u);
+    EXPECT_EQ(pid, std::to_string(instances[0])) << "the registry names another instance than the one running";
+  }
+}
+
+// Finishes the lifecycle from wherever the crash left it; nothing may remain.
+void Finish(VtmdFixture& f, const std::string& point) {
+  SCOPED_TRACE("finishing after a crash at " + point);
+  auto shown = f.Vtmctl({"show", kUuid});
+  if (shown.exit_code == 0) {
+    const std::string state = Field(shown.output, "state");
+    if (state == "running" || state == "failed") {
+      auto stopped = f.Vtmctl({"stop", kUuid});
+      EXPECT_EQ(stopped.exit_code, 0) << stopped.output;
+    }
+    auto deleted = f.Vtmctl({"delete", kUuid});
+    EXPECT_EQ(deleted.exit_code, 0) << deleted.output;
+  }
+  EXPECT_EQ(f.Vtmctl({"show", kUuid}).exit_code, 3);
+  EXPECT_FALSE(VmDirExists(f));
+  WaitForProcesses(f, 0, 0);
+  EXPECT_EQ(Instances(f), 0u);
+  EXPECT_EQ(Swtpms(f), 0u);
+  // And the same VM can be made again.
+  auto again = f.Vtmctl({"create", "--uuid", kUuid, "--name", "sweep"});
+  EXPECT_EQ(again.exit_code, 0) << again.output;
+}
+
+TEST(CrashSweepTest, EveryCrashPointOfTheLifecycleRecovers) {
+  std::vector<std::string> points;
+  {
+    VtmdFixture f;
+    TempDir t;
+    const std::string trace = t.path() + "/trace";
+    f.SetVtmdEnvironment({"VTM_CRASH_TRACE=" + trace});
+    ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+    ASSERT_EQ(Lifecycle(f), 4) << f.VtmdLog();
+    auto text = ReadFile(trace);
+    ASSERT_TRUE(text.ok()) << "no crash point was traced";
+    std::istringstream in(*text);
+    std::set<std::string> seen;
+    for (std::string line; std::getline(in, line);) {
+      if (!line.empty() && seen.insert(line).second) points.push_back(line);
+    }
+  }
+  // The issue asks for at least 20 distinct points; every one the lifecycle passes is tried.
+  ASSERT_GE(points.size(), 20u);
+  for (const std::string& point : points) {
+    SCOPED_TRACE(point);
+    VtmdFixture f;
+    f.SetVtmdEnvironment({"VTM_CRASH_AT=" + point});
+    ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+    EXPECT_LT(Lifecycle(f), 4) << "the lifecycle did not reach " << point;
+    const int st = f.WaitVtmdExit();
+    ASSERT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << point << ": " << DescribeWaitStatus(st);
+    f.SetVtmdEnvironment({});
+    ASSERT_TRUE(f.StartVtmd()) << "vtmd does not start again after a crash at " << point << "\n" << f.VtmdLog();
+    CheckInvariants(f, point);
+    Finish(f, point);
+    if (::testing::Test::HasFailure()) {
+      std::cerr << "---- vtmd log (crash at " << point << ") ----\n" << f.VtmdLog();
+      break;
+    }
+    std::cerr << "crash at " << point << ": recovered\n";
+  }
+}
+
+}  // namespace
+}  // namespace vtm::testing
