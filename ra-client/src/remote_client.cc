@@ -6,6 +6,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "api_status.h"
 #include "vtm/credential.h"
 #include "vtm/framing.h"
 #include "vtm/hex.h"
@@ -31,19 +32,6 @@ Result<X509Ptr> ParseDer(const std::string& der, const char* what) {
   return cert;
 }
 
-Error FromApi(const api::Response& resp) {
-  ErrorCode code = ErrorCode::kInternal;
-  switch (resp.status()) {
-    case api::STATUS_INVALID_ARGUMENT: code = ErrorCode::kInvalidArgument; break;
-    case api::STATUS_NOT_FOUND: code = ErrorCode::kNotFound; break;
-    case api::STATUS_FAILED_PRECONDITION: code = ErrorCode::kFailedPrecondition; break;
-    case api::STATUS_PERMISSION_DENIED: code = ErrorCode::kPermissionDenied; break;
-    case api::STATUS_UNAVAILABLE: code = ErrorCode::kUnavailable; break;
-    default: break;
-  }
-  return Error(code, "the host answered: " + resp.error());
-}
-
 }  // namespace
 
 Result<std::unique_ptr<RemoteAttestationClient>> RemoteAttestationClient::Connect(const std::string& server,
@@ -62,7 +50,7 @@ Result<api::Response> RemoteAttestationClient::Call(const api::Request& request)
   VTM_ASSIGN_OR_RETURN(std::string frame, ReadFrame(*stream_, kMaxResponseLen));
   api::Response resp;
   if (!resp.ParseFromString(frame)) return Error(ErrorCode::kDataLoss, "the attestation endpoint sent a malformed response");
-  if (resp.status() != api::STATUS_OK) return FromApi(resp);
+  if (resp.status() != api::STATUS_OK) return ErrorFromResponse(resp, "the host answered: ");
   return resp;
 }
 

@@ -51,18 +51,6 @@ Status CheckVmRef(const std::string& vm) {
 
 }  // namespace
 
-api::Status ToApiStatus(ErrorCode code) {
-  switch (code) {
-    case ErrorCode::kInvalidArgument: return api::STATUS_INVALID_ARGUMENT;
-    case ErrorCode::kNotFound: return api::STATUS_NOT_FOUND;
-    case ErrorCode::kAlreadyExists: return api::STATUS_ALREADY_EXISTS;
-    case ErrorCode::kFailedPrecondition: return api::STATUS_FAILED_PRECONDITION;
-    case ErrorCode::kPermissionDenied: return api::STATUS_PERMISSION_DENIED;
-    case ErrorCode::kUnavailable: return api::STATUS_UNAVAILABLE;
-    default: return api::STATUS_INTERNAL;
-  }
-}
-
 Result<api::Request> ParseRequest(const std::string& bytes) {
   api::Request req;
   if (!req.ParseFromString(bytes)) return Error(ErrorCode::kInvalidArgument, "malformed request");

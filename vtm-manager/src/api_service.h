@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "api_status.h"
 #include "host_attestation_key.h"
 #include "host_ca.h"
 #include "manager.h"
@@ -27,8 +28,6 @@ struct HostDescription {
 // Parses a serialized api::Request and checks its fields (UUIDs, names, exactly one op).
 Result<api::Request> ParseRequest(const std::string& bytes);
 
-// The status and message a client sees for an Error.
-api::Status ToApiStatus(ErrorCode code);
 
 // Who sent a request. The transport has already let the caller in (the unix socket: root or the
 // vtm group); requests that only local root may make check uid here.

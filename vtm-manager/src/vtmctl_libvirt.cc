@@ -12,6 +12,7 @@
 #include <set>
 
 #include "api_client.h"
+#include "api_status.h"
 #include "manager.h"
 #include "vtm.pb.h"
 #include "vtm/libvirt.h"
@@ -54,17 +55,7 @@ Result<api::Response> Call(const std::string& socket, const api::Request& req,
                            std::chrono::milliseconds timeout = std::chrono::milliseconds(0)) {
   VTM_ASSIGN_OR_RETURN(api::Response resp, CallVtmd(socket, req, timeout));
   if (resp.status() == api::STATUS_OK) return resp;
-  ErrorCode code = ErrorCode::kInternal;
-  switch (resp.status()) {
-    case api::STATUS_INVALID_ARGUMENT: code = ErrorCode::kInvalidArgument; break;
-    case api::STATUS_NOT_FOUND: code = ErrorCode::kNotFound; break;
-    case api::STATUS_ALREADY_EXISTS: code = ErrorCode::kAlreadyExists; break;
-    case api::STATUS_FAILED_PRECONDITION: code = ErrorCode::kFailedPrecondition; break;
-    case api::STATUS_PERMISSION_DENIED: code = ErrorCode::kPermissionDenied; break;
-    case api::STATUS_UNAVAILABLE: code = ErrorCode::kUnavailable; break;
-    default: break;
-  }
-  return Error(code, resp.error());
+  return ErrorFromResponse(resp);
 }
 
 int ExitFor(const Error& e) {
