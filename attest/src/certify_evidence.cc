@@ -272,9 +272,7 @@ Result<CertifyEvidence> ExtractCertifyEvidence(const std::string& cert_der_or_pe
   return evidence;
 }
 
-Status VerifyCertifyEvidence(const std::string& cert_der_or_pem, const CertifyEvidence& evidence) {
-  auto cert = LoadCertificate(cert_der_or_pem);
-  if (!cert.ok()) return std::move(cert).error().Context("the certificate");
+Result<CertifiedKey> VerifyCertifiedKey(const CertifyEvidence& evidence) {
   VTM_ASSIGN_OR_RETURN(ParsedEvidence p, ParseEvidence(evidence));
 
   // Only a restricted key refuses to sign outside data that starts with TPM_GENERATED; an
@@ -307,7 +305,14 @@ Status VerifyCertifyEvidence(const std::string& cert_der_or_pem, const CertifyEv
                  "evidence: the certified key is not fixedTPM with sensitiveDataOrigin, so it "
                  "may exist outside the TPM");
   }
-  auto spki = SpkiFromTpmt(p.key.publicArea);
+  return CertifiedKey{p.key.publicArea, p.attest};
+}
+
+Status VerifyCertifyEvidence(const std::string& cert_der_or_pem, const CertifyEvidence& evidence) {
+  auto cert = LoadCertificate(cert_der_or_pem);
+  if (!cert.ok()) return std::move(cert).error().Context("the certificate");
+  VTM_ASSIGN_OR_RETURN(CertifiedKey certified, VerifyCertifiedKey(evidence));
+  auto spki = SpkiFromTpmt(certified.key);
   if (!spki.ok()) return std::move(spki).error().Context("evidence: the certified key");
   VTM_ASSIGN_OR_RETURN(PkeyPtr key, KeyFromSpki(*spki, "evidence: the certified key"));
   EVP_PKEY* cert_key = X509_get0_pubkey(cert->get());

@@ -3,6 +3,7 @@
 #include "vtm/credential.h"
 
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
@@ -211,6 +212,99 @@ Result<MadeCredential> MakeCredential(std::string_view ek_tpm2b_public, std::str
   out.id_object = Sized(Sized(std::string_view(reinterpret_cast<const char*>(mac), mac_len)) + enc_identity);
   out.encrypted_secret = Sized(seed.encrypted);
   return out;
+}
+
+Result<SecretBytes> ActivateCredentialInSoftware(EVP_PKEY* private_key, std::string_view key_tpm2b_public,
+                                                 std::string_view id_object, std::string_view encrypted_secret,
+                                                 std::string_view object_name) {
+  VTM_ASSIGN_OR_RETURN(TPM2B_PUBLIC key, ParseTpm2bPublic(key_tpm2b_public, "the key's public area"));
+  const TPMT_PUBLIC& area = key.publicArea;
+  const EVP_MD* md = DigestForTpmAlg(area.nameAlg);
+  const TPMT_SYM_DEF_OBJECT& sym = area.parameters.eccDetail.symmetric;
+  if (area.type != TPM2_ALG_ECC || md == nullptr || sym.algorithm != TPM2_ALG_AES || sym.mode.aes != TPM2_ALG_CFB ||
+      (sym.keyBits.aes != 128 && sym.keyBits.aes != 256)) {
+    return Error(ErrorCode::kInvalidArgument, "software activation takes an ECC key with AES-CFB and a known nameAlg");
+  }
+  VTM_ASSIGN_OR_RETURN(TPM2B_ID_OBJECT id, (ParseTpmStructure<TPM2B_ID_OBJECT, Tss2_MU_TPM2B_ID_OBJECT_Unmarshal>(
+                                               id_object, "the credential's TPM2B_ID_OBJECT")));
+  VTM_ASSIGN_OR_RETURN(TPM2B_ENCRYPTED_SECRET enc,
+                       (ParseTpmStructure<TPM2B_ENCRYPTED_SECRET, Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal>(
+                           encrypted_secret, "the credential's TPM2B_ENCRYPTED_SECRET")));
+  // The ephemeral point (a TPMS_ECC_POINT) as a public key on the same curve.
+  TPMT_PUBLIC ephemeral = area;
+  VTM_ASSIGN_OR_RETURN(
+      ephemeral.unique.ecc,
+      (ParseTpmStructure<TPMS_ECC_POINT, Tss2_MU_TPMS_ECC_POINT_Unmarshal>(
+          std::string_view(reinterpret_cast<const char*>(enc.secret), enc.size), "the credential's ephemeral point")));
+  VTM_ASSIGN_OR_RETURN(std::string eph_spki, SpkiFromTpmt(ephemeral));
+  const auto* p = reinterpret_cast<const unsigned char*>(eph_spki.data());
+  PkeyPtr eph(d2i_PUBKEY(nullptr, &p, static_cast<long>(eph_spki.size())));
+  PkeyCtxPtr derive(EVP_PKEY_CTX_new_from_pkey(nullptr, private_key, nullptr));
+  size_t z_len = 0;
+  if (!eph || !derive || EVP_PKEY_derive_init(derive.get()) != 1 ||
+      EVP_PKEY_derive_set_peer(derive.get(), eph.get()) != 1 || EVP_PKEY_derive(derive.get(), nullptr, &z_len) != 1) {
+    return OpenSslError(ErrorCode::kInvalidArgument, "ECDH with the credential's ephemeral point");
+  }
+  SecretBytes z(z_len);
+  if (EVP_PKEY_derive(derive.get(), z.data(), &z_len) != 1) return OpenSslError(ErrorCode::kInternal, "ECDH");
+  const size_t digest_size = static_cast<size_t>(EVP_MD_get_size(md));
+  const std::string_view eph_x(reinterpret_cast<const char*>(ephemeral.unique.ecc.x.buffer), ephemeral.unique.ecc.x.size);
+  const std::string_view key_x(reinterpret_cast<const char*>(area.unique.ecc.x.buffer), area.unique.ecc.x.size);
+  VTM_ASSIGN_OR_RETURN(std::string seed, KdfE(area.nameAlg, std::string_view(reinterpret_cast<const char*>(z.data()), z_len),
+                                              "IDENTITY", eph_x, key_x, digest_size));
+  auto hmac_key = KdfA(md, seed, "INTEGRITY", "", "", static_cast<uint32_t>(8 * digest_size));
+  auto sym_key = KdfA(md, seed, "STORAGE", object_name, "", sym.keyBits.aes);
+  OPENSSL_cleanse(seed.data(), seed.size());
+  if (!hmac_key.ok() || !sym_key.ok()) return Error(ErrorCode::kInternal, "KDFa failed");
+  struct Wipe {
+    std::string* a;
+    std::string* b;
+    ~Wipe() {
+      OPENSSL_cleanse(a->data(), a->size());
+      OPENSSL_cleanse(b->data(), b->size());
+    }
+  } wipe{&*hmac_key, &*sym_key};
+
+  // idObject = TPM2B(outerHMAC) || encIdentity; the HMAC covers encIdentity || name.
+  const std::string_view blob(reinterpret_cast<const char*>(id.credential), id.size);
+  if (blob.size() < 2) return Error(ErrorCode::kInvalidArgument, "the credential's TPM2B_ID_OBJECT is too short");
+  const size_t mac_size = (static_cast<uint8_t>(blob[0]) << 8) | static_cast<uint8_t>(blob[1]);
+  if (mac_size != digest_size || blob.size() < 2 + mac_size + 2) {
+    return Error(ErrorCode::kInvalidArgument, "the credential's integrity HMAC is not one digest of the nameAlg");
+  }
+  const std::string_view mac = blob.substr(2, mac_size);
+  const std::string_view enc_identity = blob.substr(2 + mac_size);
+  std::string mac_input(enc_identity);
+  mac_input.append(object_name);
+  unsigned char expected[EVP_MAX_MD_SIZE];
+  unsigned int expected_len = 0;
+  if (HMAC(md, hmac_key->data(), static_cast<int>(hmac_key->size()),
+           reinterpret_cast<const unsigned char*>(mac_input.data()), mac_input.size(), expected, &expected_len) ==
+      nullptr) {
+    return Error(ErrorCode::kInternal, "the credential's HMAC failed");
+  }
+  if (expected_len != mac.size() || CRYPTO_memcmp(expected, mac.data(), mac.size()) != 0) {
+    return Error(ErrorCode::kDataLoss,
+                 "the credential fails its integrity check: it was made to another key or name, or altered");
+  }
+  SecretBytes plain(enc_identity.size());
+  CipherCtxPtr cipher(EVP_CIPHER_CTX_new());
+  const unsigned char iv[16] = {};
+  int len = 0, tail = 0;
+  if (!cipher ||
+      EVP_DecryptInit_ex(cipher.get(), sym.keyBits.aes == 128 ? EVP_aes_128_cfb128() : EVP_aes_256_cfb128(), nullptr,
+                         reinterpret_cast<const unsigned char*>(sym_key->data()), iv) != 1 ||
+      EVP_DecryptUpdate(cipher.get(), plain.data(), &len, reinterpret_cast<const unsigned char*>(enc_identity.data()),
+                        static_cast<int>(enc_identity.size())) != 1 ||
+      EVP_DecryptFinal_ex(cipher.get(), plain.data() + len, &tail) != 1) {
+    return OpenSslError(ErrorCode::kInternal, "AES-CFB");
+  }
+  // The plaintext is a TPM2B_DIGEST: the secret with its size.
+  const size_t secret_size = (size_t{plain.data()[0]} << 8) | plain.data()[1];
+  if (secret_size == 0 || secret_size != plain.size() - 2) {
+    return Error(ErrorCode::kDataLoss, "the credential's decrypted secret is not one TPM2B_DIGEST");
+  }
+  return SecretBytes(plain.data() + 2, secret_size);
 }
 
 }  // namespace vtm::attest

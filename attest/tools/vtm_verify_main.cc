@@ -4,7 +4,7 @@
 //   vtm-verify nonce [--json]
 //   vtm-verify host|deep --evidence FILE --policy FILE --nonce HEX [--json] [--now UNIX]
 //                        [--replay-file FILE]
-//   vtm-verify learn --evidence FILE [--deep] [--host-ek-ca PEM-FILE]
+//   vtm-verify learn --evidence FILE [--deep] [--host-ek-ca PEM-FILE] [--host-ca-issuer PEM-FILE]
 //   vtm-verify fetch host|deep --server HOST:PORT --tls-cert F --tls-key F --tls-ca F
 //                  --nonce HEX --output FILE [deep: --vm VM --quote-message F
 //                  --quote-signature F --quote-pcrs F [--guest-event-log F]]
@@ -49,7 +49,7 @@ int Usage(const std::string& why) {
             << "usage: vtm-verify nonce [--json]\n"
             << "       vtm-verify host|deep --evidence FILE --policy FILE --nonce HEX [--json] [--now UNIX]\n"
             << "                            [--replay-file FILE]\n"
-            << "       vtm-verify learn --evidence FILE [--deep] [--host-ek-ca PEM-FILE]\n"
+            << "       vtm-verify learn --evidence FILE [--deep] [--host-ek-ca PEM-FILE] [--host-ca-issuer PEM-FILE]\n"
             << "       vtm-verify fetch host|deep --server HOST:PORT --tls-cert F --tls-key F --tls-ca F --nonce HEX\n"
             << "                  --output FILE [deep: --vm VM --quote-message F --quote-signature F\n"
             << "                  --quote-pcrs F [--guest-event-log F]]\n"
@@ -226,13 +226,17 @@ int Run(int argc, char** argv) {
     AttestationPolicy learned = LearnPolicy(host, deep ? &deep_evidence : nullptr);
     // The one thing evidence cannot teach: whom to trust for host EK certificates (the TPM
     // manufacturer's or the fleet's CA). The operator names it; without it the policy trusts none.
-    if (!opt["host-ek-ca"].empty()) {
-      auto pem = ReadFile(opt["host-ek-ca"]);
-      if (!pem.ok()) return BadInput("--host-ek-ca: " + pem.error().message());
+    // Likewise whom to trust for a host CA certificate a fleet CA issued (--host-ca-issuer);
+    // without it the host CA certificate must be self-signed.
+    for (const char* name : {"host-ek-ca", "host-ca-issuer"}) {
+      if (opt[name].empty()) continue;
+      auto pem = ReadFile(opt[name]);
+      if (!pem.ok()) return BadInput(std::string("--") + name + ": " + pem.error().message());
       if (pem->find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
-        return BadInput("--host-ek-ca: " + opt["host-ek-ca"] + " holds no PEM certificate");
+        return BadInput(std::string("--") + name + ": " + opt[name] + " holds no PEM certificate");
       }
-      learned.add_host_ek_ca_pem(*pem);
+      if (std::string(name) == "host-ek-ca") learned.add_host_ek_ca_pem(*pem);
+      else learned.add_host_ca_issuer_pem(*pem);
     }
     std::cout << PolicyToJson(learned) << "\n";
     return kTrusted;

@@ -652,6 +652,18 @@ Result<std::string> NameToString(const X509_NAME* name) {
 
 }  // namespace
 
+Status VerifyIssuedBy(const std::string& cert_der_or_pem, const std::string& issuer_der_or_pem, const std::string& what) {
+  VTM_ASSIGN_OR_RETURN(X509Ptr cert, LoadCertificate(cert_der_or_pem));
+  VTM_ASSIGN_OR_RETURN(X509Ptr issuer, LoadCertificate(issuer_der_or_pem));
+  EvpPkeyPtr key(X509_get_pubkey(issuer.get()));
+  if (!key || X509_check_issued(issuer.get(), cert.get()) != X509_V_OK || X509_verify(cert.get(), key.get()) != 1) {
+    ERR_clear_error();
+    return Error(ErrorCode::kPermissionDenied, what + " was not issued by " +
+                                                   ParseCertificate(issuer_der_or_pem).value().subject);
+  }
+  return OkStatus();
+}
+
 Result<CertificateInfo> ParseCertificate(const std::string& der_or_pem) {
   VTM_ASSIGN_OR_RETURN(X509Ptr x, LoadCertificate(der_or_pem));
   // Computing the extension cache also validates the extensions we read below.

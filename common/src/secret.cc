@@ -3,6 +3,11 @@
 
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+
+#include <cerrno>
+#include <cstring>
 
 namespace vtm {
 
@@ -16,6 +21,17 @@ Result<SecretBytes> RandomSecret(size_t n) {
     return Error(ErrorCode::kInternal, "the random number generator failed");
   }
   return out;
+}
+
+Status KeepSecretsOutOfCoreDumps() {
+  const rlimit none{0, 0};
+  if (setrlimit(RLIMIT_CORE, &none) != 0) {
+    return Error(ErrorCode::kInternal, std::string("cannot set the core size limit to 0: ") + std::strerror(errno));
+  }
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
+    return Error(ErrorCode::kInternal, std::string("cannot mark the process not dumpable: ") + std::strerror(errno));
+  }
+  return OkStatus();
 }
 
 }  // namespace vtm

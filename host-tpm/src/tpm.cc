@@ -123,7 +123,21 @@ TPM2B_PUBLIC SigningKeyTemplate(KeyRole role) {
   return t;
 }
 
-const char* RoleName(KeyRole role) { return role == KeyRole::kAttestation ? "attestation key" : "signing key"; }
+// The import key is a storage key in shape (what TPM2_ActivateCredential needs of its keyHandle:
+// an asymmetric restricted decryption key, whose symmetric definition protects the credential),
+// but a child of the SRK, so it is new for every migration and can be thrown away.
+TPM2B_PUBLIC KeyTemplate(KeyRole role) {
+  return role == KeyRole::kImport ? internal::StoragePrimaryTemplate() : SigningKeyTemplate(role);
+}
+
+const char* RoleName(KeyRole role) {
+  switch (role) {
+    case KeyRole::kAttestation: return "attestation key";
+    case KeyRole::kSigning: return "signing key";
+    case KeyRole::kImport: return "migration import key";
+  }
+  return "key";
+}
 
 // The certificate indices: written by the platform (vtmd, before any VM runs), readable by the
 // owner and with the index's empty auth (what tpm2_nvread and guest tools use), and
@@ -253,9 +267,22 @@ Result<TpmKey> EsysTpm::CreateSrk() {
   return Adopt(srk);
 }
 
+Result<TpmKey> EsysTpm::CreateImportPrimary(const std::string& unique) {
+  TPM2B_PUBLIC in_public = KeyTemplate(KeyRole::kImport);
+  TPMS_ECC_POINT& point = in_public.publicArea.unique.ecc;
+  if (unique.size() != 32) {
+    return Error(ErrorCode::kInvalidArgument, "an import key's unique value is 32 bytes, not " + std::to_string(unique.size()));
+  }
+  point.x.size = 32;
+  std::memcpy(point.x.buffer, unique.data(), 32);
+  point.y.size = 0;
+  VTM_ASSIGN_OR_RETURN(ScopedTr key, CreatePrimary(ESYS_TR_RH_OWNER, in_public, "owner hierarchy, migration import key"));
+  return Adopt(key);
+}
+
 Result<TpmKeyBlob> EsysTpm::CreateKey(const TpmKey& parent, KeyRole role) {
   VTM_RETURN_IF_ERROR(CheckKey(parent, "the parent key"));
-  TPM2B_PUBLIC in_public = SigningKeyTemplate(role);
+  TPM2B_PUBLIC in_public = KeyTemplate(role);
   TPM2B_SENSITIVE_CREATE sensitive{};
   TPM2B_DATA outside_info{};
   TPML_PCR_SELECTION creation_pcrs{};
@@ -412,15 +439,44 @@ Result<TpmCredential> EsysTpm::MakeCredential(const TpmKey& ek_public, const std
   return out;
 }
 
+namespace {
+
+// The credential's two parts as the TPM takes them.
+struct CredentialParts {
+  TPM2B_ID_OBJECT id_object{};
+  TPM2B_ENCRYPTED_SECRET encrypted_secret{};
+};
+Result<CredentialParts> UnmarshalCredential(const TpmCredential& credential) {
+  CredentialParts parts;
+  VTM_ASSIGN_OR_RETURN(parts.id_object, (UnmarshalExactly<TPM2B_ID_OBJECT, Tss2_MU_TPM2B_ID_OBJECT_Unmarshal>(
+                                            credential.id_object, "TPM2B_ID_OBJECT")));
+  VTM_ASSIGN_OR_RETURN(parts.encrypted_secret,
+                       (UnmarshalExactly<TPM2B_ENCRYPTED_SECRET, Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal>(
+                           credential.encrypted_secret, "TPM2B_ENCRYPTED_SECRET")));
+  return parts;
+}
+
+// TPM2_ActivateCredential with the sessions the caller chose for each handle.
+Result<SecretBytes> RunActivateCredential(ESYS_CONTEXT* esys, ESYS_TR activated, ESYS_TR key, ESYS_TR key_session,
+                                          const CredentialParts& parts, const char* key_kind) {
+  EsysOut<TPM2B_DIGEST, /*kWipe=*/true> secret;
+  TSS2_RC rc = Esys_ActivateCredential(esys, activated, key, ESYS_TR_PASSWORD, key_session, ESYS_TR_NONE,
+                                       &parts.id_object, &parts.encrypted_secret, secret.out());
+  if (rc != TSS2_RC_SUCCESS) {
+    Error error = TpmError("TPM2_ActivateCredential", rc);
+    return Error(error.code(), error.message() + "; the credential was not made for this key's name and this TPM's " +
+                                   key_kind + ", or it was altered on the way");
+  }
+  return SecretBytes(secret->buffer, secret->size);
+}
+
+}  // namespace
+
 Result<SecretBytes> EsysTpm::ActivateCredential(const TpmKey& activated, const TpmKey& ek,
                                                 const TpmCredential& credential) {
   VTM_RETURN_IF_ERROR(CheckKey(activated, "the key to activate"));
   VTM_RETURN_IF_ERROR(CheckKey(ek, "the EK"));
-  VTM_ASSIGN_OR_RETURN(TPM2B_ID_OBJECT id_object, (UnmarshalExactly<TPM2B_ID_OBJECT, Tss2_MU_TPM2B_ID_OBJECT_Unmarshal>(
-                                                      credential.id_object, "TPM2B_ID_OBJECT")));
-  VTM_ASSIGN_OR_RETURN(TPM2B_ENCRYPTED_SECRET encrypted_secret,
-                       (UnmarshalExactly<TPM2B_ENCRYPTED_SECRET, Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal>(
-                           credential.encrypted_secret, "TPM2B_ENCRYPTED_SECRET")));
+  VTM_ASSIGN_OR_RETURN(CredentialParts parts, UnmarshalCredential(credential));
 
   // The EK's policy A: PolicySecret(TPM_RH_ENDORSEMENT) in a policy session.
   TPMT_SYM_DEF no_cipher{};
@@ -435,17 +491,21 @@ Result<SecretBytes> EsysTpm::ActivateCredential(const TpmKey& activated, const T
   rc = Esys_PolicySecret(esys(), ESYS_TR_RH_ENDORSEMENT, session.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
                          nullptr, nullptr, nullptr, 0, nullptr, nullptr);
   if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_PolicySecret(TPM_RH_ENDORSEMENT)", rc);
+  return RunActivateCredential(esys(), activated.esys_handle(), ek.esys_handle(), session.get(), parts, "EK");
+}
 
-  EsysOut<TPM2B_DIGEST, /*kWipe=*/true> secret;
-  rc = Esys_ActivateCredential(esys(), activated.esys_handle(), ek.esys_handle(), ESYS_TR_PASSWORD, session.get(),
-                               ESYS_TR_NONE, &id_object, &encrypted_secret, secret.out());
-  if (rc != TSS2_RC_SUCCESS) {
-    Error error = TpmError("TPM2_ActivateCredential", rc);
-    return Error(error.code(), error.message() +
-                                   "; the credential was not made for this key's name and this TPM's EK, or it was "
-                                   "altered on the way");
-  }
-  return SecretBytes(secret->buffer, secret->size);
+Result<SecretBytes> EsysTpm::ActivateCredentialWithKey(const TpmKey& activated, const TpmKey& key,
+                                                       const TpmCredential& credential) {
+  VTM_RETURN_IF_ERROR(CheckKey(activated, "the key to activate"));
+  VTM_RETURN_IF_ERROR(CheckKey(key, "the decryption key"));
+  VTM_ASSIGN_OR_RETURN(CredentialParts parts, UnmarshalCredential(credential));
+  // keyHandle needs the USER role: its (empty) authValue in an HMAC session salted with the
+  // key itself, ENCRYPT so the recovered secret (certInfo, the first response parameter)
+  // crosses the TCTI encrypted. activateHandle needs the ADMIN role, which a key without
+  // adminWithPolicy grants to its authValue: a password session.
+  VTM_ASSIGN_OR_RETURN(ScopedTr session, StartSaltedSession(key.esys_handle(), TPM2_SE_HMAC, TPMA_SESSION_ENCRYPT));
+  return RunActivateCredential(esys(), activated.esys_handle(), key.esys_handle(), session.get(), parts,
+                               "decryption key");
 }
 
 Status EsysTpm::MakePersistent(const TpmKey& key, uint32_t persistent_handle) {

@@ -3,34 +3,20 @@
 
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
-#include <openssl/x509.h>
-#include <openssl/x509v3.h>
 
 #include "api_status.h"
 #include "vtm/credential.h"
 #include "vtm/framing.h"
 #include "vtm/hex.h"
 #include "vtm/listener.h"
-#include "vtm/ossl_ptr.h"
 #include "vtm/tpm_structures.h"
+#include "vtm/x509.h"
 
 namespace vtm {
 namespace {
 
-using X509Ptr = OsslPtr<X509, X509_free>;
-using PkeyPtr = OsslPtr<EVP_PKEY, EVP_PKEY_free>;
-
 // Evidence with an IMA log of a busy host can be tens of MiB; requests stay small.
 constexpr size_t kMaxResponseLen = 256u << 20;
-
-Result<X509Ptr> ParseDer(const std::string& der, const char* what) {
-  const auto* p = reinterpret_cast<const unsigned char*>(der.data());
-  X509Ptr cert(d2i_X509(nullptr, &p, static_cast<long>(der.size())));
-  if (!cert || p != reinterpret_cast<const unsigned char*>(der.data()) + der.size()) {
-    return Error(ErrorCode::kInvalidArgument, std::string(what) + " is not one DER certificate");
-  }
-  return cert;
-}
 
 }  // namespace
 
@@ -85,11 +71,8 @@ Result<std::string> RemoteAttestationClient::Crl() {
 }
 
 Status RemoteAttestationClient::CheckServedBy(const attest::HostIdentity& host) const {
-  VTM_ASSIGN_OR_RETURN(X509Ptr endpoint, ParseDer(server_certificate_der(), "the endpoint's certificate"));
-  VTM_ASSIGN_OR_RETURN(X509Ptr ca, ParseDer(host.ca_certificate(), "the evidence's host CA certificate"));
-  PkeyPtr ca_key(X509_get_pubkey(ca.get()));
-  if (!ca_key || X509_check_issued(ca.get(), endpoint.get()) != X509_V_OK ||
-      X509_verify(endpoint.get(), ca_key.get()) != 1) {
+  Status issued = ca::VerifyIssuedBy(server_certificate_der(), host.ca_certificate(), "the endpoint's certificate");
+  if (!issued.ok()) {
     return Error(ErrorCode::kPermissionDenied,
                  "the attestation endpoint's TLS certificate was not issued by the host CA in its evidence: the "
                  "host that answered is not the host that was attested");

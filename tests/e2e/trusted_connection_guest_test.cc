@@ -1,14 +1,23 @@
 // ISO/IEC 27071 trusted connection end to end: a real QEMU guest whose vTPM vtmd created runs
 // `openssl s_server` with its IK through the tpm2 provider (without demanding a client
 // certificate: see the comment at the server's command line) (certificate chain from the vTPM's
-// NV indices by vtm-service-identity), reached from the host over virtio-net + user-mode
-// networking forwarded to loopback. The device side is vtm::tc with its key in a separate swtpm
-// (the device TPM) and a certificate from a test device CA. Data signed in the guest with the
-// IK (vtm-sign-data) is verified on the host, also by `openssl cms -verify`.
+// NV indices by vtm-service-identity), and vtm-tc-serve (the IK's signature alone in the vTPM:
+// it demands the device's certificate and answers attestation challenges with an AK quote),
+// once with a line-reversing echo and once as a front for a plain backend in the guest; all
+// reached from the host over virtio-net + user-mode networking forwarded to loopback. The
+// device side is vtm::tc with its key in a separate swtpm (the device TPM) and a certificate
+// from a test device CA; it has the host's attestation endpoint (vtmd --attest-listen) link the
+// guest's quote and appraises it before sending data, and refuses evidence from another TLS
+// session. Data signed in the guest with the IK (vtm-sign-data) is verified on the host, also by
+// `openssl cms -verify`.
 #include <gtest/gtest.h>
 
+#include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iostream>
+#include <regex>
 #include <thread>
 
 #include "qemu_guest.h"
@@ -17,7 +26,10 @@
 #include "vtm/host_tpm.h"
 #include "vtm/labelled_data.h"
 #include "vtm/net.h"
+#include "vtm/session_attestation.h"
+#include "vtm/tls.h"
 #include "vtm/trusted_connection.h"
+#include "vtm/verifier.h"
 #include "vtmd_fixture.h"
 
 namespace vtm::testing {
@@ -49,7 +61,15 @@ TEST_F(TrustedConnectionGuestTest, MutualTlsWithVtpmIkAndLabelledData) {
   TempDir dir;
   auto p = [&](const std::string& n) { return dir.path() + "/" + n; };
   VtmdFixture f;
-  ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+  // The host's attestation endpoint; the device is one of its verifiers.
+  MakeTestCa(dir.path(), "verifier-ca");
+  IssueTestCertificate(dir.path(), "device-verifier", "verifier-ca");
+  ASSERT_TRUE(f.StartVtmd({"--attest-listen", "127.0.0.1:0", "--attest-verifier-ca", p("verifier-ca.pem")}))
+      << f.VtmdLog();
+  std::smatch endpoint;
+  const std::string vtmd_log = f.VtmdLog();
+  ASSERT_TRUE(std::regex_search(vtmd_log, endpoint, std::regex("attestation endpoint on 127.0.0.1:0 \\(port ([0-9]+)\\)")))
+      << vtmd_log;
   auto created = f.Vtmctl({"create", "--name", "tcguest", "--service", kService});
   ASSERT_EQ(created.exit_code, 0) << created.output << f.VtmdLog();
   const std::string vm = Field(created.output, "uuid");
@@ -92,7 +112,7 @@ TEST_F(TrustedConnectionGuestTest, MutualTlsWithVtpmIkAndLabelledData) {
   ASSERT_TRUE(devca_pem.ok());
 
   auto ports = std::map<int, int>{};
-  for (int guest_port : {4433, 4434, 4499}) {
+  for (int guest_port : {4433, 4434, 4435, 4436, 4499}) {
     auto port = PickFreeTcpPort();
     ASSERT_TRUE(port.ok());
     ports[guest_port] = *port;
@@ -101,7 +121,8 @@ TEST_F(TrustedConnectionGuestTest, MutualTlsWithVtpmIkAndLabelledData) {
   o.tpm_socket = Field(started.output, "tpm socket");
   o.tcp_forwards = ports;
   o.work_dir = p("guest");
-  o.timeout = std::chrono::seconds(600);
+  o.timeout = std::chrono::seconds(900);
+  o.extra_files = GuestProgram(BuildPath("trusted-connection/vtm-tc-serve"));
   o.script =
       "vtm-service-identity -o /run/id || exit 1\n"
       ". /run/id/identity.env\n"
@@ -125,11 +146,21 @@ TEST_F(TrustedConnectionGuestTest, MutualTlsWithVtpmIkAndLabelledData) {
       "tpm2_nvread 0x01C10002 -C o -o /tmp/ak.der && openssl x509 -inform DER -in /tmp/ak.der -out /tmp/ak.pem && "
       "cat /tmp/ak.pem /run/id/ca-chain.pem > /run/ak-full.pem\n"
       "openssl s_server $tls -key handle:0x81000002 -cert /run/ak-full.pem -accept 4434 >/tmp/ak.log 2>&1 &\n"
+      // vtm-tc-serve: the IK as server key with only its signature in the vTPM, so it verifies
+      // the device's CertificateVerify in software and demands a device certificate; answers
+      // attestation challenges with tpm2_quote by the AK on the session's nonce.
+      "vtm-tc-serve --port 4435 --cert /run/id/fullchain.pem --key \"$VTM_KEY_URI\" --device-ca /run/devca.pem "
+      "--no-crl --reverse --timeout-ms 300000 >/tmp/serve.log 2>&1 &\n"
+      // The same as a TLS-terminating front for a plain backend in the VM (busybox nc + tr).
+      "nc -ll -p 8080 -e tr a-z A-Z &\n"
+      "vtm-tc-serve --port 4436 --cert /run/id/fullchain.pem --key \"$VTM_KEY_URI\" --device-ca /run/devca.pem "
+      "--no-crl --forward 127.0.0.1:8080 --timeout-ms 300000 >/tmp/front.log 2>&1 &\n"
       "i=0; while [ $i -lt 600 ]; do\n"
-      "  [ $(netstat -ltn | grep -cE ':443[34] ') -eq 2 ] && break; sleep 0.1; i=$((i+1)); done\n"
+      "  [ $(netstat -ltn | grep -cE ':(443[3456]|8080) ') -eq 5 ] && break; sleep 0.1; i=$((i+1)); done\n"
       "echo TC-READY\n"
       "nc -l -p 4499 >/dev/null\n"
-      "echo '--- ik server'; cat /tmp/ik.log; echo '--- ak server'; cat /tmp/ak.log\n";
+      "echo '--- ik server'; cat /tmp/ik.log; echo '--- ak server'; cat /tmp/ak.log; "
+      "echo '--- vtm-tc-serve'; cat /tmp/serve.log; echo '--- vtm-tc-serve --forward'; cat /tmp/front.log\n";
   GuestRun guest;
   std::thread guest_thread([&] { guest = RunGuest(o); });
   // Releases the guest from its wait (it powers off) and joins, also when an assertion failed.
@@ -216,6 +247,136 @@ TEST_F(TrustedConnectionGuestTest, MutualTlsWithVtpmIkAndLabelledData) {
     ASSERT_FALSE(r.ok());
     EXPECT_NE(r.error().message().find("not a vTPM IK certificate"), std::string::npos) << r.error().ToString();
   }
+  // vtm-tc-serve in the guest: the service checks the device (issue 9: "the service refuses a
+  // device without a valid key"), and deep attestation over the same connection, bound to it.
+  tc::ConnectOptions svc = good;
+  svc.port = ports[4435];
+  {  // A device from a CA the service does not trust: the TLS 1.3 client finishes its side, the
+     // service's refusal arrives as an alert on the first read.
+    tc::ConnectOptions rogue = svc;
+    rogue.device.certificate_chain_pem = ReadFile(p("rogue.pem")).value();
+    rogue.device.key_uri = p("rogue.key");
+    rogue.device.tcti.clear();
+    auto conn = connect(rogue);
+    Status refused = conn.ok() ? (*conn)->Write("let me in\n") : conn.error();
+    if (refused.ok()) {
+      auto r = (*conn)->ReadUntil('\n', 4096);
+      refused = r.ok() ? Status(Error(ErrorCode::kInternal, "the service answered: " + *r)) : r.error();
+    }
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.error().code(), ErrorCode::kPermissionDenied) << refused.error().ToString();
+    EXPECT_NE(refused.error().message().find("the service refused this device"), std::string::npos)
+        << refused.error().ToString();
+  }
+  {  // No device certificate at all, with a tool we did not write.
+    auto s_client = RunCommand({"bash", "-c",
+                                "echo hi | timeout 120 openssl s_client -tls1_3 -quiet -connect 127.0.0.1:" +
+                                    std::to_string(ports[4435]) + " 2>&1"});
+    EXPECT_NE(s_client.output.find("alert certificate required"), std::string::npos) << s_client.output;
+    EXPECT_EQ(s_client.output.find("ih"), std::string::npos) << s_client.output;
+  }
+  tc::HostAttestationEndpoint host;
+  host.server = "127.0.0.1:" + endpoint[1].str();
+  auto verifier_creds =
+      ReadTlsCredentialFiles(p("device-verifier.pem"), p("device-verifier.key"), p("ca.pem"));
+  ASSERT_TRUE(verifier_creds.ok()) << verifier_creds.error().ToString();
+  host.credentials = std::move(*verifier_creds);
+  host.timeout = std::chrono::seconds(120);
+  std::unique_ptr<attest::Verifier> verifier;
+  tc::ChallengeExchange first_exchange;
+  {  // Session 1: the trusted device's certificate admitted; evidence on this session's nonce,
+     // linked by the host; a policy learned from it (trust on first use, as an operator would).
+    auto conn = connect(svc);
+    ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+    auto x = tc::ChallengeService(**conn, std::time(nullptr));
+    ASSERT_TRUE(x.ok()) << x.error().ToString();
+    ASSERT_TRUE(x->answer.quoted) << x->answer.reason;
+    EXPECT_FALSE(x->answer.event_log.empty()) << "the guest's firmware event log did not come along";
+    first_exchange = *x;
+    auto ev = tc::LinkToHost(**conn, *x, host);
+    ASSERT_TRUE(ev.ok()) << ev.error().ToString() << f.VtmdLog();
+    EXPECT_EQ(ev->evidence.vtpm().vm_uuid(), vm);
+    attest::AttestationPolicy policy = attest::LearnPolicy(ev->evidence.host(), &ev->evidence);
+    const std::string manufacturer =
+        std::filesystem::path(f.state_dir()).parent_path().string() + "/host-tpm/test-manufacturer-ca.pem";
+    policy.add_host_ek_ca_pem(ReadFile(manufacturer).value());
+    WriteBytes(p("policy.json"), attest::PolicyToJson(policy));
+    auto created_verifier = attest::Verifier::Create(policy);
+    ASSERT_TRUE(created_verifier.ok()) << created_verifier.error().ToString();
+    verifier = std::move(*created_verifier);
+    auto verdict = tc::AppraiseSessionEvidence(**conn, *ev, *verifier, std::time(nullptr));
+    EXPECT_TRUE(verdict.ok()) << verdict.error().ToString();
+    {  // A policy that expects another guest PCR 0: refused, naming the check, before any data.
+      attest::AttestationPolicy other = policy;
+      ASSERT_GT(other.guest_pcrs_size(), 0);
+      for (auto& ref : *other.mutable_guest_pcrs()) {
+        if (ref.pcr() == 0) ref.set_values(0, std::string(64, 'f'));
+      }
+      auto strict = attest::Verifier::Create(other);
+      ASSERT_TRUE(strict.ok());
+      auto refused = tc::AppraiseSessionEvidence(**conn, *ev, **strict, std::time(nullptr));
+      ASSERT_FALSE(refused.ok());
+      EXPECT_EQ(refused.error().code(), ErrorCode::kPermissionDenied);
+      EXPECT_NE(refused.error().message().find("not trusted (failed: guest_pcrs)"), std::string::npos)
+          << refused.error().ToString();
+    }
+    ASSERT_TRUE((*conn)->Write("attested\n").ok());
+    auto answer = (*conn)->ReadUntil('\n', 4096);
+    ASSERT_TRUE(answer.ok()) << answer.error().ToString();
+    EXPECT_EQ(*answer, "detsetta\n");
+  }
+  {  // Session 2: the whole flow before any data; every check passes, including that the
+     // attested vTPM is the one whose IK holds this session.
+    auto conn = connect(svc);
+    ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+    auto verdict = tc::AttestService(**conn, host, *verifier, std::time(nullptr));
+    ASSERT_TRUE(verdict.ok()) << verdict.error().ToString();
+    for (const char* name : {"nonce_match", "nonce_fresh", "host_quote", "merkle_proof", "measured_instance",
+                             "vtpm_ak_certificate", "guest_quote", "guest_pcrs", "guest_event_log",
+                             "service_identity"}) {
+      const attest::Check* c = verdict->Find(name);
+      EXPECT_TRUE(c != nullptr && c->passed) << name << "\n" << verdict->ToText();
+    }
+    ASSERT_TRUE((*conn)->Write("reading 43\n").ok());
+    auto answer = (*conn)->ReadUntil('\n', 4096);
+    ASSERT_TRUE(answer.ok()) << answer.error().ToString();
+    EXPECT_EQ(*answer, "34 gnidaer\n");
+  }
+  {  // Session 3: session 1's evidence presented here (a relay or replay) is refused as bound
+     // to another TLS session, before the host is even asked.
+    auto conn = connect(svc);
+    ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+    auto relayed = tc::LinkToHost(**conn, first_exchange, host);
+    ASSERT_FALSE(relayed.ok());
+    EXPECT_EQ(relayed.error().code(), ErrorCode::kPermissionDenied);
+    EXPECT_NE(relayed.error().message().find("bound to another TLS session"), std::string::npos)
+        << relayed.error().ToString();
+  }
+  {  // vtm-tc-serve --forward: attested through the front, then the backend answers.
+    tc::ConnectOptions front = svc;
+    front.port = ports[4436];
+    auto conn = connect(front);
+    ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+    auto verdict = tc::AttestService(**conn, host, *verifier, std::time(nullptr));
+    ASSERT_TRUE(verdict.ok()) << verdict.error().ToString();
+    ASSERT_TRUE((*conn)->Write("hello backend\n").ok());
+    auto answer = (*conn)->ReadUntil('\n', 4096);
+    ASSERT_TRUE(answer.ok()) << answer.error().ToString();
+    EXPECT_EQ(*answer, "HELLO BACKEND\n");
+  }
+  {  // The CLI: attests, then sends.
+    auto cli = RunCommand({BuildPath("trusted-connection/vtm-connect"), "connect", "--port",
+                           std::to_string(ports[4435]), "--cert", p("dev.pem"), "--key", kDeviceKey, "--tcti", tcti,
+                           "--ca", p("ca.pem"), "--no-crl", "--expect-vm", vm, "--expect-service", kService,
+                           "--attest-server", host.server, "--attest-tls-cert", p("device-verifier.pem"),
+                           "--attest-tls-key", p("device-verifier.key"), "--attest-tls-ca", p("ca.pem"), "--policy",
+                           p("policy.json"), "--send", "cli", "--timeout-ms", "120000"});
+    EXPECT_EQ(cli.exit_code, 0) << cli.output;
+    EXPECT_NE(cli.output.find("environment is trusted"), std::string::npos) << cli.output;
+    std::cout << "vtm-connect with --attest-server:\n" << cli.output;
+    EXPECT_NE(cli.output.find("ilc"), std::string::npos) << cli.output;
+  }
+
   // Release the guest and let it power off.
   release_guest();
   ASSERT_TRUE(guest.booted) << guest.Describe();

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -552,26 +553,51 @@ TEST_F(InstanceManagerTest, UnencryptedStateBlobIsRefusedThatSwtpmItselfWouldTak
   EXPECT_TRUE(status.qemu_attached());
   EXPECT_EQ(status.inits(), 1u);
 
-  // The state as swtpm exports it to QEMU (encrypted with the migration key), and the same
-  // state decrypted: what a source without a migration key would send.
+  // The state as swtpm exports it: still under the state key (PTM_STATE_FLAG_ENCRYPTED), and
+  // as QEMU asks for it (flag DECRYPTED: without the state key's encryption, but encrypted with
+  // the migration key, which swtpm's own blob header says).
   StateBlob encrypted = GetStateBlob(qemu.ctrl_fd(), kBlobTypePermanent, 0);
   ASSERT_EQ(encrypted.result, 0u);
   EXPECT_EQ(encrypted.flags & kStateFlagEncrypted, kStateFlagEncrypted);
-  StateBlob plain = GetStateBlob(qemu.ctrl_fd(), kBlobTypePermanent, 1);
-  ASSERT_EQ(plain.result, 0u);
-  EXPECT_EQ(plain.flags & kStateFlagEncrypted, 0u);
-  ASSERT_FALSE(plain.data.empty());
+  StateBlob for_qemu = GetStateBlob(qemu.ctrl_fd(), kBlobTypePermanent, 1);
+  ASSERT_EQ(for_qemu.result, 0u);
+  EXPECT_EQ(for_qemu.flags & kStateFlagEncrypted, 0u);
+  ASSERT_GE(for_qemu.data.size(), 10u);
+  EXPECT_NE(for_qemu.data[5] & kBlobFlagMigrationEncrypted, 0) << "swtpm's header does not say migration-encrypted";
+
+  // A plaintext state: what an swtpm without a migration key exports (a source that would send
+  // the vTPM across in clear), from a vTPM of its own.
+  std::vector<uint8_t> plain;
+  {
+    std::string ctrl = Path("plain-ctrl.sock");
+    std::filesystem::create_directories(Path("plain-state"));
+    auto swtpm = Subprocess::Spawn({FindProgram("swtpm"), "socket", "--tpm2", "--tpmstate", "dir=" + Path("plain-state"),
+                                    "--ctrl", "type=unixio,path=" + ctrl, "--flags", "not-need-init,startup-clear",
+                                    "--log", "file=" + Path("plain.log")},
+                                   SpawnOptions{});
+    ASSERT_TRUE(swtpm.ok());
+    auto conn = ConnectUnixWithRetry(ctrl, std::chrono::seconds(10));
+    ASSERT_TRUE(conn.ok());
+    SetTimeouts(conn->get());
+    StateBlob exported = GetStateBlob(conn->get(), kBlobTypePermanent, 1);
+    ASSERT_EQ(exported.result, 0u);
+    ASSERT_GE(exported.data.size(), 10u);
+    EXPECT_EQ(exported.data[5] & (kBlobFlagMigrationEncrypted | 1), 0);
+    plain = exported.data;
+    (void)swtpm->Terminate(std::chrono::seconds(2));
+  }
 
   ASSERT_EQ(Simple(qemu.ctrl_fd(), CtrlCommand::kStop), 0u);
-  EXPECT_EQ(SetStateBlob(qemu.ctrl_fd(), kBlobTypePermanent, 0, plain.data), kTpmBadParameter);
+  EXPECT_EQ(SetStateBlob(qemu.ctrl_fd(), kBlobTypePermanent, 0, plain), kTpmBadParameter);
   status = StatusOf(ManagerSocket());
   EXPECT_EQ(status.requests_refused(), 1u);
   EXPECT_EQ(status.state_blobs_imported(), 0u);
   EXPECT_NE(status.last_refusal().find("not encrypted"), std::string::npos) << status.last_refusal();
-  // The encrypted one passes, and the vTPM runs on it.
+  // Both encrypted forms pass, and the vTPM runs on them.
+  EXPECT_EQ(SetStateBlob(qemu.ctrl_fd(), kBlobTypePermanent, 0, for_qemu.data), 0u);
   EXPECT_EQ(SetStateBlob(qemu.ctrl_fd(), kBlobTypePermanent, kStateFlagEncrypted, encrypted.data), 0u);
   EXPECT_EQ(Simple(qemu.ctrl_fd(), CtrlCommand::kInit, Be32(0)), 0u);
-  EXPECT_EQ(StatusOf(ManagerSocket()).state_blobs_imported(), 1u);
+  EXPECT_EQ(StatusOf(ManagerSocket()).state_blobs_imported(), 2u);
   qemu.Disconnect();
   usleep(100 * 1000);
 
@@ -581,7 +607,7 @@ TEST_F(InstanceManagerTest, UnencryptedStateBlobIsRefusedThatSwtpmItselfWouldTak
   ASSERT_TRUE(direct.ok()) << direct.error().message();
   SetTimeouts(direct->get());
   ASSERT_EQ(Simple(direct->get(), CtrlCommand::kStop), 0u);
-  EXPECT_EQ(SetStateBlob(direct->get(), kBlobTypePermanent, 0, plain.data), 0u);
+  EXPECT_EQ(SetStateBlob(direct->get(), kBlobTypePermanent, 0, plain), 0u);
 }
 
 TEST_F(InstanceManagerTest, FenceEndsTheSessionStopsTheTpmAndRefusesInitAndExport) {

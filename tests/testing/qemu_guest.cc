@@ -80,6 +80,24 @@ int FindExitCode(const std::string& console) {
 
 }  // namespace
 
+std::map<std::string, std::string> GuestProgram(const std::string& host_binary) {
+  std::map<std::string, std::string> files;
+  files["usr/bin/" + std::filesystem::path(host_binary).filename().string()] = host_binary;
+  FILE* ldd = popen(("ldd '" + host_binary + "'").c_str(), "r");
+  if (ldd == nullptr) return files;
+  char line[1024];
+  while (std::fgets(line, sizeof line, ldd) != nullptr) {
+    const std::string l = line;
+    const size_t arrow = l.find("=> /");
+    if (arrow == std::string::npos) continue;  // vdso, the loader (in the image already)
+    const std::string lib = l.substr(arrow + 3, l.find(' ', arrow + 3) - (arrow + 3));
+    files["lib/x86_64-linux-gnu/" + std::filesystem::path(lib).filename().string()] =
+        std::filesystem::canonical(lib).string();
+  }
+  pclose(ldd);
+  return files;
+}
+
 std::string GuestDir() { return std::string(VTM_BUILD_DIR) + "/guest"; }
 
 bool EnsureGuestImage(std::string* error, bool* apt_unreachable) {
@@ -125,7 +143,7 @@ bool EnsureGuestImage(std::string* error, bool* apt_unreachable) {
 }
 
 bool MakeScriptInitrd(const std::string& base_initrd, const std::string& script, const std::string& out_path,
-                      std::string* error) {
+                      std::string* error, const std::map<std::string, std::string>& extra_files) {
   std::ifstream in(base_initrd, std::ios::binary);
   if (!in) {
     *error = "cannot read base initrd " + base_initrd;
@@ -138,6 +156,16 @@ bool MakeScriptInitrd(const std::string& base_initrd, const std::string& script,
   while (image.size() % 4) image.push_back('\0');
   std::string cpio;
   AppendCpioEntry(&cpio, "vtm-test.sh", 0100755, script, 1);
+  for (const auto& [guest_path, host_path] : extra_files) {
+    std::ifstream f(host_path, std::ios::binary);
+    std::stringstream data;
+    data << f.rdbuf();
+    if (!f) {
+      *error = "cannot read " + host_path + " for the guest";
+      return false;
+    }
+    AppendCpioEntry(&cpio, guest_path, 0100755, data.str(), 1);
+  }
   AppendCpioEntry(&cpio, "TRAILER!!!", 0, "", 1);
   image += cpio;
   std::ofstream out(out_path, std::ios::binary | std::ios::trunc);
@@ -202,7 +230,7 @@ GuestRun RunGuest(const GuestOptions& options) {
   }
   if (!options.script.empty()) {
     const std::string per_run = work + "/initrd-test.img";
-    if (!MakeScriptInitrd(initrd, options.script, per_run, &run.error)) return run;
+    if (!MakeScriptInitrd(initrd, options.script, per_run, &run.error, options.extra_files)) return run;
     initrd = per_run;
   }
 

@@ -36,8 +36,15 @@ bool EnsureGuestImage(std::string* error, bool* apt_unreachable = nullptr);
 
 // Writes base_initrd followed by a newc cpio holding `script` as /vtm-test.sh (mode 0755)
 // to out_path. Linux unpacks concatenated archives, so the base image is reused as is.
+// extra_files: guest path (relative to /, its directory in the base image) -> host file, added
+// with mode 0755.
 bool MakeScriptInitrd(const std::string& base_initrd, const std::string& script,
-                      const std::string& out_path, std::string* error);
+                      const std::string& out_path, std::string* error,
+                      const std::map<std::string, std::string>& extra_files = {});
+
+// A program built on the host for GuestOptions::extra_files: itself as /usr/bin/NAME and the
+// shared libraries ldd names as /lib/x86_64-linux-gnu/* (the guest has the host's libc).
+std::map<std::string, std::string> GuestProgram(const std::string& host_binary);
 
 // Base fixture for tests that boot the guest: SetUp runs EnsureGuestImage, skips the test when
 // only the kernel package could not be fetched, and fails it when the image cannot be built.
@@ -66,6 +73,9 @@ struct GuestOptions {
   // QEMU user-mode networking (restrict=on: no way out, only these forwards in); it is
   // 10.0.2.15 and the host 10.0.2.2.
   std::map<int, int> tcp_forwards;
+  // Files added to the per-run initrd: guest path (relative to /) -> host path. GuestProgram
+  // gives a host-built program with its libraries.
+  std::map<std::string, std::string> extra_files;
 };
 
 struct GuestRun {

@@ -114,6 +114,19 @@ TEST(CtrlProtocolTest, SetStateBlobHeaderAndLength) {
   EXPECT_EQ(head.needed, req.size());
 }
 
+// QEMU carries blobs that swtpm encrypted with the migration key: the flag is in swtpm's own
+// header at the start of the data (PTM_STATE_FLAG_ENCRYPTED is then 0).
+TEST(CtrlProtocolTest, SwtpmBlobHeaderFlagsAreRead) {
+  std::vector<uint8_t> data = {2, 1, 0, 10, 0x00, 0x16, 0, 0, 0, 40};  // version 2, flags 0x16
+  data.resize(40, 7);
+  auto r = ParseCtrlRequest(SetStateBlob(0, 1, data));
+  ASSERT_EQ(r.kind, Kind::kRequest);
+  EXPECT_EQ(r.request.state_blob->swtpm_blob_flags, 0x16u);
+  auto short_blob = ParseCtrlRequest(SetStateBlob(0, 1, {2, 1, 0, 10}));
+  ASSERT_EQ(short_blob.kind, Kind::kRequest);
+  EXPECT_EQ(short_blob.request.state_blob->swtpm_blob_flags, 0u);
+}
+
 TEST(CtrlProtocolTest, EmptyStateBlobIsJustTheHeader) {
   auto r = ParseCtrlRequest(SetStateBlob(0, 1, {}));
   ASSERT_EQ(r.kind, Kind::kRequest);
@@ -319,6 +332,14 @@ TEST(RelayPolicyTest, UnencryptedStateBlobIsRefusedInEveryMode) {
   auto r = CheckRequest(StateBlobRequest(1, kBlobTypeVolatile), active);
   ASSERT_TRUE(r.has_value());
   EXPECT_NE(r->reason.find("not encrypted"), std::string::npos);
+  // What QEMU sends: no PTM flag, swtpm's header says encrypted with the migration key.
+  auto migration_encrypted = StateBlobRequest(0, kBlobTypePermanent);
+  migration_encrypted.state_blob->swtpm_blob_flags = kBlobFlagMigrationEncrypted | 0x10;
+  EXPECT_FALSE(CheckRequest(migration_encrypted, active).has_value());
+  // swtpm's header flags without the migration-key flag (plain, or state-key flag alone): refused.
+  auto plain_header = StateBlobRequest(0, kBlobTypePermanent);
+  plain_header.state_blob->swtpm_blob_flags = 0x04 | 0x01;
+  EXPECT_TRUE(CheckRequest(plain_header, active).has_value());
 }
 
 TEST(RelayPolicyTest, IncomingNeedsAdmissionThenPermanentStateBeforeInit) {

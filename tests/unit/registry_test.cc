@@ -146,5 +146,72 @@ TEST(RegistryTest, CorruptDatabaseGivesClearError) {
   EXPECT_NE(reg.error().message().find("registry"), std::string::npos) << reg.error().message();
 }
 
+// Migration: the tombstone a committed migration leaves refuses the same and older
+// generations of the VM (a create, a replay), while a later generation coming back replaces it;
+// Remove records tombstone and committed migration in one transaction; migration states move
+// only by compare-and-set.
+TEST(RegistryTest, TombstoneAndMigrationRecords) {
+  testing::TempDir dir;
+  auto reg = Registry::Open(dir.path() + "/r.db");
+  ASSERT_TRUE(reg.ok());
+  const std::string uuid = "00000000-0000-4000-8000-0000000000aa";
+  VmRecord vm = NewVm(uuid, "moving");
+  ASSERT_TRUE((*reg)->Insert(&vm, 1000, 10).ok());
+  auto out = (*reg)->Transition(uuid, vm.generation, {VmState::kProvisioned}, VmState::kMigratingOut);
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->state, VmState::kMigratingOut);
+
+  MigrationRecord m;
+  m.id = "mig-1";
+  m.vm_uuid = uuid;
+  m.role = "source";
+  m.mode = "cold";
+  m.peer = "127.0.0.1:1";
+  m.state = "sent";
+  m.generation = out->generation;
+  m.prepared = std::string("\0binary", 7);
+  ASSERT_TRUE((*reg)->InsertMigration(&m).ok());
+  EXPECT_EQ((*reg)->InsertMigration(&m).error().code(), ErrorCode::kAlreadyExists);
+  auto open = (*reg)->OpenMigrationOf(uuid, "source");
+  ASSERT_TRUE(open.ok() && open->has_value());
+  EXPECT_EQ((*open)->prepared, std::string("\0binary", 7));
+  // Compare-and-set: only from the named states.
+  auto wrong = (*reg)->UpdateMigration("mig-1", {"prepared"}, "sent");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(wrong.error().code(), ErrorCode::kFailedPrecondition);
+  ASSERT_TRUE((*reg)->UpdateMigration("mig-1", {"sent"}, "committing").ok());
+
+  Tombstone t{uuid, out->generation, "host-b", "mig-1", ""};
+  ASSERT_FALSE((*reg)->Remove(uuid, out->generation - 1, t).ok());  // stale generation: nothing happens
+  EXPECT_FALSE((*(*reg)->GetTombstone(uuid)).has_value());
+  ASSERT_TRUE((*reg)->Remove(uuid, out->generation, t).ok());
+  EXPECT_EQ((*reg)->GetMigration("mig-1")->state, "committed");
+  EXPECT_FALSE((*(*reg)->OpenMigrationOf(uuid, "source")).has_value());
+  auto gone = (*reg)->Get(uuid);
+  ASSERT_FALSE(gone.ok());
+  EXPECT_NE(gone.error().message().find("migrated from this host to host-b"), std::string::npos);
+
+  // The same or an older generation cannot come back (a create, a replayed migration) ...
+  VmRecord again = NewVm(uuid, "again");
+  auto refused = (*reg)->Insert(&again, 1000, 10);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kAlreadyExists);
+  again.generation = out->generation;
+  EXPECT_FALSE((*reg)->Insert(&again, 1000, 10).ok());
+  // ... a later one (the VM migrating back) can, and replaces the tombstone.
+  again.generation = out->generation + 5;
+  again.state = VmState::kIncoming;
+  again.nv_certificates_pending = true;
+  ASSERT_TRUE((*reg)->Insert(&again, 1000, 10).ok());
+  EXPECT_FALSE((*(*reg)->GetTombstone(uuid)).has_value());
+  auto back = (*reg)->Get(uuid);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->generation, out->generation + 5);
+  EXPECT_EQ(back->state, VmState::kIncoming);
+  EXPECT_TRUE(back->nv_certificates_pending);
+  ASSERT_TRUE((*reg)->SetNvCertificatesPending(uuid, false).ok());
+  EXPECT_FALSE((*reg)->Get(uuid)->nv_certificates_pending);
+}
+
 }  // namespace
 }  // namespace vtm

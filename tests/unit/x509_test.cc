@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "software_tpm_key.h"
 #include "test_env.h"
 
 namespace vtm::ca {
@@ -70,29 +71,7 @@ constexpr TPMA_OBJECT kResidentKey = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPAR
 constexpr TPMA_OBJECT kAkAttributes = kResidentKey | TPMA_OBJECT_RESTRICTED;
 
 std::string MarshalEccPublic(EVP_PKEY* key, TPMA_OBJECT attributes) {
-  TPM2B_PUBLIC pub{};
-  TPMT_PUBLIC& p = pub.publicArea;
-  p.type = TPM2_ALG_ECC;
-  p.nameAlg = TPM2_ALG_SHA256;
-  p.objectAttributes = attributes;
-  p.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_NULL;
-  p.parameters.eccDetail.scheme.scheme = TPM2_ALG_ECDSA;
-  p.parameters.eccDetail.scheme.details.ecdsa.hashAlg = TPM2_ALG_SHA256;
-  p.parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
-  p.parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
-  BIGNUM* x = nullptr;
-  BIGNUM* y = nullptr;
-  EXPECT_EQ(EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_EC_PUB_X, &x), 1);
-  EXPECT_EQ(EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_EC_PUB_Y, &y), 1);
-  BN_bn2binpad(x, p.unique.ecc.x.buffer, 32);
-  BN_bn2binpad(y, p.unique.ecc.y.buffer, 32);
-  p.unique.ecc.x.size = p.unique.ecc.y.size = 32;
-  BN_free(x);
-  BN_free(y);
-  uint8_t buf[sizeof(TPM2B_PUBLIC)];
-  size_t off = 0;
-  EXPECT_EQ(Tss2_MU_TPM2B_PUBLIC_Marshal(&pub, buf, sizeof buf, &off), TSS2_RC_SUCCESS);
-  return std::string(reinterpret_cast<char*>(buf), off);
+  return vtm::testing::MarshalEccP256Public(key, attributes);
 }
 
 std::string TpmName(const std::string& tpm2b_public) {

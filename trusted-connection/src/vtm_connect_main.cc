@@ -7,24 +7,38 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <iostream>
 #include <string>
 #include <vector>
 
+#include "internal/cli_flags.h"
 #include "vtm/fs.h"
 #include "vtm/labelled_data.h"
+#include "vtm/session_attestation.h"
 #include "vtm/trusted_connection.h"
 
 namespace {
+
+using vtm::tc::cli::Flags;
+using vtm::tc::cli::ParseFlags;
+using vtm::tc::cli::PositiveNumber;
+using vtm::tc::cli::ReadAll;
 
 constexpr char kUsage[] = R"(usage:
   vtm-connect connect --port P [--host H] --cert DEVICE_CHAIN.pem --key URI [--tcti TCTI]
                       --ca TRUSTED_CA.pem (--crl CRL ... | --no-crl)
                       --expect-vm UUID --expect-service NAME
                       [--send LINE] [--timeout-ms N]
+                      [--attest-server HOST:PORT --attest-tls-cert C.pem --attest-tls-key K.pem
+                       --attest-tls-ca HOST_CA.pem --policy POLICY.json [--attest-pcrs SEL]]
       --key handle:0x81000010 uses a persistent key in the device TPM (tpm2 OpenSSL provider,
       TCTI from --tcti or TPM2OPENSSL_TCTI); a file path uses a software key (tests, anchors).
       Sends LINE (or each line of stdin) and prints one line of answer per line sent.
+      With --attest-server, first asks the service for deep-attestation evidence bound to this
+      TLS session (its vTPM quotes on a nonce from the session's exporter), has the host's
+      attestation endpoint (vtmd --attest-listen) link it, appraises it against POLICY.json
+      (vtm-verify's policy format) and sends nothing unless every check passes.
   vtm-connect verify --in SIGNED.cms --ca TRUSTED_CA.pem (--crl CRL ... | --no-crl)
                      [--expect-vm UUID] [--expect-service NAME] [--nonce HEX] [--data-out FILE]
       Checks signature, chain, revocation and label of data signed by vtm-sign-data; prints the
@@ -49,81 +63,35 @@ int Fail(const vtm::Error& e, const std::string& what) {
   }
 }
 
-struct Flags {
-  std::vector<std::pair<std::string, std::string>> values;
-  std::vector<std::string> switches;
-  std::string Get(const std::string& name) const {
-    for (const auto& [n, v] : values) {
-      if (n == name) return v;
-    }
-    return "";
+// Deep attestation of the service over conn before any data (vtm/session_attestation.h).
+int Attest(const Flags& f, vtm::tc::TrustedConnection& conn) {
+  for (const char* required : {"--attest-tls-cert", "--attest-tls-key", "--attest-tls-ca", "--policy"}) {
+    if (f.Get(required).empty()) return Usage(std::string("--attest-server needs ") + required);
   }
-  std::vector<std::string> All(const std::string& name) const {
-    std::vector<std::string> out;
-    for (const auto& [n, v] : values) {
-      if (n == name) out.push_back(v);
-    }
-    return out;
-  }
-  bool Has(const std::string& name) const {
-    for (const auto& s : switches) {
-      if (s == name) return true;
-    }
-    return false;
-  }
-};
-
-bool ParseFlags(int argc, char** argv, const std::vector<std::string>& with_value, const std::vector<std::string>& bare,
-                Flags* out, std::string* error) {
-  for (int i = 2; i < argc; ++i) {
-    std::string a = argv[i];
-    bool known = false;
-    for (const auto& n : with_value) {
-      if (a == n) {
-        if (i + 1 >= argc) {
-          *error = a + " needs a value";
-          return false;
-        }
-        out->values.emplace_back(a, argv[++i]);
-        known = true;
-      }
-    }
-    for (const auto& n : bare) {
-      if (a == n) {
-        out->switches.push_back(a);
-        known = true;
-      }
-    }
-    if (!known) {
-      *error = "unknown argument '" + a + "'";
-      return false;
-    }
-  }
-  return true;
-}
-
-// A positive decimal number, or 0 if it is not one.
-int PositiveNumber(const std::string& s) {
-  char* end = nullptr;
-  long v = std::strtol(s.c_str(), &end, 10);
-  return (end != s.c_str() && *end == '\0' && v > 0 && v <= 1000000000) ? static_cast<int>(v) : 0;
-}
-
-vtm::Result<std::vector<std::string>> ReadAll(const std::vector<std::string>& paths) {
-  std::vector<std::string> out;
-  for (const auto& p : paths) {
-    VTM_ASSIGN_OR_RETURN(std::string s, vtm::ReadFile(p));
-    out.push_back(std::move(s));
-  }
-  return out;
+  auto creds = vtm::ReadTlsCredentialFiles(f.Get("--attest-tls-cert"), f.Get("--attest-tls-key"), f.Get("--attest-tls-ca"));
+  if (!creds.ok()) return Fail(creds.error(), "reading the attestation endpoint credentials");
+  auto policy_json = vtm::ReadFile(f.Get("--policy"));
+  if (!policy_json.ok()) return Fail(policy_json.error(), "reading the policy");
+  auto policy = vtm::attest::ParsePolicyJson(*policy_json);
+  if (!policy.ok()) return Fail(policy.error(), "reading the policy " + f.Get("--policy"));
+  auto verifier = vtm::attest::Verifier::Create(*policy);
+  if (!verifier.ok()) return Fail(verifier.error(), "loading the policy");
+  vtm::tc::HostAttestationEndpoint host{f.Get("--attest-server"), std::move(*creds)};
+  const std::string pcrs = f.Get("--attest-pcrs").empty() ? vtm::tc::kDefaultPcrSelection : f.Get("--attest-pcrs");
+  auto verdict = vtm::tc::AttestService(conn, host, **verifier, std::time(nullptr), pcrs);
+  if (!verdict.ok()) return Fail(verdict.error(), "attesting the service");
+  std::cerr << "vtm-connect: the service's environment is trusted (deep attestation bound to this TLS session, "
+            << verdict->checks.size() << " checks passed)\n";
+  return 0;
 }
 
 int Connect(int argc, char** argv) {
   Flags f;
   std::string error;
-  if (!ParseFlags(argc, argv,
+  if (!ParseFlags(argc, argv, 2,
                   {"--host", "--port", "--cert", "--key", "--tcti", "--ca", "--crl", "--expect-vm", "--expect-service",
-                   "--send", "--timeout-ms"},
+                   "--send", "--timeout-ms", "--attest-server", "--attest-tls-cert", "--attest-tls-key",
+                   "--attest-tls-ca", "--policy", "--attest-pcrs"},
                   {"--no-crl"}, &f, &error)) {
     return Usage(error);
   }
@@ -159,6 +127,10 @@ int Connect(int argc, char** argv) {
   if (!conn.ok()) return Fail(conn.error(), "connecting to " + o.host + ":" + std::to_string(o.port));
   std::cerr << "vtm-connect: connected to service '" << (*conn)->service().service << "' in VM "
             << (*conn)->service().vm_uuid << " (TLS 1.3, key exchange " << (*conn)->key_exchange_group() << ")\n";
+  if (!f.Get("--attest-server").empty()) {
+    int attested = Attest(f, **conn);
+    if (attested != 0) return attested;
+  }
   std::vector<std::string> lines;
   if (!f.Get("--send").empty()) {
     lines.push_back(f.Get("--send"));
@@ -182,7 +154,7 @@ int Connect(int argc, char** argv) {
 int Verify(int argc, char** argv) {
   Flags f;
   std::string error;
-  if (!ParseFlags(argc, argv, {"--in", "--ca", "--crl", "--expect-vm", "--expect-service", "--nonce", "--data-out"},
+  if (!ParseFlags(argc, argv, 2, {"--in", "--ca", "--crl", "--expect-vm", "--expect-service", "--nonce", "--data-out"},
                   {"--no-crl"}, &f, &error)) {
     return Usage(error);
   }

@@ -125,6 +125,11 @@ CtrlParseResult ParseCtrlRequest(std::span<const uint8_t> bytes) {
   size_t total = kCtrlCodeSize + body;
   if (bytes.size() < total) return NeedMore(total);
   if (req.code == static_cast<uint32_t>(CtrlCommand::kInit)) req.init_flags = ReadBe32(bytes, 4);
+  constexpr size_t kSwtpmBlobHeaderSize = 10;  // version, min_version, hdrsize(2), flags(2), totlen(4)
+  if (req.state_blob && req.state_blob->length >= kSwtpmBlobHeaderSize) {
+    const size_t at = kCtrlCodeSize + kSetStateHeaderSize + 4;
+    req.state_blob->swtpm_blob_flags = static_cast<uint16_t>((bytes[at] << 8) | bytes[at + 1]);
+  }
   req.size = total;
   CtrlParseResult r;
   r.kind = CtrlParseResult::Kind::kRequest;

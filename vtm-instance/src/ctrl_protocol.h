@@ -45,9 +45,13 @@ inline constexpr uint32_t kMaxCtrlPayload = 8u << 20;
 
 // Header of a SET_STATEBLOB request (ptm_setstate.u.req without data).
 struct StateBlobHeader {
-  uint32_t state_flags = 0;  // PTM_STATE_FLAG_ENCRYPTED (2) claims the blob is encrypted
+  uint32_t state_flags = 0;  // PTM_STATE_FLAG_ENCRYPTED (2): still encrypted with the state key
   uint32_t blob_type = 0;    // PTM_BLOB_TYPE_PERMANENT/VOLATILE/SAVESTATE
   uint32_t length = 0;       // bytes of blob data following the header
+  // The flags of swtpm's own header at the start of the blob data (version, min_version,
+  // hdrsize, flags, totlen; big-endian): BLOB_FLAG_MIGRATION_ENCRYPTED (2) says the data is
+  // encrypted with the migration key. 0 when the blob is shorter than that header.
+  uint16_t swtpm_blob_flags = 0;
 };
 
 // One complete request at the start of a byte stream.

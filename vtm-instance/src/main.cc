@@ -1,7 +1,6 @@
 // Entry point of vtm-instance: parses vtmd's command line, reads the VM's keys from the
 // keys pipe, blocks the signals the instance handles through a signalfd, and runs it.
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -13,6 +12,7 @@
 #include "instance.h"
 #include "vtm/log.h"
 #include "vtm/net.h"
+#include "vtm/secret.h"
 
 namespace {
 
@@ -43,8 +43,9 @@ int ReadyFdFromArgs(const std::vector<std::string>& args) {
 int main(int argc, char** argv) {
   using namespace vtm::instance;
   // Keys live in this process's memory for a moment: keep them out of core dumps and
-  // away from ptrace by other processes of the same uid.
-  prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  // away from ptrace by other processes of the same uid; swtpm, which holds them for the
+  // VM's lifetime, inherits the zero core limit (exec would make it dumpable again).
+  const auto hardened = vtm::KeepSecretsOutOfCoreDumps();
   signal(SIGPIPE, SIG_IGN);
 
   std::vector<std::string> args(argv + 1, argv + argc);
@@ -55,6 +56,7 @@ int main(int argc, char** argv) {
   }
   vtm::SetLogComponent("vtm-instance[" + config->vm_uuid + "]");
   vtm::SetLogLevel(config->log_level);
+  if (!hardened.ok()) return FailEarly(config->ready_fd, "VM " + config->vm_uuid + ": " + hardened.error().message());
 
   // Handled in the relay's poll loop; swtpm gets an empty mask back from Subprocess.
   sigset_t mask;

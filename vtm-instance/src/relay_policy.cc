@@ -38,13 +38,17 @@ std::optional<Refusal> CheckRequest(const CtrlRequest& request, const RelayPolic
       return Refuse(kTpmFail, kResultOnly,
                     "SET_STATEBLOB refused: vtmd has not admitted an incoming migration for this vTPM");
     }
-    // A blob without the encrypted flag would be taken by swtpm as plaintext state: anyone who
-    // can reach the control socket could replace the vTPM's state, and a blob meant for this
-    // host would have crossed the network in clear.
-    if (!request.state_blob || (request.state_blob->state_flags & kStateFlagEncrypted) == 0) {
+    // A blob neither encrypted with the migration key (swtpm's header flag; what QEMU carries:
+    // it asks for blobs without the state key's encryption) nor still with the state key
+    // (PTM_STATE_FLAG_ENCRYPTED) would be taken by swtpm as plaintext state: anyone who can
+    // reach the control socket could replace the vTPM's state, and a blob meant for this host
+    // would have crossed the network in clear. swtpm itself checks that an encrypted blob
+    // decrypts with its key.
+    if (!request.state_blob || ((request.state_blob->state_flags & kStateFlagEncrypted) == 0 &&
+                                (request.state_blob->swtpm_blob_flags & kBlobFlagMigrationEncrypted) == 0)) {
       return Refuse(kTpmBadParameter, kResultOnly,
-                    "SET_STATEBLOB refused: the state blob is not encrypted (PTM_STATE_FLAG_ENCRYPTED missing); "
-                    "the source must run swtpm with a migration key");
+                    "SET_STATEBLOB refused: the state blob is not encrypted (neither with the migration key nor the "
+                    "state key); the source must run swtpm with a migration key");
     }
     return std::nullopt;
   }

@@ -29,6 +29,8 @@ inline constexpr uint32_t kBlobTypeVolatile = 2;
 inline constexpr uint32_t kBlobTypeSavestate = 3;
 // PTM_STATE_FLAG_ENCRYPTED: the blob is encrypted with the migration key.
 inline constexpr uint32_t kStateFlagEncrypted = 2;
+// swtpm's blob header flag: the data is encrypted with the migration key.
+inline constexpr uint16_t kBlobFlagMigrationEncrypted = 2;
 
 struct RelayPolicyState {
   RelayMode mode = RelayMode::kActive;

@@ -6,6 +6,7 @@
 
 #include <ctime>
 
+#include "migration_engine.h"
 #include "vtm/hex.h"
 #include "vtm/log.h"
 #include "vtpm_provisioner.h"
@@ -24,6 +25,8 @@ api::VmState ToApiState(VmState s) {
     case VmState::kStopped: return api::VM_STATE_STOPPED;
     case VmState::kDeleting: return api::VM_STATE_DELETING;
     case VmState::kFailed: return api::VM_STATE_FAILED;
+    case VmState::kMigratingOut: return api::VM_STATE_MIGRATING_OUT;
+    case VmState::kIncoming: return api::VM_STATE_INCOMING;
   }
   return api::VM_STATE_UNSPECIFIED;
 }
@@ -107,6 +110,27 @@ Result<api::Request> ParseRequest(const std::string& bytes) {
     case api::Request::kShow: VTM_RETURN_IF_ERROR(CheckVmRef(req.show().uuid())); break;
     case api::Request::kList:
     case api::Request::kHost: break;
+    case api::Request::kMigrate: {
+      const auto& m = req.migrate();
+      switch (m.step()) {
+        case api::MigrateRequest::STEP_PREPARE:
+          VTM_RETURN_IF_ERROR(CheckVmRef(m.vm()));
+          if (m.destination().empty() || m.destination().size() > 256) {
+            return Error(ErrorCode::kInvalidArgument, "migrate prepare needs the destination HOST:PORT");
+          }
+          break;
+        case api::MigrateRequest::STEP_SEND:
+        case api::MigrateRequest::STEP_COMMIT:
+        case api::MigrateRequest::STEP_ABORT:
+          if (m.migration_id().empty()) return Error(ErrorCode::kInvalidArgument, "this step needs the migration ID");
+          [[fallthrough]];
+        case api::MigrateRequest::STEP_STATUS:
+          if (m.migration_id().size() > 64) return Error(ErrorCode::kInvalidArgument, "a migration ID is at most 64 characters");
+          break;
+        default: return Error(ErrorCode::kInvalidArgument, "migrate needs a step (prepare, send, commit, abort, status)");
+      }
+      break;
+    }
     case api::Request::OP_NOT_SET:
       return Error(ErrorCode::kInvalidArgument, "request names no operation (this vtmd may be older than vtmctl)");
   }
@@ -324,9 +348,39 @@ api::Response ApiService::Handle(const api::Request& req, const ApiCaller& calle
       h->set_run_dir(host_.run_dir);
       break;
     }
+    case api::Request::kMigrate:
+      if (Status st = HandleMigrate(req.migrate(), caller, &resp); !st.ok()) fail(st.error());
+      break;
     case api::Request::OP_NOT_SET: fail(Error(ErrorCode::kInvalidArgument, "request names no operation")); break;
   }
   return resp;
+}
+
+Status ApiService::HandleMigrate(const api::MigrateRequest& req, const ApiCaller& caller, api::Response* resp) {
+  // Moving a VM's keys to another host is the host administrator's decision.
+  if (!caller.uid || *caller.uid != 0) {
+    return Error(ErrorCode::kPermissionDenied, "migration is for root only");
+  }
+  if (migration_ == nullptr) {
+    return Error(ErrorCode::kFailedPrecondition,
+                 "this vtmd takes no part in migrations: start it with --migration-peer-ca (the fleet CA) and "
+                 "--migration-policy (source) or --migration-listen (destination)");
+  }
+  Result<api::Migration> one = Error(ErrorCode::kInternal, "");
+  switch (req.step()) {
+    case api::MigrateRequest::STEP_PREPARE: one = migration_->Prepare(req.vm(), req.destination(), req.cold()); break;
+    case api::MigrateRequest::STEP_SEND: one = migration_->Send(req.migration_id()); break;
+    case api::MigrateRequest::STEP_COMMIT: one = migration_->Commit(req.migration_id(), req.activate_only()); break;
+    case api::MigrateRequest::STEP_ABORT: one = migration_->Abort(req.migration_id()); break;
+    default: {
+      VTM_ASSIGN_OR_RETURN(auto all, migration_->List(req.migration_id()));
+      for (auto& m : all) *resp->add_migrations() = std::move(m);
+      return OkStatus();
+    }
+  }
+  if (!one.ok()) return std::move(one).error();
+  *resp->add_migrations() = std::move(one).value();
+  return OkStatus();
 }
 
 }  // namespace vtm

@@ -17,6 +17,8 @@
 
 namespace vtm {
 
+class MigrationEngine;
+
 struct HostDescription {
   std::string host_tpm;
   bool simulated = false;
@@ -43,17 +45,21 @@ class ApiService {
              RaClient* ra = nullptr)
       : manager_(manager), registry_(registry), host_ak_(host_ak), host_ca_(host_ca), host_(std::move(host)), ra_(ra) {}
   api::Response Handle(const api::Request& request, const ApiCaller& caller);
+  // Migration requests are refused until this is set (vtmd sets it when configured for it).
+  void SetMigrationEngine(MigrationEngine* engine) { migration_ = engine; }
 
  private:
   void FillVm(const VmRecord& rec, api::Vm* out);
   Status HandleCa(const api::Request& req, const ApiCaller& caller, api::Response* resp);
   Status HandleAttest(const api::Request& req, api::Response* resp);
+  Status HandleMigrate(const api::MigrateRequest& req, const ApiCaller& caller, api::Response* resp);
   Manager& manager_;
   Registry& registry_;
   HostAttestationKey* host_ak_;
   HostCa* host_ca_;
   HostDescription host_;
   RaClient* ra_;
+  MigrationEngine* migration_ = nullptr;
 };
 
 }  // namespace vtm

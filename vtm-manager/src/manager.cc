@@ -219,25 +219,15 @@ Result<VmRecord> Manager::Start(const std::string& vm, std::string* note) {
   };
 
   VmPaths paths = PathsFor(uuid);
-  InstanceLaunch launch;
-  launch.config.vm_uuid = uuid;
-  launch.config.tpm_state_dir = paths.tpm_dir;
-  launch.config.run_dir = paths.run_dir;
-  launch.config.log_dir = paths.log_dir;
-  launch.config.uid = launch.config.gid = rec.instance_uid;
-  launch.config.socket_uid = config_.socket_uid;
-  launch.config.socket_gid = config_.socket_gid;
-  if (!config_.swtpm_binary.empty()) launch.config.swtpm_path = config_.swtpm_binary;
-  launch.config.manager_socket = paths.manager_socket;
-  auto state_key = master_key_.Unwrap(rec.wrapped_state_key, WrapLabel(uuid, kStateKey));
-  if (!state_key.ok()) return fail(std::move(state_key).error());
-  auto migration_key = master_key_.Unwrap(rec.wrapped_migration_key, WrapLabel(uuid, kMigrationKey));
-  if (!migration_key.ok()) return fail(std::move(migration_key).error());
-  launch.state_key = std::move(state_key).value();
-  launch.migration_key = std::move(migration_key).value();
+  auto launch_or = LaunchFor(rec);
+  if (!launch_or.ok()) return fail(std::move(launch_or).error());
+  InstanceLaunch launch = std::move(launch_or).value();
 
   if (Status dirs = MakeVmDirs(paths, rec.instance_uid); !dirs.ok()) return fail(std::move(dirs).error());
   CrashPoint("start.directories-made");
+  // A VM that arrived by migration gets this host's certificates into its NV before any guest
+  // can read them.
+  if (Status written = WritePendingCertificates(rec, launch); !written.ok()) return fail(std::move(written).error());
 
   // Measured before it runs: a launch that cannot be measured does not happen.
   if (Status measured = MeasureLaunch(*moved, launch); !measured.ok()) return fail(std::move(measured).error());
@@ -254,6 +244,47 @@ Result<VmRecord> Manager::Start(const std::string& vm, std::string* note) {
   CrashPoint("start.running-recorded");
   LOG_INFO << "started vTPM for VM " << uuid << ": vtm-instance pid " << *pid << ", socket " << paths.tpm_socket;
   return running;
+}
+
+Result<InstanceLaunch> Manager::LaunchFor(const VmRecord& rec) const {
+  VmPaths paths = PathsFor(rec.uuid);
+  InstanceLaunch launch;
+  launch.config.vm_uuid = rec.uuid;
+  launch.config.tpm_state_dir = paths.tpm_dir;
+  launch.config.run_dir = paths.run_dir;
+  launch.config.log_dir = paths.log_dir;
+  launch.config.uid = launch.config.gid = rec.instance_uid;
+  launch.config.socket_uid = config_.socket_uid;
+  launch.config.socket_gid = config_.socket_gid;
+  if (!config_.swtpm_binary.empty()) launch.config.swtpm_path = config_.swtpm_binary;
+  launch.config.manager_socket = paths.manager_socket;
+  VTM_ASSIGN_OR_RETURN(VmSecrets keys, UnwrapKeys(rec));
+  launch.state_key = std::move(keys.state_key);
+  launch.migration_key = std::move(keys.migration_key);
+  return launch;
+}
+
+Result<VmSecrets> Manager::UnwrapKeys(const VmRecord& rec) const {
+  VmSecrets keys;
+  VTM_ASSIGN_OR_RETURN(keys.state_key, master_key_.Unwrap(rec.wrapped_state_key, WrapLabel(rec.uuid, kStateKey)));
+  VTM_ASSIGN_OR_RETURN(keys.migration_key,
+                       master_key_.Unwrap(rec.wrapped_migration_key, WrapLabel(rec.uuid, kMigrationKey)));
+  return keys;
+}
+
+Status Manager::WritePendingCertificates(const VmRecord& rec, const InstanceLaunch& launch) {
+  if (!rec.nv_certificates_pending || provisioner_ == nullptr) return OkStatus();
+  VTM_ASSIGN_OR_RETURN(auto all, registry_.CertificatesOf(rec.uuid));
+  std::vector<CertRecord> valid;
+  for (auto& c : all) {
+    if (c.revoked_at.empty()) valid.push_back(std::move(c));
+  }
+  Status written = provisioner_->WriteCertificates(rec, PathsFor(rec.uuid), launch.state_key, launch.migration_key, valid);
+  if (!written.ok()) return std::move(written).error().Context("writing this host's certificates into its vTPM");
+  CrashPoint("start.certificates-written");
+  VTM_RETURN_IF_ERROR(registry_.SetNvCertificatesPending(rec.uuid, false));
+  LOG_INFO << "VM " << rec.uuid << ": wrote " << valid.size() << " certificates of this host's CA into its vTPM's NV";
+  return OkStatus();
 }
 
 Status Manager::MeasureLaunch(const VmRecord& rec, const InstanceLaunch& launch) {
@@ -388,7 +419,7 @@ Status Manager::CorrectSocketOwner(const VmRecord& rec) const {
   return OkStatus();
 }
 
-Status Manager::Destroy(const std::string& uuid, uint64_t generation) {
+Status Manager::Destroy(const std::string& uuid, uint64_t generation, const std::optional<Tombstone>& tombstone) {
   // Revoked first: if anything below fails, the identity is already dead.
   auto revoked = registry_.RevokeCertificatesOf(uuid);
   if (!revoked.ok()) return std::move(revoked).error();
@@ -403,7 +434,7 @@ Status Manager::Destroy(const std::string& uuid, uint64_t generation) {
   VTM_RETURN_IF_ERROR(RemoveTree(paths.run_dir));
   if (::unlink(paths.manager_socket.c_str()) != 0 && errno != ENOENT) return ErrnoError("removing " + paths.manager_socket);
   // Removing the row destroys the only (wrapped) copies of the VM's keys.
-  return registry_.Remove(uuid, generation);
+  return registry_.Remove(uuid, generation, tombstone);
 }
 
 Result<std::vector<CertRecord>> Manager::Certificates(const std::string& vm) {
@@ -434,6 +465,210 @@ void Manager::OnInstanceExit(const std::string& uuid, const std::string& how) {
       return;
     }
   }
+}
+
+Result<VmRecord> Manager::BeginMigrationOut(const std::string& vm, bool cold, VmState* before) {
+  VTM_ASSIGN_OR_RETURN(OwnedVm owned, ClaimVm(vm));
+  const VmRecord& rec = owned.record;
+  const std::set<VmState> can_leave =
+      cold ? std::set<VmState>{VmState::kProvisioned, VmState::kStopped} : std::set<VmState>{VmState::kRunning};
+  if (!can_leave.count(rec.state)) {
+    return Error(ErrorCode::kFailedPrecondition,
+                 "the vTPM of VM " + rec.uuid + " is " + VmStateName(rec.state) + "; " +
+                     (cold ? "a cold migration moves a stopped vTPM (`vtmctl stop` it first, or migrate it live)"
+                           : "a live migration moves a running vTPM (use --cold for a stopped one)"));
+  }
+  *before = rec.state;
+  auto moved = registry_.Transition(rec.uuid, rec.generation, can_leave, VmState::kMigratingOut);
+  if (!moved.ok()) return std::move(moved).error().Context("cannot migrate the vTPM of VM " + rec.uuid);
+  CrashPoint("migrate.source-migrating-out");
+  return moved;
+}
+
+Result<std::map<std::string, std::string>> Manager::ReadTpmState(const std::string& uuid) const {
+  std::map<std::string, std::string> files;
+  std::error_code ec;
+  const std::string dir = PathsFor(uuid).tpm_dir;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (!entry.is_regular_file()) continue;
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("tpm2-", 0) != 0) continue;  // swtpm's state files; not its lock
+    VTM_ASSIGN_OR_RETURN(files[name], ReadFile(entry.path().string()));
+  }
+  if (ec) return Error(ErrorCode::kIo, "reading the vTPM state in " + dir + ": " + ec.message());
+  if (!files.count("tpm2-00.permall")) {
+    return Error(ErrorCode::kFailedPrecondition, "the vTPM of VM " + uuid + " has no permanent state in " + dir);
+  }
+  return files;
+}
+
+Status Manager::FenceOutgoing(const std::string& uuid, uint64_t generation) {
+  VTM_ASSIGN_OR_RETURN(VmClaim claim, Claim(uuid));
+  VTM_ASSIGN_OR_RETURN(VmRecord rec, registry_.Get(uuid));
+  if (rec.state != VmState::kMigratingOut || rec.generation != generation) {
+    return Error(ErrorCode::kFailedPrecondition, "VM " + uuid + " is " + VmStateName(rec.state) + " at generation " +
+                                                     std::to_string(rec.generation) + ", not the migrating-out generation " +
+                                                     std::to_string(generation));
+  }
+  if (!IsInstanceOf(rec.instance_pid, uuid)) return OkStatus();  // cold, or already gone: nothing can run it
+  return FenceInstance(PathsFor(uuid).manager_socket, "migration of VM " + uuid + " is committing");
+}
+
+Status Manager::FinishMigrationOut(const std::string& uuid, uint64_t generation, const Tombstone& tombstone) {
+  VTM_ASSIGN_OR_RETURN(VmClaim claim, Claim(uuid));
+  VTM_ASSIGN_OR_RETURN(VmRecord rec, registry_.Get(uuid));
+  if (rec.state != VmState::kMigratingOut || rec.generation != generation) {
+    return Error(ErrorCode::kFailedPrecondition, "VM " + uuid + " is " + VmStateName(rec.state) +
+                                                     " at generation " + std::to_string(rec.generation) +
+                                                     "; the migration does not own it");
+  }
+  if (rec.instance_pid > 0 && IsInstanceOf(rec.instance_pid, uuid)) {
+    if (!supervisor_.Watching(uuid)) VTM_RETURN_IF_ERROR(supervisor_.Adopt(uuid, static_cast<pid_t>(rec.instance_pid)));
+    VTM_RETURN_IF_ERROR(supervisor_.Stop(uuid, config_.stop_grace));
+  }
+  CrashPoint("migrate.source-instance-stopped");
+  VTM_RETURN_IF_ERROR(Destroy(uuid, generation, tombstone));
+  LOG_INFO << "VM " << uuid << " migrated to " << tombstone.destination << " (migration " << tombstone.migration_id
+           << "): its state and keys here are destroyed, its certificates revoked, a tombstone kept";
+  return OkStatus();
+}
+
+Result<VmRecord> Manager::AbortMigrationOut(const std::string& uuid, uint64_t generation, VmState before) {
+  VTM_ASSIGN_OR_RETURN(VmClaim claim, Claim(uuid));
+  VTM_ASSIGN_OR_RETURN(VmRecord rec, registry_.Get(uuid));
+  if (rec.state != VmState::kMigratingOut) return rec;  // already back (a repeated abort)
+  VmState to = before;
+  std::string error;
+  if (before == VmState::kRunning && !IsInstanceOf(rec.instance_pid, uuid)) {
+    to = VmState::kFailed;
+    error = "vtm-instance ended while the VM was migrating out";
+  }
+  auto back = registry_.Transition(uuid, generation, {VmState::kMigratingOut}, to, std::nullopt,
+                                   error.empty() ? std::nullopt : std::optional<std::string>(error));
+  if (back.ok() && to == VmState::kRunning && !supervisor_.Watching(uuid)) {
+    (void)supervisor_.Adopt(uuid, static_cast<pid_t>(rec.instance_pid));
+  }
+  return back;
+}
+
+namespace {
+// swtpm's state file names: a package must not write anywhere else.
+bool IsTpmStateFileName(const std::string& name) {
+  if (name.rfind("tpm2-", 0) != 0 || name.size() > 64) return false;
+  for (char c : name) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '.' && c != '_') return false;
+  }
+  return name.find("..") == std::string::npos;
+}
+}  // namespace
+
+Result<VmRecord> Manager::ReceiveIncoming(const IncomingVm& vm) {
+  VTM_ASSIGN_OR_RETURN(std::string uuid, NormalizeUuid(vm.uuid));
+  VTM_RETURN_IF_ERROR(ValidateVmName(vm.name));
+  for (const auto& [name, bytes] : vm.state_files) {
+    if (!IsTpmStateFileName(name)) {
+      return Error(ErrorCode::kInvalidArgument, "the package names a state file '" + name + "' that is not swtpm's");
+    }
+  }
+  if (!vm.live && !vm.state_files.count("tpm2-00.permall")) {
+    return Error(ErrorCode::kInvalidArgument, "the cold package carries no permanent vTPM state (tpm2-00.permall)");
+  }
+  VTM_ASSIGN_OR_RETURN(VmClaim claim, Claim(uuid));
+  VmRecord rec;
+  rec.uuid = uuid;
+  rec.name = vm.name;
+  rec.service = vm.service;
+  rec.state = VmState::kIncoming;
+  rec.generation = vm.generation;
+  rec.nv_certificates_pending = true;
+  VTM_ASSIGN_OR_RETURN(rec.wrapped_state_key, master_key_.Wrap(vm.keys.state_key, WrapLabel(uuid, kStateKey)));
+  VTM_ASSIGN_OR_RETURN(rec.wrapped_migration_key, master_key_.Wrap(vm.keys.migration_key, WrapLabel(uuid, kMigrationKey)));
+  VTM_RETURN_IF_ERROR(registry_.Insert(&rec, config_.instance_uid_base, config_.instance_uid_count));
+  CrashPoint("migrate.destination-incoming-recorded");
+  rec.vtpm = vm.identity;
+  auto undo = [&](Error e) -> Error {
+    (void)supervisor_.Stop(uuid, config_.stop_grace);
+    (void)Destroy(uuid, rec.generation);
+    return std::move(e).Context("receiving VM " + uuid);
+  };
+  if (Status st = registry_.SetVtpmIdentity(uuid, vm.identity); !st.ok()) return undo(std::move(st).error());
+  const VmPaths paths = PathsFor(uuid);
+  if (Status st = MakeVmDirs(paths, rec.instance_uid); !st.ok()) return undo(std::move(st).error());
+  for (const auto& [name, bytes] : vm.state_files) {
+    const std::string path = paths.tpm_dir + "/" + name;
+    Status st = WriteFileAtomic(path, bytes, 0600);
+    if (!st.ok()) return undo(std::move(st).error());
+    if (::chown(path.c_str(), rec.instance_uid, rec.instance_uid) != 0) return undo(ErrnoError("chown " + path));
+  }
+  if (!vm.live) {
+    LOG_INFO << "VM " << uuid << " arrives (cold, migration " << vm.migration_id << "): state written, not active";
+    return rec;
+  }
+  auto launch = LaunchFor(rec);
+  if (!launch.ok()) return undo(std::move(launch).error());
+  launch->config.incoming = true;
+  if (Status measured = MeasureLaunch(rec, *launch); !measured.ok()) return undo(std::move(measured).error());
+  auto pid = supervisor_.Launch(*launch, config_.ready_timeout);
+  if (!pid.ok()) return undo(std::move(pid).error());
+  CrashPoint("migrate.destination-instance-ready");
+  auto recorded = registry_.Transition(uuid, rec.generation, {VmState::kIncoming}, VmState::kIncoming, *pid);
+  if (!recorded.ok()) return undo(std::move(recorded).error());
+  if (Status admitted = AdmitIncoming(paths.manager_socket, vm.migration_id, vm.generation); !admitted.ok()) {
+    Error e = std::move(admitted).error();
+    (void)supervisor_.Stop(uuid, config_.stop_grace);
+    (void)Destroy(uuid, recorded->generation);
+    return std::move(e).Context("admitting migration " + vm.migration_id);
+  }
+  LOG_INFO << "VM " << uuid << " arrives (live, migration " << vm.migration_id << "): incoming instance pid " << *pid
+           << " waits for QEMU's stream on " << paths.tpm_socket;
+  return recorded;
+}
+
+Result<bool> Manager::IncomingStateReceived(const std::string& uuid) const {
+  VTM_ASSIGN_OR_RETURN(instance_api::StatusResponse status, InstanceStatus(PathsFor(uuid).manager_socket));
+  constexpr uint32_t kPermanentBlob = 1u << 1;  // PTM_BLOB_TYPE_PERMANENT
+  return (status.imported_blob_types() & kPermanentBlob) != 0;
+}
+
+Result<VmRecord> Manager::CommitIncoming(const std::string& uuid, bool live) {
+  VTM_ASSIGN_OR_RETURN(VmClaim claim, Claim(uuid));
+  VTM_ASSIGN_OR_RETURN(VmRecord rec, registry_.Get(uuid));
+  if (rec.state == (live ? VmState::kRunning : VmState::kStopped)) return rec;  // committed already
+  if (rec.state != VmState::kIncoming) {
+    return Error(ErrorCode::kFailedPrecondition, "VM " + uuid + " is " + VmStateName(rec.state) + ", not incoming");
+  }
+  if (live) {
+    auto received = IncomingStateReceived(uuid);
+    if (!received.ok()) return std::move(received).error().Context("asking the incoming instance of VM " + uuid);
+    if (!*received) {
+      return Error(ErrorCode::kFailedPrecondition,
+                   "the incoming instance of VM " + uuid +
+                       " has not received the vTPM state yet: commit only after QEMU's migration completed");
+    }
+  }
+  auto done = registry_.Transition(uuid, rec.generation, {VmState::kIncoming},
+                                   live ? VmState::kRunning : VmState::kStopped);
+  if (done.ok()) CrashPoint("migrate.destination-committed");
+  return done;
+}
+
+Status Manager::AbortIncoming(const std::string& uuid) {
+  VTM_ASSIGN_OR_RETURN(VmClaim claim, Claim(uuid));
+  auto rec = registry_.Get(uuid);
+  if (!rec.ok()) return rec.error().code() == ErrorCode::kNotFound ? OkStatus() : Status(std::move(rec).error());
+  if (rec->state != VmState::kIncoming) {
+    return Error(ErrorCode::kFailedPrecondition, "VM " + uuid + " is " + VmStateName(rec->state) +
+                                                     " here: its migration committed and cannot be aborted");
+  }
+  if (rec->instance_pid > 0 && IsInstanceOf(rec->instance_pid, uuid)) {
+    if (!supervisor_.Watching(uuid)) VTM_RETURN_IF_ERROR(supervisor_.Adopt(uuid, static_cast<pid_t>(rec->instance_pid)));
+    VTM_RETURN_IF_ERROR(supervisor_.Stop(uuid, config_.stop_grace));
+  } else if (int64_t pid = InstancePidOf(PathsFor(uuid)); pid > 0) {
+    if (supervisor_.Adopt(uuid, static_cast<pid_t>(pid)).ok()) VTM_RETURN_IF_ERROR(supervisor_.Stop(uuid, config_.stop_grace));
+  }
+  VTM_RETURN_IF_ERROR(Destroy(uuid, rec->generation));
+  LOG_INFO << "VM " << uuid << ": incoming migration aborted; its instance, state and keys here are destroyed";
+  return OkStatus();
 }
 
 Status Manager::Reconcile() {
@@ -474,6 +709,16 @@ Status Manager::Reconcile() {
       case VmState::kDefined:
         LOG_WARNING << "undoing the interrupted creation of VM " << rec.uuid;
         VTM_RETURN_IF_ERROR(Destroy(rec.uuid, rec.generation));
+        break;
+      case VmState::kMigratingOut:
+      case VmState::kIncoming:
+        // The migration engine finishes or undoes these (its own records say how far each
+        // got); a live instance is watched again meanwhile.
+        if (IsInstanceOf(rec.instance_pid, rec.uuid)) {
+          VTM_RETURN_IF_ERROR(supervisor_.Adopt(rec.uuid, static_cast<pid_t>(rec.instance_pid)));
+        }
+        LOG_WARNING << "VM " << rec.uuid << " is " << VmStateName(rec.state)
+                    << " (a migration was in progress); `vtmctl migrate status` shows it";
         break;
       default:
         break;

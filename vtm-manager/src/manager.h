@@ -12,7 +12,9 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -54,6 +56,29 @@ class VtpmProvisioner {
   virtual ~VtpmProvisioner() = default;
   virtual Result<ProvisionedVtpm> Provision(const VmRecord& vm, const VmPaths& paths,
                                                     const SecretBytes& state_key, const SecretBytes& migration_key) = 0;
+  // Writes certs (and this host's CA chain) into the NV indices of the stopped vTPM: for a VM
+  // that arrived by migration and was re-certified by this host's CA.
+  virtual Status WriteCertificates(const VmRecord& vm, const VmPaths& paths, const SecretBytes& state_key,
+                                   const SecretBytes& migration_key, const std::vector<CertRecord>& certs) = 0;
+};
+
+// The VM's two keys in clear (in memory only), e.g. to seal them to a migration destination.
+struct VmSecrets {
+  SecretBytes state_key;
+  SecretBytes migration_key;
+};
+
+// A VM arriving by migration, as the destination opened it from its sealed package.
+struct IncomingVm {
+  std::string uuid;
+  std::string name;
+  std::string service;
+  uint64_t generation = 0;
+  VmSecrets keys;
+  VtpmPublicIdentity identity;
+  std::map<std::string, std::string> state_files;  // cold: the swtpm state files (encrypted by swtpm)
+  bool live = false;
+  std::string migration_id;
 };
 
 struct ManagerConfig {
@@ -98,6 +123,32 @@ class Manager {
   // and completes interrupted deletions.
   Status Reconcile();
 
+  // Sealed migration (migration_engine.h drives these; each claims the VM for its length).
+  Result<VmSecrets> UnwrapKeys(const VmRecord& rec) const;
+  // Source: checks the VM can leave (live: running; cold: provisioned or stopped) and moves it
+  // to migrating-out; the returned generation is the migration's fencing token.
+  // *before: the state it left (where an abort returns it).
+  Result<VmRecord> BeginMigrationOut(const std::string& vm, bool cold, VmState* before);
+  // The swtpm state files of a VM that is not running (cold migration).
+  Result<std::map<std::string, std::string>> ReadTpmState(const std::string& uuid) const;
+  // Source, commit: fences a live instance (its QEMU session ends, no INIT or state export for
+  // the rest of its life). Idempotent.
+  Status FenceOutgoing(const std::string& uuid, uint64_t generation);
+  // Source, commit: stops the instance, revokes the certificates, destroys state and keys and
+  // leaves the tombstone, in that order.
+  Status FinishMigrationOut(const std::string& uuid, uint64_t generation, const Tombstone& tombstone);
+  // Source, abort: back to `before` (running only if its instance still runs, else failed).
+  Result<VmRecord> AbortMigrationOut(const std::string& uuid, uint64_t generation, VmState before);
+  // Destination: records the VM as incoming; cold: writes its state; live: starts an incoming
+  // instance that admits only this migration's state.
+  Result<VmRecord> ReceiveIncoming(const IncomingVm& vm);
+  // Destination, commit: incoming -> running (live; refused until the state arrived) or stopped.
+  Result<VmRecord> CommitIncoming(const std::string& uuid, bool live);
+  // Destination, abort: ends the incoming instance and destroys what arrived.
+  Status AbortIncoming(const std::string& uuid);
+  // Whether the incoming instance of uuid has received the vTPM's permanent state.
+  Result<bool> IncomingStateReceived(const std::string& uuid) const;
+
  private:
   // This process's claim on one VM for the length of an operation; released on destruction.
   class VmClaim {
@@ -126,7 +177,10 @@ class Manager {
   void OnInstanceExit(const std::string& uuid, const std::string& how);
   // Removes a VM's files and row (its certificates are revoked), if the VM is still at
   // generation. For delete and for undoing an incomplete create.
-  Status Destroy(const std::string& uuid, uint64_t generation);
+  Status Destroy(const std::string& uuid, uint64_t generation, const std::optional<Tombstone>& tombstone = std::nullopt);
+  // The launch of uuid's instance (keys unwrapped), as Start and an incoming migration run it.
+  Result<InstanceLaunch> LaunchFor(const VmRecord& rec) const;
+  Status WritePendingCertificates(const VmRecord& rec, const InstanceLaunch& launch);
   // Creates (or repairs) a VM's directories with their modes and owners.
   Status MakeVmDirs(const VmPaths& paths, uint32_t uid) const;
   // An adopted instance made its tpm.sock for the QEMU user of the vtmd that started it; when

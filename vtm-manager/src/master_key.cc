@@ -1,11 +1,9 @@
 // Sealing/unsealing of the master key and AES-256-GCM key wrapping.
 #include "master_key.h"
 
-#include <openssl/evp.h>
-#include <openssl/rand.h>
+#include <string_view>
 
-#include <memory>
-
+#include "vtm/aes_gcm.h"
 #include "vtm/fs.h"
 #include "vtm/log.h"
 
@@ -14,11 +12,7 @@ namespace {
 constexpr char kMagic[] = "VTMK";
 constexpr size_t kMagicLen = 4;
 constexpr uint8_t kVersion = 1;
-constexpr size_t kNonceLen = 12;
-constexpr size_t kTagLen = 16;
-constexpr size_t kKeyLen = 32;
-
-using CipherCtx = std::unique_ptr<EVP_CIPHER_CTX, decltype(&EVP_CIPHER_CTX_free)>;
+constexpr size_t kKeyLen = kAesGcmKeySize;
 }  // namespace
 
 std::string WrapLabel(const std::string& vm_uuid, const std::string& purpose) {
@@ -52,57 +46,34 @@ Result<MasterKey> MasterKey::LoadOrCreate(HostTpm& tpm, const std::string& seale
 }
 
 Result<std::string> MasterKey::Wrap(const SecretBytes& key, const std::string& aad) const {
-  uint8_t nonce[kNonceLen];
-  if (RAND_bytes(nonce, sizeof nonce) != 1) return Error(ErrorCode::kInternal, "random nonce failed");
-  CipherCtx ctx(EVP_CIPHER_CTX_new(), EVP_CIPHER_CTX_free);
+  auto sealed = AesGcmSeal(key_, key.data(), key.size(), aad);
+  if (!sealed.ok()) return std::move(sealed).error().Context("wrapping a key for " + aad);
   std::string out(kMagic, kMagicLen);
   out.push_back(static_cast<char>(kVersion));
-  out.append(reinterpret_cast<char*>(nonce), kNonceLen);
-  std::string ct(key.size(), '\0');
-  int len = 0;
-  if (!ctx || EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key_.data(), nonce) != 1 ||
-      EVP_EncryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const uint8_t*>(aad.data()),
-                        static_cast<int>(aad.size())) != 1 ||
-      EVP_EncryptUpdate(ctx.get(), reinterpret_cast<uint8_t*>(ct.data()), &len, key.data(),
-                        static_cast<int>(key.size())) != 1 ||
-      EVP_EncryptFinal_ex(ctx.get(), nullptr, &len) != 1) {
-    return Error(ErrorCode::kInternal, "AES-256-GCM key wrap failed");
-  }
-  uint8_t tag[kTagLen];
-  if (EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, kTagLen, tag) != 1) {
-    return Error(ErrorCode::kInternal, "AES-256-GCM tag failed");
-  }
-  out += ct;
-  out.append(reinterpret_cast<char*>(tag), kTagLen);
+  out += sealed->iv;
+  out += sealed->ciphertext;
+  out += sealed->tag;
   return out;
 }
 
 Result<SecretBytes> MasterKey::Unwrap(const std::string& wrapped, const std::string& aad) const {
-  const size_t header = kMagicLen + 1 + kNonceLen;
-  if (wrapped.size() <= header + kTagLen || wrapped.compare(0, kMagicLen, kMagic) != 0) {
+  const size_t header = kMagicLen + 1 + kAesGcmIvSize;
+  if (wrapped.size() <= header + kAesGcmTagSize || wrapped.compare(0, kMagicLen, kMagic) != 0) {
     return Error(ErrorCode::kDataLoss, "wrapped key for " + aad + " is malformed");
   }
   if (static_cast<uint8_t>(wrapped[kMagicLen]) != kVersion) {
     return Error(ErrorCode::kDataLoss, "wrapped key for " + aad + " has unknown version " +
                                            std::to_string(static_cast<uint8_t>(wrapped[kMagicLen])));
   }
-  const auto* p = reinterpret_cast<const uint8_t*>(wrapped.data());
-  size_t ct_len = wrapped.size() - header - kTagLen;
-  SecretBytes out(ct_len);
-  CipherCtx ctx(EVP_CIPHER_CTX_new(), EVP_CIPHER_CTX_free);
-  int len = 0;
-  uint8_t tag[kTagLen];
-  std::copy(p + header + ct_len, p + header + ct_len + kTagLen, tag);
-  if (!ctx || EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key_.data(), p + kMagicLen + 1) != 1 ||
-      EVP_DecryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const uint8_t*>(aad.data()),
-                        static_cast<int>(aad.size())) != 1 ||
-      EVP_DecryptUpdate(ctx.get(), out.data(), &len, p + header, static_cast<int>(ct_len)) != 1 ||
-      EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, kTagLen, tag) != 1 ||
-      EVP_DecryptFinal_ex(ctx.get(), nullptr, &len) != 1) {
+  const std::string_view all(wrapped);
+  const size_t ct_len = wrapped.size() - header - kAesGcmTagSize;
+  auto key = AesGcmOpen(key_, all.substr(kMagicLen + 1, kAesGcmIvSize), all.substr(header, ct_len),
+                        all.substr(header + ct_len), aad);
+  if (!key.ok()) {
     return Error(ErrorCode::kDataLoss, "wrapped key for " + aad +
                                            " fails authentication: it was altered or belongs to another master key");
   }
-  return out;
+  return key;
 }
 
 }  // namespace vtm

@@ -8,7 +8,7 @@
 namespace vtm {
 namespace {
 
-constexpr int kSchemaVersion = 3;
+constexpr int kSchemaVersion = 4;
 
 struct StateName {
   VmState state;
@@ -17,7 +17,7 @@ struct StateName {
 constexpr StateName kStateNames[] = {
     {VmState::kDefined, "defined"}, {VmState::kProvisioned, "provisioned"}, {VmState::kStarting, "starting"}, {VmState::kRunning, "running"},
     {VmState::kStopping, "stopping"},       {VmState::kStopped, "stopped"},   {VmState::kDeleting, "deleting"},
-    {VmState::kFailed, "failed"},
+    {VmState::kFailed, "failed"},  {VmState::kMigratingOut, "migrating-out"}, {VmState::kIncoming, "incoming"},
 };
 
 std::string NowUtc() {
@@ -86,6 +86,22 @@ constexpr const char* kVtpmColumnsDdl =
     "ALTER TABLE vms ADD COLUMN vtpm_ak_name BLOB NOT NULL DEFAULT x'';"
     "ALTER TABLE vms ADD COLUMN vtpm_ek_public BLOB NOT NULL DEFAULT x'';"
     "ALTER TABLE vms ADD COLUMN vtpm_ak_public BLOB NOT NULL DEFAULT x'';";
+// v4: migration (issue 7).
+constexpr const char* kMigrationDdl =
+    "ALTER TABLE vms ADD COLUMN nv_certificates_pending INTEGER NOT NULL DEFAULT 0;"
+    "CREATE TABLE IF NOT EXISTS migrations ("
+    " id TEXT PRIMARY KEY, vm_uuid TEXT NOT NULL, role TEXT NOT NULL, mode TEXT NOT NULL, peer TEXT NOT NULL,"
+    " state TEXT NOT NULL, generation INTEGER NOT NULL, vm_state_before TEXT NOT NULL DEFAULT '',"
+    " prepared BLOB NOT NULL DEFAULT x'', created_at TEXT NOT NULL, updated_at TEXT NOT NULL,"
+    " last_error TEXT NOT NULL DEFAULT '');"
+    "CREATE INDEX IF NOT EXISTS migrations_vm ON migrations (vm_uuid);"
+    "CREATE TABLE IF NOT EXISTS tombstones ("
+    " vm_uuid TEXT PRIMARY KEY, generation INTEGER NOT NULL, destination TEXT NOT NULL, migration_id TEXT NOT NULL,"
+    " at TEXT NOT NULL);";
+constexpr const char* kMigrationColumns =
+    "id, vm_uuid, role, mode, peer, state, generation, vm_state_before, prepared, created_at, updated_at, last_error";
+
+bool Ended(const std::string& migration_state) { return migration_state == "committed" || migration_state == "aborted"; }
 
 }  // namespace
 
@@ -152,6 +168,10 @@ Status Registry::InitSchema(const std::string& path) {
       VTM_RETURN_IF_ERROR(Exec(std::string(kVtpmColumnsDdl) + "UPDATE meta SET value='3' WHERE key='schema_version'"));
       v = 3;
     }
+    if (v == 3) {
+      VTM_RETURN_IF_ERROR(Exec(std::string(kMigrationDdl) + "UPDATE meta SET value='4' WHERE key='schema_version'"));
+      v = 4;
+    }
     if (v != kSchemaVersion) {
       return Error(ErrorCode::kFailedPrecondition, "registry " + path + " has schema version " + std::to_string(v) +
                                                        "; this vtmd understands version " +
@@ -161,6 +181,7 @@ Status Registry::InitSchema(const std::string& path) {
   }
   // A new registry: the v1 tables above plus every later column.
   VTM_RETURN_IF_ERROR(Exec(kVtpmColumnsDdl));
+  VTM_RETURN_IF_ERROR(Exec(kMigrationDdl));
   return Exec("INSERT INTO meta VALUES ('schema_version', '" + std::to_string(kSchemaVersion) + "')");
 }
 
@@ -191,6 +212,23 @@ Status Registry::Insert(VmRecord* record, uint32_t uid_base, uint32_t uid_count)
                              : "the name '" + record->name + "' is taken by VM " + dup.ColText(0));
     }
   }
+  if (record->generation == 0) record->generation = 1;
+  {
+    Stmt tomb(db_, "SELECT generation, destination, migration_id FROM tombstones WHERE vm_uuid=?1");
+    tomb.Text(1, record->uuid);
+    if (sqlite3_step(tomb.get()) == SQLITE_ROW) {
+      const auto left = static_cast<uint64_t>(tomb.ColInt(0));
+      if (record->generation <= left) {
+        return Error(ErrorCode::kAlreadyExists,
+                     "VM " + record->uuid + " migrated from this host to " + tomb.ColText(1) + " at generation " +
+                         std::to_string(left) + " (migration " + tomb.ColText(2) +
+                         "); its vTPM lives there now and cannot be created or started here again");
+      }
+      Stmt del(db_, "DELETE FROM tombstones WHERE vm_uuid=?1");
+      del.Text(1, record->uuid);
+      if (sqlite3_step(del.get()) != SQLITE_DONE) return SqlError(db_, "replacing the tombstone of " + record->uuid);
+    }
+  }
   // Lowest free uid: the registry is the only allocator of the range.
   uint32_t uid = uid_base;
   {
@@ -207,7 +245,6 @@ Status Registry::Insert(VmRecord* record, uint32_t uid_base, uint32_t uid_count)
                                               std::to_string(uid_base) + " are in use; raise --instance-uid-count");
   }
   record->instance_uid = uid;
-  record->generation = 1;
   record->created_at = record->updated_at = NowUtc();
   Stmt ins(db_, std::string("INSERT INTO vms (") + kColumns + ") VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)");
   ins.Text(1, record->uuid);
@@ -223,11 +260,16 @@ Status Registry::Insert(VmRecord* record, uint32_t uid_base, uint32_t uid_count)
   ins.Text(11, record->updated_at);
   ins.Text(12, record->last_error);
   if (sqlite3_step(ins.get()) != SQLITE_DONE) return SqlError(db_, "inserting VM " + record->uuid);
+  if (record->nv_certificates_pending) {
+    Stmt pending(db_, "UPDATE vms SET nv_certificates_pending=1 WHERE uuid=?1");
+    pending.Text(1, record->uuid);
+    if (sqlite3_step(pending.get()) != SQLITE_DONE) return SqlError(db_, "inserting VM " + record->uuid);
+  }
   return txn.Commit();
 }
 
 Result<std::vector<VmRecord>> Registry::Query(const std::string& where, const std::vector<std::string>& args) {
-  Stmt q(db_, std::string("SELECT ") + kColumns + ", " + kVtpmColumns + " FROM vms " + where);
+  Stmt q(db_, std::string("SELECT ") + kColumns + ", " + kVtpmColumns + ", nv_certificates_pending FROM vms " + where);
   if (!q.ok()) return SqlError(db_, "query");
   for (size_t i = 0; i < args.size(); ++i) q.Text(static_cast<int>(i + 1), args[i]);
   std::vector<VmRecord> out;
@@ -251,6 +293,7 @@ Result<std::vector<VmRecord>> Registry::Query(const std::string& where, const st
     r.vtpm.ak_name = q.ColText(14);
     r.vtpm.ek_public = q.ColText(15);
     r.vtpm.ak_public = q.ColText(16);
+    r.nv_certificates_pending = q.ColInt(17) != 0;
     out.push_back(std::move(r));
   }
   if (rc != SQLITE_DONE) return SqlError(db_, "query");
@@ -261,6 +304,13 @@ Result<VmRecord> Registry::Get(const std::string& uuid_or_name) {
   MutexLock lock(mu_);
   VTM_ASSIGN_OR_RETURN(auto rows, Query("WHERE uuid=?1 OR name=?1 ORDER BY (uuid=?1) DESC", {uuid_or_name}));
   if (rows.empty()) {
+    Stmt tomb(db_, "SELECT generation, destination, migration_id FROM tombstones WHERE vm_uuid=?1");
+    tomb.Text(1, uuid_or_name);
+    if (sqlite3_step(tomb.get()) == SQLITE_ROW) {
+      return Error(ErrorCode::kNotFound, "VM " + uuid_or_name + " migrated from this host to " + tomb.ColText(1) +
+                                             " (migration " + tomb.ColText(2) + ", generation " +
+                                             std::to_string(tomb.ColInt(0)) + "); its vTPM is no longer here");
+    }
     return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid_or_name + "'; `vtmctl list` shows the known VMs");
   }
   return rows.front();
@@ -322,8 +372,11 @@ Status Registry::SetVtpmIdentity(const std::string& uuid, const VtpmPublicIdenti
   return OkStatus();
 }
 
-Status Registry::Remove(const std::string& uuid, uint64_t expected_generation) {
+Status Registry::Remove(const std::string& uuid, uint64_t expected_generation,
+                        const std::optional<Tombstone>& tombstone) {
   MutexLock lock(mu_);
+  Txn txn(db_);
+  if (!txn.ok()) return SqlError(db_, "begin");
   Stmt del(db_, "DELETE FROM vms WHERE uuid=?1 AND generation=?2");
   del.Text(1, uuid);
   del.Int(2, static_cast<int64_t>(expected_generation));
@@ -332,7 +385,155 @@ Status Registry::Remove(const std::string& uuid, uint64_t expected_generation) {
     return Error(ErrorCode::kFailedPrecondition,
                  "VM " + uuid + " was changed by another operation meanwhile; it was not removed");
   }
+  if (tombstone) {
+    Stmt ins(db_, "INSERT OR REPLACE INTO tombstones (vm_uuid, generation, destination, migration_id, at) "
+                  "VALUES (?1,?2,?3,?4,?5)");
+    ins.Text(1, uuid);
+    ins.Int(2, static_cast<int64_t>(tombstone->generation));
+    ins.Text(3, tombstone->destination);
+    ins.Text(4, tombstone->migration_id);
+    ins.Text(5, NowUtc());
+    if (sqlite3_step(ins.get()) != SQLITE_DONE) return SqlError(db_, "recording the tombstone of VM " + uuid);
+    Stmt mig(db_, "UPDATE migrations SET state='committed', updated_at=?1 WHERE id=?2");
+    mig.Text(1, NowUtc());
+    mig.Text(2, tombstone->migration_id);
+    if (sqlite3_step(mig.get()) != SQLITE_DONE) return SqlError(db_, "recording migration " + tombstone->migration_id);
+  }
+  return txn.Commit();
+}
+
+Status Registry::SetNvCertificatesPending(const std::string& uuid, bool pending) {
+  MutexLock lock(mu_);
+  Stmt up(db_, "UPDATE vms SET nv_certificates_pending=?1 WHERE uuid=?2");
+  up.Int(1, pending ? 1 : 0);
+  up.Text(2, uuid);
+  if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "recording the NV certificates of VM " + uuid);
+  if (sqlite3_changes(db_) != 1) return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid + "'");
   return OkStatus();
+}
+
+Result<std::vector<MigrationRecord>> Registry::QueryMigrations(const std::string& where,
+                                                               const std::vector<std::string>& args) {
+  Stmt q(db_, std::string("SELECT ") + kMigrationColumns + " FROM migrations " + where);
+  if (!q.ok()) return SqlError(db_, "migration query");
+  for (size_t i = 0; i < args.size(); ++i) q.Text(static_cast<int>(i + 1), args[i]);
+  std::vector<MigrationRecord> out;
+  int rc;
+  while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) {
+    MigrationRecord m;
+    m.id = q.ColText(0);
+    m.vm_uuid = q.ColText(1);
+    m.role = q.ColText(2);
+    m.mode = q.ColText(3);
+    m.peer = q.ColText(4);
+    m.state = q.ColText(5);
+    m.generation = static_cast<uint64_t>(q.ColInt(6));
+    m.vm_state_before = q.ColText(7);
+    m.prepared = q.ColText(8);
+    m.created_at = q.ColText(9);
+    m.updated_at = q.ColText(10);
+    m.last_error = q.ColText(11);
+    out.push_back(std::move(m));
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "migration query");
+  return out;
+}
+
+Status Registry::InsertMigration(MigrationRecord* m) {
+  MutexLock lock(mu_);
+  m->created_at = m->updated_at = NowUtc();
+  Stmt ins(db_, std::string("INSERT INTO migrations (") + kMigrationColumns +
+                    ") VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)");
+  ins.Text(1, m->id);
+  ins.Text(2, m->vm_uuid);
+  ins.Text(3, m->role);
+  ins.Text(4, m->mode);
+  ins.Text(5, m->peer);
+  ins.Text(6, m->state);
+  ins.Int(7, static_cast<int64_t>(m->generation));
+  ins.Text(8, m->vm_state_before);
+  ins.Blob(9, m->prepared);
+  ins.Text(10, m->created_at);
+  ins.Text(11, m->updated_at);
+  ins.Text(12, m->last_error);
+  int rc = sqlite3_step(ins.get());
+  if (rc == SQLITE_CONSTRAINT) return Error(ErrorCode::kAlreadyExists, "migration " + m->id + " exists already");
+  if (rc != SQLITE_DONE) return SqlError(db_, "recording migration " + m->id);
+  return OkStatus();
+}
+
+Result<MigrationRecord> Registry::GetMigration(const std::string& id) {
+  MutexLock lock(mu_);
+  VTM_ASSIGN_OR_RETURN(auto rows, QueryMigrations("WHERE id=?1", {id}));
+  if (rows.empty()) {
+    return Error(ErrorCode::kNotFound, "no migration '" + id + "' on this host; `vtmctl migrate status` lists them");
+  }
+  return rows.front();
+}
+
+Result<std::vector<MigrationRecord>> Registry::ListMigrations() {
+  MutexLock lock(mu_);
+  return QueryMigrations("ORDER BY created_at, id", {});
+}
+
+Result<std::optional<MigrationRecord>> Registry::OpenMigrationOf(const std::string& vm_uuid, const std::string& role) {
+  MutexLock lock(mu_);
+  VTM_ASSIGN_OR_RETURN(auto rows, QueryMigrations("WHERE vm_uuid=?1 AND role=?2 ORDER BY created_at DESC", {vm_uuid, role}));
+  for (auto& m : rows) {
+    if (!Ended(m.state)) return std::optional<MigrationRecord>(std::move(m));
+  }
+  return std::optional<MigrationRecord>();
+}
+
+Result<MigrationRecord> Registry::UpdateMigration(const std::string& id, const std::set<std::string>& from,
+                                                  const std::string& to, std::optional<std::string> last_error) {
+  MutexLock lock(mu_);
+  Txn txn(db_);
+  if (!txn.ok()) return SqlError(db_, "begin");
+  VTM_ASSIGN_OR_RETURN(auto rows, QueryMigrations("WHERE id=?1", {id}));
+  if (rows.empty()) return Error(ErrorCode::kNotFound, "no migration '" + id + "' on this host");
+  MigrationRecord m = std::move(rows.front());
+  if (!from.count(m.state)) {
+    return Error(ErrorCode::kFailedPrecondition, "migration " + id + " is " + m.state);
+  }
+  m.state = to;
+  m.updated_at = NowUtc();
+  if (last_error) m.last_error = *last_error;
+  Stmt up(db_, "UPDATE migrations SET state=?1, updated_at=?2, last_error=?3 WHERE id=?4");
+  up.Text(1, m.state);
+  up.Text(2, m.updated_at);
+  up.Text(3, m.last_error);
+  up.Text(4, id);
+  if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "updating migration " + id);
+  VTM_RETURN_IF_ERROR(txn.Commit());
+  return m;
+}
+
+Status Registry::SetMigrationPrepared(const std::string& id, const std::string& prepared) {
+  MutexLock lock(mu_);
+  Stmt up(db_, "UPDATE migrations SET prepared=?1, updated_at=?2 WHERE id=?3");
+  up.Blob(1, prepared);
+  up.Text(2, NowUtc());
+  up.Text(3, id);
+  if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "updating migration " + id);
+  if (sqlite3_changes(db_) != 1) return Error(ErrorCode::kNotFound, "no migration '" + id + "' on this host");
+  return OkStatus();
+}
+
+Result<std::optional<Tombstone>> Registry::GetTombstone(const std::string& vm_uuid) {
+  MutexLock lock(mu_);
+  Stmt q(db_, "SELECT vm_uuid, generation, destination, migration_id, at FROM tombstones WHERE vm_uuid=?1");
+  q.Text(1, vm_uuid);
+  int rc = sqlite3_step(q.get());
+  if (rc == SQLITE_DONE) return std::optional<Tombstone>();
+  if (rc != SQLITE_ROW) return SqlError(db_, "tombstone query");
+  Tombstone t;
+  t.vm_uuid = q.ColText(0);
+  t.generation = static_cast<uint64_t>(q.ColInt(1));
+  t.destination = q.ColText(2);
+  t.migration_id = q.ColText(3);
+  t.at = q.ColText(4);
+  return std::optional<Tombstone>(std::move(t));
 }
 
 Result<uint64_t> Registry::NewSerial() {

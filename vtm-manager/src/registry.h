@@ -27,7 +27,20 @@
 
 namespace vtm {
 
-enum class VmState { kDefined, kProvisioned, kStarting, kRunning, kStopping, kStopped, kDeleting, kFailed };
+// kMigratingOut: this host is moving the VM away (its instance, if live, keeps serving until
+// commit); kIncoming: the VM is arriving here and is not active until its migration commits.
+enum class VmState {
+  kDefined,
+  kProvisioned,
+  kStarting,
+  kRunning,
+  kStopping,
+  kStopped,
+  kDeleting,
+  kFailed,
+  kMigratingOut,
+  kIncoming,
+};
 
 const char* VmStateName(VmState state);  // "provisioned", "running", ...
 Result<VmState> ParseVmState(const std::string& name);
@@ -56,6 +69,40 @@ struct VmRecord {
   std::string updated_at;
   std::string last_error;
   VtpmPublicIdentity vtpm;  // empty for a vTPM created without identity
+  // Certificates issued by this host's CA that are not yet in the vTPM's NV indices (a VM
+  // that arrived by migration): written by the next start, before any guest sees the vTPM.
+  bool nv_certificates_pending = false;
+};
+
+// One migration as one host sees it (ISO/IEC 27070 6.6). The destination assigns the ID.
+// role "source": state preparing -> prepared -> sent -> committing -> committed | aborted;
+// role "destination": prepared -> received -> committed | aborted.
+struct MigrationRecord {
+  std::string id;
+  std::string vm_uuid;
+  std::string role;  // "source" | "destination"
+  std::string mode;  // "live" | "cold"
+  std::string peer;  // the other vtmd: HOST:PORT (source) or its certificate subject (destination)
+  std::string state;
+  uint64_t generation = 0;      // the VM's generation the migration carries (the fencing token)
+  std::string vm_state_before;  // source: the VM's state before (where an abort returns it)
+  // source: the destination's PrepareResponse (public: evidence, import key, its certification);
+  // destination: the import key blob (TPM-encrypted, only this host TPM loads it) and the
+  // source's nonce.
+  std::string prepared;
+  std::string created_at;
+  std::string updated_at;
+  std::string last_error;
+};
+
+// What remains on the source of a VM that migrated away: a start or a stale actor finds it
+// here, not a fresh VM.
+struct Tombstone {
+  std::string vm_uuid;
+  uint64_t generation = 0;  // the generation that left
+  std::string destination;
+  std::string migration_id;
+  std::string at;
 };
 
 // A certificate the host CA issued. Kept after its VM is deleted (revoked), for the CRL.
@@ -77,8 +124,10 @@ class Registry {
   Registry& operator=(const Registry&) = delete;
 
   // Inserts a new VM with the lowest free uid in [uid_base, uid_base + uid_count); fills
-  // record->instance_uid, generation, timestamps. kAlreadyExists if the uuid or name is taken,
-  // kUnavailable if the uid range is exhausted.
+  // record->instance_uid, timestamps and (if 0) the generation (1). kAlreadyExists if the uuid or
+  // name is taken, or the uuid has a tombstone of a generation >= the record's (it migrated
+  // away; an arriving VM of a later generation replaces the tombstone), kUnavailable if the uid
+  // range is exhausted.
   Status Insert(VmRecord* record, uint32_t uid_base, uint32_t uid_count);
   // By UUID or, failing that, by name.
   Result<VmRecord> Get(const std::string& uuid_or_name);
@@ -93,8 +142,23 @@ class Registry {
   // Records the public identity of uuid's vTPM (at provisioning).
   Status SetVtpmIdentity(const std::string& uuid, const VtpmPublicIdentity& identity);
   // Removes the row (and with it the only copies of the VM's wrapped keys) if it is still at
-  // expected_generation. The VM's certificates stay, revoked.
-  Status Remove(const std::string& uuid, uint64_t expected_generation);
+  // expected_generation. The VM's certificates stay, revoked. With a tombstone, it is recorded
+  // and the migration it names marked committed in the same transaction.
+  Status Remove(const std::string& uuid, uint64_t expected_generation,
+                const std::optional<Tombstone>& tombstone = std::nullopt);
+  Status SetNvCertificatesPending(const std::string& uuid, bool pending);
+
+  // Migrations.
+  Status InsertMigration(MigrationRecord* record);  // fills timestamps; kAlreadyExists for a used ID
+  Result<MigrationRecord> GetMigration(const std::string& id);
+  Result<std::vector<MigrationRecord>> ListMigrations();
+  // The migration of vm_uuid in `role` that has not ended (committed/aborted), if any.
+  Result<std::optional<MigrationRecord>> OpenMigrationOf(const std::string& vm_uuid, const std::string& role);
+  // Compare-and-set on the migration's state; kFailedPrecondition naming the current state.
+  Result<MigrationRecord> UpdateMigration(const std::string& id, const std::set<std::string>& from,
+                                          const std::string& to, std::optional<std::string> last_error = std::nullopt);
+  Status SetMigrationPrepared(const std::string& id, const std::string& prepared);
+  Result<std::optional<Tombstone>> GetTombstone(const std::string& vm_uuid);
 
   // Certificates. Serials are 64 random bits (RFC 5280 positive integers, CA/Browser Forum's
   // "at least 64 bits from a CSPRNG"), never 0 and not in use by this registry, so two hosts
@@ -114,6 +178,8 @@ class Registry {
   Result<std::vector<VmRecord>> Query(const std::string& where, const std::vector<std::string>& args) REQUIRES(mu_);
   Result<std::vector<CertRecord>> QueryCerts(const std::string& where, const std::string& arg) REQUIRES(mu_);
   Result<uint64_t> NextCounter(const std::string& key) REQUIRES(mu_);
+  Result<std::vector<MigrationRecord>> QueryMigrations(const std::string& where, const std::vector<std::string>& args)
+      REQUIRES(mu_);
   Status InitSchema(const std::string& path) REQUIRES(mu_);
 
   Mutex mu_;

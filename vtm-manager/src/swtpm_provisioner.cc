@@ -7,9 +7,9 @@
 
 namespace vtm {
 
-Result<ProvisionedVtpm> SwtpmProvisioner::Provision(const VmRecord& vm, const VmPaths& paths,
-                                                            const SecretBytes& state_key,
-                                                            const SecretBytes& migration_key) {
+namespace {
+ProvisioningSwtpmOptions OptionsFor(const VmRecord& vm, const VmPaths& paths, const SecretBytes& state_key,
+                                    const SecretBytes& migration_key) {
   ProvisioningSwtpmOptions o;
   o.tpm_state_dir = paths.tpm_dir;
   o.state_key = &state_key;
@@ -20,6 +20,14 @@ Result<ProvisionedVtpm> SwtpmProvisioner::Provision(const VmRecord& vm, const Vm
   o.process_record = paths.provisioning_record;
   o.extra_args = {"--seccomp", "action=kill"};
   o.label = "vTPM of VM " + vm.uuid;
+  return o;
+}
+}  // namespace
+
+Result<ProvisionedVtpm> SwtpmProvisioner::Provision(const VmRecord& vm, const VmPaths& paths,
+                                                            const SecretBytes& state_key,
+                                                            const SecretBytes& migration_key) {
+  ProvisioningSwtpmOptions o = OptionsFor(vm, paths, state_key, migration_key);
   VTM_ASSIGN_OR_RETURN(auto swtpm, ProvisioningSwtpm::Start(o));
   CrashPoint("create.provisioning-swtpm-started");
   auto provisioned = ProvisionVtpm(swtpm->tpm(), host_tpm_, host_ca_, registry_, vm.uuid, vm.service);
@@ -28,6 +36,18 @@ Result<ProvisionedVtpm> SwtpmProvisioner::Provision(const VmRecord& vm, const Vm
   if (!provisioned.ok()) return provisioned;
   if (!down.ok()) return std::move(down).error().Context("saving the provisioned state of " + o.label);
   return provisioned;
+}
+
+
+Status SwtpmProvisioner::WriteCertificates(const VmRecord& vm, const VmPaths& paths, const SecretBytes& state_key,
+                                           const SecretBytes& migration_key, const std::vector<CertRecord>& certs) {
+  ProvisioningSwtpmOptions o = OptionsFor(vm, paths, state_key, migration_key);
+  VTM_ASSIGN_OR_RETURN(auto swtpm, ProvisioningSwtpm::Start(o));
+  Status written = WriteVtpmCertificates(swtpm->tpm(), host_ca_, certs);
+  Status down = swtpm->Shutdown();
+  if (!written.ok()) return written;
+  if (!down.ok()) return std::move(down).error().Context("saving the state of " + o.label);
+  return OkStatus();
 }
 
 }  // namespace vtm

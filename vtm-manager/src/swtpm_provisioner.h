@@ -14,6 +14,8 @@ class SwtpmProvisioner : public VtpmProvisioner {
       : host_tpm_(host_tpm), host_ca_(host_ca), registry_(registry) {}
   Result<ProvisionedVtpm> Provision(const VmRecord& vm, const VmPaths& paths,
                                             const SecretBytes& state_key, const SecretBytes& migration_key) override;
+  Status WriteCertificates(const VmRecord& vm, const VmPaths& paths, const SecretBytes& state_key,
+                           const SecretBytes& migration_key, const std::vector<CertRecord>& certs) override;
 
  private:
   HostTpmExecutor& host_tpm_;

@@ -57,6 +57,21 @@ Commands:
                                        deep evidence: the guest's quote (tpm2_quote -m -s -o,
                                        made with the same nonce) linked to a host quote
                                        (a DeepEvidence message); check with vtm-verify
+  migrate prepare VM --to HOST:PORT [--cold]
+                                       start moving the VM's vTPM to the destination vtmd:
+                                       it is attested (--migration-policy) and hands over
+                                       an import key in its host TPM; prints the migration ID
+  migrate send ID                      seal the VM's keys (cold: and state) to that key and
+                                       send them; live: prints the destination's tpm socket
+                                       for the destination QEMU (-incoming)
+  migrate commit ID [--activate-only]  after QEMU's migration completed (live): fence the
+                                       vTPM here, activate it there, destroy it here;
+                                       --activate-only returns once it is active there (a
+                                       live migration's orchestrator then continues the
+                                       destination QEMU, and commits again to finish)
+  migrate abort ID                     before commit: the destination destroys what it got
+  migrate status [ID]                  the migrations this host knows
+  migrate cold VM --to HOST:PORT       prepare, send and commit a stopped VM's vTPM at once
   libvirt qemu-user|xml|patch|orphans|hook
                                        libvirt domains and their vTPMs (`vtmctl libvirt`
                                        lists them)
@@ -85,7 +100,7 @@ int ExitFor(api::Status s) {
 std::string StateName(api::VmState s) {
   std::string n = api::VmState_Name(s);
   n = n.substr(std::string("VM_STATE_").size());
-  for (auto& c : n) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (auto& c : n) c = c == '_' ? '-' : static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return n == "unspecified" ? "deleted" : n;
 }
 
@@ -213,6 +228,117 @@ int WriteEvidence(const api::Response& resp, const std::string& path, bool json)
   return kOk;
 }
 
+void PrintJson(const google::protobuf::Message& m) {
+  google::protobuf::util::JsonPrintOptions o;
+  o.add_whitespace = true;
+  o.always_print_primitive_fields = true;
+  o.preserve_proto_field_names = true;
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  std::cout << out;
+}
+
+void PrintMigration(const api::Migration& m) {
+  std::cout << "migration:     " << m.id() << "\n"
+            << "vm:            " << m.vm_uuid() << "\n"
+            << "role:          " << m.role() << " (" << m.mode() << ")\n"
+            << "peer:          " << m.peer() << "\n"
+            << "state:         " << m.state() << "\n"
+            << "generation:    " << m.generation() << "\n";
+  if (!m.destination_tpm_socket().empty()) std::cout << "tpm socket:    " << m.destination_tpm_socket() << " (destination)\n";
+  if (!m.last_error().empty()) std::cout << "last error:    " << m.last_error() << "\n";
+}
+
+// `migrate ...`: one request per step; `migrate cold` runs prepare, send and commit, saying
+// each on stderr as it goes.
+int RunMigrate(const std::vector<std::string>& args, const std::string& socket, bool json) {
+  const std::string sub = args.empty() ? "" : args[0];
+  api::MigrateRequest m;
+  std::vector<api::MigrateRequest::Step> steps;
+  if (sub == "prepare" || sub == "cold") {
+    for (size_t i = 1; i < args.size(); ++i) {
+      if (args[i] == "--to" && i + 1 < args.size()) m.set_destination(args[++i]);
+      else if (args[i] == "--cold") m.set_cold(true);
+      else if (args[i].rfind("--", 0) != 0 && m.vm().empty()) m.set_vm(args[i]);
+      else {
+        std::cerr << "vtmctl migrate " << sub << ": unexpected argument '" << args[i] << "'\n";
+        return kUsage_;
+      }
+    }
+    if (m.vm().empty() || m.destination().empty()) {
+      std::cerr << "vtmctl migrate " << sub << ": name the VM and --to HOST:PORT (the destination's migration endpoint)\n";
+      return kUsage_;
+    }
+    if (sub == "cold") {
+      m.set_cold(true);
+      steps = {api::MigrateRequest::STEP_PREPARE, api::MigrateRequest::STEP_SEND, api::MigrateRequest::STEP_COMMIT};
+    } else {
+      steps = {api::MigrateRequest::STEP_PREPARE};
+    }
+  } else if (sub == "commit" && args.size() == 3 && args[2] == "--activate-only") {
+    m.set_migration_id(args[1]);
+    m.set_activate_only(true);
+    steps = {api::MigrateRequest::STEP_COMMIT};
+  } else if ((sub == "send" || sub == "commit" || sub == "abort") && args.size() == 2) {
+    m.set_migration_id(args[1]);
+    steps = {sub == "send" ? api::MigrateRequest::STEP_SEND
+                           : sub == "commit" ? api::MigrateRequest::STEP_COMMIT : api::MigrateRequest::STEP_ABORT};
+  } else if (sub == "status" && args.size() <= 2) {
+    if (args.size() == 2) m.set_migration_id(args[1]);
+    steps = {api::MigrateRequest::STEP_STATUS};
+  } else {
+    std::cerr << "vtmctl migrate: use prepare VM --to HOST:PORT [--cold], send ID, commit ID, abort ID, status [ID] "
+                 "or cold VM --to HOST:PORT\n";
+    return kUsage_;
+  }
+  api::Response last;
+  for (api::MigrateRequest::Step step : steps) {
+    api::Request req;
+    *req.mutable_migrate() = m;
+    req.mutable_migrate()->set_step(step);
+    if (steps.size() > 1) {
+      std::cerr << "vtmctl migrate " << sub << ": " << api::MigrateRequest::Step_Name(step).substr(5) << "...\n";
+    }
+    // Prepare creates a key in the host TPM and quotes; commit may stop an instance.
+    auto resp = CallVtmd(socket, req, std::chrono::seconds(120));
+    if (!resp.ok()) {
+      std::cerr << "vtmctl migrate " << sub << ": " << resp.error().message() << "\n";
+      return resp.error().code() == ErrorCode::kPermissionDenied ? kDenied : kUnreachable;
+    }
+    if (resp->status() != api::STATUS_OK) {
+      if (json) PrintJson(*resp);
+      std::cerr << "vtmctl migrate " << sub << ": " << resp->error() << "\n";
+      if (!m.migration_id().empty() && steps.size() > 1) {
+        std::cerr << "vtmctl migrate " << sub << ": migration " << m.migration_id() << " stopped there; `vtmctl migrate "
+                  << "status " << m.migration_id() << "` shows it\n";
+      }
+      return ExitFor(resp->status());
+    }
+    if (!resp->migrations().empty() && m.migration_id().empty()) m.set_migration_id(resp->migrations(0).id());
+    last = std::move(resp).value();
+  }
+  if (json) {
+    PrintJson(last);
+    return kOk;
+  }
+  if (sub == "status") {
+    std::cout << std::left << std::setw(38) << "MIGRATION" << std::setw(38) << "VM" << std::setw(12) << "ROLE"
+              << std::setw(6) << "MODE" << std::setw(11) << "STATE" << "PEER\n";
+    for (const auto& mig : last.migrations()) {
+      std::cout << std::setw(38) << mig.id() << std::setw(38) << mig.vm_uuid() << std::setw(12) << mig.role()
+                << std::setw(6) << mig.mode() << std::setw(11) << mig.state() << mig.peer() << "\n";
+    }
+    return kOk;
+  }
+  if (!last.migrations().empty()) {
+    if (sub == "prepare" && !last.migrations(0).appraisal().empty()) {
+      std::cerr << "destination appraisal:\n" << last.migrations(0).appraisal();
+    }
+    PrintMigration(last.migrations(0));
+  }
+  return kOk;
+}
+
 int Run(int argc, char** argv) {
   const char* socket_env = std::getenv("VTM_SOCKET");
   std::string socket = socket_env != nullptr ? socket_env : "/run/vtm/vtmd.sock";
@@ -237,6 +363,7 @@ int Run(int argc, char** argv) {
   }
   const std::string cmd = args[0];
   if (cmd == "libvirt") return RunLibvirtCommand({args.begin() + 1, args.end()}, socket);
+  if (cmd == "migrate") return RunMigrate({args.begin() + 1, args.end()}, socket, json);
   std::string kind_filter;
   std::string evidence_path;
   api::Request req;
@@ -330,15 +457,7 @@ int Run(int argc, char** argv) {
     return resp.error().code() == ErrorCode::kPermissionDenied ? kDenied : kUnreachable;
   }
   if (cmd == "attest" && resp->status() == api::STATUS_OK) return WriteEvidence(*resp, evidence_path, json);
-  if (json) {
-    google::protobuf::util::JsonPrintOptions o;
-    o.add_whitespace = true;
-    o.always_print_primitive_fields = true;
-    o.preserve_proto_field_names = true;
-    std::string out;
-    (void)google::protobuf::util::MessageToJsonString(*resp, &out, o);
-    std::cout << out;
-  }
+  if (json) PrintJson(*resp);
   if (resp->status() != api::STATUS_OK) {
     std::cerr << "vtmctl " << cmd << ": " << resp->error() << "\n";
     return ExitFor(resp->status());

@@ -6,7 +6,6 @@
 #include <grp.h>
 #include <signal.h>
 #include <sys/file.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -32,6 +31,9 @@
 #include "manager.h"
 #include "master_key.h"
 #include "measurement_log.h"
+#include "migration_engine.h"
+#include "migration_peer.h"
+#include "host_tls.h"
 #include "owner_auth.h"
 #include "registry.h"
 #include "vtm/digest.h"
@@ -41,6 +43,7 @@
 #include "vtm/host_tpm_executor.h"
 #include "vtm/tpm.h"
 #include "vtm/log.h"
+#include "vtm/secret.h"
 #include "vtm/subprocess.h"
 
 namespace vtm {
@@ -84,6 +87,13 @@ Runs the vTPM manager daemon. Options may also be given in a config file as
                            only the local socket)
   --attest-verifier-ca FILE  PEM: verifiers' client certificates must chain to it (needed
                            with --attest-listen)
+  --migration-peer-ca FILE PEM: the fleet CA; vtmd peers in a migration present certificates
+                           from their host CAs that chain to it (needed for any migration)
+  --migration-listen HOST:PORT  accept incoming migrations there (mutual TLS 1.3; default off)
+  --migration-policy FILE  the attestation policy (vtm-verify learn) a destination must meet
+                           before this host seals a VM to it (needed to migrate VMs away)
+  --host-name NAME         this host's name in its certificates and evidence (default: the
+                           system host name)
   --log-level LEVEL        debug | info | warning | error (default info)
   --help
 )";
@@ -109,6 +119,10 @@ struct Options {
   uint32_t attest_max_batch = 4096;
   std::string attest_listen;
   std::string attest_verifier_ca;
+  std::string migration_peer_ca;
+  std::string migration_listen;
+  std::string migration_policy;
+  std::string host_name;
 };
 
 // The effective configuration as vtmd measures it: one "name = value" line per option, in a
@@ -130,7 +144,11 @@ std::string CanonicalConfig(const Options& o) {
       << "attest-batch-window-us = " << o.attest_batch_window_us << "\n"
       << "attest-max-batch = " << o.attest_max_batch << "\n"
       << "attest-listen = " << o.attest_listen << "\n"
-      << "attest-verifier-ca = " << o.attest_verifier_ca << "\n";
+      << "attest-verifier-ca = " << o.attest_verifier_ca << "\n"
+      << "migration-peer-ca = " << o.migration_peer_ca << "\n"
+      << "migration-listen = " << o.migration_listen << "\n"
+      << "migration-policy = " << o.migration_policy << "\n"
+      << "host-name = " << o.host_name << "\n";
   return out.str();
 }
 
@@ -165,6 +183,10 @@ Status Apply(Options* o, const std::string& name, const std::string& value) {
   else if (name == "attest-max-batch") return number(&o->attest_max_batch);
   else if (name == "attest-listen") o->attest_listen = value;
   else if (name == "attest-verifier-ca") o->attest_verifier_ca = value;
+  else if (name == "migration-peer-ca") o->migration_peer_ca = value;
+  else if (name == "migration-listen") o->migration_listen = value;
+  else if (name == "migration-policy") o->migration_policy = value;
+  else if (name == "host-name") o->host_name = value;
   else return Error(ErrorCode::kInvalidArgument, "unknown option '" + name + "'");
   return OkStatus();
 }
@@ -271,8 +293,12 @@ int Run(int argc, char** argv) {
   // tpm2-tss would print its own lines for failures that vtmd already reports with context
   // (e.g. a policy mismatch); TSS2_LOG in the environment still overrides this.
   setenv("TSS2_LOG", "all+none", 0);
-  // No core dumps or ptrace by other users: this process holds the master key.
-  prctl(PR_SET_DUMPABLE, 0);
+  // No core dumps or ptrace by other users: this process holds the master key, and its
+  // children (vtm-instance, swtpm) inherit the zero core limit with the VM keys they get.
+  if (auto hardened = KeepSecretsOutOfCoreDumps(); !hardened.ok()) {
+    std::cerr << "vtmd: " << hardened.error().message() << "\n";
+    return 1;
+  }
   umask(077);
 
   auto fatal = [](const Error& e) {
@@ -374,8 +400,12 @@ int Run(int argc, char** argv) {
     });
     if (!manufactured.ok()) return fatal(std::move(manufactured).error().Context("manufacturing the simulated host TPM"));
   }
-  char hostname[256] = "";
-  gethostname(hostname, sizeof hostname - 1);
+  std::string hostname = opts.host_name;
+  if (hostname.empty()) {
+    char buf[256] = "";
+    gethostname(buf, sizeof buf - 1);
+    hostname = buf;
+  }
   auto residency = ParseCaResidency(opts.ca_residency);
   if (!residency.ok()) return fatal(residency.error());
   const std::string identity_dir = opts.state_dir + "/host-identity";
@@ -449,11 +479,56 @@ int Run(int argc, char** argv) {
     if (!started.ok()) return fatal(std::move(started).error().Context("starting the attestation endpoint"));
     endpoint = std::move(started).value();
   }
+  // Sealed migration: the engine, and the endpoint destinations listen on.
+  std::unique_ptr<MigrationEngine> migration;
+  std::unique_ptr<MigrationEndpoint> migration_endpoint;
+  if (!opts.migration_peer_ca.empty()) {
+    auto fleet = ReadFile(opts.migration_peer_ca);
+    if (!fleet.ok()) return fatal(std::move(fleet).error().Context("--migration-peer-ca"));
+    auto creds = IssueHostTlsCredentials(**host_ca, **registry, hostname, "migration", std::move(fleet).value());
+    if (!creds.ok()) return fatal(std::move(creds).error().Context("issuing the migration certificate"));
+    std::unique_ptr<attest::Verifier> verifier;
+    if (!opts.migration_policy.empty()) {
+      auto text = ReadFile(opts.migration_policy);
+      if (!text.ok()) return fatal(std::move(text).error().Context("--migration-policy"));
+      auto policy = attest::ParsePolicyJson(*text);
+      if (!policy.ok()) return fatal(std::move(policy).error().Context("--migration-policy " + opts.migration_policy));
+      auto created = attest::Verifier::Create(*policy);
+      if (!created.ok()) return fatal(std::move(created).error().Context("--migration-policy " + opts.migration_policy));
+      verifier = std::move(created).value();
+    }
+    MigrationConfig mig_config;
+    mig_config.host_name = hostname;
+    mig_config.peer_credentials.certificate_der = creds->certificate_der;
+    mig_config.peer_credentials.chain_der = creds->chain_der;
+    mig_config.peer_credentials.private_key = creds->private_key.Clone();
+    mig_config.peer_credentials.trusted_ca_pem = creds->trusted_ca_pem;
+    migration = std::make_unique<MigrationEngine>(std::move(mig_config), manager, **registry, **host_ak, **host_ca, ra,
+                                                  std::move(verifier));
+    if (auto st = migration->Reconcile(); !st.ok()) return fatal(std::move(st).error().Context("reconciling migrations"));
+    service.SetMigrationEngine(migration.get());
+    if (!opts.migration_listen.empty()) {
+      MigrationEngine* engine = migration.get();
+      auto started = MigrationEndpoint::Start(opts.migration_listen, *creds,
+                                              [engine](const migration_api::PeerRequest& req, const std::string& peer) {
+                                                return engine->HandlePeer(req, peer);
+                                              });
+      if (!started.ok()) return fatal(std::move(started).error().Context("starting the migration endpoint"));
+      migration_endpoint = std::move(started).value();
+    }
+  } else if (!opts.migration_listen.empty() || !opts.migration_policy.empty()) {
+    return fatal(Error(ErrorCode::kInvalidArgument,
+                       "--migration-listen and --migration-policy need --migration-peer-ca: the fleet CA whose vtmd "
+                       "peers may take part"));
+  }
   // The API socket last: once it exists vtmd is ready, the network endpoint included.
   ApiServer server(service, group, group_name);
   if (auto st = server.Listen(opts.socket); !st.ok()) return fatal(st.error());
   std::thread endpoint_thread([&] {
     if (endpoint) endpoint->Serve();
+  });
+  std::thread migration_thread([&] {
+    if (migration_endpoint) migration_endpoint->Serve();
   });
 
   std::thread signals([&] {
@@ -462,6 +537,7 @@ int Run(int argc, char** argv) {
     LOG_INFO << "received " << strsignal(sig) << "; shutting down (vTPM instances keep running)";
     server.Shutdown();
     if (endpoint) endpoint->Shutdown();
+    if (migration_endpoint) migration_endpoint->Shutdown();
   });
 
   LOG_INFO << "vtmd " << VTM_VERSION << " ready on " << opts.socket << " (state " << opts.state_dir << ")";
@@ -469,6 +545,7 @@ int Run(int argc, char** argv) {
   // Serve() returns only after the signal thread called Shutdown(); it has nothing left to do.
   signals.join();
   endpoint_thread.join();
+  migration_thread.join();
   LOG_INFO << "vtmd stopped";
   return 0;
 }

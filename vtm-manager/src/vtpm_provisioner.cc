@@ -30,6 +30,53 @@ uint32_t NvIndexOfCertKind(const std::string& kind) {
   return 0;
 }
 
+Result<std::vector<CertRecord>> IssueVtpmCertificates(HostCa& host_ca, Registry& registry, const std::string& vm_uuid,
+                                                      const std::string& service, const VtpmSpkis& spkis) {
+  ca::Validity validity;
+  validity.not_before = std::time(nullptr) - 60;
+  std::vector<CertRecord> certs;
+  for (bool rsa : {false, true}) {
+    ca::EkCertRequest req;
+    req.ek_spki_der = rsa ? spkis.ek_rsa : spkis.ek_ecc;
+    req.rsa = rsa;
+    req.tpm_manufacturer = kVtpmManufacturer;
+    req.tpm_model = kVtpmModel;
+    req.tpm_version = kVtpmVersion;
+    req.tpm_spec_revision = kVtpmSpecRevision;
+    req.validity = validity;
+    VTM_ASSIGN_OR_RETURN(CertRecord c, host_ca.Issue(registry, vm_uuid, req.rsa ? "ek-rsa" : "ek-ecc",
+                                                     [&](ca::Signer& key, const std::string& issuer, uint64_t serial) {
+                                                       req.serial = serial;
+                                                       return ca::IssueEkCertificate(key, issuer, req);
+                                                     }));
+    certs.push_back(std::move(c));
+  }
+  for (bool is_ak : {true, false}) {
+    ca::IdentityCertRequest req;
+    req.spki_der = is_ak ? spkis.ak : spkis.ik;
+    req.vm_uuid = vm_uuid;
+    req.service = service;
+    req.attestation_key = is_ak;
+    req.validity = validity;
+    VTM_ASSIGN_OR_RETURN(CertRecord c, host_ca.Issue(registry, vm_uuid, is_ak ? "ak" : "ik",
+                                                     [&](ca::Signer& key, const std::string& issuer, uint64_t serial) {
+                                                       req.serial = serial;
+                                                       return ca::IssueIdentityCertificate(key, issuer, req);
+                                                     }));
+    certs.push_back(std::move(c));
+  }
+  return certs;
+}
+
+Status WriteVtpmCertificates(Tpm& vtpm, HostCa& host_ca, const std::vector<CertRecord>& certs) {
+  for (const auto& c : certs) {
+    const uint32_t index = NvIndexOfCertKind(c.kind);
+    if (index == 0) continue;  // not a vTPM certificate kind
+    VTM_RETURN_IF_ERROR(vtpm.WriteNvCertificate(index, c.der));
+  }
+  return vtpm.WriteNvCertificate(kNvCaChain, host_ca.ca_chain_der());
+}
+
 Result<ProvisionedVtpm> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, HostCa& host_ca,
                                               Registry& registry, const std::string& vm_uuid,
                                               const std::string& service) {
@@ -68,40 +115,10 @@ Result<ProvisionedVtpm> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, Host
     VTM_ASSIGN_OR_RETURN(ik_certify, vtpm.Certify(ik, ak, AsString(nonce)));
   }
 
-  // Certificates from the host CA.
-  ca::Validity validity;
-  validity.not_before = std::time(nullptr) - 60;
-  std::vector<CertRecord> certs;
-  for (const auto* ek : {&ek_ecc_pub, &ek_rsa_pub}) {
-    ca::EkCertRequest req;
-    req.ek_spki_der = ek->spki_der;
-    req.rsa = ek == &ek_rsa_pub;
-    req.tpm_manufacturer = kVtpmManufacturer;
-    req.tpm_model = kVtpmModel;
-    req.tpm_version = kVtpmVersion;
-    req.tpm_spec_revision = kVtpmSpecRevision;
-    req.validity = validity;
-    VTM_ASSIGN_OR_RETURN(CertRecord c, host_ca.Issue(registry, vm_uuid, req.rsa ? "ek-rsa" : "ek-ecc",
-                                                     [&](ca::Signer& key, const std::string& issuer, uint64_t serial) {
-                                                       req.serial = serial;
-                                                       return ca::IssueEkCertificate(key, issuer, req);
-                                                     }));
-    certs.push_back(std::move(c));
-  }
-  for (bool is_ak : {true, false}) {
-    ca::IdentityCertRequest req;
-    req.spki_der = is_ak ? ak_pub.spki_der : ik_pub.spki_der;
-    req.vm_uuid = vm_uuid;
-    req.service = service;
-    req.attestation_key = is_ak;
-    req.validity = validity;
-    VTM_ASSIGN_OR_RETURN(CertRecord c, host_ca.Issue(registry, vm_uuid, is_ak ? "ak" : "ik",
-                                                     [&](ca::Signer& key, const std::string& issuer, uint64_t serial) {
-                                                       req.serial = serial;
-                                                       return ca::IssueIdentityCertificate(key, issuer, req);
-                                                     }));
-    certs.push_back(std::move(c));
-  }
+  VTM_ASSIGN_OR_RETURN(std::vector<CertRecord> certs,
+                       IssueVtpmCertificates(host_ca, registry, vm_uuid, service,
+                                             VtpmSpkis{ek_ecc_pub.spki_der, ek_rsa_pub.spki_der, ak_pub.spki_der,
+                                                       ik_pub.spki_der}));
   CrashPoint("create.provision-certificates-issued");
   // The IK certificate is only as good as the proof that the IK sits beside the AK.
   ca::CertifyEvidence ev{ik_pub.tpm2b_public, ik_certify.attest, ik_certify.signature, ak_pub.tpm2b_public};
@@ -111,8 +128,7 @@ Result<ProvisionedVtpm> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, Host
 
   VTM_RETURN_IF_ERROR(vtpm.MakePersistent(ak, kAkHandle));
   VTM_RETURN_IF_ERROR(vtpm.MakePersistent(ik, kIkHandle));
-  for (const auto& c : certs) VTM_RETURN_IF_ERROR(vtpm.WriteNvCertificate(NvIndexOfCertKind(c.kind), c.der));
-  VTM_RETURN_IF_ERROR(vtpm.WriteNvCertificate(kNvCaChain, host_ca.ca_chain_der()));
+  VTM_RETURN_IF_ERROR(WriteVtpmCertificates(vtpm, host_ca, certs));
   ProvisionedVtpm out;
   out.certs = std::move(certs);
   out.identity.ek_name = ek_ecc_pub.name;

@@ -33,6 +33,17 @@ constexpr uint32_t kIkHandle = 0x81000003;
 
 uint32_t NvIndexOfCertKind(const std::string& kind);
 
+// The public keys a vTPM's certificates certify (DER SubjectPublicKeyInfo).
+struct VtpmSpkis {
+  std::string ek_ecc, ek_rsa, ak, ik;
+};
+// The four certificates of a vTPM from this host's CA (each recorded in the registry):
+// ek-ecc, ek-rsa, ak, ik, in that order. At provisioning, and when a VM arrives by migration.
+Result<std::vector<CertRecord>> IssueVtpmCertificates(HostCa& host_ca, Registry& registry, const std::string& vm_uuid,
+                                                      const std::string& service, const VtpmSpkis& spkis);
+// Writes certs at their NV indices and the host CA chain at kNvCaChain.
+Status WriteVtpmCertificates(Tpm& vtpm, HostCa& host_ca, const std::vector<CertRecord>& certs);
+
 // Runs the whole provisioning against vtpm and returns the certificates it issued (each already
 // recorded in the registry by HostCa::Issue) and the vTPM's public identity. host_tpm makes the
 // credential-activation challenge.

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <openssl/x509.h>
+#include <tss2/tss2_tpm2_types.h>
 
 #include <ctime>
 #include <string>
@@ -65,10 +66,24 @@ Result<CertifyEvidence> DecodeCertifyEvidence(std::string_view der);
 Status CheckEvidenceStructure(const CertifyEvidence& evidence);
 // Extracts and structurally checks the certify-evidence extension (kNotFound if absent).
 Result<CertifyEvidence> ExtractCertifyEvidence(const std::string& cert_der_or_pem);
+// What a verified TPM2_Certify says: the certified key's public area and the attestation
+// (qualifying data in attest.extraData, for the caller to compare).
+struct CertifiedKey {
+  TPMT_PUBLIC key{};
+  TPMS_ATTEST attest{};
+};
+// Verifies that evidence proves key_tpm2b_public lives in the TPM of that AK: the AK is a
+// restricted signing key and its signature over attest verifies, attest is a
+// TPM_ST_ATTEST_CERTIFY with magic TPM_GENERATED whose certified name is the TPM name of
+// key_tpm2b_public, and the key is fixedTPM|sensitiveDataOrigin. kDataLoss (bad signature) /
+// kInvalidArgument with what failed. For evidence that stands without a certificate (the
+// migration import key); trust in the AK is the caller's to establish.
+Result<CertifiedKey> VerifyCertifiedKey(const CertifyEvidence& evidence);
 // Verifies that evidence proves the certificate's key lives in the TPM of that AK:
 // the AK's signature over attest, attest is a TPM_ST_ATTEST_CERTIFY with magic TPM_GENERATED,
 // the certified name equals the TPM name of key_tpm2b_public, and that public key equals the
-// certificate's SPKI; also that the AK is restricted and the key fixedTPM|sensitiveDataOrigin.
+// certificate's SPKI; also that the AK is restricted and the key fixedTPM|sensitiveDataOrigin
+// (VerifyCertifiedKey, then the SPKI).
 // kDataLoss (bad signature) / kInvalidArgument with what failed. Trust in the AK itself (its
 // binding to the host EK) is the caller's to establish.
 Status VerifyCertifyEvidence(const std::string& cert_der_or_pem, const CertifyEvidence& evidence);

@@ -7,10 +7,13 @@
 // (AES-CFB) and nameAlg from its public area. Stateless; thread-safe.
 #pragma once
 
+#include <openssl/types.h>
+
 #include <string>
 #include <string_view>
 
 #include "vtm/error.h"
+#include "vtm/secret.h"
 
 namespace vtm::attest {
 
@@ -24,5 +27,14 @@ struct MadeCredential {
 // bytes of the EK's nameAlg. kInvalidArgument for anything else.
 Result<MadeCredential> MakeCredential(std::string_view ek_tpm2b_public, std::string_view secret,
                                       std::string_view object_name);
+
+// TPM2_ActivateCredential computed in software by the holder of an ECC decryption key's private
+// part (private_key; key_tpm2b_public its public area, with the symmetric definition and
+// nameAlg MakeCredential used): for tests without a TPM and for checking MakeCredential against
+// the TPM's algorithm. kDataLoss for a credential that fails its integrity check (made to
+// another key or name, or altered); kInvalidArgument for malformed input.
+Result<SecretBytes> ActivateCredentialInSoftware(EVP_PKEY* private_key, std::string_view key_tpm2b_public,
+                                                 std::string_view id_object, std::string_view encrypted_secret,
+                                                 std::string_view object_name);
 
 }  // namespace vtm::attest

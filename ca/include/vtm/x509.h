@@ -145,6 +145,9 @@ struct CertificateInfo {
 // Accepts DER or PEM (the first CERTIFICATE block); kInvalidArgument with a clear message
 // for anything else.
 Result<CertificateInfo> ParseCertificate(const std::string& der_or_pem);
+// kPermissionDenied unless cert names issuer as its issuer and carries issuer's signature (no
+// other check: validity and chains are the caller's). `what` names cert in the message.
+Status VerifyIssuedBy(const std::string& cert_der_or_pem, const std::string& issuer_der_or_pem, const std::string& what);
 Result<std::string> CertificateToDer(const std::string& der_or_pem);
 // The certificates of concatenated DER (e.g. HostCa::ca_chain_der()), in order; stops at the
 // first bytes that are not a certificate.

@@ -42,4 +42,10 @@ class SecretBytes {
 // n bytes from the OS's CSPRNG (OpenSSL RAND_priv_bytes).
 Result<SecretBytes> RandomSecret(size_t n);
 
+// Keeps this process's keys out of core dumps: not dumpable (no core, no ptrace or
+// /proc/<pid>/mem for other processes of the same uid) and a core size limit of 0, soft and
+// hard. The limit is what survives execve: every child, swtpm included (which exec makes
+// dumpable again), inherits it and cannot raise it. Call first thing in main.
+Status KeepSecretsOutOfCoreDumps();
+
 }  // namespace vtm

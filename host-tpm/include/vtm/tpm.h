@@ -24,6 +24,11 @@ enum class KeyAlg { kEccP256, kRsa2048 };
 enum class KeyRole {
   kAttestation,  // AK: restricted signing, ECDSA-SHA256 (ECC P-256), fixedTPM|fixedParent
   kSigning,      // IK / CA key: unrestricted signing, ECDSA-SHA256 (ECC P-256), fixedTPM|fixedParent
+  // Migration import key: ECC P-256 restricted decryption key, the SRK's shape (AES-128-CFB,
+  // SHA-256 name, fixedTPM|fixedParent|sensitiveDataOrigin|userWithAuth|noDA, no
+  // adminWithPolicy). A source wraps a transport key to it with MakeCredential; only this TPM
+  // can activate it (ActivateCredentialWithKey).
+  kImport,
 };
 
 // Public parts of a TPM key, in the forms verifiers and X.509 need.
@@ -91,6 +96,12 @@ class Tpm : public HostTpm {
   virtual Result<TpmKey> CreateEk(KeyAlg alg) = 0;
   // The storage root key, owner hierarchy, ECC P-256 (the TCG SRK template; same as Seal uses).
   virtual Result<TpmKey> CreateSrk() = 0;
+  // A KeyRole::kImport key as a primary of the owner hierarchy, made distinct by `unique` (the
+  // template's unique.ecc.x, 32 bytes): the same unique re-derives the same key in this TPM
+  // (until TPM2_Clear), so nothing secret is stored for it and no parent key occupies one of
+  // the few transient slots of a TPM without a resource manager (vtmd keeps its AK and CA key
+  // loaded).
+  virtual Result<TpmKey> CreateImportPrimary(const std::string& unique) = 0;
 
   virtual Result<TpmKeyBlob> CreateKey(const TpmKey& parent, KeyRole role) = 0;
   virtual Result<TpmKey> LoadKey(const TpmKey& parent, const TpmKeyBlob& blob) = 0;
@@ -114,6 +125,12 @@ class Tpm : public HostTpm {
   // PolicySecret(TPM_RH_ENDORSEMENT)). Returns the secret.
   virtual Result<SecretBytes> ActivateCredential(const TpmKey& activated, const TpmKey& ek,
                                                  const TpmCredential& credential) = 0;
+  // TPM2_ActivateCredential with an ordinary password-authorized restricted decryption key as
+  // keyHandle (e.g. a KeyRole::kImport key) instead of the EK; activated may be that same key,
+  // so a credential made to the key's public area for its own name opens only in this TPM.
+  // The secret comes back encrypted on the TCTI (a session salted with key).
+  virtual Result<SecretBytes> ActivateCredentialWithKey(const TpmKey& activated, const TpmKey& key,
+                                                        const TpmCredential& credential) = 0;
 
   // TPM2_EvictControl (owner auth) of key to persistent_handle (0x81xxxxxx); replaces any
   // object already there.

@@ -47,6 +47,7 @@ class EsysTpm final : public Tpm {
   Result<TpmKeyBlob> CreateKey(const TpmKey& parent, KeyRole role) override;
   Result<TpmKey> LoadKey(const TpmKey& parent, const TpmKeyBlob& blob) override;
   Result<TpmKey> LoadExternalPublic(const std::string& tpm2b_public) override;
+  Result<TpmKey> CreateImportPrimary(const std::string& unique) override;
   Result<TpmKeyPublic> ReadPublic(const TpmKey& key) override;
   Result<std::string> SignDigest(const TpmKey& key, const std::string& sha256_digest) override;
   Result<TpmAttestation> Certify(const TpmKey& object, const TpmKey& signer, const std::string& qualifying) override;
@@ -55,6 +56,8 @@ class EsysTpm final : public Tpm {
                                        const std::string& object_name) override;
   Result<SecretBytes> ActivateCredential(const TpmKey& activated, const TpmKey& ek,
                                          const TpmCredential& credential) override;
+  Result<SecretBytes> ActivateCredentialWithKey(const TpmKey& activated, const TpmKey& key,
+                                                const TpmCredential& credential) override;
   Status MakePersistent(const TpmKey& key, uint32_t persistent_handle) override;
   Result<TpmKey> LoadPersistent(uint32_t persistent_handle) override;
   Status WriteNvCertificate(uint32_t nv_index, const std::string& data) override;

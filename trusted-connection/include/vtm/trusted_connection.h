@@ -6,7 +6,7 @@
 // certificate (TLS server EKU) and it names the expected VM and service.
 //
 // Thread safety: a TrustedConnector may be shared by threads (Connect is thread-safe); a
-// TrustedConnection is used by one thread at a time.
+// TrustedConnection (a TlsChannel) is used by one thread at a time.
 #pragma once
 
 #include <chrono>
@@ -17,6 +17,7 @@
 
 #include "vtm/error.h"
 #include "vtm/secret.h"
+#include "vtm/stream.h"
 
 namespace vtm::tc {
 
@@ -57,30 +58,49 @@ struct ServiceIdentity {
   std::string certificate_der;
 };
 
-class TrustedConnection {
+// An established mutual TLS 1.3 connection, either end (TrustedConnection on the device,
+// ServiceConnection in the service, vtm/trusted_service.h). As a vtm::Stream it carries the
+// attestation frames (vtm/attestation_wire.h).
+class TlsChannel : public Stream {
  public:
-  ~TrustedConnection();
-  TrustedConnection(const TrustedConnection&) = delete;
-  TrustedConnection& operator=(const TrustedConnection&) = delete;
+  ~TlsChannel() override;
+  TlsChannel(const TlsChannel&) = delete;
+  TlsChannel& operator=(const TlsChannel&) = delete;
 
-  const ServiceIdentity& service() const { return service_; }
   // TLS group of the key exchange, e.g. "secp256r1" or "x25519".
   std::string key_exchange_group() const;
 
   Status Write(std::string_view data);
-  // Up to max bytes; "" when the service closed the connection. A refusal of this device by
+  // Up to max bytes; "" when the peer closed the connection. A refusal of this device by
   // the service (TLS 1.3 sends it after the handshake) is kPermissionDenied naming the alert.
   Result<std::string> Read(size_t max);
-  // Reads until `delimiter` (included) or until the service closes.
+  // Reads until `delimiter` (included) or until the peer closes.
   Result<std::string> ReadUntil(char delimiter, size_t max);
-  // RFC 8446 section 7.5 exporter, e.g. to bind an attestation nonce to this session.
+  // RFC 8446 section 7.5 exporter (no context), e.g. to bind an attestation nonce to this session.
   Result<SecretBytes> ExportKeyingMaterial(const std::string& label, size_t length) const;
+
+  Status WriteAll(const void* data, size_t len) override;
+  Status ReadAll(void* data, size_t len) override;  // kUnavailable on EOF before len bytes
+
+  // For poll(2) loops: the socket, and whether decrypted bytes wait in the TLS layer already
+  // (poll cannot see those).
+  int fd() const;
+  bool has_buffered_data() const;
+
+  struct Impl;  // internal/tls_channel.h
+
+ protected:
+  explicit TlsChannel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+class TrustedConnection : public TlsChannel {
+ public:
+  const ServiceIdentity& service() const { return service_; }
 
  private:
   friend class TrustedConnector;
-  struct Impl;
-  explicit TrustedConnection(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  using TlsChannel::TlsChannel;
   ServiceIdentity service_;
 };
 

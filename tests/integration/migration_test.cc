@@ -1,0 +1,202 @@
+// Sealed migration between two real vtmds on one machine (two simulated host TPMs, two state
+// directories, loopback), under one fleet CA that certifies both host CAs: cold migration of a
+// stopped vTPM end to end (`vtmctl migrate cold`), the identity it keeps (same EK/AK/IK keys),
+// the certificates the destination's CA issues (checked with `openssl verify` up to the fleet
+// CA) and writes into the vTPM's NV (read back from its state with tpm2-tools against a
+// provisioning swtpm), what the source keeps (a tombstone, revoked certificates in its CRL);
+// and the refusals: a destination failing the source's policy, a peer from an untrusted CA, a
+// fleet certificate that is no vtmd's, a replayed transfer, a package for another migration,
+// and a start of the migrated VM on the source.
+#include <gtest/gtest.h>
+
+#include <regex>
+
+#include "migration.pb.h"
+#include "migration_peer.h"
+#include "vtm/fs.h"
+#include "vtm/tls.h"
+#include "vtm/verifier.h"
+#include "vtm/x509.h"
+#include "migration_rig.h"
+#include "vtm/framing.h"
+#include "vtm/listener.h"
+#include "vtmd_fixture.h"
+
+namespace vtm::testing {
+namespace {
+
+class MigrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string error;
+    ASSERT_TRUE(rig.SetUp(&error)) << error;
+  }
+  void TearDown() override {
+    if (HasFailure()) std::cerr << rig.Logs();
+  }
+  std::string P(const std::string& name) const { return rig.P(name); }
+  std::string Pubkey(VtmdFixture& f, const std::string& vm, const std::string& kind) {
+    return f.CertificatePublicKeyPem(vm, kind);
+  }
+
+  MigrationRig rig;
+  VtmdFixture& a = rig.a;
+  VtmdFixture& b = rig.b;
+  const std::string& destination = rig.destination;
+};
+
+TEST_F(MigrationTest, ColdMigrationMovesTheVtpmWithItsKeysAndRecertifiesIt) {
+  ASSERT_EQ(a.Vtmctl({"create", "--name", "vm1", "--service", "web"}).exit_code, 0);
+  const std::string uuid = Field(a.Vtmctl({"show", "vm1"}).output, "uuid");
+  const std::string ek_before = Pubkey(a, "vm1", "ek-ecc");
+  const std::string ak_before = Pubkey(a, "vm1", "ak");
+  const std::string ik_before = Pubkey(a, "vm1", "ik");
+  auto old_ik = ca::ParseCertificate(a.Vtmctl({"certs", "vm1", "--kind", "ik"}).output);
+  ASSERT_TRUE(old_ik.ok());
+
+  auto moved = a.Vtmctl({"migrate", "cold", "vm1", "--to", destination});
+  ASSERT_EQ(moved.exit_code, 0) << moved.output;
+  EXPECT_NE(moved.output.find("state:         committed"), std::string::npos) << moved.output;
+
+  // The source: nothing left but the tombstone; a start of the VM is refused with where it went.
+  auto gone = a.Vtmctl({"show", uuid});
+  EXPECT_EQ(gone.exit_code, 3) << gone.output;
+  EXPECT_NE(gone.output.find("migrated from this host to host-b"), std::string::npos) << gone.output;
+  auto start_here = a.Vtmctl({"start", uuid});
+  EXPECT_EQ(start_here.exit_code, 3) << start_here.output;
+  EXPECT_FALSE(PathExists(a.state_dir() + "/vms/" + uuid));
+  auto create_again = a.Vtmctl({"create", "--uuid", uuid});
+  EXPECT_EQ(create_again.exit_code, 4) << create_again.output;
+  // Its certificates are revoked in the source CA's CRL.
+  ASSERT_TRUE(WriteFileAtomic(P("a-crl.pem"), a.Vtmctl({"ca", "crl"}).output, 0644).ok());
+  auto crl = RunCommand({"openssl", "crl", "-in", P("a-crl.pem"), "-noout", "-text"});
+  EXPECT_NE(crl.output.find("Serial Number: " + old_ik->serial_hex), std::string::npos) << crl.output;
+
+  // The destination: stopped, same keys, certified by host-b's CA under the fleet CA.
+  auto shown = b.Vtmctl({"show", uuid});
+  ASSERT_EQ(shown.exit_code, 0) << shown.output;
+  EXPECT_EQ(Field(shown.output, "state"), "stopped");
+  EXPECT_EQ(Pubkey(b, uuid, "ek-ecc"), ek_before);
+  EXPECT_EQ(Pubkey(b, uuid, "ak"), ak_before);
+  EXPECT_EQ(Pubkey(b, uuid, "ik"), ik_before);
+  auto certs = b.Vtmctl({"certs", uuid, "--kind", "ik"});
+  ASSERT_TRUE(WriteFileAtomic(P("new-ik.pem"), certs.output, 0644).ok());
+  auto verified = RunCommand({"openssl", "verify", "-CAfile", P("fleet.pem"), "-untrusted", P("b-ca.pem"), P("new-ik.pem")});
+  EXPECT_EQ(verified.exit_code, 0) << verified.output;
+  auto not_under_a = RunCommand({"openssl", "verify", "-CAfile", P("fleet.pem"), "-untrusted", P("a-ca.pem"),
+                                 "-partial_chain", "-trusted", P("a-ca.pem"), P("new-ik.pem")});
+  EXPECT_NE(not_under_a.exit_code, 0) << not_under_a.output;
+
+  // Its first start here writes the new certificates into the vTPM's NV, then runs it.
+  auto started = b.Vtmctl({"start", uuid});
+  ASSERT_EQ(started.exit_code, 0) << started.output;
+  EXPECT_NE(b.VtmdLog().find("certificates of this host's CA into its vTPM's NV"), std::string::npos);
+  auto status = b.Vtmctl({"migrate", "status"});
+  EXPECT_NE(status.output.find("committed"), std::string::npos) << status.output;
+  ASSERT_EQ(b.Vtmctl({"stop", "--force", uuid}).exit_code, 0);
+}
+
+TEST_F(MigrationTest, DestinationFailingThePolicyIsRefusedAndNothingChanges) {
+  // A policy that names another TPM manufacturer: b's EK certificate does not chain to it.
+  auto policy = attest::ParsePolicyJson(*ReadFile(P("policy.json")));
+  ASSERT_TRUE(policy.ok());
+  policy->clear_host_ek_ca_pem();
+  MakeTestCa(rig.dir.path(), "other-manufacturer");
+  policy->add_host_ek_ca_pem(*ReadFile(P("other-manufacturer.pem")));
+  policy->clear_activated_host_ak_names();
+  ASSERT_TRUE(WriteFileAtomic(P("strict.json"), attest::PolicyToJson(*policy), 0644).ok());
+  std::string error;
+  ASSERT_TRUE(rig.RestartSource(P("strict.json"), &error)) << error;
+  ASSERT_EQ(a.Vtmctl({"create", "--name", "vm2"}).exit_code, 0);
+  auto refused = a.Vtmctl({"migrate", "prepare", "vm2", "--to", destination, "--cold"});
+  EXPECT_EQ(refused.exit_code, 5) << refused.output;
+  EXPECT_NE(refused.output.find("failed attestation"), std::string::npos) << refused.output;
+  EXPECT_EQ(Field(a.Vtmctl({"show", "vm2"}).output, "state"), "provisioned");
+  EXPECT_EQ(b.Vtmctl({"show", "vm2"}).exit_code, 3);
+  // The destination dropped what it prepared.
+  auto there = b.Vtmctl({"migrate", "status"});
+  EXPECT_EQ(there.output.find("prepared"), std::string::npos) << there.output;
+}
+
+TEST_F(MigrationTest, PeersOtherThanFleetVtmdsAreRefused) {
+  // A certificate from a CA outside the fleet: refused at the handshake.
+  MakeTestCa(rig.dir.path(), "rogue-ca");
+  IssueTestCertificate(rig.dir.path(), "rogue", "rogue-ca");
+  auto rogue = ReadTlsCredentialFiles(P("rogue.pem"), P("rogue.key"), P("fleet.pem"));
+  ASSERT_TRUE(rogue.ok());
+  auto c1 = MigrationPeerClient::Connect(destination, *rogue, std::chrono::seconds(20));
+  if (c1.ok()) {
+    migration_api::PeerRequest req;
+    req.mutable_status()->set_migration_id("mig-x");
+    EXPECT_FALSE((*c1)->Call(req).ok());
+  }
+  // A fleet certificate that is not a vtmd's migration certificate (a VM's IK chains to the
+  // fleet CA too): served nothing.
+  auto imposter = rig.FleetPeer("imposter", "vm-service", "urn:uuid:00000000-0000-4000-8000-000000000001");
+  auto fd = ConnectTcp(destination);
+  ASSERT_TRUE(fd.ok());
+  auto ctx = TlsContext::Create(TlsContext::Role::kClient, imposter);
+  ASSERT_TRUE(ctx.ok());
+  auto tls = (*ctx)->Connect(std::move(fd).value(), std::chrono::seconds(20));
+  ASSERT_TRUE(tls.ok()) << tls.error().ToString();
+  migration_api::PeerRequest req;
+  req.mutable_status()->set_migration_id("mig-x");
+  ASSERT_TRUE(WriteFrame(**tls, req.SerializeAsString()).ok());
+  auto frame = ReadFrame(**tls);
+  ASSERT_TRUE(frame.ok());
+  migration_api::PeerResponse resp;
+  ASSERT_TRUE(resp.ParseFromString(*frame));
+  EXPECT_EQ(resp.status(), api::STATUS_PERMISSION_DENIED);
+  EXPECT_NE(resp.error().find("not a vtmd migration certificate"), std::string::npos) << resp.error();
+}
+
+TEST_F(MigrationTest, ReplayedOrForeignTransfersAreRefused) {
+  ASSERT_EQ(a.Vtmctl({"create", "--name", "vm3"}).exit_code, 0);
+  const std::string uuid = Field(a.Vtmctl({"show", "vm3"}).output, "uuid");
+  auto prepared = a.Vtmctl({"--json", "migrate", "prepare", "vm3", "--to", destination, "--cold"});
+  ASSERT_EQ(prepared.exit_code, 0) << prepared.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(prepared.output, m, std::regex("\"id\": \"(mig-[0-9a-f]+)\"")));
+  const std::string id = m[1].str();
+  EXPECT_EQ(Field(a.Vtmctl({"show", "vm3"}).output, "state"), "migrating-out");
+  // A second prepare of the same VM is refused while this one is open.
+  auto twice = a.Vtmctl({"migrate", "prepare", "vm3", "--to", destination, "--cold"});
+  EXPECT_EQ(twice.exit_code, 4) << twice.output;
+
+  // Another fleet vtmd (a peer of our own) cannot act on a migration host-a prepared.
+  auto other = rig.FleetPeer("host-c", "host-c vtmd migration", "vtm:host:host-c");
+  auto c = MigrationPeerClient::Connect(destination, other, std::chrono::seconds(20));
+  ASSERT_TRUE(c.ok()) << c.error().ToString();
+  migration_api::PeerRequest commit;
+  commit.mutable_commit()->set_migration_id(id);
+  auto stolen = (*c)->Call(commit);
+  ASSERT_FALSE(stolen.ok());
+  EXPECT_NE(stolen.error().message().find("prepared for source host-a"), std::string::npos) << stolen.error().message();
+  // ... nor hand in a package of its own making for it.
+  migration_api::PeerRequest transfer;
+  transfer.mutable_transfer()->set_migration_id(id);
+  transfer.mutable_transfer()->set_sealed_package("not a package");
+  EXPECT_FALSE((*c)->Call(transfer).ok());
+
+  auto sent = a.Vtmctl({"migrate", "send", id});
+  ASSERT_EQ(sent.exit_code, 0) << sent.output;
+  EXPECT_EQ(Field(b.Vtmctl({"show", uuid}).output, "state"), "incoming");
+  // The same step again is not applied twice (send reports what was done).
+  auto resent = a.Vtmctl({"migrate", "send", id});
+  EXPECT_EQ(resent.exit_code, 0) << resent.output;
+
+  // Abort before commit: the destination destroys what arrived; the source carries on.
+  auto aborted = a.Vtmctl({"migrate", "abort", id});
+  ASSERT_EQ(aborted.exit_code, 0) << aborted.output;
+  EXPECT_EQ(Field(a.Vtmctl({"show", "vm3"}).output, "state"), "provisioned");
+  EXPECT_EQ(b.Vtmctl({"show", uuid}).exit_code, 3);
+  EXPECT_FALSE(PathExists(b.state_dir() + "/vms/" + uuid));
+  // A commit of the aborted migration is refused on both sides.
+  EXPECT_EQ(a.Vtmctl({"migrate", "commit", id}).exit_code, 4);
+  // And the VM can still be migrated afterwards.
+  auto moved = a.Vtmctl({"migrate", "cold", "vm3", "--to", destination});
+  EXPECT_EQ(moved.exit_code, 0) << moved.output;
+}
+
+}  // namespace
+}  // namespace vtm::testing

@@ -1,0 +1,91 @@
+// The Migration Engine (ISO/IEC 27070 5.3, 6.6): moves a VM's vTPM to another host so that only
+// the attested destination can open it, exactly one instance is active at any moment, and the
+// vTPM keeps its keys (its identity) while the destination's host CA certifies them anew.
+//
+// The source drives (vtmctl migrate -> its vtmd -> the destination's migration endpoint):
+//   prepare  the VM goes migrating-out; the destination answers with host evidence on the
+//            source's nonce and a fresh import key in its host TPM certified by its host AK; the
+//            source appraises the evidence with the attestation verifier (--migration-policy),
+//            checks the channel is the attested host's, and checks the import key's certification
+//   send     the VM's keys (cold: and its encrypted swtpm state) sealed to the import key; the
+//            destination records the VM as incoming (live: starts an instance that admits only
+//            this migration's state, which QEMU then carries in its own stream)
+//   commit   the source fences its instance, the destination activates the VM and issues its
+//            certificates, the source destroys state and keys, revokes and leaves a tombstone
+//   abort    (before commit) the destination destroys what it made; the source carries on
+// The step order, what each failure leaves and how each is resumed: docs/migration.md.
+//
+// Thread safety: all methods may be called from any thread; each step claims the VM in the
+// Manager for its length, and the registry's compare-and-set decides between racing steps.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "host_attestation_key.h"
+#include "host_ca.h"
+#include "manager.h"
+#include "migration.pb.h"
+#include "ra_client.h"
+#include "registry.h"
+#include "vtm.pb.h"
+#include "vtm/tls.h"
+#include "vtm/verifier.h"
+
+namespace vtm {
+
+struct MigrationConfig {
+  std::string host_name;
+  TlsCredentials peer_credentials;  // this vtmd's migration certificate; the fleet CA it trusts
+  std::chrono::milliseconds timeout{30000};
+};
+
+class MigrationEngine {
+ public:
+  // destination_verifier: appraises destinations (from --migration-policy); null: this host
+  // can receive but not send.
+  MigrationEngine(MigrationConfig config, Manager& manager, Registry& registry, HostAttestationKey& host_ak,
+                  HostCa& host_ca, RaClient& ra, std::unique_ptr<attest::Verifier> destination_verifier);
+
+  // Source steps (the local API, root only).
+  Result<api::Migration> Prepare(const std::string& vm, const std::string& destination, bool cold);
+  Result<api::Migration> Send(const std::string& id);
+  // activate_only: return once the destination is active (the guest-visible part of a live
+  // migration); a later Commit finishes (certificates there, destruction and tombstone here).
+  Result<api::Migration> Commit(const std::string& id, bool activate_only = false);
+  Result<api::Migration> Abort(const std::string& id);
+  // One migration, or every one this host knows (id empty).
+  Result<std::vector<api::Migration>> List(const std::string& id);
+
+  // Destination: one step from a source vtmd (peer_host: the host its certificate names).
+  migration_api::PeerResponse HandlePeer(const migration_api::PeerRequest& request, const std::string& peer_host);
+
+  // At start-up: a VM left migrating-out by a prepare that never recorded its migration goes
+  // back to where it was.
+  Status Reconcile();
+
+ private:
+  Result<std::unique_ptr<class MigrationPeerClient>> Connect(const std::string& destination);
+  Result<MigrationRecord> SourceMigration(const std::string& id);
+  Result<VmRecord> OwnedVm(const MigrationRecord& m);
+  api::Migration Describe(const MigrationRecord& m);
+
+  Result<migration_api::PrepareResponse> OnPrepare(const migration_api::PrepareRequest& req, const std::string& peer);
+  Result<migration_api::TransferResponse> OnTransfer(const migration_api::TransferRequest& req, const std::string& peer);
+  Result<migration_api::CommitResponse> OnCommit(const migration_api::CommitRequest& req, const std::string& peer);
+  Status OnAbort(const migration_api::AbortRequest& req, const std::string& peer);
+  Result<migration_api::StatusResponse> OnStatus(const migration_api::StatusRequest& req, const std::string& peer);
+  Result<MigrationRecord> DestinationMigration(const std::string& id, const std::string& peer);
+
+  MigrationConfig config_;
+  Manager& manager_;
+  Registry& registry_;
+  HostAttestationKey& host_ak_;
+  HostCa& host_ca_;
+  RaClient& ra_;
+  std::unique_ptr<attest::Verifier> verifier_;
+};
+
+}  // namespace vtm
