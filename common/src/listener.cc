@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <iterator>
 
 namespace vtm {
@@ -73,9 +74,10 @@ Result<UniqueFd> ConnectTcp(const std::string& host_port) {
   return fd;
 }
 
-Listener::Listener(UniqueFd listen_fd, Handler handler, int max_connections, Handler busy)
+Listener::Listener(UniqueFd listen_fd, Handler handler, int max_connections, Handler busy,
+                   std::chrono::milliseconds slot_wait)
     : listen_fd_(std::move(listen_fd)), handler_(std::move(handler)), busy_(std::move(busy)),
-      max_connections_(max_connections) {}
+      max_connections_(max_connections), slot_wait_(slot_wait) {}
 
 Listener::~Listener() {
   Shutdown();
@@ -87,6 +89,10 @@ void Listener::Serve() {
     Reap(/*all=*/false);
     pollfd p{listen_fd_.get(), POLLIN, 0};
     if (poll(&p, 1, 200) <= 0) continue;
+    // The table may be full only for the moment a finished client takes to close: let the
+    // connection wait in the listen queue for a slot before it is refused.
+    (void)WaitForSlot();
+    if (stopping_) break;
     UniqueFd conn(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (conn.valid()) {
       int one = 1;  // as in ConnectTcp; fails harmlessly on a unix socket
@@ -104,6 +110,7 @@ void Listener::Serve() {
           MutexLock done_lock(mu_);
           c.done = true;
           --active_;
+          slot_freed_.NotifyAll();
         });
         continue;
       }
@@ -111,6 +118,23 @@ void Listener::Serve() {
     if (busy_) busy_(std::move(conn));
   }
   Reap(/*all=*/true);
+}
+
+bool Listener::WaitForSlot() {
+  const auto deadline = std::chrono::steady_clock::now() + slot_wait_;
+  MutexLock lock(mu_);
+  while (active_ >= max_connections_) {
+    auto now = std::chrono::steady_clock::now();
+    if (stopping_ || now >= deadline) return false;
+    // In steps, so that a Shutdown() (which does not notify) is seen within 200 ms.
+    auto step = std::min(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now),
+                         std::chrono::milliseconds(200));
+    slot_freed_.WaitFor(mu_, step, [this] {
+      mu_.AssertHeld();
+      return active_ < max_connections_;
+    });
+  }
+  return true;
 }
 
 void Listener::Reap(bool all) {

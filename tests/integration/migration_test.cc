@@ -6,10 +6,12 @@
 // provisioning swtpm), what the source keeps (a tombstone, revoked certificates in its CRL);
 // and the refusals: a destination failing the source's policy, a peer from an untrusted CA, a
 // fleet certificate that is no vtmd's, a replayed transfer, a package for another migration,
-// and a start of the migrated VM on the source.
+// a start of the migrated VM on the source, and two prepares of one VM at the same moment.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <regex>
+#include <thread>
 
 #include "migration.pb.h"
 #include "migration_peer.h"
@@ -196,6 +198,74 @@ TEST_F(MigrationTest, ReplayedOrForeignTransfersAreRefused) {
   // And the VM can still be migrated afterwards.
   auto moved = a.Vtmctl({"migrate", "cold", "vm3", "--to", destination});
   EXPECT_EQ(moved.exit_code, 0) << moved.output;
+}
+
+TEST_F(MigrationTest, ConcurrentPreparesOfOneVmOpenExactlyOneMigration) {
+  ASSERT_EQ(a.Vtmctl({"create", "--name", "vm4"}).exit_code, 0);
+  const std::string uuid = Field(a.Vtmctl({"show", "vm4"}).output, "uuid");
+  // Two orchestrators prepare the same VM at the same moment.
+  CommandResult results[2];
+  std::thread racers[2];
+  for (int i = 0; i < 2; ++i) {
+    racers[i] = std::thread(
+        [&, i] { results[i] = a.Vtmctl({"--json", "migrate", "prepare", "vm4", "--to", destination, "--cold"}); });
+  }
+  for (auto& t : racers) t.join();
+  const int winners = (results[0].exit_code == 0) + (results[1].exit_code == 0);
+  ASSERT_EQ(winners, 1) << results[0].output << "\n---\n" << results[1].output;
+  const CommandResult& won = results[0].exit_code == 0 ? results[0] : results[1];
+  const CommandResult& lost = results[0].exit_code == 0 ? results[1] : results[0];
+  EXPECT_NE(lost.output.find(uuid), std::string::npos) << "the refusal names the VM: " << lost.output;
+  EXPECT_TRUE(lost.output.find("being migrated already") != std::string::npos ||
+              lost.output.find("already has migration") != std::string::npos ||
+              lost.output.find("in progress") != std::string::npos)
+      << lost.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(won.output, m, std::regex("\"id\": \"(mig-[0-9a-f]+)\"")));
+  const std::string id = m[1].str();
+  // One migration is open on each side, and it is the winner's.
+  auto count = [](const std::string& text, const std::string& what) {
+    size_t n = 0;
+    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
+  };
+  const std::string here = a.Vtmctl({"--json", "migrate", "status"}).output;
+  EXPECT_EQ(count(here, "\"prepared\""), 1u) << here;
+  EXPECT_NE(here.find(id), std::string::npos) << here;
+  const std::string there = b.Vtmctl({"--json", "migrate", "status"}).output;
+  EXPECT_EQ(count(there, "\"prepared\""), 1u) << there;
+  EXPECT_NE(there.find(id), std::string::npos) << there;
+  // The winner's migration goes through; nothing of the loser's is left to trip over.
+  auto sent = a.Vtmctl({"migrate", "send", id});
+  ASSERT_EQ(sent.exit_code, 0) << sent.output;
+  auto committed = a.Vtmctl({"migrate", "commit", id});
+  ASSERT_EQ(committed.exit_code, 0) << committed.output;
+  EXPECT_EQ(Field(b.Vtmctl({"show", uuid}).output, "state"), "stopped");
+  EXPECT_EQ(a.Vtmctl({"show", uuid}).exit_code, 3);
+}
+
+TEST_F(MigrationTest, PrepareTheSourceLetExpireIsAbortedAndItsKeyDropped) {
+  std::string error;
+  ASSERT_TRUE(rig.RestartDestination(&error, true, {"--migration-prepare-ttl", "1"})) << error;
+  ASSERT_EQ(a.Vtmctl({"create", "--name", "vm5"}).exit_code, 0);
+  const std::string uuid = Field(a.Vtmctl({"show", "vm5"}).output, "uuid");
+  auto prepared = a.Vtmctl({"--json", "migrate", "prepare", "vm5", "--to", destination, "--cold"});
+  ASSERT_EQ(prepared.exit_code, 0) << prepared.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(prepared.output, m, std::regex("\"id\": \"(mig-[0-9a-f]+)\"")));
+  const std::string id = m[1].str();
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // past the 1 s TTL (timestamps in seconds)
+  auto late = a.Vtmctl({"migrate", "send", id});
+  EXPECT_NE(late.exit_code, 0) << late.output;
+  EXPECT_NE(late.output.find("expired"), std::string::npos) << late.output;
+  EXPECT_NE(b.VtmdLog().find("its import key is dropped"), std::string::npos) << b.VtmdLog();
+  auto there = b.Vtmctl({"--json", "migrate", "status"});
+  EXPECT_EQ(there.output.find("\"prepared\""), std::string::npos) << there.output;
+  EXPECT_EQ(b.Vtmctl({"show", uuid}).exit_code, 3);
+  // The source gives up cleanly and keeps its VM.
+  auto aborted = a.Vtmctl({"migrate", "abort", id});
+  EXPECT_EQ(aborted.exit_code, 0) << aborted.output;
+  EXPECT_EQ(Field(a.Vtmctl({"show", "vm5"}).output, "state"), "provisioned");
 }
 
 }  // namespace

@@ -41,9 +41,9 @@ bool MigrationRig::SetUp(std::string* error) {
   return RestartSource(P("policy.json"), error, /*running=*/false);
 }
 
-bool MigrationRig::RestartDestination(std::string* error, bool running) {
+bool MigrationRig::RestartDestination(std::string* error, bool running, const std::vector<std::string>& extra) {
   if (running) b.StopVtmd();
-  return StartDestination(error);
+  return StartDestination(error, extra);
 }
 
 bool MigrationRig::RestartSource(const std::string& policy_path, std::string* error, bool running) {
@@ -69,10 +69,13 @@ bool MigrationRig::JoinFleet(VtmdFixture& f, const std::string& tag, std::string
   return Ok(f.Vtmctl({"ca", "install", P(tag + "-ca.pem"), P("fleet.pem")}), "vtmctl ca install", error);
 }
 
-bool MigrationRig::StartDestination(std::string* error) {
+bool MigrationRig::StartDestination(std::string* error, const std::vector<std::string>& extra) {
   // The first start picks a free port; later starts keep it (sources recorded it).
   const std::string listen = destination.empty() ? "127.0.0.1:0" : destination;
-  if (!b.StartVtmd({"--host-name", "host-b", "--migration-peer-ca", P("fleet.pem"), "--migration-listen", listen})) {
+  std::vector<std::string> args = {"--host-name", "host-b", "--migration-peer-ca", P("fleet.pem"), "--migration-listen",
+                                   listen};
+  args.insert(args.end(), extra.begin(), extra.end());
+  if (!b.StartVtmd(args)) {
     *error = "starting the destination vtmd: " + b.VtmdLog();
     return false;
   }

@@ -22,7 +22,8 @@ class MigrationRig {
   // A vtmd that died (a crash point) is started again without stopping it first: pass
   // running=false.
   bool RestartSource(const std::string& policy_path, std::string* error, bool running = true);
-  bool RestartDestination(std::string* error, bool running = true);
+  // extra: more vtmd flags for the destination (this start only).
+  bool RestartDestination(std::string* error, bool running = true, const std::vector<std::string>& extra = {});
   std::string P(const std::string& name) const { return dir.path() + "/" + name; }
   CommandResult Verify(std::vector<std::string> args) const;
   // A TLS identity the fleet CA issued (CN and URI SAN as given): a peer of the test's making.
@@ -35,7 +36,7 @@ class MigrationRig {
 
  private:
   bool JoinFleet(VtmdFixture& f, const std::string& tag, std::string* error);
-  bool StartDestination(std::string* error);
+  bool StartDestination(std::string* error, const std::vector<std::string>& extra = {});
   bool WritePolicyFromDestination(const std::string& path, std::string* error);
 };
 

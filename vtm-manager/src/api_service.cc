@@ -270,14 +270,7 @@ api::Response ApiService::Handle(const api::Request& req, const ApiCaller& calle
         fail(certs.error());
         break;
       }
-      for (const auto& c : *certs) {
-        auto* out = resp.add_certificates();
-        out->set_kind(c.kind);
-        out->set_serial(c.serial);
-        out->set_pem(ca::DerToPem(c.der));
-        out->set_nv_index(NvIndexOfCertKind(c.kind));
-        out->set_revoked_at(c.revoked_at);
-      }
+      for (const auto& c : *certs) ToApiCertificate(c, resp.add_certificates());
       if (host_ca_ != nullptr) {
         auto* ca = resp.mutable_ca();
         ca->set_certificate_pem(ca::DerToPem(host_ca_->ca_certificate()));

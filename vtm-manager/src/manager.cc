@@ -472,6 +472,11 @@ Result<VmRecord> Manager::BeginMigrationOut(const std::string& vm, bool cold, Vm
   const VmRecord& rec = owned.record;
   const std::set<VmState> can_leave =
       cold ? std::set<VmState>{VmState::kProvisioned, VmState::kStopped} : std::set<VmState>{VmState::kRunning};
+  if (rec.state == VmState::kMigratingOut) {
+    return Error(ErrorCode::kFailedPrecondition, "the vTPM of VM " + rec.uuid +
+                                                     " is being migrated already: `vtmctl migrate status` shows the "
+                                                     "open migration (commit or abort it first)");
+  }
   if (!can_leave.count(rec.state)) {
     return Error(ErrorCode::kFailedPrecondition,
                  "the vTPM of VM " + rec.uuid + " is " + VmStateName(rec.state) + "; " +

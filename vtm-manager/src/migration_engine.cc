@@ -29,6 +29,14 @@ Result<std::string> NewMigrationId() {
 }
 
 // The SPKI of the certificate of `kind` among certs (empty if there is none).
+// Seconds since a registry timestamp ("YYYY-MM-DDTHH:MM:SSZ"); 0 if it does not parse.
+int64_t AgeSeconds(const std::string& utc, std::time_t now) {
+  std::tm tm{};
+  const char* end = strptime(utc.c_str(), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  if (end == nullptr || *end != '\0') return 0;
+  return static_cast<int64_t>(now - timegm(&tm));
+}
+
 Result<std::string> SpkiOfKind(const google::protobuf::RepeatedPtrField<api::Certificate>& certs, const std::string& kind) {
   for (const auto& c : certs) {
     if (c.kind() != kind) continue;
@@ -232,11 +240,7 @@ Result<api::Migration> MigrationEngine::Send(const std::string& id) {
   t->set_sealed_package(sealed.Serialize());
   VTM_ASSIGN_OR_RETURN(auto certs, registry_.CertificatesOf(rec.uuid));
   for (const auto& c : certs) {
-    if (!c.revoked_at.empty() || NvIndexOfCertKind(c.kind) == 0) continue;
-    auto* out = t->add_certificates();
-    out->set_kind(c.kind);
-    out->set_serial(c.serial);
-    out->set_pem(ca::DerToPem(c.der));
+    if (c.revoked_at.empty() && NvIndexOfCertKind(c.kind) != 0) ToApiCertificate(c, t->add_certificates());
   }
   VTM_ASSIGN_OR_RETURN(auto peer, Connect(m.peer));
   auto answer = peer->Call(req);
@@ -394,6 +398,7 @@ Status MigrationEngine::Reconcile() {
     VTM_RETURN_IF_ERROR(manager_.AbortMigrationOut(rec.uuid, rec.generation, before));
     LOG_WARNING << "VM " << rec.uuid << ": a migration prepare was interrupted before it was recorded; the VM stays here";
   }
+  ExpireAbandonedPrepares();
   return OkStatus();
 }
 
@@ -469,6 +474,7 @@ Result<migration_api::PrepareResponse> MigrationEngine::OnPrepare(const migratio
   }
   VTM_RETURN_IF_ERROR(ValidateVmName(req.vm_name()));
   VTM_RETURN_IF_ERROR(CheckNonce(req.source_nonce()));
+  ExpireAbandonedPrepares();
   auto existing = registry_.Get(uuid);
   if (existing.ok()) {
     return Error(ErrorCode::kAlreadyExists, "VM " + uuid + " already has a vTPM on this host (" +
@@ -520,6 +526,12 @@ Result<migration_api::PrepareResponse> MigrationEngine::OnPrepare(const migratio
 Result<migration_api::TransferResponse> MigrationEngine::OnTransfer(const migration_api::TransferRequest& req,
                                                                     const std::string& peer) {
   VTM_ASSIGN_OR_RETURN(MigrationRecord m, DestinationMigration(req.migration_id(), peer));
+  if (PrepareExpired(m)) ExpireAbandonedPrepares();
+  VTM_ASSIGN_OR_RETURN(m, DestinationMigration(req.migration_id(), peer));
+  if (m.state == "aborted") {
+    return Error(ErrorCode::kFailedPrecondition, "migration " + m.id + " was aborted here (" + m.last_error +
+                                                     "): `vtmctl migrate abort " + m.id + "` and prepare again");
+  }
   if (m.state != "prepared") {
     return Error(ErrorCode::kFailedPrecondition,
                  "migration " + m.id + " is " + m.state + ": its package was received already (a replay is refused)");
@@ -612,12 +624,7 @@ Result<migration_api::CommitResponse> MigrationEngine::OnCommit(const migration_
     LOG_INFO << "migration " << m.id << ": VM " << rec.uuid << "'s vTPM keys certified by this host's CA";
   }
   for (const auto& c : certs) {
-    if (!c.revoked_at.empty()) continue;
-    auto* out = resp.add_certificates();
-    out->set_kind(c.kind);
-    out->set_serial(c.serial);
-    out->set_pem(ca::DerToPem(c.der));
-    out->set_nv_index(NvIndexOfCertKind(c.kind));
+    if (c.revoked_at.empty()) ToApiCertificate(c, resp.add_certificates());
   }
   return resp;
 }
@@ -628,13 +635,42 @@ Status MigrationEngine::OnAbort(const migration_api::AbortRequest& req, const st
   if (m.state == "committed") {
     return Error(ErrorCode::kFailedPrecondition, "migration " + m.id + " committed here; it cannot be aborted");
   }
-  // Also in `prepared`: a transfer interrupted by a crash may have left the VM incoming.
-  VTM_RETURN_IF_ERROR(manager_.AbortIncoming(m.vm_uuid));
-  VTM_RETURN_IF_ERROR(registry_.UpdateMigration(m.id, {"prepared", "received"}, "aborted", req.reason()));
-  // The import key blob goes with the record's contents: nothing of it remains usable.
-  (void)registry_.SetMigrationPrepared(m.id, "");
+  VTM_RETURN_IF_ERROR(AbortAsDestination(m, req.reason()));
   LOG_INFO << "migration " << m.id << " of VM " << m.vm_uuid << " aborted by the source: " << req.reason();
   return OkStatus();
+}
+
+Status MigrationEngine::AbortAsDestination(const MigrationRecord& m, const std::string& reason) {
+  // Also in `prepared`: a transfer interrupted by a crash may have left the VM incoming.
+  VTM_RETURN_IF_ERROR(manager_.AbortIncoming(m.vm_uuid));
+  VTM_RETURN_IF_ERROR(registry_.UpdateMigration(m.id, {"prepared", "received"}, "aborted", reason));
+  // The import key blob goes with the record's contents: nothing of it remains usable.
+  (void)registry_.SetMigrationPrepared(m.id, "");
+  return OkStatus();
+}
+
+bool MigrationEngine::PrepareExpired(const MigrationRecord& m) const {
+  return m.role == kDestination && m.state == "prepared" &&
+         AgeSeconds(m.created_at, std::time(nullptr)) > static_cast<int64_t>(config_.prepare_ttl.count());
+}
+
+void MigrationEngine::ExpireAbandonedPrepares() {
+  auto all = registry_.ListMigrations();
+  if (!all.ok()) {
+    LOG_WARNING << "listing migrations to expire abandoned prepares: " << all.error().message();
+    return;
+  }
+  for (const auto& m : *all) {
+    if (!PrepareExpired(m)) continue;
+    const std::string why = "expired: the source did not send it within " +
+                            std::to_string(config_.prepare_ttl.count()) + " s of the prepare";
+    if (Status st = AbortAsDestination(m, why); !st.ok()) {
+      LOG_WARNING << "migration " << m.id << ": " << st.error().message();
+      continue;
+    }
+    LOG_INFO << "migration " << m.id << " of VM " << m.vm_uuid << " from " << m.peer << " " << why
+             << "; its import key is dropped";
+  }
 }
 
 Result<migration_api::StatusResponse> MigrationEngine::OnStatus(const migration_api::StatusRequest& req,

@@ -40,6 +40,9 @@ struct MigrationConfig {
   std::string host_name;
   TlsCredentials peer_credentials;  // this vtmd's migration certificate; the fleet CA it trusts
   std::chrono::milliseconds timeout{30000};
+  // Destination: a prepared migration not sent within this time is aborted (its import key
+  // dropped), so that sources that went away leave nothing usable behind.
+  std::chrono::seconds prepare_ttl{600};
 };
 
 class MigrationEngine {
@@ -78,6 +81,12 @@ class MigrationEngine {
   Status OnAbort(const migration_api::AbortRequest& req, const std::string& peer);
   Result<migration_api::StatusResponse> OnStatus(const migration_api::StatusRequest& req, const std::string& peer);
   Result<MigrationRecord> DestinationMigration(const std::string& id, const std::string& peer);
+  // Destination: undoes what a prepare (and an interrupted transfer) left and drops the import key.
+  Status AbortAsDestination(const MigrationRecord& m, const std::string& reason);
+  // Destination: true if m was prepared longer ago than config_.prepare_ttl and never sent.
+  bool PrepareExpired(const MigrationRecord& m) const;
+  // Destination: aborts every prepared migration whose source let it expire.
+  void ExpireAbandonedPrepares();
 
   MigrationConfig config_;
   Manager& manager_;

@@ -92,6 +92,9 @@ Runs the vTPM manager daemon. Options may also be given in a config file as
   --migration-listen HOST:PORT  accept incoming migrations there (mutual TLS 1.3; default off)
   --migration-policy FILE  the attestation policy (vtm-verify learn) a destination must meet
                            before this host seals a VM to it (needed to migrate VMs away)
+  --migration-prepare-ttl SECONDS  a migration this host prepared as destination that its
+                           source has not sent within this time is aborted and its import key
+                           dropped (default 600)
   --host-name NAME         this host's name in its certificates and evidence (default: the
                            system host name)
   --log-level LEVEL        debug | info | warning | error (default info)
@@ -122,6 +125,7 @@ struct Options {
   std::string migration_peer_ca;
   std::string migration_listen;
   std::string migration_policy;
+  uint32_t migration_prepare_ttl = 600;
   std::string host_name;
 };
 
@@ -148,6 +152,7 @@ std::string CanonicalConfig(const Options& o) {
       << "migration-peer-ca = " << o.migration_peer_ca << "\n"
       << "migration-listen = " << o.migration_listen << "\n"
       << "migration-policy = " << o.migration_policy << "\n"
+      << "migration-prepare-ttl = " << o.migration_prepare_ttl << "\n"
       << "host-name = " << o.host_name << "\n";
   return out.str();
 }
@@ -186,6 +191,7 @@ Status Apply(Options* o, const std::string& name, const std::string& value) {
   else if (name == "migration-peer-ca") o->migration_peer_ca = value;
   else if (name == "migration-listen") o->migration_listen = value;
   else if (name == "migration-policy") o->migration_policy = value;
+  else if (name == "migration-prepare-ttl") return number(&o->migration_prepare_ttl);
   else if (name == "host-name") o->host_name = value;
   else return Error(ErrorCode::kInvalidArgument, "unknown option '" + name + "'");
   return OkStatus();
@@ -499,6 +505,7 @@ int Run(int argc, char** argv) {
     }
     MigrationConfig mig_config;
     mig_config.host_name = hostname;
+    mig_config.prepare_ttl = std::chrono::seconds(opts.migration_prepare_ttl);
     mig_config.peer_credentials.certificate_der = creds->certificate_der;
     mig_config.peer_credentials.chain_der = creds->chain_der;
     mig_config.peer_credentials.private_key = creds->private_key.Clone();

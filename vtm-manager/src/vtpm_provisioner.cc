@@ -7,6 +7,7 @@
 
 #include "vtm/crash_point.h"
 #include "vtm/log.h"
+#include "vtm/x509.h"
 
 namespace vtm {
 namespace {
@@ -28,6 +29,14 @@ uint32_t NvIndexOfCertKind(const std::string& kind) {
   if (kind == "ak") return kNvAkCert;
   if (kind == "ik") return kNvIkCert;
   return 0;
+}
+
+void ToApiCertificate(const CertRecord& c, api::Certificate* out) {
+  out->set_kind(c.kind);
+  out->set_serial(c.serial);
+  out->set_pem(ca::DerToPem(c.der));
+  out->set_nv_index(NvIndexOfCertKind(c.kind));
+  out->set_revoked_at(c.revoked_at);
 }
 
 Result<std::vector<CertRecord>> IssueVtpmCertificates(HostCa& host_ca, Registry& registry, const std::string& vm_uuid,

@@ -19,6 +19,7 @@
 #include "manager.h"
 #include "registry.h"
 #include "vtm/tpm.h"
+#include "vtm.pb.h"
 
 namespace vtm {
 
@@ -32,6 +33,8 @@ constexpr uint32_t kAkHandle = 0x81000002;
 constexpr uint32_t kIkHandle = 0x81000003;
 
 uint32_t NvIndexOfCertKind(const std::string& kind);
+// A registry certificate as the API shows it (PEM, NV index, revocation time).
+void ToApiCertificate(const CertRecord& c, api::Certificate* out);
 
 // The public keys a vTPM's certificates certify (DER SubjectPublicKeyInfo).
 struct VtpmSpkis {

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <list>
 #include <string>
@@ -30,9 +31,12 @@ Result<UniqueFd> ConnectTcp(const std::string& host_port);
 class Listener {
  public:
   using Handler = std::function<void(UniqueFd conn)>;
-  // busy: called (on the accept thread) instead of handler when max_connections are running;
-  // it should answer quickly and return.
-  Listener(UniqueFd listen_fd, Handler handler, int max_connections, Handler busy);
+  // While max_connections handlers are running, a new connection waits in the kernel's listen
+  // queue for up to slot_wait for one of them to return (a client's previous connection is
+  // usually about to close); only then is it accepted and handed to busy, on the accept thread,
+  // which should answer quickly and return.
+  Listener(UniqueFd listen_fd, Handler handler, int max_connections, Handler busy,
+           std::chrono::milliseconds slot_wait = std::chrono::seconds(2));
   ~Listener();
   Listener(const Listener&) = delete;
   Listener& operator=(const Listener&) = delete;
@@ -53,12 +57,16 @@ class Listener {
   };
   // Joins the threads of finished connections; with `all`, first wakes and then joins every one.
   void Reap(bool all) EXCLUDES(mu_);
+  // Waits up to slot_wait_ for a free slot (or Shutdown); false if none came.
+  bool WaitForSlot() EXCLUDES(mu_);
 
   UniqueFd listen_fd_;
   Handler handler_, busy_;
   int max_connections_;
+  std::chrono::milliseconds slot_wait_;
   std::atomic<bool> stopping_{false};
   Mutex mu_;
+  CondVar slot_freed_;
   std::list<Connection> connections_ GUARDED_BY(mu_);  // a list: each thread keeps a pointer to its node
   int active_ GUARDED_BY(mu_) = 0;                     // connections whose handler has not returned
 };
