@@ -63,11 +63,16 @@ Status WriteFileAtomic(const std::string& path, const std::string& data, mode_t 
       return ErrnoError("syncing " + tmp);
     }
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (Status renamed = RenameDurably(tmp, path); !renamed.ok()) {
     ::unlink(tmp.c_str());
-    return ErrnoError("renaming " + tmp + " to " + path);
+    return renamed;
   }
-  std::string dir = std::filesystem::path(path).parent_path().string();
+  return OkStatus();
+}
+
+Status RenameDurably(const std::string& from, const std::string& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0) return ErrnoError("renaming " + from + " to " + to);
+  std::string dir = std::filesystem::path(to).parent_path().string();
   if (dir.empty()) dir = ".";
   UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dfd.valid()) fsync(dfd.get());

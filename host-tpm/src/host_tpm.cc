@@ -38,8 +38,8 @@ TPMT_SYM_DEF SessionCipher() {
 }
 
 // PolicyPCR's pcrDigest: the policy's hash (SHA-256) over the selected PCR values in
-// ascending order. Computed here from the values we read, so the policy is bound to exactly
-// the values recorded in pcrs_at_seal even if a PCR is extended in between.
+// ascending order. Computed here from the given values (read or expected), so the policy is
+// bound to exactly the values recorded in pcrs_at_seal even if a PCR is extended in between.
 Result<TPM2B_DIGEST> PolicyPcrDigest(const PcrValues& values) {
   std::string concatenated;
   for (const auto& [pcr, digest] : values.digests) concatenated += digest;
@@ -263,16 +263,41 @@ Result<ScopedTr> EsysTpm::StartSaltedSession(ESYS_TR storage_primary, TPM2_SE ty
 }
 
 Result<SealedObject> EsysTpm::Seal(const SecretBytes& secret, const PcrSelection& selection) {
+  VTM_ASSIGN_OR_RETURN(PcrValues current, ReadPcrs(selection));
+  return SealToPcrValues(secret, current);
+}
+
+Result<SealedObject> EsysTpm::SealToPcrValues(const SecretBytes& secret, const PcrValues& values) {
   if (secret.empty() || secret.size() > kMaxSealedSecret) {
     return Error(ErrorCode::kInvalidArgument, "a sealed secret holds 1 to " + std::to_string(kMaxSealedSecret) +
                                                   " bytes, not " + std::to_string(secret.size()));
   }
-  VTM_ASSIGN_OR_RETURN(PcrSelection canonical, Canonical(selection));
+  VTM_ASSIGN_OR_RETURN(PcrSelection canonical, Canonical(values.selection));
   const PcrBank& bank = *internal::FindPcrBank(canonical.bank);
   const TPML_PCR_SELECTION pcrs = ToTpml(bank, canonical.pcrs);
+  // Exactly one value of the bank's size per selected PCR: the policy covers what the selection
+  // says, nothing more or less.
+  if (values.digests.size() != canonical.pcrs.size()) {
+    return Error(ErrorCode::kInvalidArgument, "sealing to " + canonical.ToString() + " needs a value for each of its " +
+                                                  std::to_string(canonical.pcrs.size()) + " PCRs, not " +
+                                                  std::to_string(values.digests.size()));
+  }
+  for (int pcr : canonical.pcrs) {
+    auto value = values.digests.find(pcr);
+    const std::string name = canonical.bank + ":" + std::to_string(pcr);
+    if (value == values.digests.end()) {
+      return Error(ErrorCode::kInvalidArgument, "sealing to " + canonical.ToString() + ": no value for PCR " + name);
+    }
+    if (value->second.size() != bank.digest_size) {
+      return Error(ErrorCode::kInvalidArgument,
+                   "a value for PCR " + name + " has " + std::to_string(bank.digest_size) + " bytes (" +
+                       std::to_string(2 * bank.digest_size) + " hex digits), not " +
+                       std::to_string(value->second.size()));
+    }
+  }
 
   VTM_ASSIGN_OR_RETURN(ScopedTr primary, CreateStoragePrimary());
-  VTM_ASSIGN_OR_RETURN(PcrValues pcr_values, ReadPcrs(canonical));
+  PcrValues pcr_values{canonical, values.digests};
   VTM_ASSIGN_OR_RETURN(TPM2B_DIGEST pcr_digest, PolicyPcrDigest(pcr_values));
 
   // The policy digest comes from the TPM itself (a trial session), so it is computed exactly
@@ -318,7 +343,17 @@ Result<SealedObject> EsysTpm::Seal(const SecretBytes& secret, const PcrSelection
   TSS2_RC rc = Esys_Create(esys(), primary.get(), session.get(), ESYS_TR_NONE, ESYS_TR_NONE, &in_sensitive,
                            &in_public, &outside_info, &creation_pcrs, out_private.out(), out_public.out(), nullptr,
                            nullptr, nullptr);
-  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_Create(sealed data object)", rc);
+  if (rc != TSS2_RC_SUCCESS) {
+    Error error = TpmError("TPM2_Create(sealed data object)", rc);
+    if (TpmResponseCode(rc) == TPM2_RC_OBJECT_MEMORY) {
+      // TPM2_Create needs two free object slots (the parent's and the new object's).
+      return Error(error.code(), error.message() +
+                                     "; the TPM has no two free object slots: without a resource manager (a "
+                                     "simulated host TPM, /dev/tpm0) the keys a user keeps loaded fill its few "
+                                     "slots; reach it through one (/dev/tpmrm0)");
+    }
+    return error;
+  }
 
   SealedObject sealed;
   VTM_ASSIGN_OR_RETURN(sealed.tpm2b_public,
@@ -371,13 +406,10 @@ Result<SecretBytes> EsysTpm::Unseal(const SealedObject& sealed) {
 // Names each PCR whose value moved since sealing, so an operator sees *what* changed (a
 // firmware update, a different boot path) rather than a bare TPM_RC_POLICY_FAIL.
 Error EsysTpm::DiagnosePolicyFailure(const SealedObject& sealed, const Error& tpm_error) {
-  const std::string advice =
-      "if the change is expected (e.g. a firmware or boot-chain update), restore the master key from its "
-      "backup and seal it again to the new PCR values";
   auto now = ReadPcrs(sealed.pcrs_at_seal.selection);
   if (!now.ok()) {
     return Error(ErrorCode::kPolicyMismatch, tpm_error.message() + "; the current PCR values could not be read (" +
-                                                 now.error().message() + "); " + advice);
+                                                 now.error().message() + ")");
   }
   const std::string& bank = sealed.pcrs_at_seal.selection.bank;
   std::string changes;
@@ -399,7 +431,7 @@ Error EsysTpm::DiagnosePolicyFailure(const SealedObject& sealed, const Error& tp
                      " still hold the values recorded at seal time; the sealed file's PCR record does not match "
                      "its policy (corrupt or tampered file) [" + tpm_error.message() + "]");
   }
-  return Error(ErrorCode::kPolicyMismatch, changes + "; " + advice);
+  return Error(ErrorCode::kPolicyMismatch, changes);
 }
 
 }  // namespace vtm::internal

@@ -180,6 +180,46 @@ TEST_F(HostTpmTest, ExtendingOtherPcrsKeepsUnsealWorking) {
   EXPECT_EQ(AsString(*unsealed), "master key");
 }
 
+// Re-sealing ahead of a planned change: a secret sealed to values the PCRs do not hold yet
+// unseals only once they do (here after a reboot and one extend of PCR 16).
+TEST_F(HostTpmTest, SealsToExpectedPcrValuesThatUnsealOnlyOnceReached) {
+  const std::string update = Sha256("firmware v2");
+  auto now = tpm_->ReadPcrs(Selection("sha256:7,16"));
+  ASSERT_TRUE(now.ok()) << now.error().ToString();
+  PcrValues expected = *now;
+  expected.digests[16] = Sha256(std::string(32, '\0') + update);  // after a reboot and one extend
+  auto sealed = tpm_->SealToPcrValues(SecretFrom("master key"), expected);
+  ASSERT_TRUE(sealed.ok()) << sealed.error().ToString();
+  EXPECT_EQ(sealed->pcrs_at_seal.digests, expected.digests);
+  auto early = tpm_->Unseal(*sealed);
+  ASSERT_FALSE(early.ok());
+  EXPECT_EQ(early.error().code(), ErrorCode::kPolicyMismatch);
+  EXPECT_NE(early.error().message().find("host PCR sha256:16 "), std::string::npos) << early.error().message();
+
+  ASSERT_NO_FATAL_FAILURE(RestartTpm());
+  ASSERT_TRUE(tpm_->ExtendPcr("sha256", 16, update).ok());
+  ASSERT_EQ(PcrValue("sha256", 16), expected.digests[16]);
+  auto unsealed = tpm_->Unseal(*sealed);
+  ASSERT_TRUE(unsealed.ok()) << unsealed.error().ToString();
+  EXPECT_EQ(AsString(*unsealed), "master key");
+
+  // Values that do not fit the selection are refused before the TPM is asked.
+  PcrValues short_value = expected;
+  short_value.digests[16] = std::string(20, 'x');
+  auto refused = tpm_->SealToPcrValues(SecretFrom("k"), short_value);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(refused.error().message().find("a value for PCR sha256:16 has 32 bytes (64 hex digits), not 20"),
+            std::string::npos)
+      << refused.error().message();
+  PcrValues missing = expected;
+  missing.digests.erase(7);
+  EXPECT_EQ(tpm_->SealToPcrValues(SecretFrom("k"), missing).error().code(), ErrorCode::kInvalidArgument);
+  PcrValues extra = expected;
+  extra.digests[8] = std::string(32, '\0');
+  EXPECT_EQ(tpm_->SealToPcrValues(SecretFrom("k"), extra).error().code(), ErrorCode::kInvalidArgument);
+}
+
 TEST_F(HostTpmTest, RestartKeepsSeedsAndResetsPcrs) {
   auto sealed = tpm_->Seal(SecretFrom("survives reboots"), Selection("sha256:16"));
   ASSERT_TRUE(sealed.ok()) << sealed.error().ToString();

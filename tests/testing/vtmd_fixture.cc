@@ -87,6 +87,16 @@ int VtmdFixture::WaitVtmdExit(std::chrono::milliseconds timeout) {
   return st.ok() ? *st : StopVtmd();
 }
 
+bool VtmdFixture::RebootHostTpm() {
+  EXPECT_FALSE(vtmd_.running()) << "stop vtmd before rebooting the host TPM";
+  host_tpm_.reset();
+  auto tpm = SimulatedHostTpm::Start(dir_.path() + "/host-tpm");
+  EXPECT_TRUE(tpm.ok()) << tpm.error().ToString();
+  if (!tpm.ok()) return false;
+  host_tpm_ = std::move(tpm).value();
+  return true;
+}
+
 CommandResult VtmdFixture::RunVtmdExpectingExit(const std::vector<std::string>& extra_args) {
   return RunCommand(VtmdArgv(extra_args));
 }

@@ -34,6 +34,11 @@ class VtmdFixture {
   // Runs vtmd in the foreground until it exits (for start-up failures).
   CommandResult RunVtmdExpectingExit(const std::vector<std::string>& extra_args = {});
 
+  // A host reboot as the host TPM sees it: its swtpm ends and starts again on the same state
+  // (seeds, NV and everything sealed under it kept; PCRs reset by TPM2_Startup(CLEAR)). Stop
+  // vtmd first. host_tcti() may change. Returns false (with a test failure) if it fails.
+  bool RebootHostTpm();
+
   CommandResult Vtmctl(const std::vector<std::string>& args);
   // vtmctl run as another uid/gid through setpriv, e.g. {"--reuid=65534", "--regid=65534",
   // "--clear-groups"}. The binary is copied into the test's (traversable) directory first, so

@@ -44,6 +44,39 @@ TEST(ApiRequestTest, RefusesBadInputWithClearErrors) {
   EXPECT_FALSE(ParseRequest(no_vm.SerializeAsString()).ok());
 }
 
+TEST(ApiRequestTest, HostResealNeedsPcrsOnceEachWithHexValues) {
+  auto parse = [](std::vector<std::pair<uint32_t, std::string>> values) {
+    api::Request r;
+    auto* reseal = r.mutable_host_reseal();
+    for (auto& [pcr, hex] : values) {
+      auto* v = reseal->add_expected();
+      v->set_pcr(pcr);
+      v->set_digest_hex(hex);
+    }
+    return ParseRequest(r.SerializeAsString());
+  };
+  const std::string sha256(64, 'a');
+  EXPECT_TRUE(parse({{7, sha256}}).ok());
+  EXPECT_TRUE(parse({{0, sha256}, {7, std::string(128, 'F')}}).ok());  // sizes are vtmd's to check
+
+  auto none = parse({});
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(none.error().message().find("at least one PCR"), std::string::npos) << none.error().message();
+  auto range = parse({{24, sha256}});
+  ASSERT_FALSE(range.ok());
+  EXPECT_NE(range.error().message().find("PCR 24 is not an index from 0 to 23"), std::string::npos);
+  auto twice = parse({{7, sha256}, {7, sha256}});
+  ASSERT_FALSE(twice.ok());
+  EXPECT_NE(twice.error().message().find("PCR 7 is given more than once"), std::string::npos);
+  for (const std::string& bad : {std::string("xyz0"), std::string(63, 'a'), std::string(130, 'a')}) {
+    auto r = parse({{7, bad}});
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.error().code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(r.error().message().find("is not a digest in hex"), std::string::npos) << r.error().message();
+  }
+}
+
 TEST(ApiRequestTest, ErrorCodesMapToApiStatus) {
   EXPECT_EQ(ToApiStatus(ErrorCode::kNotFound), api::STATUS_NOT_FOUND);
   EXPECT_EQ(ToApiStatus(ErrorCode::kFailedPrecondition), api::STATUS_FAILED_PRECONDITION);

@@ -5,6 +5,7 @@
 #include <openssl/x509.h>
 
 #include <ctime>
+#include <set>
 
 #include "migration_engine.h"
 #include "vtm/hex.h"
@@ -110,6 +111,27 @@ Result<api::Request> ParseRequest(const std::string& bytes) {
     case api::Request::kShow: VTM_RETURN_IF_ERROR(CheckVmRef(req.show().uuid())); break;
     case api::Request::kList:
     case api::Request::kHost: break;
+    case api::Request::kHostReseal: {
+      const auto& expected = req.host_reseal().expected();
+      if (expected.empty()) {
+        return Error(ErrorCode::kInvalidArgument, "host reseal needs the expected value of at least one PCR (--pcr N=HEX)");
+      }
+      std::set<uint32_t> seen;
+      for (const auto& v : expected) {
+        if (v.pcr() > 23) {
+          return Error(ErrorCode::kInvalidArgument, "PCR " + std::to_string(v.pcr()) + " is not an index from 0 to 23");
+        }
+        if (!seen.insert(v.pcr()).second) {
+          return Error(ErrorCode::kInvalidArgument, "PCR " + std::to_string(v.pcr()) + " is given more than once");
+        }
+        // The longest bank is sha512: 64 bytes, 128 hex digits.
+        if (v.digest_hex().size() > 128 || !HexDecode(v.digest_hex()).ok()) {
+          return Error(ErrorCode::kInvalidArgument, "the expected value of PCR " + std::to_string(v.pcr()) +
+                                                        " is not a digest in hex (e.g. 64 hex digits for sha256)");
+        }
+      }
+      break;
+    }
     case api::Request::kMigrate: {
       const auto& m = req.migrate();
       switch (m.step()) {
@@ -344,6 +366,9 @@ api::Response ApiService::Handle(const api::Request& req, const ApiCaller& calle
     case api::Request::kMigrate:
       if (Status st = HandleMigrate(req.migrate(), caller, &resp); !st.ok()) fail(st.error());
       break;
+    case api::Request::kHostReseal:
+      if (Status st = HandleReseal(req.host_reseal(), caller, &resp); !st.ok()) fail(st.error());
+      break;
     case api::Request::OP_NOT_SET: fail(Error(ErrorCode::kInvalidArgument, "request names no operation")); break;
   }
   return resp;
@@ -373,6 +398,33 @@ Status ApiService::HandleMigrate(const api::MigrateRequest& req, const ApiCaller
   }
   if (!one.ok()) return std::move(one).error();
   *resp->add_migrations() = std::move(one).value();
+  return OkStatus();
+}
+
+Status ApiService::HandleReseal(const api::HostResealRequest& req, const ApiCaller& caller, api::Response* resp) {
+  // Which host states may unseal the master key is the host administrator's decision.
+  if (!caller.uid || *caller.uid != 0) {
+    return Error(ErrorCode::kPermissionDenied,
+                 "re-sealing the master key is for root only; " +
+                     (caller.uid ? "uid " + std::to_string(*caller.uid) : std::string("a remote caller")) + " may not");
+  }
+  if (!reseal_) return Error(ErrorCode::kFailedPrecondition, "this vtmd cannot re-seal its master key");
+  std::map<int, std::string> expected;
+  for (const auto& v : req.expected()) {
+    VTM_ASSIGN_OR_RETURN(std::string digest, HexDecode(v.digest_hex()));
+    expected[static_cast<int>(v.pcr())] = std::move(digest);
+  }
+  VTM_ASSIGN_OR_RETURN(PreparedReseal prepared, reseal_(expected));
+  auto* out = resp->mutable_reseal();
+  out->set_pcr_selection(prepared.expected.selection.ToString());
+  for (const auto& [pcr, digest] : prepared.expected.digests) {
+    auto* v = out->add_pcrs();
+    v->set_pcr(static_cast<uint32_t>(pcr));
+    v->set_digest_hex(HexEncode(digest));
+  }
+  for (int pcr : prepared.changed) out->add_changed(static_cast<uint32_t>(pcr));
+  out->set_prepared_file(prepared.path);
+  out->set_current_file(prepared.current_path);
   return OkStatus();
 }
 

@@ -4,6 +4,8 @@
 
 #include <sys/types.h>
 
+#include <functional>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -11,6 +13,7 @@
 #include "host_attestation_key.h"
 #include "host_ca.h"
 #include "manager.h"
+#include "master_key.h"
 #include "measurement_log.h"
 #include "ra_client.h"
 #include "vtm.pb.h"
@@ -47,12 +50,17 @@ class ApiService {
   api::Response Handle(const api::Request& request, const ApiCaller& caller);
   // Migration requests are refused until this is set (vtmd sets it when configured for it).
   void SetMigrationEngine(MigrationEngine* engine) { migration_ = engine; }
+  // Seals a second copy of the master key to expected PCR values (PCR index -> digest bytes):
+  // MasterKey::PrepareReseal in the host TPM's executor. host_reseal is refused until set.
+  using ResealFn = std::function<Result<PreparedReseal>(const std::map<int, std::string>& expected)>;
+  void SetReseal(ResealFn reseal) { reseal_ = std::move(reseal); }
 
  private:
   void FillVm(const VmRecord& rec, api::Vm* out);
   Status HandleCa(const api::Request& req, const ApiCaller& caller, api::Response* resp);
   Status HandleAttest(const api::Request& req, api::Response* resp);
   Status HandleMigrate(const api::MigrateRequest& req, const ApiCaller& caller, api::Response* resp);
+  Status HandleReseal(const api::HostResealRequest& req, const ApiCaller& caller, api::Response* resp);
   Manager& manager_;
   Registry& registry_;
   HostAttestationKey* host_ak_;
@@ -60,6 +68,7 @@ class ApiService {
   HostDescription host_;
   RaClient* ra_;
   MigrationEngine* migration_ = nullptr;
+  ResealFn reseal_;
 };
 
 }  // namespace vtm

@@ -7,13 +7,23 @@
 // to another VM's row or purpose fails to unwrap.
 #pragma once
 
+#include <map>
 #include <string>
+#include <vector>
 
 #include "vtm/error.h"
 #include "vtm/host_tpm.h"
 #include "vtm/secret.h"
 
 namespace vtm {
+
+// What MasterKey::PrepareReseal sealed the second copy to.
+struct PreparedReseal {
+  PcrValues expected;        // every PCR of the selection: the new values given, the others as now
+  std::vector<int> changed;  // the PCRs whose given value differs from their value now
+  std::string path;          // where the prepared copy was written
+  std::string current_path;  // the copy in use, which stays
+};
 
 class MasterKey {
  public:
@@ -22,7 +32,22 @@ class MasterKey {
   // PCRs that changed. If `pcrs` differs from the selection the key was sealed to, the key is
   // unsealed under the old policy (proving the host is still in the sealed state) and re-sealed
   // to the new selection.
+  // Re-seal (a planned firmware update): if sealed_path fails on the PCR policy and a copy
+  // prepared by PrepareReseal exists (PreparedPath(sealed_path)), that copy is tried; if it
+  // unseals, it is renamed over sealed_path (atomically) and used. If neither unseals, the
+  // error names both. The key never exists in clear outside the TPM and this process.
   static Result<MasterKey> LoadOrCreate(HostTpm& tpm, const std::string& sealed_path, const PcrSelection& pcrs);
+  // Where PrepareReseal writes, next to sealed_path.
+  static std::string PreparedPath(const std::string& sealed_path) { return sealed_path + ".prepared"; }
+
+  // Before a planned change of host PCRs (a firmware update): seals a second copy of this key
+  // under the same storage key, to the PCRs of `pcrs` holding the values in `expected`
+  // (PCR index -> digest) and, for the PCRs `expected` does not name, their current values.
+  // Writes it atomically to PreparedPath(sealed_path), replacing an earlier prepared copy; the
+  // copy in sealed_path stays as it is. kInvalidArgument for no value, a PCR outside `pcrs` or
+  // a value not of the bank's digest size.
+  Result<PreparedReseal> PrepareReseal(HostTpm& tpm, const std::string& sealed_path, const PcrSelection& pcrs,
+                                       const std::map<int, std::string>& expected) const;
   // For tests and tools: a master key from given bytes.
   static MasterKey FromBytes(SecretBytes key) { return MasterKey(std::move(key)); }
 

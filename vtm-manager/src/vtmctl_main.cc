@@ -42,6 +42,11 @@ Commands:
   show VM                              show one vTPM
   certs VM [--kind ek-ecc|ek-rsa|ak|ik] print the VM's vTPM certificates (PEM)
   host                                 show the host TPM and policy vtmd uses
+  host reseal --pcr N=HEX [--pcr N=HEX ...]
+                                       before a planned firmware update (root): seal a
+                                       second copy of the master key to the PCR values
+                                       expected after it (the PCRs not named: as now);
+                                       vtmd adopts it at the first start where it unseals
   ca show                              print the host CA certificate (PEM)
   ca csr                               print a CSR for the host CA key, for a fleet CA
   ca install CERT.pem [CHAIN.pem]      install the fleet CA's certificate for the CA key
@@ -194,6 +199,55 @@ int BuildAttestRequest(const std::vector<std::string>& args, api::Request* req, 
     d->set_guest_event_log(std::move(log).value());
   }
   return kOk;
+}
+
+// `host reseal --pcr N=HEX ...` into a host_reseal request. Only the form is checked here;
+// vtmd checks each PCR against the master key's selection and each value's size.
+int BuildResealRequest(const std::vector<std::string>& args, api::Request* req) {
+  auto* r = req->mutable_host_reseal();
+  for (size_t i = 2; i < args.size(); ++i) {
+    std::string spec;
+    if (args[i] == "--pcr" && i + 1 < args.size()) spec = args[++i];
+    else if (args[i].rfind("--pcr=", 0) == 0) spec = args[i].substr(6);
+    else {
+      std::cerr << "vtmctl host reseal: unexpected argument '" << args[i] << "' (use --pcr N=HEX)\n";
+      return kUsage_;
+    }
+    const size_t eq = spec.find('=');
+    const std::string index = spec.substr(0, eq);
+    const bool numeric = !index.empty() && index.size() <= 2 &&
+                         std::all_of(index.begin(), index.end(), [](char c) { return c >= '0' && c <= '9'; });
+    if (eq == std::string::npos || !numeric || std::stoi(index) > 23) {
+      std::cerr << "vtmctl host reseal: --pcr " << spec << ": expected N=HEX with N a PCR index from 0 to 23\n";
+      return kUsage_;
+    }
+    const std::string hex = spec.substr(eq + 1);
+    if (hex.empty() || !HexDecode(hex).ok()) {
+      std::cerr << "vtmctl host reseal: --pcr " << spec << ": the value is not hex (a digest of the bank, e.g. 64 "
+                   "hex digits for sha256)\n";
+      return kUsage_;
+    }
+    auto* v = r->add_expected();
+    v->set_pcr(static_cast<uint32_t>(std::stoi(index)));
+    v->set_digest_hex(hex);
+  }
+  if (r->expected().empty()) {
+    std::cerr << "vtmctl host reseal: name the expected value of each PCR the update changes: --pcr N=HEX\n";
+    return kUsage_;
+  }
+  return kOk;
+}
+
+void PrintReseal(const api::ResealInfo& r) {
+  std::cout << "re-sealed the master key for a planned change of host PCRs " << r.pcr_selection() << "\n"
+            << "prepared copy: " << r.prepared_file() << "\n"
+            << "current copy:  " << r.current_file() << " (stays in use while it unseals)\n"
+            << "PCR values the prepared copy unseals under:\n";
+  for (const auto& v : r.pcrs()) {
+    const bool changed = std::find(r.changed().begin(), r.changed().end(), v.pcr()) != r.changed().end();
+    std::cout << "  " << std::setw(2) << v.pcr() << ": " << v.digest_hex() << (changed ? "  (new)" : "") << "\n";
+  }
+  std::cout << "vtmd adopts the prepared copy at its first start where these values hold\n";
 }
 
 // Writes the evidence of an attest response (binary protobuf, what vtm-verify reads) and says
@@ -402,7 +456,14 @@ int Run(int argc, char** argv) {
   } else if (cmd == "list") {
     req.mutable_list();
   } else if (cmd == "host") {
-    req.mutable_host();
+    if (args.size() > 1 && args[1] == "reseal") {
+      if (int rc = BuildResealRequest(args, &req); rc != kOk) return rc;
+    } else if (args.size() == 1) {
+      req.mutable_host();
+    } else {
+      std::cerr << "vtmctl host: use 'host' or 'host reseal --pcr N=HEX ...'\n";
+      return kUsage_;
+    }
   } else if (cmd == "certs") {
     if (args.size() == 4 && args[2] == "--kind") {
       kind_filter = args[3];
@@ -474,6 +535,8 @@ int Run(int argc, char** argv) {
                 << std::setw(6) << vm.generation() << (vm.state() == api::VM_STATE_RUNNING ? vm.tpm_socket() : "-")
                 << "\n";
     }
+  } else if (cmd == "host" && resp->has_reseal()) {
+    PrintReseal(resp->reseal());
   } else if (cmd == "host") {
     const auto& h = resp->host();
     std::cout << "host TPM:    " << h.host_tpm() << "\n"

@@ -386,8 +386,9 @@ int Run(int argc, char** argv) {
     if (*flushed > 0) LOG_WARNING << "flushed " << *flushed << " objects an earlier vtmd left loaded in the host TPM";
   }
 
+  const std::string sealed_master_key = opts.state_dir + "/master-key.sealed";
   auto master = host_tpm.Run([&](Tpm& tpm) {
-    return MasterKey::LoadOrCreate(tpm, opts.state_dir + "/master-key.sealed", *pcrs);
+    return MasterKey::LoadOrCreate(tpm, sealed_master_key, *pcrs);
   });
   if (!master.ok()) {
     Error e = std::move(master).error();
@@ -474,6 +475,11 @@ int Run(int argc, char** argv) {
 
   HostDescription host{description, simulated != nullptr, pcrs->ToString(), measurements->get(), opts.run_dir};
   ApiService service(manager, **registry, host_ak->get(), host_ca->get(), host, &ra);
+  // `vtmctl host reseal`: sealing and writing the prepared copy are one executor job, so two
+  // requests never interleave their writes.
+  service.SetReseal([&](const std::map<int, std::string>& expected) {
+    return host_tpm.Run([&](Tpm& tpm) { return master->PrepareReseal(tpm, sealed_master_key, *pcrs, expected); });
+  });
   std::unique_ptr<AttestationEndpoint> endpoint;
   if (!opts.attest_listen.empty()) {
     if (opts.attest_verifier_ca.empty()) {

@@ -64,6 +64,12 @@ class HostTpm {
   // re-created from its template on each call) so that it unseals only while the PCRs in
   // selection hold their current values.
   virtual Result<SealedObject> Seal(const SecretBytes& secret, const PcrSelection& selection) = 0;
+  // Seals secret like Seal, but to the given PCR values instead of the current ones (e.g. the
+  // values expected after a planned firmware update): values.selection names the PCRs and
+  // values.digests holds exactly one digest of the bank's size for each. It unseals only
+  // while the PCRs hold exactly these values. kInvalidArgument for a value of the wrong size,
+  // a missing or extra PCR.
+  virtual Result<SealedObject> SealToPcrValues(const SecretBytes& secret, const PcrValues& values) = 0;
   // Unseals. If the PCRs changed, fails with kPolicyMismatch and a message naming every PCR
   // whose value differs from pcrs_at_seal, e.g. "host PCR sha256:7 changed since the master key
   // was sealed".

@@ -38,6 +38,7 @@ class EsysTpm final : public Tpm {
   Status ExtendPcr(const std::string& bank, int pcr, const std::string& digest) override;
   Result<SecretBytes> GetRandom(size_t n) override;
   Result<SealedObject> Seal(const SecretBytes& secret, const PcrSelection& selection) override;
+  Result<SealedObject> SealToPcrValues(const SecretBytes& secret, const PcrValues& values) override;
   Result<SecretBytes> Unseal(const SealedObject& sealed) override;
   void SetOwnerAuth(const SecretBytes& auth) override;
 
