@@ -37,6 +37,11 @@ class MigrationTest : public ::testing::Test {
     if (HasFailure()) std::cerr << rig.Logs();
   }
   std::string P(const std::string& name) const { return rig.P(name); }
+  // The migration ID in `vtmctl --json migrate prepare` output; empty if there is none.
+  static std::string MigrationIdIn(const std::string& json) {
+    std::smatch m;
+    return std::regex_search(json, m, std::regex("\"id\": \"(mig-[0-9a-f]+)\"")) ? m[1].str() : std::string();
+  }
   std::string Pubkey(VtmdFixture& f, const std::string& vm, const std::string& kind) {
     return f.CertificatePublicKeyPem(vm, kind);
   }
@@ -157,9 +162,8 @@ TEST_F(MigrationTest, ReplayedOrForeignTransfersAreRefused) {
   const std::string uuid = Field(a.Vtmctl({"show", "vm3"}).output, "uuid");
   auto prepared = a.Vtmctl({"--json", "migrate", "prepare", "vm3", "--to", destination, "--cold"});
   ASSERT_EQ(prepared.exit_code, 0) << prepared.output;
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(prepared.output, m, std::regex("\"id\": \"(mig-[0-9a-f]+)\"")));
-  const std::string id = m[1].str();
+  const std::string id = MigrationIdIn(prepared.output);
+  ASSERT_FALSE(id.empty()) << prepared.output;
   EXPECT_EQ(Field(a.Vtmctl({"show", "vm3"}).output, "state"), "migrating-out");
   // A second prepare of the same VM is refused while this one is open.
   auto twice = a.Vtmctl({"migrate", "prepare", "vm3", "--to", destination, "--cold"});
@@ -220,9 +224,8 @@ TEST_F(MigrationTest, ConcurrentPreparesOfOneVmOpenExactlyOneMigration) {
               lost.output.find("already has migration") != std::string::npos ||
               lost.output.find("in progress") != std::string::npos)
       << lost.output;
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(won.output, m, std::regex("\"id\": \"(mig-[0-9a-f]+)\"")));
-  const std::string id = m[1].str();
+  const std::string id = MigrationIdIn(won.output);
+  ASSERT_FALSE(id.empty()) << won.output;
   // One migration is open on each side, and it is the winner's.
   auto count = [](const std::string& text, const std::string& what) {
     size_t n = 0;
@@ -251,9 +254,8 @@ TEST_F(MigrationTest, PrepareTheSourceLetExpireIsAbortedAndItsKeyDropped) {
   const std::string uuid = Field(a.Vtmctl({"show", "vm5"}).output, "uuid");
   auto prepared = a.Vtmctl({"--json", "migrate", "prepare", "vm5", "--to", destination, "--cold"});
   ASSERT_EQ(prepared.exit_code, 0) << prepared.output;
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(prepared.output, m, std::regex("\"id\": \"(mig-[0-9a-f]+)\"")));
-  const std::string id = m[1].str();
+  const std::string id = MigrationIdIn(prepared.output);
+  ASSERT_FALSE(id.empty()) << prepared.output;
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // past the 1 s TTL (timestamps in seconds)
   auto late = a.Vtmctl({"migrate", "send", id});
   EXPECT_NE(late.exit_code, 0) << late.output;
