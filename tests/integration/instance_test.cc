@@ -424,6 +424,32 @@ TEST_F(InstanceTest, MalformedClientIsDroppedAndTheNextOneServed) {
   EXPECT_NE(inst.Log().find("unknown control command UNKNOWN(0x00000077)"), std::string::npos);
 }
 
+// A second QEMU waits in the backlog while the first is attached (as a migration's destination
+// would); if it is gone when its turn comes, nothing it queued reaches swtpm.
+TEST_F(InstanceTest, QueuedClientThatHungUpIsDroppedUnread) {
+  Instance inst(dir_.path(), TestKeys(8));
+  ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
+  auto first = std::make_unique<FakeQemu>(Path("run/tpm.sock"));
+  ASSERT_TRUE(first->Start()) << inst.Log();
+  ASSERT_TRUE(first->StartupAndGetRandom()) << inst.Log();
+  {
+    // Queued behind the first: an (unknown, so logged when passed on) request, then gone.
+    FakeQemu gone(Path("run/tpm.sock"));
+    ASSERT_TRUE(gone.connected());
+    auto req = Be32(0x77);
+    ASSERT_TRUE(WriteAll(gone.ctrl_fd(), req.data(), req.size()).ok());
+  }
+  first.reset();
+  // The next QEMU is served as usual.
+  FakeQemu next(Path("run/tpm.sock"));
+  ASSERT_TRUE(next.Start()) << inst.Log();
+  EXPECT_TRUE(next.StartupAndGetRandom()) << inst.Log();
+  const std::string log = inst.Log();
+  EXPECT_NE(log.find("hung up while it waited for the vTPM; dropped without passing on anything"), std::string::npos)
+      << log;
+  EXPECT_EQ(log.find("UNKNOWN(0x00000077)"), std::string::npos) << log;
+}
+
 TEST_F(InstanceTest, SigtermWhileQemuIsAttachedStopsSwtpm) {
   Instance inst(dir_.path(), TestKeys(9));
   ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();

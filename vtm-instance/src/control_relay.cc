@@ -74,6 +74,15 @@ void ControlRelay::AcceptClient() {
   if (auto cred = GetPeerCredentials(client.get()); cred.ok()) {
     peer = "pid " + std::to_string(cred->pid) + " uid " + std::to_string(cred->uid);
   }
+  // A client that waited in the backlog (a second QEMU, e.g. a migration's destination) may
+  // be gone by the time it is accepted, its requests still queued. A QEMU that no longer
+  // exists must never reach the vTPM: drop it unread.
+  pollfd hup{client.get(), POLLRDHUP, 0};
+  if (poll(&hup, 1, 0) == 1 && (hup.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
+    LOG_WARNING << "QEMU (" << peer << ") hung up while it waited for the vTPM; dropped without passing on "
+                << "anything it sent";
+    return;
+  }
   auto swtpm = ConnectUnix(swtpm_ctrl_path_);
   if (!swtpm.ok()) {
     LOG_ERROR << "QEMU (" << peer
