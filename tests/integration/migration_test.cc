@@ -270,5 +270,76 @@ TEST_F(MigrationTest, PrepareTheSourceLetExpireIsAbortedAndItsKeyDropped) {
   EXPECT_EQ(Field(a.Vtmctl({"show", "vm5"}).output, "state"), "provisioned");
 }
 
+// libvirt's qemu hook on both hosts during a live migration, called as libvirtd calls it when
+// `virsh migrate` carries the domain (the e2e under real libvirtds is issue 8's): the
+// destination's `migrate` points the XML at its incoming instance, its `prepare` lets QEMU
+// attach there without starting anything, and `release` on either side (the source's QEMU
+// leaving, a destination QEMU that failed) leaves the vTPM to the migration's commit or abort.
+TEST_F(MigrationTest, LibvirtHookFollowsALiveMigration) {
+  ASSERT_TRUE(WriteFileAtomic(P("qemu.conf"), "user = \"root\"\n", 0644).ok());
+  auto hook = [&](VtmdFixture& f, const std::string& op, const std::string& xml) {
+    return RunCommand({BuildPath("vtm-manager/vtmctl"), "--socket", f.socket(), "libvirt", "hook", "--qemu-conf",
+                       P("qemu.conf"), "web6", op, op == "release" ? "end" : "begin", "-"},
+                      xml);
+  };
+  ASSERT_EQ(a.Vtmctl({"create", "--name", "vm6"}).exit_code, 0);
+  const std::string uuid = Field(a.Vtmctl({"show", "vm6"}).output, "uuid");
+  const std::string plain = "<domain type='qemu'><name>web6</name><uuid>" + uuid +
+                            "</uuid><memory unit='KiB'>131072</memory><devices/></domain>";
+  auto patched = RunCommand({BuildPath("vtm-manager/vtmctl"), "--socket", a.socket(), "libvirt", "patch", "-"}, plain);
+  ASSERT_EQ(patched.exit_code, 0) << patched.output;
+  const std::string source_xml = patched.output;
+  ASSERT_EQ(hook(a, "prepare", source_xml).exit_code, 0);
+  const std::string source_pid = Field(a.Vtmctl({"show", uuid}).output, "instance pid");
+  ASSERT_FALSE(source_pid.empty());
+
+  // Before vtm's migration has moved the keys, the destination refuses the domain.
+  auto early = hook(b, "migrate", source_xml);
+  EXPECT_NE(early.exit_code, 0) << early.output;
+  EXPECT_NE(early.output.find("move the vTPM with vtm's migration first"), std::string::npos) << early.output;
+
+  auto prepared = a.Vtmctl({"--json", "migrate", "prepare", uuid, "--to", destination});
+  ASSERT_EQ(prepared.exit_code, 0) << prepared.output;
+  const std::string id = MigrationIdIn(prepared.output);
+  ASSERT_FALSE(id.empty()) << prepared.output;
+  auto sent = a.Vtmctl({"migrate", "send", id});
+  ASSERT_EQ(sent.exit_code, 0) << sent.output;
+  ASSERT_EQ(Field(b.Vtmctl({"show", uuid}).output, "state"), "incoming");
+  const std::string incoming_socket = b.run_dir() + "/vms/" + uuid + "/tpm.sock";
+  ASSERT_TRUE(PathExists(incoming_socket));
+
+  // migrate (destination): the XML now names the incoming instance's socket.
+  auto rewritten = hook(b, "migrate", source_xml);
+  ASSERT_EQ(rewritten.exit_code, 0) << rewritten.output;
+  EXPECT_NE(rewritten.output.find("path=\"" + incoming_socket + "\""), std::string::npos) << rewritten.output;
+  EXPECT_EQ(rewritten.output.find(a.run_dir()), std::string::npos) << rewritten.output;
+  const std::string destination_xml = rewritten.output.substr(rewritten.output.find("<domain"));
+  // prepare (destination): nothing is started, the incoming instance stays as it is.
+  const std::string incoming_pid = Field(b.Vtmctl({"show", uuid}).output, "instance pid");
+  auto prepare_there = hook(b, "prepare", destination_xml);
+  EXPECT_EQ(prepare_there.exit_code, 0) << prepare_there.output;
+  EXPECT_NE(prepare_there.output.find("arriving by vtm's migration"), std::string::npos) << prepare_there.output;
+  EXPECT_EQ(Field(b.Vtmctl({"show", uuid}).output, "state"), "incoming");
+  EXPECT_EQ(Field(b.Vtmctl({"show", uuid}).output, "instance pid"), incoming_pid);
+  // release (source, its QEMU gone after the migration): the vTPM is the commit's to end.
+  auto released = hook(a, "release", source_xml);
+  EXPECT_EQ(released.exit_code, 0) << released.output;
+  EXPECT_NE(released.output.find("leaving by vtm's migration"), std::string::npos) << released.output;
+  EXPECT_EQ(Field(a.Vtmctl({"show", uuid}).output, "state"), "migrating-out");
+  EXPECT_EQ(Field(a.Vtmctl({"show", uuid}).output, "instance pid"), source_pid);
+  // release (destination, a QEMU that failed to take over): the incoming instance stays too.
+  EXPECT_EQ(hook(b, "release", destination_xml).exit_code, 0);
+  EXPECT_EQ(Field(b.Vtmctl({"show", uuid}).output, "state"), "incoming");
+
+  // QEMU's migration failed: abort, and the source's vTPM carries on with its domain.
+  auto aborted = a.Vtmctl({"migrate", "abort", id});
+  ASSERT_EQ(aborted.exit_code, 0) << aborted.output;
+  EXPECT_EQ(Field(a.Vtmctl({"show", uuid}).output, "state"), "running");
+  EXPECT_EQ(Field(a.Vtmctl({"show", uuid}).output, "instance pid"), source_pid);
+  EXPECT_EQ(b.Vtmctl({"show", uuid}).exit_code, 3);
+  EXPECT_EQ(hook(a, "release", source_xml).exit_code, 0);
+  EXPECT_EQ(Field(a.Vtmctl({"show", uuid}).output, "state"), "stopped");
+}
+
 }  // namespace
 }  // namespace vtm::testing

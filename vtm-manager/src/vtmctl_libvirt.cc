@@ -194,6 +194,7 @@ class Hook {
       if (vm.ok()) Say("created its vTPM");
     }
     if (!vm.ok()) return Refuse("cannot prepare its vTPM: " + vm.error().message());
+    const bool incoming = vm->state() == api::VM_STATE_INCOMING;
     if (domain_.sockets.empty()) {
       return Refuse("is marked for a vTPM but has no <tpm> with an external backend; add it with `virsh dumpxml " +
                     name_ + " | vtmctl libvirt patch - > " + name_ + ".xml && virsh define " + name_ + ".xml`");
@@ -204,6 +205,13 @@ class Hook {
                       "; fix the XML with `virsh dumpxml " + name_ + " | vtmctl libvirt patch - > " + name_ +
                       ".xml && virsh define " + name_ + ".xml`");
       }
+    }
+    if (incoming) {
+      // libvirt starts the QEMU that receives a live migration: it attaches to the instance
+      // vtm's migration started here, which becomes the vTPM when the migration commits.
+      Say("its vTPM is arriving by vtm's migration; QEMU attaches to the incoming instance, active once "
+          "`vtmctl migrate commit` runs on the source");
+      return CheckQemuCanConnect(vm->tpm_socket());
     }
     api::Request start;
     start.mutable_start()->set_uuid(domain_.uuid);
@@ -231,6 +239,14 @@ class Hook {
   }
 
   int Release() const {
+    // A vTPM in a migration stays: the migration's commit or abort decides what becomes of it
+    // (here the QEMU that left, or the one that never took over).
+    if (auto vm = Show();
+        vm.ok() && (vm->state() == api::VM_STATE_MIGRATING_OUT || vm->state() == api::VM_STATE_INCOMING)) {
+      Say(std::string("its vTPM is ") + (vm->state() == api::VM_STATE_INCOMING ? "arriving" : "leaving") +
+          " by vtm's migration and stays until `vtmctl migrate commit` or `abort` on the source");
+      return kOk;
+    }
     // QEMU is gone when libvirt releases the domain, so nothing is attached any more.
     api::Request req;
     req.mutable_stop()->set_uuid(domain_.uuid);
