@@ -35,4 +35,7 @@ if ((${#missing[@]})); then
 fi
 
 cmake -S "$repo" -B "$build_dir" -G Ninja "$@" >/dev/null
-cmake --build "$build_dir" -j"$(nproc)"
+# VTM_BUILD_TARGETS (space-separated) builds only those targets.
+targets=()
+for t in ${VTM_BUILD_TARGETS:-}; do targets+=(--target "$t"); done
+cmake --build "$build_dir" -j"$(nproc)" "${targets[@]}"

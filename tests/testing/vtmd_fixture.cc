@@ -50,6 +50,15 @@ VtmdFixture::~VtmdFixture() {
   for (pid_t pid : FindProcesses({"vtm-instance", run_dir_})) kill(pid, SIGKILL);
   for (pid_t pid : FindProcesses({kSwtpmProcess, state_dir_ + "/vms/"})) kill(pid, SIGKILL);
   for (pid_t pid : FindProcesses({kSwtpmProcess, state_dir_ + "/simulated-host-tpm"})) kill(pid, SIGKILL);
+  // In sanitizer builds vtmd reports into its log (TSan: and exits); a report fails the test
+  // even when it came at shutdown, after the test's own checks.
+  const std::string log = VtmdLog();
+  for (const char* report : {"WARNING: ThreadSanitizer", "ERROR: AddressSanitizer", "runtime error:"}) {
+    if (auto at = log.find(report); at != std::string::npos) {
+      ADD_FAILURE() << "vtmd's log holds a sanitizer report:\n" << log.substr(at > 200 ? at - 200 : 0, 6000);
+      break;
+    }
+  }
 }
 
 std::vector<std::string> VtmdFixture::VtmdArgv(const std::vector<std::string>& extra) const {
