@@ -3,9 +3,9 @@
 // started by `virsh start` (the guest sees its TPM and the EK certificate vtmd issued, and a
 // plain `vtmctl stop` is refused while QEMU is attached); `virsh destroy` stops the vTPM; the
 // next `virsh start` finds the same vTPM state (an NV index written in the first boot);
-// `virsh save`/`restore` keep even its volatile state (a PCR extended before the save); after
-// `virsh undefine` the orphan is found and deleted, while a domain without the marker is never
-// touched, not even when a vTPM exists for its UUID.
+// `virsh save`/`restore` and `virsh managedsave`/`start` keep even its volatile state (a PCR
+// extended before the save); after `virsh undefine` the orphan is found and deleted, while a
+// domain without the marker is never touched, not even when a vTPM exists for its UUID.
 #include <gtest/gtest.h>
 #include <pwd.h>
 #include <sys/stat.h>
@@ -200,8 +200,9 @@ TEST_F(LibvirtGuestTest, VirshDrivesTheVtpmThroughTheHook) {
   EXPECT_EQ(DomainState("web1"), "shut off");
   ASSERT_TRUE(f_.StartVtmd({"--libvirt-qemu-conf", libvirtd_->qemu_conf()})) << f_.VtmdLog();
 
-  // start again (a new script): the same vTPM state; then save + restore while the guest waits
-  // on its second serial port, with a PCR extended that only the saved state can bring back.
+  // start again (a new script): the same vTPM state; then save + restore and managedsave +
+  // start while the guest waits on its second serial port, with a PCR extended that only the
+  // saved state can bring back.
   const std::string pcr_value(64, 'a');
   const std::string second_boot = hex + "echo NVREAD=$(" + read_nv +
                                   ")\n"
@@ -236,6 +237,14 @@ TEST_F(LibvirtGuestTest, VirshDrivesTheVtpmThroughTheHook) {
   ASSERT_EQ(ConsoleText("web1").find("AFTER="), std::string::npos) << ConsoleText("web1");
   auto restore = libvirtd_->Virsh({"restore", saved});
   ASSERT_EQ(restore.exit_code, 0) << restore.output;
+  EXPECT_EQ(VtpmState(kUuid), "running");
+  // The same through a managed save, as libvirt-guests does at a host's shutdown: the next
+  // `virsh start` restores the domain.
+  auto managed = libvirtd_->Virsh({"managedsave", "web1"});
+  ASSERT_EQ(managed.exit_code, 0) << managed.output;
+  EXPECT_EQ(WaitForVtpmState(kUuid, "stopped"), "stopped");
+  auto resumed = libvirtd_->Virsh({"start", "web1"});
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_EQ(VtpmState(kUuid), "running");
   ASSERT_TRUE(SendToSocket(Control("web1"), "go\n"));
   EXPECT_EQ(WaitForMarker("web1", "AFTER", std::chrono::seconds(120)), secret) << ConsoleText("web1");
@@ -281,7 +290,7 @@ TEST_F(LibvirtGuestTest, VirshDrivesTheVtpmThroughTheHook) {
 
   using std::chrono::duration;
   std::cerr << "timings (s): first boot " << duration<double>(t_first - t0).count() << ", destroy + second boot "
-            << duration<double>(t_second - t_first).count() << ", save + restore + power-off "
+            << duration<double>(t_second - t_first).count() << ", save/restore + managedsave/start + power-off "
             << duration<double>(t_saved - t_second).count() << ", unmarked domain + orphans "
             << duration<double>(std::chrono::steady_clock::now() - t_saved).count() << "\n";
 }
