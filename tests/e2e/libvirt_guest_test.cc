@@ -196,6 +196,7 @@ TEST_F(LibvirtGuestTest, VirshDrivesTheVtpmThroughTheHook) {
   auto refused = libvirtd_->Virsh({"start", "web1"});
   EXPECT_NE(refused.exit_code, 0);
   EXPECT_NE(refused.output.find("is vtmd running?"), std::string::npos) << refused.output;
+  EXPECT_NE(libvirtd_->Log().find("is vtmd running?"), std::string::npos) << libvirtd_->LogTail();
   EXPECT_LT(std::chrono::steady_clock::now() - t_refused, std::chrono::seconds(10));
   EXPECT_EQ(DomainState("web1"), "shut off");
   ASSERT_TRUE(f_.StartVtmd({"--libvirt-qemu-conf", libvirtd_->qemu_conf()})) << f_.VtmdLog();
