@@ -125,7 +125,8 @@ class LibvirtGuestTest : public GuestImageTest {
     }
     return state;
   }
-  size_t Instances(const std::string& uuid) const { return FindProcesses({"vtm-instance", uuid}).size(); }
+  // This test's instances only (vtmd names its run dir in their arguments).
+  size_t Instances(const std::string& uuid) const { return FindProcesses({"vtm-instance", uuid, f_.run_dir()}).size(); }
 
   VtmdFixture f_;  // declared first: outlives libvirtd, whose release hooks still call it
   std::unique_ptr<PrivateLibvirtd> libvirtd_;
@@ -166,6 +167,7 @@ TEST_F(LibvirtGuestTest, VirshDrivesTheVtpmThroughTheHook) {
   auto started = libvirtd_->Virsh({"start", "web1"});
   ASSERT_EQ(started.exit_code, 0) << started.output;
   EXPECT_EQ(VtpmState(kUuid), "running");
+  EXPECT_EQ(Instances(kUuid), 1u);
   // QEMU runs as libvirt-qemu, so it reached tpm.sock as that user.
   const std::vector<pid_t> qemu = FindProcesses({"qemu-system", "guest=web1", libvirtd_->guest_dir()});
   ASSERT_EQ(qemu.size(), 1u);
