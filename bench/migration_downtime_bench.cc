@@ -10,10 +10,6 @@
 // difference of that last column. Also the time of prepare + send (attestation of the
 // destination, import key, sealing, transfer), which runs while the guest still runs.
 // Prints a table; asserts nothing about time. VTM_BENCH_ROUNDS (default 3) rounds per mode.
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -28,7 +24,6 @@
 #include "vtm/fs.h"
 #include "vtm/secret.h"
 #include "vtm/subprocess.h"
-#include "vtm/unique_fd.h"
 
 using namespace vtm;
 using namespace vtm::testing;
@@ -40,24 +35,10 @@ struct Row {
   double prepare_send_ms = 0, downtime_ms = 0, commit_ms = 0, paused_ms = 0, total_s = 0;
 };
 
+// One QMP command (after the capabilities handshake); QEMU's answers are read and dropped.
 void Qmp(const std::string& path, const std::string& command) {
-  for (int attempt = 0; attempt < 50; ++attempt) {
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
-    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-      const std::string msg = "{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"" + command + "\"}\n";
-      (void)!::write(fd.get(), msg.data(), msg.size());
-      timeval tv{2, 0};
-      setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-      char buf[4096];
-      while (::read(fd.get(), buf, sizeof buf) > 0) {
-      }
-      return;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  std::string reply;
+  (void)SendToSocket(path, "{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"" + command + "\"}\n", &reply);
 }
 
 bool WaitFor(const std::string& file, const std::string& text, std::chrono::seconds timeout) {

@@ -7,9 +7,6 @@
 // VM (a tombstone only), the destination runs the one instance, and the VM's new certificates
 // verify under the destination's host CA and the fleet CA.
 #include <gtest/gtest.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
 
 #include <filesystem>
 #include <regex>
@@ -22,33 +19,9 @@
 #include "vtm/fs.h"
 #include "vtm/hex.h"
 #include "vtm/secret.h"
-#include "vtm/unique_fd.h"
 
 namespace vtm::testing {
 namespace {
-
-// Connects to a unix socket QEMU serves (retrying while QEMU starts) and writes data.
-bool SendToSocket(const std::string& path, const std::string& data, std::string* reply = nullptr) {
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
-    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-      if (::write(fd.get(), data.data(), data.size()) != static_cast<ssize_t>(data.size())) return false;
-      if (reply != nullptr) {
-        char buf[4096];
-        timeval tv{2, 0};
-        setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-        ssize_t n;
-        while ((n = ::read(fd.get(), buf, sizeof buf)) > 0) reply->append(buf, static_cast<size_t>(n));
-      }
-      return true;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return false;
-}
 
 bool WaitForText(const std::string& file, const std::string& text, std::chrono::seconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;

@@ -2,6 +2,8 @@
 #include "qemu_guest.h"
 
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 
 #include <cctype>
@@ -17,6 +19,7 @@
 
 #include "test_env.h"
 #include "vtm/subprocess.h"
+#include "vtm/unique_fd.h"
 
 namespace vtm::testing {
 namespace {
@@ -302,6 +305,28 @@ GuestRun RunGuest(const GuestOptions& options) {
     run.error = "QEMU " + DescribeWaitStatus(status);
   }
   return run;
+}
+
+bool SendToSocket(const std::string& path, const std::string& data, std::string* reply) {
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+      if (::write(fd.get(), data.data(), data.size()) != static_cast<ssize_t>(data.size())) return false;
+      if (reply != nullptr) {
+        char buf[4096];
+        timeval tv{2, 0};
+        setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        ssize_t n;
+        while ((n = ::read(fd.get(), buf, sizeof buf)) > 0) reply->append(buf, static_cast<size_t>(n));
+      }
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
 }
 
 std::string GuestMarker(const std::string& script_output, const std::string& key) {

@@ -96,6 +96,11 @@ struct GuestRun {
 
 GuestRun RunGuest(const GuestOptions& options);
 
+// Writes data to a unix socket QEMU serves (a serial port or QMP in server mode), retrying for
+// up to 10 s while QEMU starts. With reply, then reads what comes back until 2 s pass quietly
+// or QEMU closes the connection.
+bool SendToSocket(const std::string& path, const std::string& data, std::string* reply = nullptr);
+
 // What guest scripts print for the host to check:
 // The value of the first "KEY=value" line of script output ("" if there is none); scripts
 // print binary files as hex this way, e.g. `echo EKCERT=$(od -An -tx1 -v f | tr -d ' \n')`.
