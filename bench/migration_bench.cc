@@ -45,7 +45,7 @@ bool Start(Host& h, const std::string& dir) {
   auto tpm = vtm::Tpm::OpenTcti(h.sim->tcti());
   if (!tpm.ok()) return false;
   h.executor = std::make_unique<vtm::HostTpmExecutor>(std::move(tpm).value());
-  auto ak = vtm::HostAttestationKey::LoadOrCreate(*h.executor, dir + "/id");
+  auto ak = vtm::HostAttestationKey::LoadOrCreate(*h.executor, dir + "/id", vtm::SecretBytes());
   if (!ak.ok()) return false;
   h.ak = std::move(ak).value();
   return true;

@@ -280,10 +280,27 @@ Result<TpmKey> EsysTpm::CreateImportPrimary(const std::string& unique) {
   return Adopt(key);
 }
 
-Result<TpmKeyBlob> EsysTpm::CreateKey(const TpmKey& parent, KeyRole role) {
+namespace {
+// Copies auth into *out, which the caller wipes.
+Status ToAuth(const SecretBytes& auth, TPM2B_AUTH* out) {
+  if (auth.size() > 32) {
+    return Error(ErrorCode::kInvalidArgument, "a key's auth value is at most 32 bytes, not " + std::to_string(auth.size()));
+  }
+  out->size = static_cast<uint16_t>(auth.size());
+  if (!auth.empty()) std::memcpy(out->buffer, auth.data(), auth.size());
+  return OkStatus();
+}
+}  // namespace
+
+Result<TpmKeyBlob> EsysTpm::CreateKey(const TpmKey& parent, KeyRole role, const SecretBytes& auth) {
   VTM_RETURN_IF_ERROR(CheckKey(parent, "the parent key"));
   TPM2B_PUBLIC in_public = KeyTemplate(role);
+  // A random 32-byte auth value needs no dictionary-attack protection, and wrong guesses must
+  // not lock the host out of its own keys (lockout would stop vtmd).
+  if (!auth.empty()) in_public.publicArea.objectAttributes |= TPMA_OBJECT_NODA;
   TPM2B_SENSITIVE_CREATE sensitive{};
+  WipeOnExit wipe_sensitive(&sensitive);
+  VTM_RETURN_IF_ERROR(ToAuth(auth, &sensitive.sensitive.userAuth));
   TPM2B_DATA outside_info{};
   TPML_PCR_SELECTION creation_pcrs{};
   EsysOut<TPM2B_PRIVATE> out_private;
@@ -317,6 +334,29 @@ Result<TpmKey> EsysTpm::LoadKey(const TpmKey& parent, const TpmKeyBlob& blob) {
                                    where_ + ")");
   }
   return Adopt(key);
+}
+
+Status EsysTpm::SetKeyAuth(const TpmKey& key, const SecretBytes& auth) {
+  VTM_RETURN_IF_ERROR(CheckKey(key, "the key"));
+  TPM2B_AUTH value{};
+  WipeOnExit wipe(&value);
+  VTM_RETURN_IF_ERROR(ToAuth(auth, &value));
+  TSS2_RC rc = Esys_TR_SetAuth(esys(), key.esys_handle(), &value);
+  if (rc != TSS2_RC_SUCCESS) return TpmError("setting a key's auth value", rc);
+  return OkStatus();
+}
+
+Result<std::string> EsysTpm::ChangeKeyAuth(const TpmKey& key, const TpmKey& parent, const SecretBytes& new_auth) {
+  VTM_RETURN_IF_ERROR(CheckKey(key, "the key"));
+  VTM_RETURN_IF_ERROR(CheckKey(parent, "the parent key"));
+  TPM2B_AUTH value{};
+  WipeOnExit wipe(&value);
+  VTM_RETURN_IF_ERROR(ToAuth(new_auth, &value));
+  EsysOut<TPM2B_PRIVATE> out_private;
+  TSS2_RC rc = Esys_ObjectChangeAuth(esys(), key.esys_handle(), parent.esys_handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                     ESYS_TR_NONE, &value, out_private.out());
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_ObjectChangeAuth", rc);
+  return MarshalToString<TPM2B_PRIVATE, Tss2_MU_TPM2B_PRIVATE_Marshal>(*out_private, "TPM2B_PRIVATE");
 }
 
 Result<TpmKey> EsysTpm::LoadExternalPublic(const std::string& tpm2b_public) {

@@ -19,6 +19,8 @@
 #include "vtm/fs.h"
 #include "vtm/hex.h"
 #include "host_ca.h"
+#include "host_attestation_key.h"
+#include "master_key.h"
 #include "vtm/host_tpm_executor.h"
 #include "vtm/tpm.h"
 #include "vtm/x509.h"
@@ -393,6 +395,84 @@ TEST(IdentitySealedTest, SealedCaIssuesVerifiableCertificatesAndAHostQuoteBindsI
   EXPECT_EQ(f.Vtmctl({"ca", "show"}).output, ca_pem);
 }
 
+// The auth value vtmd derives for one of its host keys, from its sealed master key (vtmd's
+// default host PCRs).
+Result<SecretBytes> HostKeyAuth(Tpm& t, const std::string& state_dir, const std::string& label) {
+  VTM_ASSIGN_OR_RETURN(PcrSelection pcrs, PcrSelection::Parse("sha256:0,1,2,3,4,5,6,7"));
+  VTM_ASSIGN_OR_RETURN(MasterKey master, MasterKey::LoadOrCreate(t, state_dir + "/master-key.sealed", pcrs));
+  return master.DeriveAuth(label);
+}
+
+// The host AK and CA key sign only for whoever holds the master key: their blobs (readable by
+// root, or from a disk booted into another system) are useless without it. A host identity an
+// earlier vtm left with auth-less keys is bound at the next start, keeping the same keys.
+TEST(IdentityStartupTest, HostKeysSignOnlyWithTheAuthValueFromTheMasterKey) {
+  VtmdFixture f;
+  ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+  const std::string ca_pem = f.Vtmctl({"ca", "show"}).output;
+  f.StopVtmd();
+  const std::string id = f.state_dir() + "/host-identity/";
+  EXPECT_TRUE(PathExists(id + "ak-bound.blob"));
+  EXPECT_TRUE(PathExists(id + "ca-key-bound.blob"));
+  EXPECT_FALSE(PathExists(id + "ak.blob"));
+  EXPECT_FALSE(PathExists(id + "ca-key.blob"));
+
+  auto opened = Tpm::OpenTcti(f.host_tcti());
+  ASSERT_TRUE(opened.ok()) << opened.error().ToString();
+  HostTpmExecutor tpm(std::move(opened).value());
+  const std::string digest(32, '\x5a');
+  Status checked = tpm.Run([&](Tpm& t) -> Status {
+    VTM_ASSIGN_OR_RETURN(TpmKey srk, t.CreateSrk());
+    VTM_ASSIGN_OR_RETURN(TpmKeyBlob ca_blob, ReadKeyBlob(id + "ca-key-bound.blob"));
+    VTM_ASSIGN_OR_RETURN(TpmKeyBlob ak_blob, ReadKeyBlob(id + "ak-bound.blob"));
+    {
+      // Loads (TPM2_Load checks only the parent), but signs nothing without the auth value.
+      VTM_ASSIGN_OR_RETURN(TpmKey ca_key, t.LoadKey(srk, ca_blob));
+      auto unauthorized = t.SignDigest(ca_key, digest);
+      EXPECT_FALSE(unauthorized.ok()) << "the CA key signed with an empty auth value";
+      if (!unauthorized.ok()) {
+        EXPECT_NE(unauthorized.error().message().find("auth"), std::string::npos) << unauthorized.error().message();
+      }
+      VTM_ASSIGN_OR_RETURN(TpmKey ak, t.LoadKey(srk, ak_blob));
+      EXPECT_FALSE(t.Certify(ca_key, ak, "nonce").ok()) << "the host AK certified with an empty auth value";
+    }
+    VTM_ASSIGN_OR_RETURN(SecretBytes ca_auth, HostKeyAuth(t, f.state_dir(), kCaKeyAuthLabel));
+    VTM_ASSIGN_OR_RETURN(SecretBytes ak_auth, HostKeyAuth(t, f.state_dir(), kHostAkAuthLabel));
+    {
+      VTM_ASSIGN_OR_RETURN(TpmKey ca_key, t.LoadKey(srk, ca_blob));
+      VTM_RETURN_IF_ERROR(t.SetKeyAuth(ca_key, ca_auth));
+      VTM_ASSIGN_OR_RETURN(std::string signature, t.SignDigest(ca_key, digest));
+      EXPECT_FALSE(signature.empty());
+    }
+    // As an earlier vtm left them: the same keys with empty auth values, under the old names.
+    for (const auto& [name, auth] : {std::pair<std::string, const SecretBytes*>{"ak", &ak_auth}, {"ca-key", &ca_auth}}) {
+      VTM_ASSIGN_OR_RETURN(TpmKeyBlob blob, ReadKeyBlob(id + name + "-bound.blob"));
+      VTM_ASSIGN_OR_RETURN(TpmKey key, t.LoadKey(srk, blob));
+      VTM_RETURN_IF_ERROR(t.SetKeyAuth(key, *auth));
+      VTM_ASSIGN_OR_RETURN(std::string unbound, t.ChangeKeyAuth(key, srk, SecretBytes()));
+      VTM_RETURN_IF_ERROR(WriteFileAtomic(id + name + ".blob", EncodeTwoParts(blob.tpm2b_public, unbound), 0600));
+      VTM_RETURN_IF_ERROR(RemoveTree(id + name + "-bound.blob"));
+    }
+    return OkStatus();
+  });
+  ASSERT_TRUE(checked.ok()) << checked.error().ToString();
+
+  // The next vtmd binds them (same keys: the same CA certificate still verifies against its key)
+  // and the old files are gone.
+  ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+  EXPECT_NE(f.VtmdLog().find("bound the host key ak to the master key"), std::string::npos) << f.VtmdLog();
+  EXPECT_NE(f.VtmdLog().find("bound the host key ca-key to the master key"), std::string::npos) << f.VtmdLog();
+  EXPECT_EQ(f.Vtmctl({"ca", "show"}).output, ca_pem);
+  EXPECT_TRUE(PathExists(id + "ak-bound.blob"));
+  EXPECT_FALSE(PathExists(id + "ak.blob"));
+  EXPECT_FALSE(PathExists(id + "ca-key.blob"));
+  // The CA key signs and the AK certifies with the bound keys: a VM gets its certificates.
+  auto created = f.Vtmctl({"create", "--name", "after-binding"});
+  EXPECT_EQ(created.exit_code, 0) << created.output;
+  auto q = f.Vtmctl({"attest", "host", "--nonce", std::string(64, 'a'), "--output", f.state_dir() + "/../host.pb"});
+  EXPECT_EQ(q.exit_code, 0) << q.output;
+}
+
 TEST(IdentityStartupTest, CaCertificateWhoseCertifyEvidenceIsForAnotherKeyIsRefused) {
   VtmdFixture f;
   ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
@@ -409,11 +489,15 @@ TEST(IdentityStartupTest, CaCertificateWhoseCertifyEvidenceIsForAnotherKeyIsRefu
     Status made = tpm.Run([&](Tpm& t) -> Status {
       // TPMs have three object slots, so keys are loaded and flushed in turn.
       VTM_ASSIGN_OR_RETURN(TpmKey srk, t.CreateSrk());
-      VTM_ASSIGN_OR_RETURN(TpmKeyBlob other_blob, t.CreateKey(srk, KeyRole::kSigning));
-      VTM_ASSIGN_OR_RETURN(TpmKeyBlob ak_blob, ReadKeyBlob(f.state_dir() + "/host-identity/ak.blob"));
-      VTM_ASSIGN_OR_RETURN(TpmKeyBlob ca_blob, ReadKeyBlob(f.state_dir() + "/host-identity/ca-key.blob"));
+      VTM_ASSIGN_OR_RETURN(TpmKeyBlob other_blob, t.CreateKey(srk, KeyRole::kSigning, SecretBytes()));
+      VTM_ASSIGN_OR_RETURN(TpmKeyBlob ak_blob, ReadKeyBlob(f.state_dir() + "/host-identity/ak-bound.blob"));
+      VTM_ASSIGN_OR_RETURN(TpmKeyBlob ca_blob, ReadKeyBlob(f.state_dir() + "/host-identity/ca-key-bound.blob"));
+      // Their auth values, from the master key (as root on this host in its sealed state can).
+      VTM_ASSIGN_OR_RETURN(SecretBytes ak_auth, HostKeyAuth(t, f.state_dir(), kHostAkAuthLabel));
+      VTM_ASSIGN_OR_RETURN(SecretBytes ca_auth, HostKeyAuth(t, f.state_dir(), kCaKeyAuthLabel));
       {
         VTM_ASSIGN_OR_RETURN(TpmKey ak, t.LoadKey(srk, ak_blob));
+        VTM_RETURN_IF_ERROR(t.SetKeyAuth(ak, ak_auth));
         VTM_ASSIGN_OR_RETURN(TpmKey other, t.LoadKey(srk, other_blob));
         VTM_ASSIGN_OR_RETURN(TpmKeyPublic ak_pub, t.ReadPublic(ak));
         VTM_ASSIGN_OR_RETURN(TpmKeyPublic other_pub, t.ReadPublic(other));
@@ -422,6 +506,7 @@ TEST(IdentityStartupTest, CaCertificateWhoseCertifyEvidenceIsForAnotherKeyIsRefu
         other_tpm2b_public = other_pub.tpm2b_public;
       }
       VTM_ASSIGN_OR_RETURN(ca_key, t.LoadKey(srk, ca_blob));
+      VTM_RETURN_IF_ERROR(t.SetKeyAuth(ca_key, ca_auth));
       VTM_ASSIGN_OR_RETURN(TpmKeyPublic ca_pub, t.ReadPublic(ca_key));
       ca_spki = ca_pub.spki_der;
       return OkStatus();

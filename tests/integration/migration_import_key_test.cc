@@ -41,7 +41,7 @@ struct Host {
     auto tpm = Tpm::OpenTcti(sim->tcti());
     ASSERT_TRUE(tpm.ok()) << tpm.error().ToString();
     executor = std::make_unique<HostTpmExecutor>(std::move(tpm).value());
-    auto a = HostAttestationKey::LoadOrCreate(*executor, dir + "/id");
+    auto a = HostAttestationKey::LoadOrCreate(*executor, dir + "/id", SecretBytes());
     ASSERT_TRUE(a.ok()) << a.error().ToString();
     ak = std::move(a).value();
   }
@@ -197,7 +197,7 @@ TEST_F(MigrationImportKeyTest, VerifyImportKeyRefusesAnotherAkAnotherMigrationAn
     TpmKey loaded;
     {
       VTM_ASSIGN_OR_RETURN(TpmKey srk, tpm.CreateSrk());
-      VTM_ASSIGN_OR_RETURN(TpmKeyBlob blob, tpm.CreateKey(srk, KeyRole::kSigning));
+      VTM_ASSIGN_OR_RETURN(TpmKeyBlob blob, tpm.CreateKey(srk, KeyRole::kSigning, SecretBytes()));
       VTM_ASSIGN_OR_RETURN(loaded, tpm.LoadKey(srk, blob));
     }
     VTM_ASSIGN_OR_RETURN(TpmKeyPublic p, tpm.ReadPublic(loaded));

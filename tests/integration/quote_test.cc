@@ -42,7 +42,7 @@ class QuoteTest : public vtm::testing::SimulatedHostTpmTest {
   }
 
   TpmKey LoadKey(KeyRole role, std::string* tpm2b_public) {
-    auto blob = tpm_->CreateKey(srk_, role);
+    auto blob = tpm_->CreateKey(srk_, role, SecretBytes());
     EXPECT_TRUE(blob.ok()) << blob.error().ToString();
     if (!blob.ok()) return TpmKey();
     auto key = tpm_->LoadKey(srk_, *blob);

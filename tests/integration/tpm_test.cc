@@ -135,7 +135,7 @@ class TpmTest : public vtm::testing::SimulatedHostTpmTest {
   // Creates and loads a key of role under a fresh SRK (the SRK is flushed again).
   TpmKey LoadedKey(Tpm& tpm, KeyRole role) {
     TpmKey srk = Must(tpm.CreateSrk());
-    auto blob = tpm.CreateKey(srk, role);
+    auto blob = tpm.CreateKey(srk, role, SecretBytes());
     EXPECT_TRUE(blob.ok()) << blob.error().ToString();
     if (!blob.ok()) return TpmKey();
     return Must(tpm.LoadKey(srk, *blob));
@@ -206,8 +206,8 @@ TEST_F(TpmTest, AttestationKeyRefusesToSignArbitraryDigests) {
 
 TEST_F(TpmTest, CertifyIsSignedByTheAkAndNamesTheKey) {
   TpmKey srk = Must(tpm_->CreateSrk());
-  auto ak_blob = tpm_->CreateKey(srk, KeyRole::kAttestation);
-  auto ik_blob = tpm_->CreateKey(srk, KeyRole::kSigning);
+  auto ak_blob = tpm_->CreateKey(srk, KeyRole::kAttestation, SecretBytes());
+  auto ik_blob = tpm_->CreateKey(srk, KeyRole::kSigning, SecretBytes());
   ASSERT_TRUE(ak_blob.ok() && ik_blob.ok());
   TpmKey ak = Must(tpm_->LoadKey(srk, *ak_blob));
   TpmKey ik = Must(tpm_->LoadKey(srk, *ik_blob));
@@ -420,7 +420,7 @@ TEST_F(TpmTest, KeyBlobsSurviveAndForeignBlobsAreRefused) {
   TpmKeyBlob blob;
   {
     TpmKey srk = Must(tpm_->CreateSrk());
-    auto created = tpm_->CreateKey(srk, KeyRole::kSigning);
+    auto created = tpm_->CreateKey(srk, KeyRole::kSigning, SecretBytes());
     ASSERT_TRUE(created.ok());
     blob = *created;
   }

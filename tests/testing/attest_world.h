@@ -68,7 +68,7 @@ struct SimTpm {
   }
   TpmKey Load(KeyRole role, TpmKeyPublic* pub) {
     TpmKey srk = Must(tpm->CreateSrk());
-    TpmKeyBlob blob = Must(tpm->CreateKey(srk, role));
+    TpmKeyBlob blob = Must(tpm->CreateKey(srk, role, SecretBytes()));
     TpmKey key = Must(tpm->LoadKey(srk, blob));
     *pub = Must(tpm->ReadPublic(key));
     return key;

@@ -15,9 +15,10 @@ Status AttestationRig::Init() {
   VTM_ASSIGN_OR_RETURN(sim, SimulatedHostTpm::Start(dir.path() + "/host-tpm"));
   VTM_ASSIGN_OR_RETURN(auto tpm, Tpm::OpenTcti(sim->tcti()));
   executor = std::make_unique<HostTpmExecutor>(std::move(tpm));
-  VTM_ASSIGN_OR_RETURN(ak, HostAttestationKey::LoadOrCreate(*executor, dir.path() + "/id"));
   VTM_ASSIGN_OR_RETURN(SecretBytes key, RandomSecret(32));
   master = std::make_unique<MasterKey>(MasterKey::FromBytes(std::move(key)));
+  VTM_ASSIGN_OR_RETURN(SecretBytes ak_auth, master->DeriveAuth(kHostAkAuthLabel));
+  VTM_ASSIGN_OR_RETURN(ak, HostAttestationKey::LoadOrCreate(*executor, dir.path() + "/id", ak_auth));
   VTM_ASSIGN_OR_RETURN(PcrSelection sel, PcrSelection::Parse("sha256:0"));
   VTM_ASSIGN_OR_RETURN(ca, HostCa::LoadOrCreate(*ak, dir.path() + "/id", "test-host", CaResidency::kTpm, *master, sel));
   VTM_ASSIGN_OR_RETURN(log, HostMeasurementLog::Open(*executor, dir.path() + "/measurement-log.pb", 13, "boot-1"));

@@ -52,25 +52,52 @@ Result<TpmKeyBlob> BlobFromString(const std::string& s, const std::string& path)
   return TpmKeyBlob{std::move(parts.first), std::move(parts.second)};
 }
 
-Result<TpmKey> LoadOrCreateKeyFile(Tpm& tpm, const TpmKey& srk, KeyRole role, const std::string& path, bool* created) {
+std::string BoundKeyPath(const std::string& dir, const std::string& name) { return dir + "/" + name + "-bound.blob"; }
+std::string LegacyKeyPath(const std::string& dir, const std::string& name) { return dir + "/" + name + ".blob"; }
+
+Result<TpmKey> LoadOrCreateKeyFile(Tpm& tpm, const TpmKey& srk, KeyRole role, const std::string& dir,
+                                   const std::string& name, const SecretBytes& auth, bool* created) {
   *created = false;
-  if (PathExists(path)) {
-    VTM_ASSIGN_OR_RETURN(TpmKeyBlob blob, ReadKeyBlob(path));
+  const std::string bound = BoundKeyPath(dir, name), legacy = LegacyKeyPath(dir, name);
+  if (!PathExists(bound) && PathExists(legacy)) {
+    // Written by a vtm whose host keys had no auth value: bind this one now. Its public area,
+    // and so its name and every certificate of it, stay the same.
+    VTM_ASSIGN_OR_RETURN(TpmKeyBlob old_blob, ReadKeyBlob(legacy));
+    std::string new_private;
+    {
+      auto key = tpm.LoadKey(srk, old_blob);
+      if (!key.ok()) return std::move(key).error().Context("loading " + legacy + " into the host TPM");
+      auto changed = tpm.ChangeKeyAuth(*key, srk, auth);
+      if (!changed.ok()) return std::move(changed).error().Context("binding " + legacy + " to the master key");
+      new_private = std::move(changed).value();
+    }
+    VTM_RETURN_IF_ERROR(WriteFileAtomic(bound, EncodeTwoParts(old_blob.tpm2b_public, new_private), 0600));
+    LOG_INFO << "bound the host key " << name << " to the master key: its auth value now derives from it ("
+             << legacy << " -> " << bound << ")";
+  }
+  if (PathExists(bound)) {
+    // An upgrade cut short leaves the unbound copy behind: it must not stay usable.
+    if (PathExists(legacy)) VTM_RETURN_IF_ERROR(RemoveTree(legacy));
+    VTM_ASSIGN_OR_RETURN(TpmKeyBlob blob, ReadKeyBlob(bound));
     auto key = tpm.LoadKey(srk, blob);
-    if (!key.ok()) return std::move(key).error().Context("loading " + path + " into the host TPM");
+    if (!key.ok()) return std::move(key).error().Context("loading " + bound + " into the host TPM");
+    VTM_RETURN_IF_ERROR(tpm.SetKeyAuth(*key, auth));
     return key;
   }
-  VTM_ASSIGN_OR_RETURN(TpmKeyBlob blob, tpm.CreateKey(srk, role));
-  VTM_RETURN_IF_ERROR(WriteFileAtomic(path, EncodeTwoParts(blob.tpm2b_public, blob.tpm2b_private), 0600));
+  VTM_ASSIGN_OR_RETURN(TpmKeyBlob blob, tpm.CreateKey(srk, role, auth));
+  VTM_RETURN_IF_ERROR(WriteFileAtomic(bound, EncodeTwoParts(blob.tpm2b_public, blob.tpm2b_private), 0600));
   *created = true;
-  return tpm.LoadKey(srk, blob);
+  VTM_ASSIGN_OR_RETURN(TpmKey key, tpm.LoadKey(srk, blob));
+  VTM_RETURN_IF_ERROR(tpm.SetKeyAuth(key, auth));
+  return key;
 }
 
 Result<std::unique_ptr<HostAttestationKey>> HostAttestationKey::LoadOrCreate(HostTpmExecutor& executor,
-                                                                             const std::string& dir) {
+                                                                             const std::string& dir,
+                                                                             const SecretBytes& key_auth) {
   std::unique_ptr<HostAttestationKey> id(new HostAttestationKey(executor));
   VTM_RETURN_IF_ERROR(MakeDir(dir, 0700));
-  const std::string ak_path = dir + "/ak.blob";
+  const std::string ak_path = BoundKeyPath(dir, "ak");
   // TPMs have as few as three transient object slots and no resource manager stands between
   // a TCTI and swtpm, so every object is loaded only for as long as it is needed: the AK stays
   // loaded, everything else is flushed at the end of its scope.
@@ -91,7 +118,7 @@ Result<std::unique_ptr<HostAttestationKey>> HostAttestationKey::LoadOrCreate(Hos
     bool created = false;
     {
       VTM_ASSIGN_OR_RETURN(TpmKey srk, tpm.CreateSrk());
-      VTM_ASSIGN_OR_RETURN(id->ak_, LoadOrCreateKeyFile(tpm, srk, KeyRole::kAttestation, ak_path, &created));
+      VTM_ASSIGN_OR_RETURN(id->ak_, LoadOrCreateKeyFile(tpm, srk, KeyRole::kAttestation, dir, "ak", key_auth, &created));
     }
     VTM_ASSIGN_OR_RETURN(id->ak_public_, tpm.ReadPublic(id->ak_));
     if (!created) return OkStatus();

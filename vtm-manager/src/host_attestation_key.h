@@ -4,8 +4,8 @@
 // residency) and certifies the host CA key; an outside verifier proves AK and EK share this
 // TPM with ActivateCredential.
 //
-// Files in <state>/host-identity/ (0700): ak.blob (TPM-encrypted key blob, only this TPM can
-// load it; format: see EncodeKeyBlob).
+// Files in <state>/host-identity/ (0700): ak-bound.blob (TPM-encrypted key blob, only this TPM
+// can load it, and only a holder of its auth value can use it; format: see EncodeTwoParts).
 //
 // Thread safety: all methods may be called from any thread; every TPM command goes through the
 // HostTpmExecutor.
@@ -16,6 +16,7 @@
 
 #include "vtm/error.h"
 #include "vtm/host_tpm_executor.h"
+#include "vtm/secret.h"
 #include "vtm/tpm.h"
 
 namespace vtm {
@@ -27,15 +28,28 @@ Result<std::pair<std::string, std::string>> DecodeTwoParts(const std::string& by
 Result<TpmKeyBlob> BlobFromString(const std::string& bytes, const std::string& path_for_errors);
 Result<TpmKeyBlob> ReadKeyBlob(const std::string& path);
 
-// Loads the key blob at path under srk, or creates a key of `role` there first (*created then).
-// Runs inside an executor job (it takes the Tpm the job was given).
-Result<TpmKey> LoadOrCreateKeyFile(Tpm& tpm, const TpmKey& srk, KeyRole role, const std::string& path, bool* created);
+// A host key vtmd keeps in the host TPM (name "ak" or "ca-key"): its blob, whose auth value
+// derives from the master key (MasterKey::DeriveAuth), and the blob an earlier vtm wrote with
+// no auth value.
+std::string BoundKeyPath(const std::string& dir, const std::string& name);
+// The labels vtmd derives the host keys' auth values under.
+inline constexpr char kHostAkAuthLabel[] = "host AK";
+inline constexpr char kCaKeyAuthLabel[] = "host CA key";
+std::string LegacyKeyPath(const std::string& dir, const std::string& name);
+// Loads BoundKeyPath(dir, name) under srk with `auth` set for its use, or creates a key of
+// `role` with that auth value there first (*created then). A LegacyKeyPath blob without a
+// bound one is bound first (TPM2_ObjectChangeAuth; same public key), then removed. Runs inside
+// an executor job (it takes the Tpm the job was given).
+Result<TpmKey> LoadOrCreateKeyFile(Tpm& tpm, const TpmKey& srk, KeyRole role, const std::string& dir,
+                                   const std::string& name, const SecretBytes& auth, bool* created);
 
 class HostAttestationKey {
  public:
-  // Reads the host EK (and its certificate), loads the AK from dir/ak.blob or creates it and
+  // Reads the host EK (and its certificate), loads the AK from dir/ak-bound.blob or creates it and
   // proves it co-resident with the EK. tpm must outlive the HostAttestationKey.
-  static Result<std::unique_ptr<HostAttestationKey>> LoadOrCreate(HostTpmExecutor& tpm, const std::string& dir);
+  // key_auth: the AK's auth value (vtmd: the master key's DeriveAuth("host AK")).
+  static Result<std::unique_ptr<HostAttestationKey>> LoadOrCreate(HostTpmExecutor& tpm, const std::string& dir,
+                                                                  const SecretBytes& key_auth);
   ~HostAttestationKey();
   HostAttestationKey(const HostAttestationKey&) = delete;
   HostAttestationKey& operator=(const HostAttestationKey&) = delete;

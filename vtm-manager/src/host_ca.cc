@@ -47,7 +47,8 @@ Result<std::unique_ptr<HostCa>> HostCa::LoadOrCreate(HostAttestationKey& ak, con
                                                      const MasterKey& master_key, const PcrSelection& quote_pcrs) {
   std::unique_ptr<HostCa> id(new HostCa(ak));
   id->residency_ = residency;
-  const bool has_tpm_key = PathExists(dir + "/ca-key.blob"), has_sealed_key = PathExists(dir + "/ca-key.sealed");
+  const bool has_tpm_key = PathExists(BoundKeyPath(dir, "ca-key")) || PathExists(LegacyKeyPath(dir, "ca-key"));
+  const bool has_sealed_key = PathExists(dir + "/ca-key.sealed");
   if ((residency == CaResidency::kTpm && has_sealed_key) || (residency == CaResidency::kSealed && has_tpm_key)) {
     return Error(ErrorCode::kFailedPrecondition,
                  std::string("this host's CA key was created in the '") + (has_tpm_key ? "tpm" : "sealed") +
@@ -63,7 +64,9 @@ Result<std::unique_ptr<HostCa>> HostCa::LoadOrCreate(HostAttestationKey& ak, con
       bool created = false;
       {
         VTM_ASSIGN_OR_RETURN(TpmKey srk, tpm.CreateSrk());
-        VTM_ASSIGN_OR_RETURN(id->ca_key_, LoadOrCreateKeyFile(tpm, srk, KeyRole::kSigning, dir + "/ca-key.blob", &created));
+        VTM_ASSIGN_OR_RETURN(SecretBytes auth, master_key.DeriveAuth(kCaKeyAuthLabel));
+        VTM_ASSIGN_OR_RETURN(id->ca_key_,
+                             LoadOrCreateKeyFile(tpm, srk, KeyRole::kSigning, dir, "ca-key", auth, &created));
       }
       VTM_ASSIGN_OR_RETURN(id->ca_public_, tpm.ReadPublic(id->ca_key_));
       return OkStatus();

@@ -9,7 +9,8 @@
 // quote by the AK (qualifying data = SHA-256 of the CA key's SubjectPublicKeyInfo), which any
 // verifier checks with tpm2_checkquote.
 //
-// Files in <state>/host-identity/ (0700): ca-key.blob (TPM-encrypted key blob) or ca-key.sealed
+// Files in <state>/host-identity/ (0700): ca-key-bound.blob (TPM-encrypted key blob; its auth
+// value derives from the master key) or ca-key.sealed
 // + ca-key.quote (sealed residency), ca.pem (the CA certificate: self-signed, or the fleet
 // CA's), ca-chain.pem (the fleet CA chain, if installed).
 //

@@ -1,6 +1,10 @@
 // Sealing/unsealing of the master key and AES-256-GCM key wrapping.
 #include "master_key.h"
 
+#include <openssl/core_names.h>
+#include <openssl/kdf.h>
+#include <openssl/params.h>
+
 #include <algorithm>
 #include <string_view>
 
@@ -139,6 +143,25 @@ Result<PreparedReseal> MasterKey::PrepareReseal(HostTpm& tpm, const std::string&
   LOG_WARNING << "master key re-sealed for a planned change of host PCRs to " << out.path << " (PCRs "
               << out.expected.selection.ToString() << ", " << out.changed.size()
               << " with new values); the current copy " << sealed_path << " stays in use until they change";
+  return out;
+}
+
+Result<SecretBytes> MasterKey::DeriveAuth(const std::string& label) const {
+  EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
+  EVP_KDF_CTX* ctx = kdf != nullptr ? EVP_KDF_CTX_new(kdf) : nullptr;
+  EVP_KDF_free(kdf);
+  if (ctx == nullptr) return Error(ErrorCode::kInternal, "OpenSSL has no HKDF");
+  std::string info = "vtm host key auth v1: " + label;
+  char digest[] = "SHA256";
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, digest, 0),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<uint8_t*>(key_.data()), key_.size()),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info.data(), info.size()),
+      OSSL_PARAM_construct_end()};
+  SecretBytes out(32);
+  const int ok = EVP_KDF_derive(ctx, out.data(), out.size(), params);
+  EVP_KDF_CTX_free(ctx);
+  if (ok != 1) return Error(ErrorCode::kInternal, "HKDF failed deriving the auth value for " + label);
   return out;
 }
 

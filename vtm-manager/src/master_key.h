@@ -51,6 +51,10 @@ class MasterKey {
   // For tests and tools: a master key from given bytes.
   static MasterKey FromBytes(SecretBytes key) { return MasterKey(std::move(key)); }
 
+  // 32 bytes derived from the master key for `label` (HKDF-SHA256): the auth value of the
+  // host keys vtmd keeps in the host TPM (host AK, CA key), so they sign only for a process that
+  // unsealed the master key, i.e. on this host in its sealed PCR state.
+  Result<SecretBytes> DeriveAuth(const std::string& label) const;
   Result<std::string> Wrap(const SecretBytes& key, const std::string& aad) const;
   Result<SecretBytes> Unwrap(const std::string& wrapped, const std::string& aad) const;
 

@@ -416,7 +416,9 @@ int Run(int argc, char** argv) {
   auto residency = ParseCaResidency(opts.ca_residency);
   if (!residency.ok()) return fatal(residency.error());
   const std::string identity_dir = opts.state_dir + "/host-identity";
-  auto host_ak = HostAttestationKey::LoadOrCreate(host_tpm, identity_dir);
+  auto ak_auth = master->DeriveAuth(kHostAkAuthLabel);
+  if (!ak_auth.ok()) return fatal(ak_auth.error());
+  auto host_ak = HostAttestationKey::LoadOrCreate(host_tpm, identity_dir, *ak_auth);
   if (!host_ak.ok()) return fatal(std::move(host_ak).error().Context("loading the host attestation key"));
   auto host_ca = HostCa::LoadOrCreate(**host_ak, identity_dir, hostname, *residency, *master, *pcrs);
   if (!host_ca.ok()) return fatal(std::move(host_ca).error().Context("loading the host CA"));

@@ -99,7 +99,7 @@ Result<ProvisionedVtpm> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, Host
   CrashPoint("create.provision-ek-created");
   VTM_ASSIGN_OR_RETURN(TpmKey srk, vtpm.CreateSrk());
   VTM_RETURN_IF_ERROR(vtpm.MakePersistent(srk, kSrkHandle));
-  VTM_ASSIGN_OR_RETURN(TpmKeyBlob ak_blob, vtpm.CreateKey(srk, KeyRole::kAttestation));
+  VTM_ASSIGN_OR_RETURN(TpmKeyBlob ak_blob, vtpm.CreateKey(srk, KeyRole::kAttestation, SecretBytes()));
   VTM_ASSIGN_OR_RETURN(TpmKey ak, vtpm.LoadKey(srk, ak_blob));
   VTM_ASSIGN_OR_RETURN(ak_pub, vtpm.ReadPublic(ak));
   {
@@ -116,7 +116,7 @@ Result<ProvisionedVtpm> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, Host
     }
   }
   CrashPoint("create.provision-ak-activated");
-  VTM_ASSIGN_OR_RETURN(TpmKeyBlob ik_blob, vtpm.CreateKey(srk, KeyRole::kSigning));
+  VTM_ASSIGN_OR_RETURN(TpmKeyBlob ik_blob, vtpm.CreateKey(srk, KeyRole::kSigning, SecretBytes()));
   VTM_ASSIGN_OR_RETURN(TpmKey ik, vtpm.LoadKey(srk, ik_blob));
   VTM_ASSIGN_OR_RETURN(ik_pub, vtpm.ReadPublic(ik));
   {

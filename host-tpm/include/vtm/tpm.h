@@ -103,8 +103,16 @@ class Tpm : public HostTpm {
   // loaded).
   virtual Result<TpmKey> CreateImportPrimary(const std::string& unique) = 0;
 
-  virtual Result<TpmKeyBlob> CreateKey(const TpmKey& parent, KeyRole role) = 0;
+  // A key under parent with authValue `auth` (empty: none; at most 32 bytes).
+  virtual Result<TpmKeyBlob> CreateKey(const TpmKey& parent, KeyRole role, const SecretBytes& auth) = 0;
   virtual Result<TpmKey> LoadKey(const TpmKey& parent, const TpmKeyBlob& blob) = 0;
+  // The authValue this process presents when it uses key (TPM2_Load does not check it; the
+  // first use does). Kept in tpm2-tss's handle object, not in TpmKey.
+  virtual Status SetKeyAuth(const TpmKey& key, const SecretBytes& auth) = 0;
+  // TPM2_ObjectChangeAuth: a new TPM2B_PRIVATE of key (whose current auth is set) with
+  // authValue new_auth; the public area, and so the key's name, stay the same. The loaded key
+  // keeps its old auth until reloaded from the new blob.
+  virtual Result<std::string> ChangeKeyAuth(const TpmKey& key, const TpmKey& parent, const SecretBytes& new_auth) = 0;
   // A public key only (TPM2_LoadExternal, NULL hierarchy), e.g. another TPM's EK.
   virtual Result<TpmKey> LoadExternalPublic(const std::string& tpm2b_public) = 0;
   virtual Result<TpmKeyPublic> ReadPublic(const TpmKey& key) = 0;

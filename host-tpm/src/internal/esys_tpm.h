@@ -45,8 +45,10 @@ class EsysTpm final : public Tpm {
   // Tpm (tpm.cc)
   Result<TpmKey> CreateEk(KeyAlg alg) override;
   Result<TpmKey> CreateSrk() override;
-  Result<TpmKeyBlob> CreateKey(const TpmKey& parent, KeyRole role) override;
+  Result<TpmKeyBlob> CreateKey(const TpmKey& parent, KeyRole role, const SecretBytes& auth) override;
   Result<TpmKey> LoadKey(const TpmKey& parent, const TpmKeyBlob& blob) override;
+  Status SetKeyAuth(const TpmKey& key, const SecretBytes& auth) override;
+  Result<std::string> ChangeKeyAuth(const TpmKey& key, const TpmKey& parent, const SecretBytes& new_auth) override;
   Result<TpmKey> LoadExternalPublic(const std::string& tpm2b_public) override;
   Result<TpmKey> CreateImportPrimary(const std::string& unique) override;
   Result<TpmKeyPublic> ReadPublic(const TpmKey& key) override;
