@@ -3,8 +3,12 @@
 
 namespace vtm {
 
-Status WriteFrame(Stream& stream, const std::string& payload) {
-  if (payload.size() > kMaxFrameLen) return Error(ErrorCode::kInvalidArgument, "message too large to send");
+Status WriteFrame(Stream& stream, const std::string& payload, size_t max_len) {
+  if (payload.size() > max_len || payload.size() > 0xffffffffu) {
+    return Error(ErrorCode::kInvalidArgument, "message of " + std::to_string(payload.size()) +
+                                                  " bytes is too large to send (the limit is " +
+                                                  std::to_string(max_len) + ")");
+  }
   uint8_t hdr[4] = {static_cast<uint8_t>(payload.size() >> 24), static_cast<uint8_t>(payload.size() >> 16),
                     static_cast<uint8_t>(payload.size() >> 8), static_cast<uint8_t>(payload.size())};
   std::string buf(reinterpret_cast<char*>(hdr), 4);

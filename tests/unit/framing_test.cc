@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
+#include <thread>
+
 #include "vtm/net.h"
 #include "vtm/unique_fd.h"
 
@@ -39,6 +41,27 @@ TEST(FramingTest, OversizedLengthRefused) {
   auto f = ReadFrame(p.b.get());
   ASSERT_FALSE(f.ok());
   EXPECT_EQ(f.error().code(), ErrorCode::kInvalidArgument);
+}
+
+// A protocol with a larger limit (migration: 16 MiB) sends and reads frames above the default
+// 1 MiB; the default refuses them on both ends, and the writer writes nothing then.
+TEST(FramingTest, LargerLimitAppliesToWriterAndReader) {
+  Pair p;
+  const std::string big(3u << 20, 'x');
+  Status refused = WriteFrame(p.a.get(), big);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(refused.error().message().find("limit is 1048576"), std::string::npos) << refused.error().message();
+  std::thread writer([&] { EXPECT_TRUE(WriteFrame(p.a.get(), big, 16u << 20).ok()); });
+  auto f = ReadFrame(p.b.get(), 16u << 20);
+  writer.join();
+  ASSERT_TRUE(f.ok()) << f.error().ToString();
+  EXPECT_EQ(f->size(), big.size());
+  // Nothing of the refused frame reached the reader: the next frame is the one that follows.
+  ASSERT_TRUE(WriteFrame(p.a.get(), "next").ok());
+  auto next = ReadFrame(p.b.get());
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(*next, "next");
 }
 
 TEST(FramingTest, TruncatedFrameIsUnavailable) {

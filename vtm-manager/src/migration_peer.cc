@@ -128,7 +128,7 @@ void MigrationEndpoint::HandleConnection(UniqueFd conn) {
     } else {
       resp = handler_(*req, *peer);
     }
-    if (!WriteFrame(stream, resp.SerializeAsString()).ok()) return;
+    if (!WriteFrame(stream, resp.SerializeAsString(), kMaxMigrationFrameLen).ok()) return;
   }
 }
 
@@ -148,7 +148,7 @@ Result<std::unique_ptr<MigrationPeerClient>> MigrationPeerClient::Connect(const 
 }
 
 Result<migration_api::PeerResponse> MigrationPeerClient::Call(const migration_api::PeerRequest& request) {
-  auto sent = WriteFrame(*stream_, request.SerializeAsString());
+  auto sent = WriteFrame(*stream_, request.SerializeAsString(), kMaxMigrationFrameLen);
   if (!sent.ok()) return std::move(sent).error().Context("sending to the destination " + address_);
   auto frame = ReadFrame(*stream_, kMaxMigrationFrameLen);
   if (!frame.ok()) return std::move(frame).error().Context("reading the destination's answer (" + address_ + ")");

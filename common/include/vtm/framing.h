@@ -14,15 +14,17 @@ namespace vtm {
 
 constexpr size_t kMaxFrameLen = 1 << 20;
 
-Status WriteFrame(Stream& stream, const std::string& payload);
+// Refuses (kInvalidArgument, nothing written) a payload above max_len: the reader's limit for
+// this protocol, so what one end may send the other accepts.
+Status WriteFrame(Stream& stream, const std::string& payload, size_t max_len = kMaxFrameLen);
 // kUnavailable on a clean EOF before the first byte (the peer hung up between frames);
 // kInvalidArgument for an oversized length; kUnavailable for EOF mid-frame.
 Result<std::string> ReadFrame(Stream& stream, size_t max_len = kMaxFrameLen);
 
 // The same over a plain stream socket.
-inline Status WriteFrame(int fd, const std::string& payload) {
+inline Status WriteFrame(int fd, const std::string& payload, size_t max_len = kMaxFrameLen) {
   FdStream s(fd);
-  return WriteFrame(s, payload);
+  return WriteFrame(s, payload, max_len);
 }
 inline Result<std::string> ReadFrame(int fd, size_t max_len = kMaxFrameLen) {
   FdStream s(fd);
