@@ -169,22 +169,9 @@ class LibvirtMigrationTest : public GuestImageTest {
   static std::string Console(const PrivateLibvirtd& l) { return l.guest_dir() + "/console-web1.log"; }
   static std::string Control(const PrivateLibvirtd& l) { return l.guest_dir() + "/ctl-web1.sock"; }
 
-  static std::string ConsoleText(const PrivateLibvirtd& l) {
-    auto text = ReadFile(Console(l));
-    if (!text.ok()) return "";
-    std::string clean = *text;
-    std::erase(clean, '\r');
-    return clean;
-  }
-  // Waits until the console shows "KEY=..." and returns the value ("" on timeout).
+  static std::string ConsoleText(const PrivateLibvirtd& l) { return ReadConsoleFile(Console(l)); }
   static std::string WaitForMarker(const PrivateLibvirtd& l, const std::string& key, std::chrono::seconds timeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    do {
-      std::string v = GuestMarker(ConsoleText(l), key);
-      if (!v.empty()) return v;
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    } while (std::chrono::steady_clock::now() < deadline);
-    return "";
+    return WaitForConsoleMarker(Console(l), key, timeout);
   }
 
   static std::string DomainState(PrivateLibvirtd& l) { return Trimmed(l.Virsh({"domstate", "web1"}).output); }
