@@ -48,23 +48,29 @@ std::string RandomUuid() {
   return h.substr(0, 8) + "-" + h.substr(8, 4) + "-" + h.substr(12, 4) + "-" + h.substr(16, 4) + "-" + h.substr(20);
 }
 
-// A TCP port held by listening sockets on every IPv4 and IPv6 address while it lives, so that
-// QEMU cannot listen there. libvirt has the destination QEMU listen on [::]; QEMU, finding the
-// IPv4 side of a port taken, listens on IPv6 alone, and the source's connection to 127.0.0.1
-// would then reach whatever holds the IPv4 port: both must be taken.
+// A TCP port held by listening sockets while it lives. kEverywhere: on every IPv4 and IPv6
+// address, so QEMU cannot listen there. kIpv4Loopback: on 127.0.0.1 only, which never reads:
+// libvirt has the destination QEMU listen on [::], QEMU, finding the IPv4 side of the port
+// taken, listens on IPv6 alone, and the source QEMU's connection to 127.0.0.1 lands here and
+// stalls once the socket buffers are full (on a host without IPv6, QEMU cannot listen at all).
 class TakenPort {
  public:
-  TakenPort() {
+  enum Where { kEverywhere, kIpv4Loopback };
+  explicit TakenPort(Where where) {
     for (int attempt = 0; attempt < 10 && port_ == 0; ++attempt) {
       Close();
       v4_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
       sockaddr_in a4{};
       a4.sin_family = AF_INET;
-      a4.sin_addr.s_addr = htonl(INADDR_ANY);
+      a4.sin_addr.s_addr = htonl(where == kEverywhere ? INADDR_ANY : INADDR_LOOPBACK);
       socklen_t len = sizeof(a4);
       if (v4_ < 0 || bind(v4_, reinterpret_cast<sockaddr*>(&a4), sizeof(a4)) != 0 || listen(v4_, 1) != 0 ||
           getsockname(v4_, reinterpret_cast<sockaddr*>(&a4), &len) != 0) {
         continue;
+      }
+      if (where == kIpv4Loopback) {
+        port_ = ntohs(a4.sin_port);
+        break;
       }
       v6_ = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
       if (v6_ < 0) {  // no IPv6 here: libvirt has QEMU listen on 0.0.0.0
@@ -262,24 +268,39 @@ TEST_F(LibvirtMigrationTest, VirshLiveMigrationMovesTheVtpmWithTheDomain) {
   EXPECT_NE(pcr_before, std::string(64, '0'));
   const auto t_booted = std::chrono::steady_clock::now();
 
-  // A migration that libvirt cannot carry out (the destination QEMU cannot listen on its
-  // migration port): the tool aborts the vTPM's migration; the source domain runs on with its
-  // vTPM, the destination keeps neither domain nor vTPM.
-  {
-    TakenPort taken;
-    ASSERT_NE(taken.port(), 0);
-    auto failed = Migrate({"--migrateuri", "tcp://127.0.0.1:" + std::to_string(taken.port())});
+  // Migrations that fail: the tool aborts the vTPM's migration; the source domain runs on with
+  // its vTPM (the same instance), the destination keeps neither domain nor vTPM.
+  auto expect_rolled_back = [&](const CommandResult& failed) {
     std::cerr << failed.output;
     EXPECT_EQ(failed.exit_code, 1) << failed.output;
     EXPECT_NE(failed.output.find("aborting migration"), std::string::npos) << failed.output;
+    EXPECT_EQ(DomainState(*source_), "running");
+    EXPECT_EQ(VtpmState(rig_.a, uuid_), "running");
+    EXPECT_EQ(Field(rig_.a.Vtmctl({"show", uuid_}).output, "instance pid"), source_pid);
+    EXPECT_EQ(rig_.b.Vtmctl({"show", uuid_}).exit_code, 3);
+    EXPECT_EQ(Trimmed(destination_->Virsh({"list", "--all", "--uuid"}).output), "");
+    EXPECT_EQ(Instances(rig_.b), 0u);
+    EXPECT_EQ(Instances(), 1u);
+  };
+  {
+    // The destination QEMU cannot listen on its migration port: libvirt's prepare fails.
+    TakenPort taken(TakenPort::kEverywhere);
+    ASSERT_NE(taken.port(), 0);
+    auto failed = Migrate({"--migrateuri", "tcp://127.0.0.1:" + std::to_string(taken.port())});
+    EXPECT_NE(failed.output.find("Address already in use"), std::string::npos) << failed.output;
+    expect_rolled_back(failed);
   }
-  EXPECT_EQ(DomainState(*source_), "running");
-  EXPECT_EQ(VtpmState(rig_.a, uuid_), "running");
-  EXPECT_EQ(Field(rig_.a.Vtmctl({"show", uuid_}).output, "instance pid"), source_pid);
-  EXPECT_EQ(rig_.b.Vtmctl({"show", uuid_}).exit_code, 3);
-  EXPECT_EQ(Trimmed(destination_->Virsh({"list", "--all", "--uuid"}).output), "");
-  EXPECT_EQ(Instances(rig_.b), 0u);
-  EXPECT_EQ(Instances(), 1u);
+  {
+    // The stream stalls with the destination QEMU started (attached to the incoming vTPM):
+    // the tool's --timeout cancels libvirt's migration.
+    TakenPort stalled(TakenPort::kIpv4Loopback);
+    ASSERT_NE(stalled.port(), 0);
+    auto failed = Migrate({"--migrateuri", "tcp://127.0.0.1:" + std::to_string(stalled.port()), "--timeout", "5"});
+    if (failed.output.find("Address already in use") == std::string::npos) {  // else: no IPv6 here
+      EXPECT_NE(failed.output.find("cancelling it (virsh domjobabort)"), std::string::npos) << failed.output;
+    }
+    expect_rolled_back(failed);
+  }
   const auto t_failed = std::chrono::steady_clock::now();
 
   // The migration: the guest waits on its serial port meanwhile.
