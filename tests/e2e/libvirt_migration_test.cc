@@ -227,6 +227,10 @@ TEST_F(LibvirtMigrationTest, VirshLiveMigrationMovesTheVtpmWithTheDomain) {
   const std::string read_nv = "tpm2_nvread 0x1500016 -C o -s " + std::to_string(secret.size());
   const std::string script =
       "hex() { od -An -tx1 -v $1 | tr -d ' \\n'; }\n"
+      // What the vTPM holds at boot: nothing at the first, the value at a later one.
+      "echo BOOTNV=$(" +
+      read_nv +
+      " 2>/dev/null)\n"
       "tpm2_nvdefine 0x1500016 -C o -s 64 -a 'ownerread|ownerwrite|authread|authwrite'\n"
       "printf '%s' '" +
       secret +
@@ -304,13 +308,13 @@ TEST_F(LibvirtMigrationTest, VirshLiveMigrationMovesTheVtpmWithTheDomain) {
   const auto t_failed = std::chrono::steady_clock::now();
 
   // The migration: the guest waits on its serial port meanwhile.
-  auto migrated = Migrate({"--migrateuri", "tcp://127.0.0.1"});
+  auto migrated = Migrate({"--migrateuri", "tcp://127.0.0.1", "--persistent"});
   std::cerr << migrated.output;
   ASSERT_EQ(migrated.exit_code, 0) << migrated.output;
   const auto t_migrated = std::chrono::steady_clock::now();
   EXPECT_EQ(DomainState(*destination_), "running");
-  EXPECT_EQ(RunningDomains(*source_), "");
-  EXPECT_EQ(DomainState(*source_), "shut off");
+  // --persistent: the domain is defined on the destination and undefined on the source.
+  EXPECT_EQ(Trimmed(source_->Virsh({"list", "--all", "--uuid"}).output), "");
   // libvirt took the hook's XML over the one given with --xml: the destination QEMU connects
   // to the incoming (now active) vTPM's socket, not the source's.
   const std::string b_socket = rig_.b.run_dir() + "/vms/" + uuid_ + "/tpm.sock";
@@ -319,6 +323,11 @@ TEST_F(LibvirtMigrationTest, VirshLiveMigrationMovesTheVtpmWithTheDomain) {
   EXPECT_EQ(live_xml.output.find(rig_.a.run_dir()), std::string::npos) << live_xml.output;
   EXPECT_NE(destination_->DomainLog("web1").find("path=" + b_socket), std::string::npos)
       << destination_->DomainLog("web1");
+  // libvirt stores the persistent definition as given (the hook does not see it): the tool
+  // pointed its <tpm> at the destination's vTPM too.
+  auto inactive_xml = destination_->Virsh({"dumpxml", "--inactive", "web1"});
+  EXPECT_NE(inactive_xml.output.find("path='" + b_socket + "'"), std::string::npos) << inactive_xml.output;
+  EXPECT_EQ(inactive_xml.output.find(rig_.a.run_dir()), std::string::npos) << inactive_xml.output;
 
   // The guest, on the destination now, reads its vTPM again.
   ASSERT_TRUE(SendToSocket(Control(*destination_), "go\n"));
@@ -334,9 +343,11 @@ TEST_F(LibvirtMigrationTest, VirshLiveMigrationMovesTheVtpmWithTheDomain) {
   EXPECT_EQ(gone.exit_code, 3) << gone.output;
   EXPECT_NE(gone.output.find("migrated from this host to host-b"), std::string::npos) << gone.output;
   EXPECT_FALSE(PathExists(rig_.a.state_dir() + "/vms/" + uuid_));
-  // The domain stays defined on the source (virsh migrate without --undefinesource), but it
-  // cannot start there again: the source's vTPM is gone, and the hook does not make a new one
-  // beside the vTPM that runs on the destination.
+  // The domain defined on the source again (a stale definition, or an operator's mistake)
+  // cannot start there: the source's vTPM is gone, and the hook does not make a new one beside
+  // the vTPM that runs on the destination.
+  auto redefined = source_->Virsh({"define", source_xml_path});
+  ASSERT_EQ(redefined.exit_code, 0) << redefined.output;
   auto restarted = source_->Virsh({"start", "web1"});
   EXPECT_NE(restarted.exit_code, 0) << restarted.output;
   EXPECT_NE(restarted.output.find("migrated from this host to host-b"), std::string::npos) << restarted.output;
@@ -358,6 +369,14 @@ TEST_F(LibvirtMigrationTest, VirshLiveMigrationMovesTheVtpmWithTheDomain) {
   }
   EXPECT_EQ(state, "stopped");
   EXPECT_EQ(Instances(), 0u);
+  // The next start there, from the definition the migration left: the hook starts the
+  // destination's vTPM, and the guest finds the value in NV.
+  ASSERT_TRUE(std::filesystem::remove(Console(*destination_)));
+  auto again = destination_->Virsh({"start", "web1"});
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_EQ(VtpmState(rig_.b, uuid_), "running");
+  EXPECT_EQ(WaitForMarker(*destination_, "BOOTNV", std::chrono::seconds(120)), secret) << ConsoleText(*destination_);
+  EXPECT_EQ(Instances(), 1u);
 
   using std::chrono::duration;
   std::cerr << "timings (s): set-up + boot " << duration<double>(t_booted - t0).count() << ", failed migration "
