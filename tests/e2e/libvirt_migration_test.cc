@@ -3,11 +3,13 @@
 // migration rig's two hosts: fleet CA, destination policy, simulated host TPMs), driven by
 // `vtm-live-migrate virsh`: the sealed migration moves the vTPM, `virsh migrate --live` moves
 // QEMU. The guest writes a random NV value and extends a PCR, then waits on its second serial
-// port while a first migration fails (QEMU's migration port on the destination is taken: the
-// tool aborts, the source domain and its vTPM carry on, the destination keeps nothing) and a
-// second one succeeds; the guest, running on the destination, reads the same NV value and PCR.
-// Afterwards one vtm-instance serves the VM (the destination's), the source holds a tombstone,
-// and the source libvirtd runs no domain.
+// port while two migrations fail (the destination QEMU cannot listen on its migration port;
+// the stream stalls and --timeout cancels it): each time the tool aborts, the source domain
+// and its vTPM carry on, the destination keeps nothing. A third, with --persistent, succeeds;
+// the guest, running on the destination, reads the same NV value and PCR. Afterwards one
+// vtm-instance serves the VM (the destination's), the source holds a tombstone and no domain,
+// and neither a start there nor a `virsh migrate` back by hand gets past the hook; the domain
+// boots again on the destination from the definition the migration left, on the same vTPM.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
