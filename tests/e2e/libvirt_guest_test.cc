@@ -82,23 +82,10 @@ class LibvirtGuestTest : public GuestImageTest {
     return libvirtd_->Virsh({"define", path});
   }
 
-  std::string ConsoleText(const std::string& name) const {
-    auto text = ReadFile(Console(name));
-    if (!text.ok()) return "";
-    std::string clean = *text;
-    std::erase(clean, '\r');
-    return clean;
-  }
+  std::string ConsoleText(const std::string& name) const { return ReadConsoleFile(Console(name)); }
 
-  // Waits until the console shows "KEY=..." and returns the value ("" on timeout).
   std::string WaitForMarker(const std::string& name, const std::string& key, std::chrono::seconds timeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    do {
-      std::string v = GuestMarker(ConsoleText(name), key);
-      if (!v.empty()) return v;
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    } while (std::chrono::steady_clock::now() < deadline);
-    return "";
+    return WaitForConsoleMarker(Console(name), key, timeout);
   }
 
   std::string DomainState(const std::string& name) {

@@ -30,7 +30,7 @@ std::vector<pid_t> ChildPids(pid_t pid) {
 
 }  // namespace
 
-PrivateLibvirtd::PrivateLibvirtd() {
+PrivateLibvirtd::PrivateLibvirtd(const std::string& host_uuid) {
   const std::string& d = dir_.path();
   // libvirt-qemu must reach the guest files and vtmd's sockets below the test's directories.
   chmod(d.c_str(), 0711);
@@ -43,9 +43,10 @@ PrivateLibvirtd::PrivateLibvirtd() {
     throw std::runtime_error("cannot create " + guest_dir());
   }
   // Only root may use the socket, and needs no authentication (no polkit on a test machine).
-  const std::string libvirtd_conf =
+  std::string libvirtd_conf =
       "unix_sock_group = \"root\"\nunix_sock_rw_perms = \"0700\"\n"
       "auth_unix_rw = \"none\"\nauth_unix_ro = \"none\"\n";
+  if (!host_uuid.empty()) libvirtd_conf += "host_uuid = \"" + host_uuid + "\"\n";
   // As on a stock Debian host (QEMU as libvirt-qemu), minus what a test machine lacks
   // (AppArmor, cgroups) and what a test need not exercise (virtlogd, per-domain /dev).
   const std::string qemu_conf =

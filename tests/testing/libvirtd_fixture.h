@@ -27,7 +27,10 @@ namespace vtm::testing {
 
 class PrivateLibvirtd {
  public:
-  PrivateLibvirtd();
+  // host_uuid: libvirtd's host UUID (libvirtd.conf `host_uuid`). Two libvirtds that migrate
+  // domains between them need distinct ones: libvirt refuses a migration to the same host.
+  // Empty: libvirtd's own choice (SMBIOS, or random where there is none).
+  explicit PrivateLibvirtd(const std::string& host_uuid = "");
   ~PrivateLibvirtd();
   PrivateLibvirtd(const PrivateLibvirtd&) = delete;
   PrivateLibvirtd& operator=(const PrivateLibvirtd&) = delete;

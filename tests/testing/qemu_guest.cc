@@ -338,6 +338,23 @@ std::string GuestMarker(const std::string& script_output, const std::string& key
   return "";
 }
 
+std::string ReadConsoleFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::erase(text, '\r');
+  return text;
+}
+
+std::string WaitForConsoleMarker(const std::string& path, const std::string& key, std::chrono::seconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  do {
+    std::string value = GuestMarker(ReadConsoleFile(path), key);
+    if (!value.empty()) return value;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  } while (std::chrono::steady_clock::now() < deadline);
+  return "";
+}
+
 std::map<int, std::string> GuestPcrs(const std::string& script_output) {
   std::map<int, std::string> pcrs;
   static const std::regex pcr_line(R"(^\s*(\d+)\s*:\s*0x([0-9A-Fa-f]{64})\s*$)");

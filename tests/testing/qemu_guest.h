@@ -105,6 +105,11 @@ bool SendToSocket(const std::string& path, const std::string& data, std::string*
 // The value of the first "KEY=value" line of script output ("" if there is none); scripts
 // print binary files as hex this way, e.g. `echo EKCERT=$(od -An -tx1 -v f | tr -d ' \n')`.
 std::string GuestMarker(const std::string& script_output, const std::string& key);
+// A console log a guest writes into a file (libvirt's <serial type='file'>), '\r' removed;
+// "" if there is none yet.
+std::string ReadConsoleFile(const std::string& path);
+// Waits until that console shows a "KEY=value" line and returns the value ("" on timeout).
+std::string WaitForConsoleMarker(const std::string& path, const std::string& key, std::chrono::seconds timeout);
 // The "  10: 0xABC..." lines of `tpm2_pcrread sha256:...`: PCR index -> lower-case hex digest.
 std::map<int, std::string> GuestPcrs(const std::string& script_output);
 
