@@ -115,6 +115,12 @@ Result<std::string> MarshalPcrValues(const std::vector<PcrBank>& pcrs) {
   for (const PcrBank& bank : pcrs) {
     const EVP_MD* md = DigestForTpmAlg(bank.hash_alg);
     if (md == nullptr) return Error(ErrorCode::kInvalidArgument, "unsupported PCR bank " + TpmConstantHex(bank.hash_alg));
+    // ParsePcrValues refuses a bank selected twice: never write one.
+    for (uint32_t b = 0; b < selection.count; ++b) {
+      if (selection.pcrSelections[b].hash == bank.hash_alg) {
+        return Error(ErrorCode::kInvalidArgument, "PCR bank " + TpmConstantHex(bank.hash_alg) + " is given twice");
+      }
+    }
     TPMS_PCR_SELECTION& s = selection.pcrSelections[selection.count++];
     s.hash = bank.hash_alg;
     s.sizeofSelect = 3;
@@ -230,8 +236,10 @@ Result<std::string> PcrValuesFromTpm2ToolsFile(std::string_view file) {
       }
     }
   }
-  // MarshalPcrValues checks each digest's size against its bank.
-  return MarshalPcrValues(out);
+  // MarshalPcrValues checks each digest's size against its bank, and that no bank repeats.
+  auto marshalled = MarshalPcrValues(out);
+  if (!marshalled.ok()) return Error(bad.code(), bad.message() + marshalled.error().message());
+  return marshalled;
 }
 
 Result<Quote> ReadTpm2ToolsQuote(const std::string& message_path, const std::string& signature_path,

@@ -247,6 +247,15 @@ TEST_F(QuoteTest, MultiBankQuoteFromTpm2QuoteIsAccepted) {
     EXPECT_EQ(r.error().code(), ErrorCode::kInvalidArgument);
     EXPECT_NE(r.error().message().find("tpm2-tools PCR file"), std::string::npos) << r.error().message();
   }
+  // Found by tpm_public_fuzzer: two selections of the same bank (sha256, no PCR) were turned
+  // into pcr_values that ParsePcrValues then refused; now the file is refused.
+  std::string same_bank_twice(4 + 16 * 8 + 4, '\0');
+  same_bank_twice[0] = 2;
+  same_bank_twice[4] = same_bank_twice[12] = 0x0b;
+  auto twice = PcrValuesFromTpm2ToolsFile(same_bank_twice);
+  ASSERT_FALSE(twice.ok());
+  EXPECT_EQ(twice.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(twice.error().message().find("is given twice"), std::string::npos) << twice.error().message();
 }
 
 }  // namespace
