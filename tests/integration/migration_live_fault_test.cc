@@ -6,9 +6,11 @@
 // the guest writes a random value into an NV index through the source QEMU's data channel.
 //
 // At each step (after prepare, after send, after the state reached the destination, after
-// `commit --activate-only`, after `commit`) one of four processes dies: the destination
+// `commit --activate-only`, after `commit`) one of six processes dies: the destination
 // vtm-instance or the source vtm-instance (SIGKILL), the destination or the source fake QEMU
-// (its sockets closed, as the kernel closes them when QEMU is killed). Every step × victim
+// (its sockets closed, as the kernel closes them when QEMU is killed), the destination or the
+// source vtmd (SIGKILL between steps, then started again; migration_crash_test sweeps the
+// crash points inside the steps of a cold migration). Every step × victim
 // pair is enumerated; a pair whose victim does not exist at that step is listed as such. Then
 // the orchestrator's recovery runs as docs/migration.md and migration/vtm-live-migrate do it:
 // abort what QEMU did not finish (prepared, or sent with no complete QEMU migration); commit
@@ -217,10 +219,17 @@ class FakeQemu {
 };
 
 enum class Step { kPrepared, kSent, kStateMoved, kActivated, kCommitted };
-enum class Victim { kDestinationInstance, kSourceInstance, kDestinationQemu, kSourceQemu };
+enum class Victim {
+  kDestinationInstance,
+  kSourceInstance,
+  kDestinationQemu,
+  kSourceQemu,
+  kDestinationVtmd,
+  kSourceVtmd
+};
 constexpr Step kSteps[] = {Step::kPrepared, Step::kSent, Step::kStateMoved, Step::kActivated, Step::kCommitted};
-constexpr Victim kVictims[] = {Victim::kDestinationInstance, Victim::kSourceInstance, Victim::kDestinationQemu,
-                               Victim::kSourceQemu};
+constexpr Victim kVictims[] = {Victim::kDestinationInstance, Victim::kSourceInstance,  Victim::kDestinationQemu,
+                               Victim::kSourceQemu,          Victim::kDestinationVtmd, Victim::kSourceVtmd};
 
 const char* StepName(Step s) {
   switch (s) {
@@ -247,6 +256,10 @@ const char* VictimName(Victim v) {
       return "destination QEMU";
     case Victim::kSourceQemu:
       return "source QEMU";
+    case Victim::kDestinationVtmd:
+      return "destination vtmd";
+    case Victim::kSourceVtmd:
+      return "source vtmd";
   }
   return "?";
 }
@@ -392,6 +405,19 @@ class MigrationLiveFaultTest : public ::testing::Test {
         case Victim::kSourceQemu:
           src.reset();
           break;
+        case Victim::kDestinationVtmd:
+        case Victim::kSourceVtmd: {
+          // vtmd dies; its instances live on, and it starts again on the same state.
+          const bool source = victim == Victim::kSourceVtmd;
+          VtmdFixture& host = source ? a : b;
+          EXPECT_EQ(kill(host.vtmd_pid(), SIGKILL), 0);
+          host.WaitVtmdExit();
+          std::string error;
+          EXPECT_TRUE(source ? rig.RestartSource(rig.P("policy.json"), &error, false)
+                             : rig.RestartDestination(&error, false))
+              << error;
+          break;
+        }
       }
       return true;
     };
@@ -509,7 +535,7 @@ TEST_F(MigrationLiveFaultTest, EveryVictimAtEveryStep) {
       if (HasFatalFailure()) return;
     }
   }
-  EXPECT_EQ(run, 17);
+  EXPECT_EQ(run, 27);
 }
 
 }  // namespace
