@@ -272,17 +272,12 @@ bool Exists(Step s, Victim v) {
   return true;
 }
 
+// A field of /proc/<pid>/status; "" if the process is gone.
 std::string ProcStatus(pid_t pid, const std::string& key) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + ":", 0) == 0) {
-      std::string v = line.substr(key.size() + 1);
-      v.erase(0, v.find_first_not_of(" \t"));
-      return v;
-    }
-  }
-  return "";
+  auto status = ReadFile("/proc/" + std::to_string(pid) + "/status");
+  std::string v = status.ok() ? Field(*status, key) : "";
+  v.erase(0, v.find_first_not_of('\t'));
+  return v;
 }
 // Alive and not a zombie.
 bool Running(pid_t pid) {
