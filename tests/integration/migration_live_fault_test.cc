@@ -31,6 +31,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <memory>
@@ -364,11 +365,23 @@ class MigrationLiveFaultTest : public ::testing::Test {
     return instances;
   }
 
-  void RunCase(Step step, Victim victim, int n) {
-    SCOPED_TRACE(std::string(VictimName(victim)) + " killed " + StepName(step));
+  // One live migration with one fault: victim killed after step; or, with a crash point, the
+  // vtmd on that side (crash_source) dies there (VTM_CRASH_AT) and starts again.
+  void RunCase(Step step, Victim victim, int n, const std::string& crash_point = "", bool crash_source = false) {
+    const bool crash = !crash_point.empty();
+    const std::string what =
+        crash ? std::string(crash_source ? "source" : "destination") + " vtmd crashed at " + crash_point
+              : std::string(VictimName(victim)) + " killed " + StepName(step);
+    SCOPED_TRACE(what);
     VtmdFixture& a = rig.a;
     VtmdFixture& b = rig.b;
     const std::string name = "live" + std::to_string(n);
+    std::string error;
+    if (crash) {
+      (crash_source ? a : b).SetVtmdEnvironment({"VTM_CRASH_AT=" + crash_point});
+      ASSERT_TRUE(crash_source ? rig.RestartSource(rig.P("policy.json"), &error) : rig.RestartDestination(&error))
+          << error;
+    }
     ASSERT_EQ(a.Vtmctl({"create", "--name", name}).exit_code, 0);
     auto started = a.Vtmctl({"start", name});
     ASSERT_EQ(started.exit_code, 0) << started.output;
@@ -385,8 +398,19 @@ class MigrationLiveFaultTest : public ::testing::Test {
     ASSERT_EQ(src->NvRead(secret.size()), secret);
 
     std::unique_ptr<FakeQemu> dst;
+    bool moved = false, crashed = false;
+    // A command's result: in a crash run, its failure is the crash (the protocol stops there).
+    auto done = [&](const CommandResult& r) {
+      if (r.exit_code == 0) return true;
+      if (crash) {
+        crashed = true;
+      } else {
+        ADD_FAILURE() << r.output;
+      }
+      return false;
+    };
     auto fault_now = [&](Step at) {
-      if (at != step) return false;
+      if (crash || at != step) return false;
       switch (victim) {
         case Victim::kDestinationInstance:
           EXPECT_TRUE(KillAndWait(InstancePid(b, uuid)));
@@ -419,11 +443,11 @@ class MigrationLiveFaultTest : public ::testing::Test {
     // The protocol, up to the fault.
     [&] {
       auto prepared = a.Vtmctl({"--json", "migrate", "prepare", name, "--to", rig.destination});
-      ASSERT_EQ(prepared.exit_code, 0) << prepared.output;
+      if (!done(prepared)) return;
       const std::string id = Quoted(prepared.output, "id");
       if (fault_now(Step::kPrepared)) return;
       auto sent = a.Vtmctl({"--json", "migrate", "send", id});
-      ASSERT_EQ(sent.exit_code, 0) << sent.output;
+      if (!done(sent)) return;
       // The destination QEMU starts with -incoming on the incoming instance's socket.
       dst = std::make_unique<FakeQemu>(Quoted(sent.output, "destination_tpm_socket"));
       ASSERT_TRUE(dst->Attach(/*init=*/false));
@@ -438,24 +462,35 @@ class MigrationLiveFaultTest : public ::testing::Test {
       std::vector<uint8_t> flags;
       Put32(flags, 0);
       ASSERT_EQ(dst->Simple(kInit, flags), kRcSuccess);
+      moved = true;
       if (fault_now(Step::kStateMoved)) return;
       auto activated = a.Vtmctl({"migrate", "commit", id, "--activate-only"});
-      ASSERT_EQ(activated.exit_code, 0) << activated.output;
+      if (!done(activated)) return;
       // QMP cont on the destination: the guest reads its value there.
       ASSERT_EQ(dst->NvRead(secret.size()), secret);
       if (fault_now(Step::kActivated)) return;
       auto committed = a.Vtmctl({"migrate", "commit", id});
-      ASSERT_EQ(committed.exit_code, 0) << committed.output;
+      if (!done(committed)) return;
       fault_now(Step::kCommitted);
     }();
     if (HasFatalFailure()) return;
+    if (crash) {
+      ASSERT_TRUE(crashed) << "no crash at " << crash_point;
+      VtmdFixture& dead = crash_source ? a : b;
+      dead.WaitVtmdExit();
+      dead.SetVtmdEnvironment({});
+      ASSERT_TRUE(crash_source ? rig.RestartSource(rig.P("policy.json"), &error, false)
+                               : rig.RestartDestination(&error, false))
+          << error;
+    }
 
     // The orchestrator's recovery. QEMU's migration completed if the state reached the
     // destination and the destination QEMU lived on to report it (else vtm-live-migrate aborts).
     const bool qemu_completed =
-        step >= Step::kStateMoved && !(step == Step::kStateMoved && victim == Victim::kDestinationQemu);
+        crash ? moved : step >= Step::kStateMoved && !(step == Step::kStateMoved && victim == Victim::kDestinationQemu);
     auto [id, state] = MigrationOf(a, uuid);
-    ASSERT_FALSE(id.empty());
+    // Only a crash before the source recorded the migration leaves none (its restart put the VM back).
+    EXPECT_TRUE(!id.empty() || crash);
     if (state == "sent" && qemu_completed) {
       auto committed = a.Vtmctl({"migrate", "commit", id, "--activate-only"});
       state = MigrationOf(a, uuid).second;
@@ -476,11 +511,16 @@ class MigrationLiveFaultTest : public ::testing::Test {
     dst.reset();
 
     // Settled, the same on both sides, and where the docs say.
-    const bool expect_destination = step >= Step::kActivated || (step == Step::kStateMoved && qemu_completed &&
-                                                                 victim != Victim::kDestinationInstance);
+    const bool expect_destination = crash ? moved
+                                          : step >= Step::kActivated || (step == Step::kStateMoved && qemu_completed &&
+                                                                         victim != Victim::kDestinationInstance);
     const std::string source_state = MigrationOf(a, uuid).second, destination_state = MigrationOf(b, uuid).second;
-    EXPECT_EQ(source_state, expect_destination ? "committed" : "aborted");
-    EXPECT_EQ(destination_state, source_state);
+    if (!id.empty()) {
+      EXPECT_EQ(source_state, expect_destination ? "committed" : "aborted");
+    }
+    if (!id.empty() || destination_state != "prepared") {
+      EXPECT_EQ(destination_state, source_state);
+    }  // else: a prepare the source never recorded, superseded or expired there (docs)
     auto on_a = a.Vtmctl({"show", uuid});
     auto on_b = b.Vtmctl({"show", uuid});
     ASSERT_NE(on_a.exit_code == 0, on_b.exit_code == 0)
@@ -491,7 +531,7 @@ class MigrationLiveFaultTest : public ::testing::Test {
     VtmdFixture& other = there ? a : b;
     const std::string vm_state = Field((there ? on_b : on_a).output, "state");
     const bool victim_was_its_instance =
-        (there && victim == Victim::kDestinationInstance) || (!there && victim == Victim::kSourceInstance);
+        !crash && ((there && victim == Victim::kDestinationInstance) || (!there && victim == Victim::kSourceInstance));
     EXPECT_EQ(vm_state, victim_was_its_instance ? "failed" : "running");
     const pid_t recorded = vm_state == "running" ? InstancePid(holder, uuid) : 0;
     EXPECT_EQ(CheckProcesses(uuid, holder, recorded), vm_state == "running" ? 1u : 0u);
@@ -510,7 +550,7 @@ class MigrationLiveFaultTest : public ::testing::Test {
     EXPECT_EQ(after.NvRead(secret.size()), secret);
     auto stopped = holder.Vtmctl({"stop", "--force", uuid});
     EXPECT_EQ(stopped.exit_code, 0) << stopped.output;
-    std::cerr << "  " << VictimName(victim) << " killed " << StepName(step) << ": migration " << source_state << ", VM "
+    std::cerr << "  " << what << ": migration " << (source_state.empty() ? "never recorded" : source_state) << ", VM "
               << vm_state << " on the " << (there ? "destination" : "source") << ", NV value kept\n";
   }
 
@@ -531,6 +571,42 @@ TEST_F(MigrationLiveFaultTest, EveryVictimAtEveryStep) {
     }
   }
   EXPECT_EQ(run, 27);
+}
+
+// The vtmds' crash points inside the steps of a live migration (the live-only ones among them,
+// e.g. the destination's between its incoming instance's launch and its recording), enumerated
+// by a traced run as migration_crash_test does for a cold one; after each crash the dead vtmd
+// starts again and the same recovery and checks follow.
+TEST_F(MigrationLiveFaultTest, VtmdCrashAtEveryPointOfALiveMigration) {
+  int n = 100;
+  size_t swept = 0;
+  for (bool source : {true, false}) {
+    VtmdFixture& side = source ? rig.a : rig.b;
+    const std::string trace = rig.P(source ? "trace-a" : "trace-b");
+    side.SetVtmdEnvironment({"VTM_CRASH_TRACE=" + trace});
+    std::string error;
+    ASSERT_TRUE(source ? rig.RestartSource(rig.P("policy.json"), &error) : rig.RestartDestination(&error)) << error;
+    ASSERT_TRUE(WriteFileAtomic(trace, "", 0644).ok());
+    RunCase(Step::kCommitted, Victim::kSourceQemu, n++);  // a complete migration, traced
+    ASSERT_FALSE(HasFatalFailure());
+    side.SetVtmdEnvironment({});
+    std::vector<std::string> points;
+    std::istringstream in(ReadFile(trace).ok() ? *ReadFile(trace) : "");
+    for (std::string line; std::getline(in, line);) {
+      // The migration's points, not those of the VM's create, start and stop around it (the
+      // destination passes some of start's while it launches the incoming instance).
+      const bool ours =
+          line.rfind("migrate.", 0) == 0 || line.rfind("destroy.", 0) == 0 || (!source && line.rfind("start.", 0) == 0);
+      if (ours && std::find(points.begin(), points.end(), line) == points.end()) points.push_back(line);
+    }
+    ASSERT_GE(points.size(), source ? 5u : 4u);
+    for (const std::string& point : points) {
+      RunCase(Step::kCommitted, Victim::kSourceQemu, n++, point, source);
+      if (HasFatalFailure()) return;
+    }
+    swept += points.size();
+  }
+  std::cerr << "crash points swept: " << swept << "\n";
 }
 
 }  // namespace
