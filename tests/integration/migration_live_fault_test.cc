@@ -26,6 +26,8 @@
 //   the other host), and the other host holds no state directory for it;
 // - the vTPM state is not lost: after (re)starting it where it is, a fresh QEMU reads the NV
 //   value back.
+// A second test kills the vtmds at their crash points inside the steps (VTM_CRASH_AT,
+// enumerated by a traced live migration), with the same recovery and checks.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/socket.h>
