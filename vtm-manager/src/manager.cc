@@ -632,7 +632,9 @@ Result<VmRecord> Manager::ReceiveIncoming(const IncomingVm& vm) {
 Result<bool> Manager::IncomingStateReceived(const std::string& uuid) const {
   VTM_ASSIGN_OR_RETURN(instance_api::StatusResponse status, InstanceStatus(PathsFor(uuid).manager_socket));
   constexpr uint32_t kPermanentBlob = 1u << 1;  // PTM_BLOB_TYPE_PERMANENT
-  return (status.imported_blob_types() & kPermanentBlob) != 0;
+  // QEMU's post_load sends INIT after the last blob (the instance turns active): a QEMU that
+  // died half-way through loading the state leaves the instance incoming.
+  return (status.imported_blob_types() & kPermanentBlob) != 0 && status.mode() == instance_api::MODE_ACTIVE;
 }
 
 Result<VmRecord> Manager::CommitIncoming(const std::string& uuid, bool live) {

@@ -600,7 +600,11 @@ Result<migration_api::CommitResponse> MigrationEngine::OnCommit(const migration_
   }
   migration_api::DestinationRecord record;
   if (!record.ParseFromString(m.prepared)) return Error(ErrorCode::kDataLoss, "migration " + m.id + ": record corrupt");
-  VTM_ASSIGN_OR_RETURN(VmRecord rec, manager_.CommitIncoming(m.vm_uuid, m.mode == "live"));
+  // Once committed here the VM is this host's and lives on by itself (its instance may have
+  // ended, leaving it failed, or been stopped): a repeated commit only finishes the
+  // certificates, whatever state the VM is in now.
+  VTM_ASSIGN_OR_RETURN(VmRecord rec, m.state == "committed" ? registry_.Get(m.vm_uuid)
+                                                            : manager_.CommitIncoming(m.vm_uuid, m.mode == "live"));
   if (m.state != "committed") {
     VTM_RETURN_IF_ERROR(registry_.UpdateMigration(m.id, {"received"}, "committed"));
     LOG_INFO << "migration " << m.id << " committed: VM " << rec.uuid << " is " << VmStateName(rec.state) << " here";
