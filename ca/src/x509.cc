@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <ctime>
 #include <mutex>
 
 #include "der.h"
@@ -684,6 +685,11 @@ Result<CertificateInfo> ParseCertificate(const std::string& der_or_pem) {
   VTM_ASSIGN_OR_RETURN(info.spki_der,
                        (ToDer<X509_PUBKEY, i2d_X509_PUBKEY>(X509_get_X509_PUBKEY(x.get()), "the public key")));
   info.is_ca = (flags & EXFLAG_CA) != 0;
+  std::tm not_after{};
+  if (ASN1_TIME_to_tm(X509_get0_notAfter(x.get()), &not_after) != 1) {
+    return OpenSslError(ErrorCode::kInvalidArgument, "the certificate's notAfter cannot be read");
+  }
+  info.not_after = not_after.tm_year + 1900 == 9999 ? 0 : timegm(&not_after);
   int crit = 0;
   GeneralNamesPtr sans(static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(x.get(), NID_subject_alt_name, &crit, nullptr)));
   if (!sans && crit != -1)

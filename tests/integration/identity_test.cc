@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <ctime>
 #include <fstream>
 #include <map>
 #include <regex>
@@ -168,6 +169,15 @@ TEST_F(IdentityTest, FleetCaFlowAndBadInputIsRefused) {
   auto wrong_chain = f.Vtmctl({"ca", "install", Path("host-ca.pem"), Path("host-ca.pem")});
   EXPECT_EQ(wrong_chain.exit_code, 2) << wrong_chain.output;
 
+  // Refused: the right certificate, expired.
+  auto expired_cert = RunCommand({"openssl", "x509", "-req", "-in", Path("host.csr"), "-CA", Path("fleet.pem"), "-CAkey",
+                                  Path("fleet.key"), "-CAcreateserial", "-out", Path("expired.pem"), "-days", "-1",
+                                  "-extfile", Path("ext.cnf")});
+  ASSERT_EQ(expired_cert.exit_code, 0) << expired_cert.output;
+  auto expired = f.Vtmctl({"ca", "install", Path("expired.pem"), Path("fleet.pem")});
+  EXPECT_EQ(expired.exit_code, 2) << expired.output;
+  EXPECT_NE(expired.output.find("the certificate expired at"), std::string::npos) << expired.output;
+
   auto installed = f.Vtmctl({"ca", "install", Path("host-ca.pem"), Path("fleet.pem")});
   ASSERT_EQ(installed.exit_code, 0) << installed.output;
   ASSERT_EQ(f.Vtmctl({"create", "--name", "after-install"}).exit_code, 0);
@@ -175,6 +185,27 @@ TEST_F(IdentityTest, FleetCaFlowAndBadInputIsRefused) {
   auto chain = RunCommand({"openssl", "verify", "-CAfile", Path("fleet.pem"), "-untrusted", Path("host-ca.pem"),
                            Path("ek.pem")});
   EXPECT_EQ(chain.exit_code, 0) << chain.output;
+  // Without cert-days nothing of vtm's expires, but a vTPM certificate ends with its CA's.
+  auto valid_in_days = [&](const std::string& pem_path, int days) {
+    return RunCommand({"openssl", "x509", "-noout", "-checkend", std::to_string(days * 24 * 3600), "-in", pem_path})
+               .exit_code == 0;
+  };
+  EXPECT_TRUE(valid_in_days(Path("ek.pem"), 29));
+  EXPECT_FALSE(valid_in_days(Path("ek.pem"), 31));
+
+  // Time passes and the CA certificate ends (here: its file replaced by the expired one while
+  // vtmd is down): vtmd starts, says so, and issues nothing that would not verify.
+  f.StopVtmd();
+  ASSERT_TRUE(WriteFileAtomic(f.state_dir() + "/host-identity/ca.pem", *ReadFile(Path("expired.pem")), 0644).ok());
+  ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+  EXPECT_NE(f.VtmdLog().find("expired at"), std::string::npos) << f.VtmdLog();
+  auto refused = f.Vtmctl({"create", "--name", "after-expiry"});
+  EXPECT_NE(refused.exit_code, 0) << refused.output;
+  EXPECT_NE(refused.output.find("the host CA certificate expired at"), std::string::npos) << refused.output;
+  EXPECT_NE(f.Vtmctl({"show", "after-expiry"}).exit_code, 0) << "a refused create left a VM behind";
+  // ...until a renewed certificate is installed.
+  ASSERT_EQ(f.Vtmctl({"ca", "install", Path("host-ca.pem"), Path("fleet.pem")}).exit_code, 0);
+  EXPECT_EQ(f.Vtmctl({"create", "--name", "after-expiry"}).exit_code, 0);
 }
 
 // Two hosts with the same host name under one fleet CA: their CA names differ (the host EK is
@@ -393,6 +424,62 @@ TEST(IdentitySealedTest, SealedCaIssuesVerifiableCertificatesAndAHostQuoteBindsI
   // ...and the sealed key comes back after a restart: the same CA certificate.
   ASSERT_TRUE(f.StartVtmd({"--ca-residency", "sealed"})) << f.VtmdLog();
   EXPECT_EQ(f.Vtmctl({"ca", "show"}).output, ca_pem);
+}
+
+// The operator sets how long certificates live (docs/operator-guide.md): `openssl x509
+// -checkend` and `openssl verify -attime` see the validity asked for, and no vTPM certificate
+// outlives the CA certificate that issued it.
+TEST(IdentityValidityTest, OperatorSetValidityIsWhatOpensslSees) {
+  VtmdFixture f;
+  TempDir dir;
+  auto p = [&](const std::string& n) { return dir.path() + "/" + n; };
+  constexpr long kDay = 24 * 3600;
+  // exit 0: still valid `days` from now.
+  auto valid_in = [&](const std::string& pem_path, long days) {
+    return RunCommand({"openssl", "x509", "-noout", "-checkend", std::to_string(days * kDay), "-in", pem_path})
+               .exit_code == 0;
+  };
+
+  auto refused = f.RunVtmdExpectingExit({"--cert-days", "40000"});
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.output.find("--cert-days needs a number up to 36500"), std::string::npos) << refused.output;
+
+  ASSERT_TRUE(f.StartVtmd({"--ca-cert-days", "400", "--cert-days", "30"})) << f.VtmdLog();
+  ASSERT_EQ(f.Vtmctl({"create", "--name", "short", "--service", "db"}).exit_code, 0) << f.VtmdLog();
+  WriteText(p("ca.pem"), f.Vtmctl({"ca", "show"}).output);
+  EXPECT_TRUE(valid_in(p("ca.pem"), 399));
+  EXPECT_FALSE(valid_in(p("ca.pem"), 401));
+  auto listed = f.Vtmctl({"certs", "short"});
+  auto certs = SplitCerts(listed.output);
+  ASSERT_EQ(certs.size(), 4u);
+  // vtmctl names the end of each certificate's validity (and only when it has one).
+  EXPECT_NE(listed.output.find("# ak serial "), std::string::npos) << listed.output;
+  EXPECT_TRUE(std::regex_search(listed.output, std::regex("# ik serial [0-9]+ NV 0x[0-9a-f]+ expires 20[0-9-]+T[0-9:]+Z")))
+      << listed.output;
+  const std::string later = std::to_string(std::time(nullptr) + 31 * kDay);
+  for (auto& [kind, pem] : certs) {
+    WriteText(p(kind + ".pem"), pem);
+    EXPECT_TRUE(valid_in(p(kind + ".pem"), 29)) << kind;
+    EXPECT_FALSE(valid_in(p(kind + ".pem"), 31)) << kind;
+    EXPECT_EQ(RunCommand({"openssl", "verify", "-CAfile", p("ca.pem"), p(kind + ".pem")}).exit_code, 0) << kind;
+    auto expired = RunCommand({"openssl", "verify", "-attime", later, "-CAfile", p("ca.pem"), p(kind + ".pem")});
+    EXPECT_NE(expired.exit_code, 0) << kind;
+    EXPECT_NE(expired.output.find("certificate has expired"), std::string::npos) << expired.output;
+  }
+
+  // A longer vTPM validity than the CA's ends with the CA certificate; the CA certificate, made
+  // once, keeps its own validity across restarts.
+  f.StopVtmd();
+  ASSERT_TRUE(f.StartVtmd({"--ca-cert-days", "10", "--cert-days", "1000"})) << f.VtmdLog();
+  EXPECT_EQ(f.Vtmctl({"ca", "show"}).output, *ReadFile(p("ca.pem")));
+  ASSERT_EQ(f.Vtmctl({"create", "--name", "long", "--service", "db"}).exit_code, 0) << f.VtmdLog();
+  auto capped = SplitCerts(f.Vtmctl({"certs", "long"}).output);
+  ASSERT_EQ(capped.size(), 4u);
+  for (auto& [kind, pem] : capped) {
+    WriteText(p("long-" + kind + ".pem"), pem);
+    EXPECT_TRUE(valid_in(p("long-" + kind + ".pem"), 399)) << kind;
+    EXPECT_FALSE(valid_in(p("long-" + kind + ".pem"), 401)) << kind;
+  }
 }
 
 // The auth value vtmd derives for one of its host keys, from its sealed master key (vtmd's

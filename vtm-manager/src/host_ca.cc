@@ -11,6 +11,7 @@
 #include "vtm/fs.h"
 #include "vtm/hex.h"
 #include "vtm/log.h"
+#include "vtm/utc.h"
 
 namespace vtm {
 namespace {
@@ -30,6 +31,14 @@ std::string CaCommonName(const std::string& host_name, const HostAttestationKey&
   return "vtm host CA " + host_name.substr(0, 35) + " " + HexEncode(ek_name.substr(2, 8));
 }
 
+ca::Validity ValidityFromNow(uint32_t days) {
+  const std::time_t now = std::time(nullptr);
+  ca::Validity v;
+  v.not_before = now - 60;  // a relying party's clock a little behind ours
+  v.not_after = days == 0 ? 0 : now + static_cast<std::time_t>(days) * 24 * 3600;
+  return v;
+}
+
 }  // namespace
 
 Result<std::string> TpmSigner::SignDigest(const std::string& digest) {
@@ -44,9 +53,11 @@ Result<CaResidency> ParseCaResidency(const std::string& text) {
 
 Result<std::unique_ptr<HostCa>> HostCa::LoadOrCreate(HostAttestationKey& ak, const std::string& dir,
                                                      const std::string& host_name, CaResidency residency,
-                                                     const MasterKey& master_key, const PcrSelection& quote_pcrs) {
+                                                     const MasterKey& master_key, const PcrSelection& quote_pcrs,
+                                                     const CertificateLifetimes& lifetimes) {
   std::unique_ptr<HostCa> id(new HostCa(ak));
   id->residency_ = residency;
+  id->lifetimes_ = lifetimes;
   const bool has_tpm_key = PathExists(BoundKeyPath(dir, "ca-key")) || PathExists(LegacyKeyPath(dir, "ca-key"));
   const bool has_sealed_key = PathExists(dir + "/ca-key.sealed");
   if ((residency == CaResidency::kTpm && has_sealed_key) || (residency == CaResidency::kSealed && has_tpm_key)) {
@@ -80,6 +91,16 @@ Result<std::unique_ptr<HostCa>> HostCa::LoadOrCreate(HostAttestationKey& ak, con
   const std::string cert_path = dir + "/ca.pem";
   if (PathExists(cert_path)) {
     VTM_RETURN_IF_ERROR(id->LoadCertificate(cert_path));
+    if (const std::time_t end = id->ca_not_after(); end != 0) {
+      const std::time_t left = end - std::time(nullptr);
+      if (left <= 0) {
+        LOG_ERROR << "the host CA certificate " << cert_path << " expired at " << FormatUtc(end)
+                  << ": vtmd refuses to issue certificates until a renewed one is installed (vtmctl ca csr, ca install)";
+      } else if (left < std::time_t{30} * 24 * 3600) {
+        LOG_WARNING << "the host CA certificate " << cert_path << " expires at " << FormatUtc(end) << ", in "
+                    << left / (24 * 3600) << " days: install a renewed one (vtmctl ca csr, ca install)";
+      }
+    }
     return id;
   }
   ca::CertifyEvidence evidence;  // none in the sealed residency: the quote binds the key instead
@@ -89,7 +110,7 @@ Result<std::unique_ptr<HostCa>> HostCa::LoadOrCreate(HostAttestationKey& ak, con
   ca::CaCertRequest req;
   req.common_name = CaCommonName(host_name, id->ak_);
   req.serial = RandomSerial();
-  req.validity.not_before = std::time(nullptr) - 60;
+  req.validity = ValidityFromNow(lifetimes.ca_days);
   req.evidence = std::move(evidence);
   VTM_ASSIGN_OR_RETURN(id->ca_cert_der_, ca::CreateSelfSignedCaCertificate(*id->signer_, req));
   VTM_RETURN_IF_ERROR(WriteFileAtomic(cert_path, ca::DerToPem(id->ca_cert_der_), 0644));
@@ -183,6 +204,27 @@ Result<ca::CertifyEvidence> HostCa::CertifyCaKey() {
   return ev;
 }
 
+std::time_t HostCa::ca_not_after() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto info = ca::ParseCertificate(ca_cert_der_);
+  return info.ok() ? info->not_after : 0;
+}
+
+Result<ca::Validity> HostCa::NewCertificateValidity() const {
+  ca::Validity v = ValidityFromNow(lifetimes_.vtpm_days);
+  const std::time_t ca_end = ca_not_after();
+  if (ca_end != 0 && ca_end <= v.not_before + 60) {
+    return Error(ErrorCode::kFailedPrecondition,
+                 "the host CA certificate expired at " + FormatUtc(ca_end) +
+                     "; nothing it signs would verify. Install a renewed certificate for the CA key "
+                     "(vtmctl ca csr, then vtmctl ca install CERT [CHAIN])");
+  }
+  // A certificate that outlives its issuer's only fails later, in a relying party: end it
+  // with the CA certificate.
+  if (ca_end != 0 && (v.not_after == 0 || v.not_after > ca_end)) v.not_after = ca_end;
+  return v;
+}
+
 std::string HostCa::ca_certificate() const {
   std::lock_guard<std::mutex> lock(mu_);
   return ca_cert_der_;
@@ -233,6 +275,9 @@ Status HostCa::InstallCertificate(const std::string& cert_pem, const std::string
                  "the certificate is for another key, not this host's CA key (subject " + info.subject + ")");
   }
   if (!info.is_ca) return Error(ErrorCode::kInvalidArgument, "the certificate is not a CA certificate (basicConstraints)");
+  if (info.not_after != 0 && info.not_after <= std::time(nullptr)) {
+    return Error(ErrorCode::kInvalidArgument, "the certificate expired at " + FormatUtc(info.not_after));
+  }
   std::string chain_der;
   if (!chain_pem.empty()) {
     auto chain = ca::CertificateToDer(chain_pem);

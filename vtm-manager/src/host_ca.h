@@ -50,6 +50,13 @@ class TpmSigner : public ca::Signer {
 enum class CaResidency { kTpm, kSealed };
 Result<CaResidency> ParseCaResidency(const std::string& text);
 
+// How long what the host CA signs is valid, in days from issuance; 0: no expiry
+// (notAfter 99991231235959Z, RFC 5280 4.1.2.5, the TCG EK profile's usual choice).
+struct CertificateLifetimes {
+  uint32_t ca_days = 0;    // the host CA's self-signed certificate (set when it is created)
+  uint32_t vtpm_days = 0;  // every vTPM EK/AK/IK certificate (and swtpm_setup's EK certificates)
+};
+
 class HostCa {
  public:
   // Loads the host CA from dir, creating what is missing (CA key, self-signed CA certificate).
@@ -58,7 +65,8 @@ class HostCa {
   // CA key cannot move between residencies).
   static Result<std::unique_ptr<HostCa>> LoadOrCreate(HostAttestationKey& ak, const std::string& dir,
                                                       const std::string& host_name, CaResidency residency,
-                                                      const MasterKey& master_key, const PcrSelection& quote_pcrs);
+                                                      const MasterKey& master_key, const PcrSelection& quote_pcrs,
+                                                      const CertificateLifetimes& lifetimes = {});
   ~HostCa();
   HostCa(const HostCa&) = delete;
   HostCa& operator=(const HostCa&) = delete;
@@ -66,6 +74,13 @@ class HostCa {
   CaResidency residency() const { return residency_; }
   // Sealed residency: the host AK's quote binding the CA public key (empty in `tpm`).
   const TpmAttestation& ca_key_quote() const { return ca_quote_; }
+
+  // The validity of a certificate issued now: from a minute ago (clock skew) to
+  // lifetimes.vtpm_days ahead, or no expiry, but never beyond the CA certificate's notAfter;
+  // kFailedPrecondition once the CA certificate has expired.
+  Result<ca::Validity> NewCertificateValidity() const;
+  // The host CA certificate's notAfter (seconds since the epoch; 0 if it does not expire).
+  std::time_t ca_not_after() const;
 
   // The CA key as a Signer.
   ca::Signer& ca_signer() { return *signer_; }
@@ -99,6 +114,7 @@ class HostCa {
   std::string dir_;
   std::string host_name_;
   CaResidency residency_ = CaResidency::kTpm;
+  CertificateLifetimes lifetimes_;
   TpmKey ca_key_;  // `tpm` residency: kept loaded; flushed through the executor on destruction
   TpmAttestation ca_quote_;
   TpmKeyPublic ca_public_;

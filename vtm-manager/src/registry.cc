@@ -4,6 +4,7 @@
 #include <ctime>
 
 #include "vtm/secret.h"
+#include "vtm/utc.h"
 
 namespace vtm {
 namespace {
@@ -19,15 +20,6 @@ constexpr StateName kStateNames[] = {
     {VmState::kStopping, "stopping"},       {VmState::kStopped, "stopped"},   {VmState::kDeleting, "deleting"},
     {VmState::kFailed, "failed"},  {VmState::kMigratingOut, "migrating-out"}, {VmState::kIncoming, "incoming"},
 };
-
-std::string NowUtc() {
-  std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 Error SqlError(sqlite3* db, const std::string& what) {
   return Error(ErrorCode::kIo, "registry: " + what + ": " + sqlite3_errmsg(db));

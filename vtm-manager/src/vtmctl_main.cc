@@ -555,6 +555,7 @@ int Run(int argc, char** argv) {
       any = true;
       if (kind_filter.empty()) {
         std::cout << "# " << c.kind() << " serial " << c.serial() << " NV 0x" << std::hex << c.nv_index() << std::dec
+                  << (c.not_after().empty() ? "" : " expires " + c.not_after())
                   << (c.revoked_at().empty() ? "" : " REVOKED " + c.revoked_at()) << "\n";
       }
       std::cout << c.pem();

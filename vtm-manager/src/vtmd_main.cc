@@ -75,6 +75,10 @@ Runs the vTPM manager daemon. Options may also be given in a config file as
   --ca-residency MODE      tpm: the CA key that signs vTPM certificates lives inside the host
                            TPM (default); sealed: a software key wrapped by the master key and
                            bound to the host AK by one quote, for hosts whose TPM signs slowly
+  --ca-cert-days N         validity of the self-signed host CA certificate, set when it is
+                           created (default 0: no expiry)
+  --cert-days N            validity of every vTPM certificate (EK, AK, IK) issued from now on,
+                           never beyond the CA certificate's (default 0: no expiry, RFC 5280)
   --measure-pcr N          host PCR (sha256 bank) vtmd extends its own start and every
                            instance launch into, with a replayable log in the state dir
                            (default 13; see docs/attestation.md for why)
@@ -116,6 +120,8 @@ struct Options {
   uint32_t uid_count = 65536;
   std::string log_level = "info";
   std::string ca_residency = "tpm";
+  uint32_t ca_cert_days = 0;
+  uint32_t cert_days = 0;
   uint32_t measure_pcr = 13;
   std::string attest_pcrs;  // empty: the default above
   uint32_t attest_batch_window_us = 2000;
@@ -143,6 +149,8 @@ std::string CanonicalConfig(const Options& o) {
       << "instance-uid-base = " << o.uid_base << "\n"
       << "instance-uid-count = " << o.uid_count << "\n"
       << "ca-residency = " << o.ca_residency << "\n"
+      << "ca-cert-days = " << o.ca_cert_days << "\n"
+      << "cert-days = " << o.cert_days << "\n"
       << "measure-pcr = " << o.measure_pcr << "\n"
       << "attest-pcrs = " << o.attest_pcrs << "\n"
       << "attest-batch-window-us = " << o.attest_batch_window_us << "\n"
@@ -157,16 +165,19 @@ std::string CanonicalConfig(const Options& o) {
   return out.str();
 }
 
+constexpr unsigned long kMaxCertDays = 36500;  // a hundred years; beyond, say 0 (no expiry)
+
 Status Apply(Options* o, const std::string& name, const std::string& value) {
-  auto number = [&](uint32_t* out) -> Status {
+  auto number = [&](uint32_t* out, unsigned long max = 0xFFFFFFFFul) -> Status {
     try {
       size_t used = 0;
       unsigned long v = std::stoul(value, &used);
-      if (used != value.size() || v > 0xFFFFFFFFul) throw std::out_of_range(value);
+      if (used != value.size() || v > max) throw std::out_of_range(value);
       *out = static_cast<uint32_t>(v);
       return OkStatus();
     } catch (const std::exception&) {
-      return Error(ErrorCode::kInvalidArgument, "--" + name + " needs a number, not '" + value + "'");
+      return Error(ErrorCode::kInvalidArgument,
+                   "--" + name + " needs a number up to " + std::to_string(max) + ", not '" + value + "'");
     }
   };
   if (name == "state-dir") o->state_dir = value;
@@ -182,6 +193,8 @@ Status Apply(Options* o, const std::string& name, const std::string& value) {
   else if (name == "instance-uid-count") return number(&o->uid_count);
   else if (name == "log-level") o->log_level = value;
   else if (name == "ca-residency") o->ca_residency = value;
+  else if (name == "ca-cert-days") return number(&o->ca_cert_days, kMaxCertDays);
+  else if (name == "cert-days") return number(&o->cert_days, kMaxCertDays);
   else if (name == "measure-pcr") return number(&o->measure_pcr);
   else if (name == "attest-pcrs") o->attest_pcrs = value;
   else if (name == "attest-batch-window-us") return number(&o->attest_batch_window_us);
@@ -420,7 +433,8 @@ int Run(int argc, char** argv) {
   if (!ak_auth.ok()) return fatal(ak_auth.error());
   auto host_ak = HostAttestationKey::LoadOrCreate(host_tpm, identity_dir, *ak_auth);
   if (!host_ak.ok()) return fatal(std::move(host_ak).error().Context("loading the host attestation key"));
-  auto host_ca = HostCa::LoadOrCreate(**host_ak, identity_dir, hostname, *residency, *master, *pcrs);
+  auto host_ca = HostCa::LoadOrCreate(**host_ak, identity_dir, hostname, *residency, *master, *pcrs,
+                                      CertificateLifetimes{opts.ca_cert_days, opts.cert_days});
   if (!host_ca.ok()) return fatal(std::move(host_ca).error().Context("loading the host CA"));
   SwtpmProvisioner provisioner(host_tpm, **host_ca, **registry);
 

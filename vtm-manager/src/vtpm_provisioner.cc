@@ -3,10 +3,10 @@
 
 #include <openssl/crypto.h>
 
-#include <ctime>
 
 #include "vtm/crash_point.h"
 #include "vtm/log.h"
+#include "vtm/utc.h"
 #include "vtm/x509.h"
 
 namespace vtm {
@@ -37,12 +37,14 @@ void ToApiCertificate(const CertRecord& c, api::Certificate* out) {
   out->set_pem(ca::DerToPem(c.der));
   out->set_nv_index(NvIndexOfCertKind(c.kind));
   out->set_revoked_at(c.revoked_at);
+  if (auto info = ca::ParseCertificate(c.der); info.ok() && info->not_after != 0) {
+    out->set_not_after(FormatUtc(info->not_after));
+  }
 }
 
 Result<std::vector<CertRecord>> IssueVtpmCertificates(HostCa& host_ca, Registry& registry, const std::string& vm_uuid,
                                                       const std::string& service, const VtpmSpkis& spkis) {
-  ca::Validity validity;
-  validity.not_before = std::time(nullptr) - 60;
+  VTM_ASSIGN_OR_RETURN(const ca::Validity validity, host_ca.NewCertificateValidity());
   std::vector<CertRecord> certs;
   for (bool rsa : {false, true}) {
     ca::EkCertRequest req;

@@ -141,6 +141,7 @@ struct CertificateInfo {
   std::string spki_der;
   bool is_ca = false;
   std::vector<std::string> uris;  // URI SANs
+  std::time_t not_after = 0;      // 0: 99991231235959Z, no well-defined expiration
 };
 // Accepts DER or PEM (the first CERTIFICATE block); kInvalidArgument with a clear message
 // for anything else.
