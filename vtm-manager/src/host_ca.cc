@@ -8,6 +8,7 @@
 #include <ctime>
 #include <utility>
 
+#include "vtm/crash_point.h"
 #include "vtm/fs.h"
 #include "vtm/hex.h"
 #include "vtm/log.h"
@@ -153,9 +154,18 @@ Status HostCa::LoadCertificate(const std::string& cert_path) {
     return std::move(evidence).error().Context(cert_path);
   }
   ca_cert_der_ = *der;
-  if (PathExists(dir_ + "/ca-chain.pem")) {
-    VTM_ASSIGN_OR_RETURN(std::string chain_pem, ReadFile(dir_ + "/ca-chain.pem"));
-    VTM_ASSIGN_OR_RETURN(chain_der_, ca::CertificateToDer(chain_pem));
+  // The chain counts only if it issued the certificate: an installation cut short between its
+  // two files (see InstallCertificate) leaves a chain that does not, and it is ignored.
+  const std::string chain_path = dir_ + "/ca-chain.pem";
+  if (PathExists(chain_path)) {
+    VTM_ASSIGN_OR_RETURN(std::string chain_pem, ReadFile(chain_path));
+    VTM_ASSIGN_OR_RETURN(std::string chain_der, ca::CertificateToDer(chain_pem));
+    if (ca::VerifySignedBy(ca_cert_der_, chain_der).ok()) {
+      chain_der_ = std::move(chain_der);
+    } else {
+      LOG_WARNING << chain_path << " did not issue " << cert_path << " and is ignored (an interrupted `vtmctl ca "
+                  << "install`? install the certificate and its chain again)";
+    }
   }
   return OkStatus();
 }
@@ -287,8 +297,15 @@ Status HostCa::InstallCertificate(const std::string& cert_pem, const std::string
     }
     chain_der = *chain;
   }
+  // Two files, each replaced atomically; a crash between them leaves a chain that did not issue
+  // the certificate beside it, which LoadCertificate ignores: the chain first, so that the new
+  // certificate never appears without it.
+  const std::string chain_path = dir_ + "/ca-chain.pem";
+  if (!chain_der.empty()) VTM_RETURN_IF_ERROR(WriteFileAtomic(chain_path, ca::DerToPem(chain_der), 0644));
+  CrashPoint("ca.install.chain-written");
   VTM_RETURN_IF_ERROR(WriteFileAtomic(dir_ + "/ca.pem", ca::DerToPem(*der), 0644));
-  if (!chain_der.empty()) VTM_RETURN_IF_ERROR(WriteFileAtomic(dir_ + "/ca-chain.pem", ca::DerToPem(chain_der), 0644));
+  CrashPoint("ca.install.certificate-written");
+  if (chain_der.empty() && PathExists(chain_path)) VTM_RETURN_IF_ERROR(RemoveTree(chain_path));
   std::lock_guard<std::mutex> lock(mu_);
   ca_cert_der_ = *der;
   chain_der_ = chain_der;
