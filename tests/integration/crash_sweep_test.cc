@@ -1,5 +1,5 @@
 // Crash consistency, swept (issue 10): vtmd is SIGKILLed at every crash point one lifecycle
-// (create, start, stop, delete) passes — the points are enumerated by a traced run of that
+// (create, renew-certs, start, stop, delete) passes — the points are enumerated by a traced run of that
 // lifecycle (VTM_CRASH_TRACE), not listed by hand — and after each crash a restarted vtmd must
 // hold the invariants: it starts without help; the VM is either gone or in a resting state;
 // registry and state directory agree; at most one instance, and one exactly when the VM is
@@ -27,10 +27,15 @@ namespace {
 constexpr const char* kUuid = "5a0c3e1d-7b2f-4c8e-9d6a-1f2e3d4c5b6a";
 
 // The lifecycle; stops at the first command that fails (the crash). Returns how many succeeded.
+constexpr int kLifecycleSteps = 5;
 int Lifecycle(VtmdFixture& f) {
   int done = 0;
   for (const std::vector<std::string>& cmd : std::vector<std::vector<std::string>>{
-           {"create", "--uuid", kUuid, "--name", "sweep"}, {"start", "sweep"}, {"stop", "sweep"}, {"delete", "sweep"}}) {
+           {"create", "--uuid", kUuid, "--name", "sweep"},
+           {"renew-certs", "sweep"},
+           {"start", "sweep"},
+           {"stop", "sweep"},
+           {"delete", "sweep"}}) {
     if (f.Vtmctl(cmd).exit_code != 0) break;
     ++done;
   }
@@ -116,7 +121,7 @@ TEST(CrashSweepTest, EveryCrashPointOfTheLifecycleRecovers) {
     const std::string trace = t.path() + "/trace";
     f.SetVtmdEnvironment({"VTM_CRASH_TRACE=" + trace});
     ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
-    ASSERT_EQ(Lifecycle(f), 4) << f.VtmdLog();
+    ASSERT_EQ(Lifecycle(f), kLifecycleSteps) << f.VtmdLog();
     auto text = ReadFile(trace);
     ASSERT_TRUE(text.ok()) << "no crash point was traced";
     std::istringstream in(*text);
@@ -132,7 +137,7 @@ TEST(CrashSweepTest, EveryCrashPointOfTheLifecycleRecovers) {
     VtmdFixture f;
     f.SetVtmdEnvironment({"VTM_CRASH_AT=" + point});
     ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
-    EXPECT_LT(Lifecycle(f), 4) << "the lifecycle did not reach " << point;
+    EXPECT_LT(Lifecycle(f), kLifecycleSteps) << "the lifecycle did not reach " << point;
     const int st = f.WaitVtmdExit();
     ASSERT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << point << ": " << DescribeWaitStatus(st);
     f.SetVtmdEnvironment({});

@@ -7,6 +7,7 @@
 
 #include <ctime>
 #include <fstream>
+#include <future>
 #include <map>
 #include <regex>
 #include <set>
@@ -480,6 +481,85 @@ TEST(IdentityValidityTest, OperatorSetValidityIsWhatOpensslSees) {
     EXPECT_TRUE(valid_in(p("long-" + kind + ".pem"), 399)) << kind;
     EXPECT_FALSE(valid_in(p("long-" + kind + ".pem"), 401)) << kind;
   }
+}
+
+// Renewal (docs/operator-guide.md, "Identities and certificates"): the host CA certifies the
+// same vTPM keys anew with the validity configured now; the old certificates are revoked in
+// the CRL, and the new ones are written into the vTPM's NV at its next start. Two renewals at
+// once leave exactly one valid set.
+TEST(IdentityValidityTest, RenewalCertifiesTheSameKeysAnewAndRevokesTheOld) {
+  VtmdFixture f;
+  TempDir dir;
+  auto p = [&](const std::string& n) { return dir.path() + "/" + n; };
+  auto pubkey = [&](const std::string& pem_path) {
+    return RunCommand({"openssl", "x509", "-noout", "-pubkey", "-in", pem_path}).output;
+  };
+  ASSERT_TRUE(f.StartVtmd({"--cert-days", "30"})) << f.VtmdLog();
+  ASSERT_EQ(f.Vtmctl({"create", "--name", "r1", "--service", "db"}).exit_code, 0) << f.VtmdLog();
+  WriteText(p("ca.pem"), f.Vtmctl({"ca", "show"}).output);
+  auto old_certs = SplitCerts(f.Vtmctl({"certs", "r1"}).output);
+  ASSERT_EQ(old_certs.size(), 4u);
+  for (auto& [kind, pem] : old_certs) WriteText(p("old-" + kind + ".pem"), pem);
+
+  EXPECT_EQ(f.Vtmctl({"renew-certs", "no-such-vm"}).exit_code, 3);
+  f.StopVtmd();
+  ASSERT_TRUE(f.StartVtmd({"--cert-days", "60"})) << f.VtmdLog();
+  auto renewed = f.Vtmctl({"renew-certs", "r1"});
+  ASSERT_EQ(renewed.exit_code, 0) << renewed.output << f.VtmdLog();
+  EXPECT_NE(renewed.output.find("renewed ik serial "), std::string::npos) << renewed.output;
+
+  auto listed = f.Vtmctl({"certs", "r1"});
+  EXPECT_EQ(std::regex_search(listed.output, std::regex("REVOKED")), true) << listed.output;
+  // --kind picks the valid certificate of each kind.
+  WriteText(p("crl.pem"), f.Vtmctl({"ca", "crl"}).output);
+  for (const char* kind : {"ek-ecc", "ek-rsa", "ak", "ik"}) {
+    auto now = f.Vtmctl({"certs", "r1", "--kind", kind});
+    ASSERT_EQ(now.exit_code, 0) << now.output;
+    const std::string fresh = p(std::string("new-") + kind + ".pem"), old = p(std::string("old-") + kind + ".pem");
+    WriteText(fresh, now.output);
+    EXPECT_EQ(pubkey(fresh), pubkey(old)) << kind << ": renewal must certify the same key";
+    EXPECT_NE(*ReadFile(fresh), *ReadFile(old)) << kind;
+    EXPECT_EQ(RunCommand({"openssl", "x509", "-noout", "-checkend", std::to_string(59 * 24 * 3600), "-in", fresh})
+                  .exit_code,
+              0)
+        << kind;
+    EXPECT_EQ(RunCommand({"openssl", "verify", "-crl_check", "-CRLfile", p("crl.pem"), "-CAfile", p("ca.pem"), fresh})
+                  .exit_code,
+              0)
+        << kind;
+    auto revoked =
+        RunCommand({"openssl", "verify", "-crl_check", "-CRLfile", p("crl.pem"), "-CAfile", p("ca.pem"), old});
+    EXPECT_NE(revoked.exit_code, 0) << kind;
+    EXPECT_NE(revoked.output.find("certificate revoked"), std::string::npos) << revoked.output;
+  }
+
+  // Two renewals at once: each succeeds or is refused cleanly while the other owns the VM;
+  // one valid set remains.
+  auto r1 = std::async(std::launch::async, [&] { return f.Vtmctl({"renew-certs", "r1"}); });
+  auto r2 = std::async(std::launch::async, [&] { return f.Vtmctl({"renew-certs", "r1"}); });
+  int succeeded = 0;
+  for (auto* r : {&r1, &r2}) {
+    auto out = r->get();
+    if (out.exit_code == 0) {
+      ++succeeded;
+    } else {
+      EXPECT_NE(out.output.find("another operation on the vTPM of VM"), std::string::npos) << out.output;
+    }
+  }
+  EXPECT_GE(succeeded, 1);
+  auto after = f.Vtmctl({"certs", "r1"}).output;
+  size_t valid = 0;
+  std::istringstream in(after);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("# ", 0) == 0 && line.find("REVOKED") == std::string::npos) ++valid;
+  }
+  EXPECT_EQ(valid, 4u) << after;
+
+  // The next start writes the renewed certificates into the vTPM's NV.
+  ASSERT_EQ(f.Vtmctl({"start", "r1"}).exit_code, 0) << f.VtmdLog();
+  EXPECT_NE(f.VtmdLog().find("wrote 4 certificates of this host's CA into its vTPM's NV"), std::string::npos)
+      << f.VtmdLog();
+  ASSERT_EQ(f.Vtmctl({"stop", "r1"}).exit_code, 0);
 }
 
 // The auth value vtmd derives for one of its host keys, from its sealed master key (vtmd's

@@ -65,6 +65,7 @@ Result<api::Request> ParseRequest(const std::string& bytes) {
       if (!req.create().service().empty()) VTM_RETURN_IF_ERROR(ValidateVmName(req.create().service()));
       break;
     case api::Request::kCerts: VTM_RETURN_IF_ERROR(CheckVmRef(req.certs().uuid())); break;
+    case api::Request::kRenewCerts: VTM_RETURN_IF_ERROR(CheckVmRef(req.renew_certs().uuid())); break;
     case api::Request::kCaInstall:
       if (req.ca_install().certificate_pem().empty()) {
         return Error(ErrorCode::kInvalidArgument, "ca install needs the certificate issued by the fleet CA");
@@ -286,8 +287,10 @@ api::Response ApiService::Handle(const api::Request& req, const ApiCaller& calle
     case api::Request::kCreate:
       one(manager_.Create(req.create().uuid(), req.create().name(), req.create().service()));
       break;
-    case api::Request::kCerts: {
-      auto certs = manager_.Certificates(req.certs().uuid());
+    case api::Request::kCerts:
+    case api::Request::kRenewCerts: {
+      auto certs = req.has_renew_certs() ? manager_.RenewCertificates(req.renew_certs().uuid())
+                                         : manager_.Certificates(req.certs().uuid());
       if (!certs.ok()) {
         fail(certs.error());
         break;

@@ -442,6 +442,25 @@ Result<std::vector<CertRecord>> Manager::Certificates(const std::string& vm) {
   return registry_.CertificatesOf(rec.uuid);
 }
 
+Result<std::vector<CertRecord>> Manager::RenewCertificates(const std::string& vm) {
+  if (provisioner_ == nullptr) return Error(ErrorCode::kFailedPrecondition, "this vtmd creates vTPMs without identity");
+  VTM_ASSIGN_OR_RETURN(OwnedVm owned, ClaimVm(vm));
+  const VmRecord& rec = owned.record;
+  if (rec.state != VmState::kProvisioned && rec.state != VmState::kStopped && rec.state != VmState::kRunning &&
+      rec.state != VmState::kFailed) {
+    return Error(ErrorCode::kFailedPrecondition, "the vTPM of VM " + rec.uuid + " is " + VmStateName(rec.state) +
+                                                     "; its certificates can be renewed once it is at rest or running");
+  }
+  VTM_ASSIGN_OR_RETURN(std::vector<CertRecord> issued, provisioner_->Reissue(rec));
+  CrashPoint("renew.issued");
+  std::set<uint64_t> keep;
+  for (const auto& c : issued) keep.insert(c.serial);
+  VTM_RETURN_IF_ERROR(registry_.SupersedeCertificates(rec.uuid, keep));
+  LOG_INFO << "VM " << rec.uuid << ": " << issued.size() << " certificates renewed, the old ones revoked; the new ones "
+           << "reach the vTPM's NV at its next start";
+  return issued;
+}
+
 Result<std::vector<VmRecord>> Manager::List() { return registry_.List(); }
 
 Result<VmRecord> Manager::Show(const std::string& vm) { return registry_.Get(vm); }

@@ -60,6 +60,9 @@ class VtpmProvisioner {
   // that arrived by migration and was re-certified by this host's CA.
   virtual Status WriteCertificates(const VmRecord& vm, const VmPaths& paths, const SecretBytes& state_key,
                                    const SecretBytes& migration_key, const std::vector<CertRecord>& certs) = 0;
+  // Has this host's CA certify the keys of vm's valid certificates anew (recorded, not yet
+  // superseding the old ones).
+  virtual Result<std::vector<CertRecord>> Reissue(const VmRecord& vm) = 0;
 };
 
 // The VM's two keys in clear (in memory only), e.g. to seal them to a migration destination.
@@ -118,6 +121,10 @@ class Manager {
   Result<std::vector<VmRecord>> List();
   Result<VmRecord> Show(const std::string& vm);
   Result<std::vector<CertRecord>> Certificates(const std::string& vm);
+  // Certificate renewal: the host CA certifies the vTPM's keys anew (today's validity and CA),
+  // the old certificates are revoked and the new ones reach the vTPM's NV at its next start
+  // (at once if it is not running). Refused for a VM without identity or one that is moving.
+  Result<std::vector<CertRecord>> RenewCertificates(const std::string& vm);
 
   // At start-up: adopts instances that survived a vtmd restart, marks dead ones failed,
   // and completes interrupted deletions.

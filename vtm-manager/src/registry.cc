@@ -404,6 +404,32 @@ Status Registry::SetNvCertificatesPending(const std::string& uuid, bool pending)
   return OkStatus();
 }
 
+Status Registry::SupersedeCertificates(const std::string& uuid, const std::set<uint64_t>& keep) {
+  MutexLock lock(mu_);
+  Txn txn(db_);
+  if (!txn.ok()) return SqlError(db_, "beginning a transaction");
+  Stmt valid(db_, "SELECT serial FROM certificates WHERE vm_uuid=?1 AND revoked_at=''");
+  valid.Text(1, uuid);
+  std::vector<uint64_t> old;
+  for (int rc; (rc = sqlite3_step(valid.get())) != SQLITE_DONE;) {
+    if (rc != SQLITE_ROW) return SqlError(db_, "reading the certificates of VM " + uuid);
+    const auto serial = static_cast<uint64_t>(valid.ColInt(0));
+    if (!keep.count(serial)) old.push_back(serial);
+  }
+  for (uint64_t serial : old) {
+    Stmt up(db_, "UPDATE certificates SET revoked_at=?1, revoked_unix=?2 WHERE serial=?3");
+    up.Text(1, NowUtc());
+    up.Int(2, static_cast<int64_t>(std::time(nullptr)));
+    up.Int(3, static_cast<int64_t>(serial));
+    if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "revoking a certificate of VM " + uuid);
+  }
+  Stmt pending(db_, "UPDATE vms SET nv_certificates_pending=1 WHERE uuid=?1");
+  pending.Text(1, uuid);
+  if (sqlite3_step(pending.get()) != SQLITE_DONE) return SqlError(db_, "recording the NV certificates of VM " + uuid);
+  if (sqlite3_changes(db_) != 1) return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid + "'");
+  return txn.Commit();
+}
+
 Result<std::vector<MigrationRecord>> Registry::QueryMigrations(const std::string& where,
                                                                const std::vector<std::string>& args) {
   Stmt q(db_, std::string("SELECT ") + kMigrationColumns + " FROM migrations " + where);

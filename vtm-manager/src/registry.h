@@ -147,6 +147,9 @@ class Registry {
   Status Remove(const std::string& uuid, uint64_t expected_generation,
                 const std::optional<Tombstone>& tombstone = std::nullopt);
   Status SetNvCertificatesPending(const std::string& uuid, bool pending);
+  // Renewal, in one transaction: revokes every valid certificate of uuid whose serial is not in
+  // keep (the ones just issued) and marks the new ones pending for the vTPM's NV.
+  Status SupersedeCertificates(const std::string& uuid, const std::set<uint64_t>& keep);
 
   // Migrations.
   Status InsertMigration(MigrationRecord* record);  // fills timestamps; kAlreadyExists for a used ID

@@ -50,4 +50,25 @@ Status SwtpmProvisioner::WriteCertificates(const VmRecord& vm, const VmPaths& pa
   return OkStatus();
 }
 
+Result<std::vector<CertRecord>> SwtpmProvisioner::Reissue(const VmRecord& vm) {
+  VTM_ASSIGN_OR_RETURN(auto certs, registry_.CertificatesOf(vm.uuid));
+  VtpmSpkis spkis;
+  for (const auto& c : certs) {
+    if (!c.revoked_at.empty()) continue;
+    std::string* spki = c.kind == "ek-ecc" ? &spkis.ek_ecc
+                        : c.kind == "ek-rsa" ? &spkis.ek_rsa
+                        : c.kind == "ak"     ? &spkis.ak
+                        : c.kind == "ik"     ? &spkis.ik
+                                             : nullptr;
+    if (spki == nullptr) continue;
+    VTM_ASSIGN_OR_RETURN(ca::CertificateInfo info, ca::ParseCertificate(c.der));
+    *spki = std::move(info.spki_der);
+  }
+  if (spkis.ek_ecc.empty() || spkis.ek_rsa.empty() || spkis.ak.empty() || spkis.ik.empty()) {
+    return Error(ErrorCode::kFailedPrecondition,
+                 "VM " + vm.uuid + " has not a valid certificate of each kind (ek-ecc, ek-rsa, ak, ik) to renew");
+  }
+  return IssueVtpmCertificates(host_ca_, registry_, vm.uuid, vm.service, spkis);
+}
+
 }  // namespace vtm

@@ -16,6 +16,7 @@ class SwtpmProvisioner : public VtpmProvisioner {
                                             const SecretBytes& state_key, const SecretBytes& migration_key) override;
   Status WriteCertificates(const VmRecord& vm, const VmPaths& paths, const SecretBytes& state_key,
                            const SecretBytes& migration_key, const std::vector<CertRecord>& certs) override;
+  Result<std::vector<CertRecord>> Reissue(const VmRecord& vm) override;
 
  private:
   HostTpmExecutor& host_tpm_;

@@ -40,7 +40,10 @@ Commands:
   delete VM                            destroy the VM's vTPM state and keys (must be stopped)
   list                                 list all vTPMs
   show VM                              show one vTPM
-  certs VM [--kind ek-ecc|ek-rsa|ak|ik] print the VM's vTPM certificates (PEM)
+  certs VM [--kind ek-ecc|ek-rsa|ak|ik] print the VM's vTPM certificates (PEM; with --kind
+                                       only the valid one of that kind)
+  renew-certs VM                       new certificates for the vTPM's keys from the host CA
+                                       (its validity today); the old ones revoked
   host                                 show the host TPM and policy vtmd uses
   host reseal --pcr N=HEX [--pcr N=HEX ...]
                                        before a planned firmware update (root): seal a
@@ -464,6 +467,8 @@ int Run(int argc, char** argv) {
       std::cerr << "vtmctl host: use 'host' or 'host reseal --pcr N=HEX ...'\n";
       return kUsage_;
     }
+  } else if (cmd == "renew-certs") {
+    if (!need_vm(req.mutable_renew_certs())) return kUsage_;
   } else if (cmd == "certs") {
     if (args.size() == 4 && args[2] == "--kind") {
       kind_filter = args[3];
@@ -548,10 +553,17 @@ int Run(int argc, char** argv) {
   } else if (cmd == "delete") {
     std::cout << "deleted the vTPM of VM " << resp->vms(0).uuid()
               << " (state and keys destroyed, certificates revoked)\n";
+  } else if (cmd == "renew-certs") {
+    for (const auto& c : resp->certificates()) {
+      std::cout << "renewed " << c.kind() << " serial " << c.serial()
+                << (c.not_after().empty() ? "" : " expires " + c.not_after()) << "\n";
+    }
+    std::cout << "the old certificates are revoked (vtmctl ca crl); the new ones reach the vTPM's NV at its next start\n";
   } else if (cmd == "certs") {
     bool any = false;
     for (const auto& c : resp->certificates()) {
-      if (!kind_filter.empty() && c.kind() != kind_filter) continue;
+      // With --kind, the one certificate of that kind in use (a script's question).
+      if (!kind_filter.empty() && (c.kind() != kind_filter || !c.revoked_at().empty())) continue;
       any = true;
       if (kind_filter.empty()) {
         std::cout << "# " << c.kind() << " serial " << c.serial() << " NV 0x" << std::hex << c.nv_index() << std::dec
