@@ -74,21 +74,18 @@ Result<TpmKey> LoadOrCreateKeyFile(Tpm& tpm, const TpmKey& srk, KeyRole role, co
     VTM_RETURN_IF_ERROR(WriteFileAtomic(bound, EncodeTwoParts(old_blob.tpm2b_public, new_private), 0600));
     LOG_INFO << "bound the host key " << name << " to the master key: its auth value now derives from it ("
              << legacy << " -> " << bound << ")";
+  } else if (!PathExists(bound)) {
+    VTM_ASSIGN_OR_RETURN(TpmKeyBlob created_blob, tpm.CreateKey(srk, role, auth));
+    VTM_RETURN_IF_ERROR(
+        WriteFileAtomic(bound, EncodeTwoParts(created_blob.tpm2b_public, created_blob.tpm2b_private), 0600));
+    *created = true;
   }
-  if (PathExists(bound)) {
-    // An upgrade cut short leaves the unbound copy behind: it must not stay usable.
-    if (PathExists(legacy)) VTM_RETURN_IF_ERROR(RemoveTree(legacy));
-    VTM_ASSIGN_OR_RETURN(TpmKeyBlob blob, ReadKeyBlob(bound));
-    auto key = tpm.LoadKey(srk, blob);
-    if (!key.ok()) return std::move(key).error().Context("loading " + bound + " into the host TPM");
-    VTM_RETURN_IF_ERROR(tpm.SetKeyAuth(*key, auth));
-    return key;
-  }
-  VTM_ASSIGN_OR_RETURN(TpmKeyBlob blob, tpm.CreateKey(srk, role, auth));
-  VTM_RETURN_IF_ERROR(WriteFileAtomic(bound, EncodeTwoParts(blob.tpm2b_public, blob.tpm2b_private), 0600));
-  *created = true;
-  VTM_ASSIGN_OR_RETURN(TpmKey key, tpm.LoadKey(srk, blob));
-  VTM_RETURN_IF_ERROR(tpm.SetKeyAuth(key, auth));
+  // An upgrade cut short leaves the unbound copy behind: it must not stay usable.
+  if (PathExists(legacy)) VTM_RETURN_IF_ERROR(RemoveTree(legacy));
+  VTM_ASSIGN_OR_RETURN(TpmKeyBlob blob, ReadKeyBlob(bound));
+  auto key = tpm.LoadKey(srk, blob);
+  if (!key.ok()) return std::move(key).error().Context("loading " + bound + " into the host TPM");
+  VTM_RETURN_IF_ERROR(tpm.SetKeyAuth(*key, auth));
   return key;
 }
 
