@@ -1,6 +1,7 @@
 // Env::Default(): the host's files (vtm/fs.h), clocks and processes (vtm/subprocess.h).
 #include "vtm/env.h"
 
+#include <fcntl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -24,6 +25,12 @@ class PosixEnv final : public Env {
   }
   Status RenameDurably(const std::string& from, const std::string& to) override {
     return vtm::RenameDurably(from, to);
+  }
+  Status SyncDir(const std::string& path) override {
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd.valid()) return ErrnoError("opening directory " + path);
+    if (::fsync(fd.get()) != 0) return ErrnoError("syncing directory " + path);
+    return OkStatus();
   }
   Status RemoveTree(const std::string& path) override { return vtm::RemoveTree(path); }
   Status RemoveFile(const std::string& path) override {

@@ -96,6 +96,13 @@ Status FaultInjectionEnv::RenameDurably(const std::string& from, const std::stri
   return OkStatus();
 }
 
+Status FaultInjectionEnv::SyncDir(const std::string& path) {
+  if (auto e = Injected("SyncDir", path)) return *std::move(e);
+  VTM_RETURN_IF_ERROR(target()->SyncDir(path));
+  MarkSynced(path);
+  return OkStatus();
+}
+
 Status FaultInjectionEnv::RemoveTree(const std::string& path) {
   if (auto e = Injected("RemoveTree", path)) return *std::move(e);
   VTM_RETURN_IF_ERROR(target()->RemoveTree(path));

@@ -22,7 +22,7 @@ class FaultInjectionEnv : public EnvWrapper {
   explicit FaultInjectionEnv(Env* target = Env::Default()) : EnvWrapper(target) {}
 
   // The next `times` calls of operation `op` (the method's name: "MakeDir", "WriteFileAtomic",
-  // "RenameDurably", "RemoveTree", "RemoveFile", "ChangeOwner", "Spawn") whose path (argv[0]
+  // "RenameDurably", "SyncDir", "RemoveTree", "RemoveFile", "ChangeOwner", "Spawn") whose path (argv[0]
   // for Spawn) contains path_part fail with kIo and change nothing. times < 0: until
   // ClearFailures().
   void FailOperation(const std::string& op, const std::string& path_part, int times = -1) EXCLUDES(mu_);
@@ -42,6 +42,7 @@ class FaultInjectionEnv : public EnvWrapper {
                  std::optional<gid_t> gid = std::nullopt) override;
   Status WriteFileAtomic(const std::string& path, const std::string& data, mode_t mode) override;
   Status RenameDurably(const std::string& from, const std::string& to) override;
+  Status SyncDir(const std::string& path) override;
   Status RemoveTree(const std::string& path) override;
   Status RemoveFile(const std::string& path) override;
   Status ChangeOwner(const std::string& path, uid_t uid, gid_t gid) override;

@@ -1,7 +1,7 @@
 // Manager::Reconcile's recovery of a VM that vtmd left half-way (starting, stopping, deleting,
-// defined, or provisioned with its directories lost to a power cut), at unit speed: a temp
-// registry, a master key from bytes, no provisioner, and through the Env seam a shell stand-in
-// for vtm-instance (StandInInstanceEnv) and injected faults (FaultInjectionEnv). The same
+// defined, or provisioned with its state directory half made) and what a power cut keeps, at
+// unit speed: a temp registry, a master key from bytes, no provisioner, and through the Env
+// seam a shell stand-in for vtm-instance (StandInInstanceEnv) and injected faults (FaultInjectionEnv). The same
 // branches are reached end to end by tests/integration/crash_sweep_test.cc.
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -89,6 +89,9 @@ class ManagerRecoveryTest : public ::testing::Test {
   Status Restart() {
     manager_.reset();
     registry_.reset();
+    // The state directory exists before any VM (vtmd makes it at its first start, long before).
+    VTM_RETURN_IF_ERROR(env_.MakeDir(dir_.path() + "/state", 0711));
+    VTM_RETURN_IF_ERROR(env_.SyncDir(dir_.path()));
     auto registry = Registry::Open(dir_.path() + "/registry.db");
     if (!registry.ok()) return std::move(registry).error();
     registry_ = std::move(registry).value();
@@ -258,18 +261,15 @@ TEST_F(ManagerRecoveryTest, DefinedVmIsUndone) {
   EXPECT_EQ(CreateVm("caught-defined").state, VmState::kProvisioned);
 }
 
-// vtmd does not sync the directories it makes (Env::MakeDir): a power cut right after a create
-// can lose a provisioned VM's directories while the registry (SQLite, synchronous=FULL) keeps
-// the VM. Reconcile leaves it provisioned and Start makes its directories again.
-TEST_F(ManagerRecoveryTest, ProvisionedVmWhoseDirectoriesWereLostStartsAgain) {
-  VmRecord rec = CreateVm("lost-dirs");
+// A provisioned VM whose state directory is half there (its tpm and log directories gone, as an
+// earlier vtmd that did not sync the directories it made could leave them after a power cut):
+// Reconcile leaves it provisioned and Start makes its directories again.
+TEST_F(ManagerRecoveryTest, ProvisionedVmWithAHalfMadeStateDirectoryStartsAgain) {
+  VmRecord rec = CreateVm("half-made");
   const VmPaths paths = manager_->PathsFor(rec.uuid);
-  std::vector<std::string> unsynced = env_.UnsyncedDirectories();
-  EXPECT_NE(std::find(unsynced.begin(), unsynced.end(), paths.vm_dir), unsynced.end());
-
   manager_.reset();
-  ASSERT_TRUE(env_.DropUnsyncedData().ok());  // the power cut
-  ASSERT_FALSE(env_.PathExists(paths.vm_dir));
+  ASSERT_TRUE(env_.RemoveTree(paths.tpm_dir).ok());
+  ASSERT_TRUE(env_.RemoveTree(paths.log_dir).ok());
 
   ASSERT_TRUE(Restart().ok());
   EXPECT_EQ(Get(rec.uuid).state, VmState::kProvisioned);
@@ -279,6 +279,46 @@ TEST_F(ManagerRecoveryTest, ProvisionedVmWhoseDirectoriesWereLostStartsAgain) {
   EXPECT_TRUE(env_.PathExists(paths.log_dir + "/instance.log"));
   EXPECT_TRUE(manager_->Stop(rec.uuid, /*force=*/true).ok());
   EXPECT_TRUE(IsGone(static_cast<pid_t>(running.instance_pid)));
+}
+
+// A power cut right after a create keeps the VM's state directory: the registry row is synced
+// (SQLite), so the directory's name must be too, or the VM would be provisioned without it.
+TEST_F(ManagerRecoveryTest, CreatedVmKeepsItsStateDirectoryThroughAPowerCut) {
+  VmRecord rec = CreateVm("power-cut");
+  const VmPaths paths = manager_->PathsFor(rec.uuid);
+  for (const std::string& dir : env_.UnsyncedDirectories()) {
+    EXPECT_NE(dir.rfind(dir_.path() + "/state", 0), 0u) << dir << " would be lost by a power cut";
+  }
+  manager_.reset();
+  ASSERT_TRUE(env_.DropUnsyncedData().ok());  // the power cut
+  EXPECT_TRUE(env_.PathExists(paths.tpm_dir));
+  EXPECT_TRUE(env_.PathExists(paths.log_dir));
+}
+
+// The vTPM state a cold migration wrote is what the destination commits to; after the commit
+// the source destroys its copy. A power cut after the commit must not lose it here.
+TEST_F(ManagerRecoveryTest, ColdMigratedStateSurvivesAPowerCutAfterTheCommit) {
+  IncomingVm vm;
+  vm.uuid = "6f1c0a52-5a4e-4d2b-9f57-3c1f2d9b7e10";
+  vm.name = "arrives-cold";
+  vm.generation = 7;
+  vm.keys.state_key = SecretBytes(32);
+  vm.keys.migration_key = SecretBytes(32);
+  vm.state_files = {{"tpm2-00.permall", "permanent state"}, {"tpm2-00.volatilestate", "volatile"}};
+  vm.migration_id = "m-1";
+  auto received = manager_->ReceiveIncoming(vm);
+  ASSERT_TRUE(received.ok()) << received.error().ToString();
+  auto committed = manager_->CommitIncoming(vm.uuid, /*live=*/false);
+  ASSERT_TRUE(committed.ok()) << committed.error().ToString();
+  ASSERT_EQ(committed->state, VmState::kStopped);
+
+  manager_.reset();
+  ASSERT_TRUE(env_.DropUnsyncedData().ok());  // the power cut
+  ASSERT_TRUE(Restart().ok());
+  EXPECT_EQ(Get(vm.uuid).state, VmState::kStopped);
+  auto state = manager_->ReadTpmState(vm.uuid);
+  ASSERT_TRUE(state.ok()) << state.error().ToString();
+  EXPECT_EQ(*state, vm.state_files);
 }
 
 // A running VM whose instance survived the restart is adopted (watched, stoppable); one whose

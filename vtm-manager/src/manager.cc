@@ -396,7 +396,13 @@ Status Manager::MakeVmDirs(const VmPaths& paths, uint32_t uid) const {
   VTM_RETURN_IF_ERROR(env.MakeDir(config_.state_dir + "/vms", 0711, 0, 0));
   VTM_RETURN_IF_ERROR(env.MakeDir(paths.vm_dir, 0711, 0, 0));
   VTM_RETURN_IF_ERROR(env.MakeDir(paths.tpm_dir, 0700, uid, uid));
-  return env.MakeDir(paths.log_dir, 0700, uid, uid);
+  VTM_RETURN_IF_ERROR(env.MakeDir(paths.log_dir, 0700, uid, uid));
+  // The names just made must survive a power cut as the registry row does (SQLite syncs it):
+  // else a VM could be provisioned, or a cold migration committed, with its state directory
+  // gone. Files written into tpm_dir sync tpm_dir themselves (WriteFileAtomic; swtpm).
+  VTM_RETURN_IF_ERROR(env.SyncDir(config_.state_dir));
+  VTM_RETURN_IF_ERROR(env.SyncDir(config_.state_dir + "/vms"));
+  return env.SyncDir(paths.vm_dir);
 }
 
 Status Manager::CorrectSocketOwner(const VmRecord& rec) const {

@@ -8,7 +8,7 @@
 //                                   the call returns (the directory is fsync'd).
 //   MakeDir, RemoveTree, RemoveFile not synced: a crash may undo a directory made, or bring
 //                                   back what was removed, until its parent directory is synced
-//                                   (as the next WriteFileAtomic or RenameDurably into it does).
+//                                   (SyncDir, or a WriteFileAtomic or RenameDurably into it).
 //
 // What is not behind it: the registry (SQLite does its own I/O; docs/architecture.md says how
 // it is kept durable), the host TPM (HostTpm is its own seam), sockets and the instance's
@@ -49,6 +49,8 @@ class Env {
   // Temp file, fsync, rename over path, fsync of the directory.
   virtual Status WriteFileAtomic(const std::string& path, const std::string& data, mode_t mode) = 0;
   virtual Status RenameDurably(const std::string& from, const std::string& to) = 0;
+  // fsync of a directory: the names in it (files and directories made or removed) survive a crash.
+  virtual Status SyncDir(const std::string& path) = 0;
   // Removes path and everything below it; a missing path is not an error.
   virtual Status RemoveTree(const std::string& path) = 0;
   // Removes one file (or socket); a missing file is not an error.
@@ -93,6 +95,7 @@ class EnvWrapper : public Env {
   Status RenameDurably(const std::string& from, const std::string& to) override {
     return target_->RenameDurably(from, to);
   }
+  Status SyncDir(const std::string& path) override { return target_->SyncDir(path); }
   Status RemoveTree(const std::string& path) override { return target_->RemoveTree(path); }
   Status RemoveFile(const std::string& path) override { return target_->RemoveFile(path); }
   bool PathExists(const std::string& path) override { return target_->PathExists(path); }
