@@ -45,7 +45,9 @@ std::optional<Error> FaultInjectionEnv::Injected(const std::string& op, const st
     if (f.op != op || f.times == 0 || path.find(f.path_part) == std::string::npos) continue;
     if (f.times > 0) --f.times;
     ++injected_;
-    return Error(ErrorCode::kIo, op + " " + path + ": injected failure");
+    std::string message = op;
+    message.append(" ").append(path).append(": injected failure");
+    return Error(ErrorCode::kIo, std::move(message));
   }
   return std::nullopt;
 }

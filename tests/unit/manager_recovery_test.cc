@@ -348,8 +348,8 @@ TEST(FaultInjectionEnvTest, PowerCutDropsDirectoriesWhoseNamesWereNotSynced) {
   ASSERT_TRUE(env.MakeDir(root + "/half/deep", 0700).ok());
   ASSERT_TRUE(env.WriteFileAtomic(root + "/half/deep/file", "x", 0600).ok());  // syncs deep, not half
   ASSERT_TRUE(env.MakeDir(root + "/kept/child", 0700).ok());
-  ASSERT_TRUE(env.WriteFileAtomic(root + "/marker", "x", 0600).ok());  // syncs root: names half, kept
-  ASSERT_TRUE(env.MakeDir(root + "/late", 0700).ok());                // after the last sync of root
+  ASSERT_TRUE(env.WriteFileAtomic(root + "/marker", "x", 0600).ok());     // syncs root: names half, kept
+  ASSERT_TRUE(env.MakeDir(root + "/late", 0700).ok());                    // after the last sync of root
   ASSERT_TRUE(env.WriteFileAtomic(root + "/kept/file", "y", 0600).ok());  // syncs kept: names child
 
   ASSERT_TRUE(env.DropUnsyncedData().ok());

@@ -503,7 +503,9 @@ Result<std::map<std::string, std::string>> Manager::ReadTpmState(const std::stri
   if (!names.ok()) return std::move(names).error().Context("reading the vTPM state of VM " + uuid);
   for (const std::string& name : *names) {
     if (name.rfind("tpm2-", 0) != 0) continue;  // swtpm's state files; not its lock
-    VTM_ASSIGN_OR_RETURN(files[name], config_.env->ReadFile(dir + "/" + name));
+    std::string path = dir;
+    path.append("/").append(name);
+    VTM_ASSIGN_OR_RETURN(files[name], config_.env->ReadFile(path));
   }
   if (!files.count("tpm2-00.permall")) {
     return Error(ErrorCode::kFailedPrecondition, "the vTPM of VM " + uuid + " has no permanent state in " + dir);

@@ -3,7 +3,6 @@
 
 #include <openssl/crypto.h>
 
-
 #include "vtm/crash_point.h"
 #include "vtm/log.h"
 #include "vtm/x509.h"
@@ -124,10 +123,9 @@ Result<ProvisionedVtpm> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, Host
   }
 
   VTM_ASSIGN_OR_RETURN(std::vector<CertRecord> certs,
-                       IssueVtpmCertificates(host_ca, registry, vm_uuid, service,
-                                             VtpmSpkis{ek_ecc_pub.spki_der, ek_rsa_pub.spki_der, ak_pub.spki_der,
-                                                       ik_pub.spki_der},
-                                             env));
+                       IssueVtpmCertificates(
+                           host_ca, registry, vm_uuid, service,
+                           VtpmSpkis{ek_ecc_pub.spki_der, ek_rsa_pub.spki_der, ak_pub.spki_der, ik_pub.spki_der}, env));
   CrashPoint("create.provision-certificates-issued");
   // The IK certificate is only as good as the proof that the IK sits beside the AK.
   ca::CertifyEvidence ev{ik_pub.tpm2b_public, ik_certify.attest, ik_certify.signature, ak_pub.tpm2b_public};
