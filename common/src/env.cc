@@ -23,9 +23,7 @@ class PosixEnv final : public Env {
   Status WriteFileAtomic(const std::string& path, const std::string& data, mode_t mode) override {
     return vtm::WriteFileAtomic(path, data, mode);
   }
-  Status RenameDurably(const std::string& from, const std::string& to) override {
-    return vtm::RenameDurably(from, to);
-  }
+  Status RenameDurably(const std::string& from, const std::string& to) override { return vtm::RenameDurably(from, to); }
   Status SyncDir(const std::string& path) override {
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!fd.valid()) return ErrnoError("opening directory " + path);

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <thread>
 
@@ -100,7 +101,7 @@ class ManagerRecoveryTest : public ::testing::Test {
     config.run_dir = dir_.path() + "/run";
     config.ready_timeout = std::chrono::seconds(10);
     config.stop_grace = std::chrono::seconds(5);
-    config.env = &env_;
+    config.env = manager_env_;
     manager_ = std::make_unique<Manager>(config, *registry_, master_key_, dir_.path() + "/bin/vtm-instance",
                                          /*provisioner=*/nullptr);
     return manager_->Reconcile();
@@ -135,6 +136,7 @@ class ManagerRecoveryTest : public ::testing::Test {
   testing::TempDir dir_;
   StandInInstanceEnv stand_in_;
   FaultInjectionEnv env_;
+  Env* manager_env_ = &env_;  // what the Manager is built with
   MasterKey master_key_;
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<Manager> manager_;
@@ -338,6 +340,47 @@ TEST_F(ManagerRecoveryTest, RunningVmIsAdoptedOrMarkedFailed) {
   auto stopped = manager_->Stop(alive.uuid, /*force=*/true);
   ASSERT_TRUE(stopped.ok()) << stopped.error().ToString();
   EXPECT_TRUE(IsGone(static_cast<pid_t>(alive.instance_pid)));
+}
+
+// A start whose instance cannot be launched records the VM failed, with the reason, and leaves
+// nothing running; a later start succeeds.
+TEST_F(ManagerRecoveryTest, StartThatCannotLaunchLeavesTheVmFailed) {
+  VmRecord rec = CreateVm("cannot-launch");
+  env_.FailOperation("Spawn", "vtm-instance", 1);
+  auto started = manager_->Start(rec.uuid);
+  ASSERT_FALSE(started.ok());
+  VmRecord after = Get(rec.uuid);
+  EXPECT_EQ(after.state, VmState::kFailed);
+  EXPECT_NE(after.last_error.find("injected failure"), std::string::npos) << after.last_error;
+  EXPECT_TRUE(stand_in_.pids().empty());
+  EXPECT_EQ(StartVm(rec.uuid).state, VmState::kRunning);
+  EXPECT_TRUE(manager_->Stop(rec.uuid, /*force=*/true).ok());
+}
+
+// The supervisor's readiness deadline runs on the Env's clock: a clock that jumps an hour at
+// every reading makes the wait time out at once, and the instance that was spawned is ended.
+TEST_F(ManagerRecoveryTest, ReadinessDeadlineRunsOnTheEnvClock) {
+  class JumpingClock : public EnvWrapper {
+   public:
+    using EnvWrapper::EnvWrapper;
+    std::chrono::steady_clock::time_point SteadyNow() override {
+      return EnvWrapper::SteadyNow() + std::chrono::hours(++readings_);
+    }
+
+   private:
+    std::atomic<int> readings_{0};
+  };
+  JumpingClock clock(&env_);
+  manager_env_ = &clock;
+  ASSERT_TRUE(Restart().ok());
+  VmRecord rec = CreateVm("slow-instance");
+  auto started = manager_->Start(rec.uuid);
+  ASSERT_FALSE(started.ok());
+  EXPECT_NE(started.error().message().find("did not become ready"), std::string::npos) << started.error().message();
+  EXPECT_EQ(Get(rec.uuid).state, VmState::kFailed);
+  ASSERT_EQ(stand_in_.pids().size(), 1u);
+  EXPECT_TRUE(IsGone(stand_in_.pids().front()));
+  manager_.reset();  // before the clock it uses
 }
 
 // The fault-injecting Env itself: what a power cut keeps and what it drops.
