@@ -1,7 +1,10 @@
-// FaultInjectionEnv: injected failures and the directories a power cut would lose.
+// FaultInjectionEnv: injected failures, and what a power cut loses or brings back.
 // StandInInstanceEnv: a shell in place of vtm-instance.
 #include "fault_injection_env.h"
 
+#include <stdlib.h>
+
+#include <cstdlib>
 #include <filesystem>
 
 namespace vtm::testing {
@@ -22,7 +25,37 @@ std::vector<std::string> MissingLevels(Env& env, const std::string& path) {
   return missing;
 }
 
+// Copies the directories and regular files of the tree at from to to (other kinds are skipped).
+void CopyTree(const std::string& from, const std::string& to) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_directory(from, ec)) {
+    if (fs::is_regular_file(from, ec)) fs::copy_file(from, to, ec);
+    return;
+  }
+  fs::create_directories(to, ec);
+  for (auto it = fs::recursive_directory_iterator(from, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
+    const fs::path target = fs::path(to) / fs::relative(it->path(), from, ec);
+    if (it->is_directory(ec)) {
+      fs::create_directories(target, ec);
+    } else if (it->is_regular_file(ec)) {
+      fs::copy_file(it->path(), target, ec);
+    }
+  }
+}
+
 }  // namespace
+
+FaultInjectionEnv::FaultInjectionEnv(Env* target) : EnvWrapper(target) {
+  const char* base = std::getenv("TMPDIR");
+  std::string tmpl = std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/vtm-fault-env-XXXXXX";
+  if (mkdtemp(tmpl.data()) != nullptr) copies_dir_ = tmpl;
+}
+
+FaultInjectionEnv::~FaultInjectionEnv() {
+  if (!copies_dir_.empty()) (void)target()->RemoveTree(copies_dir_);
+}
 
 void FaultInjectionEnv::FailOperation(const std::string& op, const std::string& path_part, int times) {
   MutexLock lock(mu_);
@@ -57,6 +90,9 @@ void FaultInjectionEnv::MarkSynced(const std::string& dir) {
   for (auto it = unsynced_dirs_.begin(); it != unsynced_dirs_.end();) {
     it = ParentOf(*it) == dir ? unsynced_dirs_.erase(it) : std::next(it);
   }
+  for (auto it = unsynced_removals_.begin(); it != unsynced_removals_.end();) {
+    it = ParentOf(it->first) == dir ? unsynced_removals_.erase(it) : std::next(it);
+  }
 }
 
 std::vector<std::string> FaultInjectionEnv::UnsyncedDirectories() const {
@@ -66,11 +102,16 @@ std::vector<std::string> FaultInjectionEnv::UnsyncedDirectories() const {
 
 Status FaultInjectionEnv::DropUnsyncedData() {
   std::set<std::string> lost;
+  std::map<std::string, std::string> back;
   {
     MutexLock lock(mu_);
     lost.swap(unsynced_dirs_);
+    back.swap(unsynced_removals_);
   }
   for (const std::string& dir : lost) VTM_RETURN_IF_ERROR(target()->RemoveTree(dir));
+  for (const auto& [path, copy] : back) {
+    if (!target()->PathExists(path)) CopyTree(copy, path);
+  }
   return OkStatus();
 }
 
@@ -107,8 +148,24 @@ Status FaultInjectionEnv::SyncDir(const std::string& path) {
 
 Status FaultInjectionEnv::RemoveTree(const std::string& path) {
   if (auto e = Injected("RemoveTree", path)) return *std::move(e);
+  // A tree whose own name is durable comes back if the power is cut before its removal is.
+  std::string copy;
+  if (!copies_dir_.empty() && target()->PathExists(path)) {
+    bool made_unsynced = false;
+    {
+      MutexLock lock(mu_);
+      for (std::string p = path; p != "/" && p != "."; p = ParentOf(p)) made_unsynced |= unsynced_dirs_.count(p) > 0;
+      copy = copies_dir_ + "/" + std::to_string(++copies_);
+    }
+    if (made_unsynced) {
+      copy.clear();
+    } else {
+      CopyTree(path, copy);
+    }
+  }
   VTM_RETURN_IF_ERROR(target()->RemoveTree(path));
   MutexLock lock(mu_);
+  if (!copy.empty()) unsynced_removals_.emplace(path, copy);  // the first removal since the last sync counts
   for (auto it = unsynced_dirs_.begin(); it != unsynced_dirs_.end();) {
     it = (*it == path || it->rfind(path + "/", 0) == 0) ? unsynced_dirs_.erase(it) : std::next(it);
   }

@@ -7,6 +7,7 @@
 // Thread safety: all methods may be called from any thread.
 #pragma once
 
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -19,7 +20,8 @@ namespace vtm::testing {
 
 class FaultInjectionEnv : public EnvWrapper {
  public:
-  explicit FaultInjectionEnv(Env* target = Env::Default()) : EnvWrapper(target) {}
+  explicit FaultInjectionEnv(Env* target = Env::Default());
+  ~FaultInjectionEnv() override;  // removes its copies of removed trees
 
   // The next `times` calls of operation `op` (the method's name: "MakeDir", "WriteFileAtomic",
   // "RenameDurably", "SyncDir", "RemoveTree", "RemoveFile", "ChangeOwner", "Spawn") whose path (argv[0]
@@ -32,8 +34,9 @@ class FaultInjectionEnv : public EnvWrapper {
 
   // The power cut: every directory made since its parent was last synced is removed with
   // everything below it (files written atomically into it included: their names were synced
-  // into a directory whose own name was not). Removals are not undone (not modelled: a tree
-  // removed by RemoveTree stays removed). Afterwards everything left counts as synced.
+  // into a directory whose own name was not), and every tree RemoveTree removed since its
+  // parent was last synced comes back (its directories and regular files, from a copy taken
+  // before the removal; sockets and the like do not). Afterwards everything counts as synced.
   Status DropUnsyncedData() EXCLUDES(mu_);
   // The directories DropUnsyncedData would remove now.
   std::vector<std::string> UnsyncedDirectories() const EXCLUDES(mu_);
@@ -63,6 +66,10 @@ class FaultInjectionEnv : public EnvWrapper {
   std::vector<Failure> failures_ GUARDED_BY(mu_);
   int injected_ GUARDED_BY(mu_) = 0;
   std::set<std::string> unsynced_dirs_ GUARDED_BY(mu_);  // made and not yet named durably in their parent
+  // Trees removed while their removal is not durable: path -> a copy taken before.
+  std::map<std::string, std::string> unsynced_removals_ GUARDED_BY(mu_);
+  std::string copies_dir_;  // where those copies are kept (made at construction)
+  int copies_ GUARDED_BY(mu_) = 0;
 };
 
 // Spawns, in place of any program whose argv[0] ends in "vtm-instance", a /bin/sh stand-in with

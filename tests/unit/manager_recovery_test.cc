@@ -297,6 +297,19 @@ TEST_F(ManagerRecoveryTest, CreatedVmKeepsItsStateDirectoryThroughAPowerCut) {
   EXPECT_TRUE(env_.PathExists(paths.log_dir));
 }
 
+// A power cut after a delete does not bring the VM's state directory back: the registry row is
+// gone for good (SQLite), so the directory's removal must be durable before it.
+TEST_F(ManagerRecoveryTest, DeletedVmStaysDeletedThroughAPowerCut) {
+  VmRecord rec = CreateVm("deleted");
+  const VmPaths paths = manager_->PathsFor(rec.uuid);
+  ASSERT_TRUE(manager_->Delete(rec.uuid).ok());
+  manager_.reset();
+  ASSERT_TRUE(env_.DropUnsyncedData().ok());  // the power cut
+  EXPECT_FALSE(env_.PathExists(paths.vm_dir)) << "a state directory came back that no registry row owns";
+  ASSERT_TRUE(Restart().ok());
+  EXPECT_FALSE(registry_->Get(rec.uuid).ok());
+}
+
 // The vTPM state a cold migration wrote is what the destination commits to; after the commit
 // the source destroys its copy. A power cut after the commit must not lose it here.
 TEST_F(ManagerRecoveryTest, ColdMigratedStateSurvivesAPowerCutAfterTheCommit) {
@@ -404,6 +417,43 @@ TEST(FaultInjectionEnvTest, PowerCutDropsDirectoriesWhoseNamesWereNotSynced) {
   EXPECT_TRUE(env.PathExists(root + "/marker"));
   EXPECT_FALSE(env.PathExists(root + "/late"));
   EXPECT_TRUE(env.UnsyncedDirectories().empty());
+}
+
+TEST(FaultInjectionEnvTest, PowerCutBringsBackTreesWhoseRemovalWasNotSynced) {
+  testing::TempDir dir;
+  FaultInjectionEnv env;
+  const std::string root = dir.path();
+  ASSERT_TRUE(env.MakeDir(root + "/a/sub", 0700).ok());
+  ASSERT_TRUE(env.WriteFileAtomic(root + "/a/sub/f", "data", 0600).ok());
+  ASSERT_TRUE(env.MakeDir(root + "/b", 0700).ok());
+  ASSERT_TRUE(env.SyncDir(root).ok());
+  ASSERT_TRUE(env.SyncDir(root + "/a").ok());
+  ASSERT_TRUE(env.RemoveTree(root + "/a").ok());  // not synced: comes back
+  ASSERT_TRUE(env.RemoveTree(root + "/b").ok());
+  ASSERT_TRUE(env.SyncDir(root).ok());  // both removals durable now
+  ASSERT_TRUE(env.MakeDir(root + "/c", 0700).ok());
+  ASSERT_TRUE(env.SyncDir(root).ok());
+  ASSERT_TRUE(env.RemoveTree(root + "/c").ok());  // not synced: comes back
+
+  ASSERT_TRUE(env.DropUnsyncedData().ok());
+  EXPECT_FALSE(env.PathExists(root + "/a"));
+  EXPECT_FALSE(env.PathExists(root + "/b"));
+  EXPECT_TRUE(env.PathExists(root + "/c"));
+}
+
+TEST(FaultInjectionEnvTest, RemovedFileTreeIsRestoredWithItsContents) {
+  testing::TempDir dir;
+  FaultInjectionEnv env;
+  const std::string root = dir.path();
+  ASSERT_TRUE(env.MakeDir(root + "/vm/tpm", 0700).ok());
+  ASSERT_TRUE(env.WriteFileAtomic(root + "/vm/tpm/state", "permanent", 0600).ok());
+  ASSERT_TRUE(env.SyncDir(root).ok());
+  ASSERT_TRUE(env.SyncDir(root + "/vm").ok());
+  ASSERT_TRUE(env.RemoveTree(root + "/vm").ok());
+  ASSERT_TRUE(env.DropUnsyncedData().ok());
+  auto state = env.ReadFile(root + "/vm/tpm/state");
+  ASSERT_TRUE(state.ok()) << state.error().ToString();
+  EXPECT_EQ(*state, "permanent");
 }
 
 TEST(FaultInjectionEnvTest, InjectedFailuresChangeNothingAndAreCounted) {

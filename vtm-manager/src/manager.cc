@@ -436,6 +436,10 @@ Status Manager::Destroy(const std::string& uuid, uint64_t generation, const std:
   if (!ended.ok()) return std::move(ended).error();
   if (*ended > 0) LOG_WARNING << "ended the provisioning swtpm (pid " << *ended << ") of VM " << uuid;
   VTM_RETURN_IF_ERROR(config_.env->RemoveTree(paths.vm_dir));
+  // Durable before the row goes, or a power cut could bring back a directory no row owns.
+  if (const std::string vms = config_.state_dir + "/vms"; config_.env->PathExists(vms)) {
+    VTM_RETURN_IF_ERROR(config_.env->SyncDir(vms));
+  }
   CrashPoint("destroy.state-removed");
   VTM_RETURN_IF_ERROR(config_.env->RemoveTree(paths.run_dir));
   VTM_RETURN_IF_ERROR(config_.env->RemoveFile(paths.manager_socket));
