@@ -143,7 +143,9 @@ Result<std::unique_ptr<ProvisioningSwtpm>> ProvisioningSwtpm::Start(const Provis
     return Error(ErrorCode::kInvalidArgument, "swtpm log path \"" + options.log_path + "\" must not contain commas")
         .Context(context);
   }
-  if (Status st = MakeDir(dir, 0700, options.uid, options.gid); !st.ok()) return std::move(st).error().Context(context);
+  if (Status st = options.env->MakeDir(dir, 0700, options.uid, options.gid); !st.ok()) {
+    return std::move(st).error().Context(context);
+  }
 
   std::vector<std::string> argv = {
       options.swtpm_path,
@@ -206,7 +208,7 @@ Result<std::unique_ptr<ProvisioningSwtpm>> ProvisioningSwtpm::Start(const Provis
   self->label_ = label;
   self->log_path_ = options.log_path;
   self->timeout_ = options.timeout;
-  auto child = Subprocess::Spawn(argv, spawn);
+  auto child = options.env->Spawn(argv, spawn);
   if (!child.ok()) return std::move(child).error().Context(context + " (is swtpm installed?)");
   self->swtpm_ = std::move(*child);
   if (!options.process_record.empty()) {

@@ -223,7 +223,7 @@ Status ApiService::HandleCa(const api::Request& req, const ApiCaller& caller, ap
       ek.tpm_manufacturer = r.tpm_manufacturer().empty() ? "id:00001014" : r.tpm_manufacturer();
       ek.tpm_model = r.tpm_model().empty() ? "swtpm" : r.tpm_model();
       ek.tpm_version = r.tpm_version().empty() ? "id:20191023" : r.tpm_version();
-      VTM_ASSIGN_OR_RETURN(ek.validity, host_ca_->NewCertificateValidity());
+      VTM_ASSIGN_OR_RETURN(ek.validity, host_ca_->NewCertificateValidity(std::time(nullptr)));
       const std::string owner = "swtpm_setup:" + (r.vm_id().empty() ? std::string("-") : r.vm_id());
       VTM_ASSIGN_OR_RETURN(CertRecord rec, host_ca_->Issue(registry_, owner, ek.rsa ? "ek-rsa" : "ek-ecc",
                                                            [&](ca::Signer& key, const std::string& issuer, uint64_t serial) {

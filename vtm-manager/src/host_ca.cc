@@ -32,8 +32,7 @@ std::string CaCommonName(const std::string& host_name, const HostAttestationKey&
   return "vtm host CA " + host_name.substr(0, 35) + " " + HexEncode(ek_name.substr(2, 8));
 }
 
-ca::Validity ValidityFromNow(uint32_t days) {
-  const std::time_t now = std::time(nullptr);
+ca::Validity ValidityFrom(std::time_t now, uint32_t days) {
   ca::Validity v;
   v.not_before = now - 60;  // a relying party's clock a little behind ours
   v.not_after = days == 0 ? 0 : now + static_cast<std::time_t>(days) * 24 * 3600;
@@ -111,7 +110,7 @@ Result<std::unique_ptr<HostCa>> HostCa::LoadOrCreate(HostAttestationKey& ak, con
   ca::CaCertRequest req;
   req.common_name = CaCommonName(host_name, id->ak_);
   req.serial = RandomSerial();
-  req.validity = ValidityFromNow(lifetimes.ca_days);
+  req.validity = ValidityFrom(std::time(nullptr), lifetimes.ca_days);
   req.evidence = std::move(evidence);
   VTM_ASSIGN_OR_RETURN(id->ca_cert_der_, ca::CreateSelfSignedCaCertificate(*id->signer_, req));
   VTM_RETURN_IF_ERROR(WriteFileAtomic(cert_path, ca::DerToPem(id->ca_cert_der_), 0644));
@@ -220,8 +219,8 @@ std::time_t HostCa::ca_not_after() const {
   return info.ok() ? info->not_after : 0;
 }
 
-Result<ca::Validity> HostCa::NewCertificateValidity() const {
-  ca::Validity v = ValidityFromNow(lifetimes_.vtpm_days);
+Result<ca::Validity> HostCa::NewCertificateValidity(std::time_t now) const {
+  ca::Validity v = ValidityFrom(now, lifetimes_.vtpm_days);
   const std::time_t ca_end = ca_not_after();
   if (ca_end != 0 && ca_end <= v.not_before + 60) {
     return Error(ErrorCode::kFailedPrecondition,

@@ -18,6 +18,7 @@
 // HostTpmExecutor.
 #pragma once
 
+#include <ctime>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -75,10 +76,10 @@ class HostCa {
   // Sealed residency: the host AK's quote binding the CA public key (empty in `tpm`).
   const TpmAttestation& ca_key_quote() const { return ca_quote_; }
 
-  // The validity of a certificate issued now: from a minute ago (clock skew) to
+  // The validity of a certificate issued at `now`: from a minute before (clock skew) to
   // lifetimes.vtpm_days ahead, or no expiry, but never beyond the CA certificate's notAfter;
   // kFailedPrecondition once the CA certificate has expired.
-  Result<ca::Validity> NewCertificateValidity() const;
+  Result<ca::Validity> NewCertificateValidity(std::time_t now) const;
   // The host CA certificate's notAfter (seconds since the epoch; 0 if it does not expire).
   std::time_t ca_not_after() const;
 

@@ -5,7 +5,6 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,14 +17,8 @@
 
 namespace vtm {
 
-Result<UniqueFd> OpenPidFd(pid_t pid) {
-  int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
-  if (fd < 0) return ErrnoError("pidfd_open(" + std::to_string(pid) + ")");
-  return UniqueFd(fd);
-}
-
-InstanceSupervisor::InstanceSupervisor(std::string instance_binary, ExitCallback on_unexpected_exit)
-    : instance_binary_(std::move(instance_binary)), on_exit_(std::move(on_unexpected_exit)) {
+InstanceSupervisor::InstanceSupervisor(std::string instance_binary, ExitCallback on_unexpected_exit, Env* env)
+    : instance_binary_(std::move(instance_binary)), on_exit_(std::move(on_unexpected_exit)), env_(env) {
   wake_fd_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   monitor_ = std::thread([this] { MonitorLoop(); });
 }
@@ -86,15 +79,15 @@ Result<pid_t> InstanceSupervisor::Launch(const InstanceLaunch& launch, std::chro
   SpawnOptions opts;
   opts.fds = {{3, keys_r.get()}, {4, ready_w.get()}};  // the keys_fd and ready_fd of CommandLine()
   opts.output_file = launch.config.log_dir + "/instance.log";
-  VTM_ASSIGN_OR_RETURN(Subprocess child, Subprocess::Spawn(argv, opts));
+  VTM_ASSIGN_OR_RETURN(Subprocess child, env_->Spawn(argv, opts));
   keys_r.reset();
   ready_w.reset();
 
   // Read the readiness line; the Subprocess destructor kills the child on every error path.
   std::string line;
-  auto deadline = std::chrono::steady_clock::now() + ready_timeout;
+  auto deadline = env_->SteadyNow() + ready_timeout;
   while (line.find('\n') == std::string::npos) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - env_->SteadyNow());
     if (left.count() <= 0) {
       return Error(ErrorCode::kUnavailable, "vtm-instance did not become ready within " +
                                                 std::to_string(ready_timeout.count()) + " ms; see " +
@@ -122,14 +115,14 @@ Result<pid_t> InstanceSupervisor::Launch(const InstanceLaunch& launch, std::chro
     (void)child.Wait(std::chrono::seconds(2));
     return Error(ErrorCode::kInternal, "vTPM instance failed to start: " + msg + " (log: " + opts.output_file + ")");
   }
-  VTM_ASSIGN_OR_RETURN(UniqueFd pidfd, OpenPidFd(child.pid()));
+  VTM_ASSIGN_OR_RETURN(UniqueFd pidfd, env_->OpenPidFd(child.pid()));
   pid_t pid = child.Release();
   Watch(launch.config.vm_uuid, pid, std::move(pidfd), /*is_child=*/true);
   return pid;
 }
 
 Status InstanceSupervisor::Adopt(const std::string& vm_uuid, pid_t pid) {
-  VTM_ASSIGN_OR_RETURN(UniqueFd pidfd, OpenPidFd(pid));
+  VTM_ASSIGN_OR_RETURN(UniqueFd pidfd, env_->OpenPidFd(pid));
   Watch(vm_uuid, pid, std::move(pidfd), /*is_child=*/false);
   return OkStatus();
 }
@@ -145,7 +138,7 @@ Status InstanceSupervisor::Stop(const std::string& vm_uuid, std::chrono::millise
   if (it == entries_.end()) return OkStatus();  // not ours to stop: already gone
   Entry& e = it->second;
   e.stop_requested = true;
-  if (!e.exited) syscall(SYS_pidfd_send_signal, e.pidfd.get(), SIGTERM, nullptr, 0);
+  if (!e.exited) (void)env_->SignalPidFd(e.pidfd.get(), SIGTERM);
   auto gone = [&] {
     mu_.AssertHeld();
     return Gone(vm_uuid);
@@ -153,7 +146,7 @@ Status InstanceSupervisor::Stop(const std::string& vm_uuid, std::chrono::millise
   if (!cv_.WaitFor(mu_, grace, gone)) {
     LOG_WARNING << "vtm-instance for VM " << vm_uuid << " ignored SIGTERM for " << grace.count()
                 << " ms; sending SIGKILL";
-    syscall(SYS_pidfd_send_signal, e.pidfd.get(), SIGKILL, nullptr, 0);
+    (void)env_->SignalPidFd(e.pidfd.get(), SIGKILL);
     if (!cv_.WaitFor(mu_, std::chrono::seconds(10), gone)) {
       return Error(ErrorCode::kInternal, "vtm-instance for VM " + vm_uuid + " survived SIGKILL");
     }

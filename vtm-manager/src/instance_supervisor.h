@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "instance.h"
+#include "vtm/env.h"
 #include "vtm/error.h"
 #include "vtm/mutex.h"
 #include "vtm/secret.h"
@@ -35,7 +36,8 @@ class InstanceSupervisor {
   // Called once per instance that ended without Stop() having been asked for it.
   using ExitCallback = std::function<void(const std::string& vm_uuid, const std::string& how)>;
 
-  InstanceSupervisor(std::string instance_binary, ExitCallback on_unexpected_exit);
+  // env (not owned; must outlive this) spawns, watches and signals the instances.
+  InstanceSupervisor(std::string instance_binary, ExitCallback on_unexpected_exit, Env* env = Env::Default());
   ~InstanceSupervisor();  // stops watching; running instances are left running on purpose
   InstanceSupervisor(const InstanceSupervisor&) = delete;
   InstanceSupervisor& operator=(const InstanceSupervisor&) = delete;
@@ -69,6 +71,7 @@ class InstanceSupervisor {
 
   const std::string instance_binary_;
   const ExitCallback on_exit_;
+  Env* const env_;
   Mutex mu_;
   CondVar cv_;  // signalled when an entry exits
   std::map<std::string, Entry> entries_ GUARDED_BY(mu_);
@@ -76,8 +79,5 @@ class InstanceSupervisor {
   bool shutting_down_ GUARDED_BY(mu_) = false;
   std::thread monitor_;
 };
-
-// Opens a pidfd for pid (Linux >= 5.3).
-Result<UniqueFd> OpenPidFd(pid_t pid);
 
 }  // namespace vtm

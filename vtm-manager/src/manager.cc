@@ -7,14 +7,11 @@
 #include <unistd.h>
 
 #include <cctype>
-#include <cerrno>
-#include <filesystem>
 #include <thread>
 
 #include "instance_channel.h"
 #include "vtm/crash_point.h"
 #include "vtm/digest.h"
-#include "vtm/fs.h"
 #include "vtm/log.h"
 #include "vtm/subprocess.h"
 
@@ -25,9 +22,9 @@ constexpr const char* kStateKey = "state-key";
 constexpr const char* kMigrationKey = "migration-key";
 
 // True if pid is a vtm-instance serving uuid (guards against pid reuse after a reboot).
-bool IsInstanceOf(int64_t pid, const std::string& uuid) {
-  if (pid <= 0 || !ProcessAlive(static_cast<pid_t>(pid))) return false;
-  auto cmdline = ReadFile("/proc/" + std::to_string(pid) + "/cmdline");
+bool IsInstanceOf(Env& env, int64_t pid, const std::string& uuid) {
+  if (pid <= 0 || !env.ProcessAlive(static_cast<pid_t>(pid))) return false;
+  auto cmdline = env.ReadFile("/proc/" + std::to_string(pid) + "/cmdline");
   if (!cmdline.ok()) return false;
   return cmdline->find("vtm-instance") != std::string::npos && cmdline->find(uuid) != std::string::npos;
 }
@@ -94,7 +91,9 @@ Manager::Manager(ManagerConfig config, Registry& registry, const MasterKey& mast
       master_key_(master_key),
       provisioner_(provisioner),
       measurements_(measurements),
-      supervisor_(instance_binary, [this](const std::string& uuid, const std::string& how) { OnInstanceExit(uuid, how); }) {}
+      supervisor_(
+          instance_binary, [this](const std::string& uuid, const std::string& how) { OnInstanceExit(uuid, how); },
+          config_.env) {}
 
 VmPaths Manager::PathsFor(const std::string& uuid) const {
   VmPaths p;
@@ -390,13 +389,24 @@ Status Manager::Delete(const std::string& vm) {
 Status Manager::MakeVmDirs(const VmPaths& paths, uint32_t uid) const {
   // Every level above a VM's own directories must be traversable by its uid. Start makes them
   // again, so a VM whose directories were lost recovers them (the keys are in the registry).
-  VTM_RETURN_IF_ERROR(MakeDir(config_.run_dir + "/vms", 0711, 0, 0));
+  Env& env = *config_.env;
+  const bool made_before = env.PathExists(paths.tpm_dir) && env.PathExists(paths.log_dir);
+  VTM_RETURN_IF_ERROR(env.MakeDir(config_.run_dir + "/vms", 0711, 0, 0));
   // Instances' manager sockets: root only, apart from the per-VM dirs their uids own.
-  VTM_RETURN_IF_ERROR(MakeDir(config_.run_dir + "/manager", 0700, 0, 0));
-  VTM_RETURN_IF_ERROR(MakeDir(config_.state_dir + "/vms", 0711, 0, 0));
-  VTM_RETURN_IF_ERROR(MakeDir(paths.vm_dir, 0711, 0, 0));
-  VTM_RETURN_IF_ERROR(MakeDir(paths.tpm_dir, 0700, uid, uid));
-  return MakeDir(paths.log_dir, 0700, uid, uid);
+  VTM_RETURN_IF_ERROR(env.MakeDir(config_.run_dir + "/manager", 0700, 0, 0));
+  VTM_RETURN_IF_ERROR(env.MakeDir(config_.state_dir + "/vms", 0711, 0, 0));
+  VTM_RETURN_IF_ERROR(env.MakeDir(paths.vm_dir, 0711, 0, 0));
+  VTM_RETURN_IF_ERROR(env.MakeDir(paths.tpm_dir, 0700, uid, uid));
+  VTM_RETURN_IF_ERROR(env.MakeDir(paths.log_dir, 0700, uid, uid));
+  // The names just made must survive a power cut as the registry row does (SQLite syncs it):
+  // else a VM could be provisioned, or a cold migration committed, with its state directory
+  // gone. Files written into tpm_dir sync tpm_dir themselves (WriteFileAtomic; swtpm). Only
+  // when something was made: a directory fsync costs milliseconds on a busy disk, and most
+  // starts find the directories there.
+  if (made_before) return OkStatus();
+  VTM_RETURN_IF_ERROR(env.SyncDir(config_.state_dir));
+  VTM_RETURN_IF_ERROR(env.SyncDir(config_.state_dir + "/vms"));
+  return env.SyncDir(paths.vm_dir);
 }
 
 Status Manager::CorrectSocketOwner(const VmRecord& rec) const {
@@ -426,13 +436,16 @@ Status Manager::Destroy(const std::string& uuid, uint64_t generation, const std:
   CrashPoint("destroy.certificates-revoked");
   VmPaths paths = PathsFor(uuid);
   // A create interrupted by a crash may have left its provisioning swtpm running.
-  auto ended = EndRecordedProcess(paths.provisioning_record);
+  auto ended = config_.env->EndRecordedProcess(paths.provisioning_record);
   if (!ended.ok()) return std::move(ended).error();
   if (*ended > 0) LOG_WARNING << "ended the provisioning swtpm (pid " << *ended << ") of VM " << uuid;
-  VTM_RETURN_IF_ERROR(RemoveTree(paths.vm_dir));
+  const bool had_dir = config_.env->PathExists(paths.vm_dir);
+  VTM_RETURN_IF_ERROR(config_.env->RemoveTree(paths.vm_dir));
+  // Durable before the row goes, or a power cut could bring back a directory no row owns.
+  if (had_dir) VTM_RETURN_IF_ERROR(config_.env->SyncDir(config_.state_dir + "/vms"));
   CrashPoint("destroy.state-removed");
-  VTM_RETURN_IF_ERROR(RemoveTree(paths.run_dir));
-  if (::unlink(paths.manager_socket.c_str()) != 0 && errno != ENOENT) return ErrnoError("removing " + paths.manager_socket);
+  VTM_RETURN_IF_ERROR(config_.env->RemoveTree(paths.run_dir));
+  VTM_RETURN_IF_ERROR(config_.env->RemoveFile(paths.manager_socket));
   // Removing the row destroys the only (wrapped) copies of the VM's keys.
   return registry_.Remove(uuid, generation, tombstone);
 }
@@ -511,15 +524,15 @@ Result<VmRecord> Manager::BeginMigrationOut(const std::string& vm, bool cold, Vm
 
 Result<std::map<std::string, std::string>> Manager::ReadTpmState(const std::string& uuid) const {
   std::map<std::string, std::string> files;
-  std::error_code ec;
   const std::string dir = PathsFor(uuid).tpm_dir;
-  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    if (!entry.is_regular_file()) continue;
-    const std::string name = entry.path().filename().string();
+  auto names = config_.env->ListFiles(dir);
+  if (!names.ok()) return std::move(names).error().Context("reading the vTPM state of VM " + uuid);
+  for (const std::string& name : *names) {
     if (name.rfind("tpm2-", 0) != 0) continue;  // swtpm's state files; not its lock
-    VTM_ASSIGN_OR_RETURN(files[name], ReadFile(entry.path().string()));
+    std::string path = dir;
+    path.append("/").append(name);
+    VTM_ASSIGN_OR_RETURN(files[name], config_.env->ReadFile(path));
   }
-  if (ec) return Error(ErrorCode::kIo, "reading the vTPM state in " + dir + ": " + ec.message());
   if (!files.count("tpm2-00.permall")) {
     return Error(ErrorCode::kFailedPrecondition, "the vTPM of VM " + uuid + " has no permanent state in " + dir);
   }
@@ -534,7 +547,7 @@ Status Manager::FenceOutgoing(const std::string& uuid, uint64_t generation) {
                                                      std::to_string(rec.generation) + ", not the migrating-out generation " +
                                                      std::to_string(generation));
   }
-  if (!IsInstanceOf(rec.instance_pid, uuid)) return OkStatus();  // cold, or already gone: nothing can run it
+  if (!IsInstanceOf(*config_.env, rec.instance_pid, uuid)) return OkStatus();  // cold, or already gone: nothing can run it
   return FenceInstance(PathsFor(uuid).manager_socket, "migration of VM " + uuid + " is committing");
 }
 
@@ -546,7 +559,7 @@ Status Manager::FinishMigrationOut(const std::string& uuid, uint64_t generation,
                                                      " at generation " + std::to_string(rec.generation) +
                                                      "; the migration does not own it");
   }
-  if (rec.instance_pid > 0 && IsInstanceOf(rec.instance_pid, uuid)) {
+  if (rec.instance_pid > 0 && IsInstanceOf(*config_.env, rec.instance_pid, uuid)) {
     if (!supervisor_.Watching(uuid)) VTM_RETURN_IF_ERROR(supervisor_.Adopt(uuid, static_cast<pid_t>(rec.instance_pid)));
     VTM_RETURN_IF_ERROR(supervisor_.Stop(uuid, config_.stop_grace));
   }
@@ -563,7 +576,7 @@ Result<VmRecord> Manager::AbortMigrationOut(const std::string& uuid, uint64_t ge
   if (rec.state != VmState::kMigratingOut) return rec;  // already back (a repeated abort)
   VmState to = before;
   std::string error;
-  if (before == VmState::kRunning && !IsInstanceOf(rec.instance_pid, uuid)) {
+  if (before == VmState::kRunning && !IsInstanceOf(*config_.env, rec.instance_pid, uuid)) {
     to = VmState::kFailed;
     error = "vtm-instance ended while the VM was migrating out";
   }
@@ -620,9 +633,10 @@ Result<VmRecord> Manager::ReceiveIncoming(const IncomingVm& vm) {
   if (Status st = MakeVmDirs(paths, rec.instance_uid); !st.ok()) return undo(std::move(st).error());
   for (const auto& [name, bytes] : vm.state_files) {
     const std::string path = paths.tpm_dir + "/" + name;
-    Status st = WriteFileAtomic(path, bytes, 0600);
+    Status st = config_.env->WriteFileAtomic(path, bytes, 0600);
     if (!st.ok()) return undo(std::move(st).error());
-    if (::chown(path.c_str(), rec.instance_uid, rec.instance_uid) != 0) return undo(ErrnoError("chown " + path));
+    st = config_.env->ChangeOwner(path, rec.instance_uid, rec.instance_uid);
+    if (!st.ok()) return undo(std::move(st).error());
   }
   if (!vm.live) {
     LOG_INFO << "VM " << uuid << " arrives (cold, migration " << vm.migration_id << "): state written, not active";
@@ -686,7 +700,7 @@ Status Manager::AbortIncoming(const std::string& uuid) {
     return Error(ErrorCode::kFailedPrecondition, "VM " + uuid + " is " + VmStateName(rec->state) +
                                                      " here: its migration committed and cannot be aborted");
   }
-  if (rec->instance_pid > 0 && IsInstanceOf(rec->instance_pid, uuid)) {
+  if (rec->instance_pid > 0 && IsInstanceOf(*config_.env, rec->instance_pid, uuid)) {
     if (!supervisor_.Watching(uuid)) VTM_RETURN_IF_ERROR(supervisor_.Adopt(uuid, static_cast<pid_t>(rec->instance_pid)));
     VTM_RETURN_IF_ERROR(supervisor_.Stop(uuid, config_.stop_grace));
   } else if (int64_t pid = InstancePidOf(PathsFor(uuid)); pid > 0) {
@@ -702,7 +716,7 @@ Status Manager::Reconcile() {
   for (const auto& rec : vms) {
     switch (rec.state) {
       case VmState::kRunning:
-        if (IsInstanceOf(rec.instance_pid, rec.uuid)) {
+        if (IsInstanceOf(*config_.env, rec.instance_pid, rec.uuid)) {
           VTM_RETURN_IF_ERROR(supervisor_.Adopt(rec.uuid, static_cast<pid_t>(rec.instance_pid)));
           LOG_INFO << "adopted running vTPM of VM " << rec.uuid << " (pid " << rec.instance_pid << ")";
           if (Status owner = CorrectSocketOwner(rec); !owner.ok()) {
@@ -740,7 +754,7 @@ Status Manager::Reconcile() {
       case VmState::kIncoming:
         // The migration engine finishes or undoes these (its own records say how far each
         // got); a live instance is watched again meanwhile.
-        if (IsInstanceOf(rec.instance_pid, rec.uuid)) {
+        if (IsInstanceOf(*config_.env, rec.instance_pid, rec.uuid)) {
           VTM_RETURN_IF_ERROR(supervisor_.Adopt(rec.uuid, static_cast<pid_t>(rec.instance_pid)));
         }
         LOG_WARNING << "VM " << rec.uuid << " is " << VmStateName(rec.state)

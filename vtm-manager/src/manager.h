@@ -24,6 +24,7 @@
 #include "master_key.h"
 #include "measurement_log.h"
 #include "registry.h"
+#include "vtm/env.h"
 #include "vtm/error.h"
 #include "vtm/mutex.h"
 
@@ -96,6 +97,8 @@ struct ManagerConfig {
   // The swtpm binary instances run (an absolute path, so what is measured is what runs);
   // empty: vtm-instance's default from PATH.
   std::string swtpm_binary;
+  // Files, clock and processes of the lifecycle (not owned; outlives the Manager).
+  Env* env = Env::Default();
 };
 
 class Manager {

@@ -475,7 +475,9 @@ Result<migration_api::PrepareResponse> MigrationEngine::OnPrepare(const migratio
   VTM_RETURN_IF_ERROR(ValidateVmName(req.vm_name()));
   VTM_RETURN_IF_ERROR(CheckNonce(req.source_nonce()));
   // A host whose CA can no longer certify the VM's keys does not take it in.
-  if (auto can_certify = host_ca_.NewCertificateValidity(); !can_certify.ok()) return std::move(can_certify).error();
+  if (auto can_certify = host_ca_.NewCertificateValidity(std::time(nullptr)); !can_certify.ok()) {
+    return std::move(can_certify).error();
+  }
   ExpireAbandonedPrepares();
   auto existing = registry_.Get(uuid);
   if (existing.ok()) {

@@ -9,8 +9,9 @@ namespace vtm {
 
 namespace {
 ProvisioningSwtpmOptions OptionsFor(const VmRecord& vm, const VmPaths& paths, const SecretBytes& state_key,
-                                    const SecretBytes& migration_key) {
+                                    const SecretBytes& migration_key, Env* env) {
   ProvisioningSwtpmOptions o;
+  o.env = env;
   o.tpm_state_dir = paths.tpm_dir;
   o.state_key = &state_key;
   o.migration_key = &migration_key;
@@ -27,10 +28,10 @@ ProvisioningSwtpmOptions OptionsFor(const VmRecord& vm, const VmPaths& paths, co
 Result<ProvisionedVtpm> SwtpmProvisioner::Provision(const VmRecord& vm, const VmPaths& paths,
                                                             const SecretBytes& state_key,
                                                             const SecretBytes& migration_key) {
-  ProvisioningSwtpmOptions o = OptionsFor(vm, paths, state_key, migration_key);
+  ProvisioningSwtpmOptions o = OptionsFor(vm, paths, state_key, migration_key, env_);
   VTM_ASSIGN_OR_RETURN(auto swtpm, ProvisioningSwtpm::Start(o));
   CrashPoint("create.provisioning-swtpm-started");
-  auto provisioned = ProvisionVtpm(swtpm->tpm(), host_tpm_, host_ca_, registry_, vm.uuid, vm.service);
+  auto provisioned = ProvisionVtpm(swtpm->tpm(), host_tpm_, host_ca_, registry_, vm.uuid, vm.service, *env_);
   Status down = swtpm->Shutdown();
   CrashPoint("create.provisioning-swtpm-shut-down");
   if (!provisioned.ok()) return provisioned;
@@ -41,7 +42,7 @@ Result<ProvisionedVtpm> SwtpmProvisioner::Provision(const VmRecord& vm, const Vm
 
 Status SwtpmProvisioner::WriteCertificates(const VmRecord& vm, const VmPaths& paths, const SecretBytes& state_key,
                                            const SecretBytes& migration_key, const std::vector<CertRecord>& certs) {
-  ProvisioningSwtpmOptions o = OptionsFor(vm, paths, state_key, migration_key);
+  ProvisioningSwtpmOptions o = OptionsFor(vm, paths, state_key, migration_key, env_);
   VTM_ASSIGN_OR_RETURN(auto swtpm, ProvisioningSwtpm::Start(o));
   Status written = WriteVtpmCertificates(swtpm->tpm(), host_ca_, certs);
   Status down = swtpm->Shutdown();

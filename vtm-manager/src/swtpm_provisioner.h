@@ -5,13 +5,15 @@
 #include "host_ca.h"
 #include "manager.h"
 #include "registry.h"
+#include "vtm/env.h"
 
 namespace vtm {
 
 class SwtpmProvisioner : public VtpmProvisioner {
  public:
-  SwtpmProvisioner(HostTpmExecutor& host_tpm, HostCa& host_ca, Registry& registry)
-      : host_tpm_(host_tpm), host_ca_(host_ca), registry_(registry) {}
+  // env (not owned) spawns the provisioning swtpm and dates the certificates.
+  SwtpmProvisioner(HostTpmExecutor& host_tpm, HostCa& host_ca, Registry& registry, Env* env = Env::Default())
+      : host_tpm_(host_tpm), host_ca_(host_ca), registry_(registry), env_(env) {}
   Result<ProvisionedVtpm> Provision(const VmRecord& vm, const VmPaths& paths,
                                             const SecretBytes& state_key, const SecretBytes& migration_key) override;
   Status WriteCertificates(const VmRecord& vm, const VmPaths& paths, const SecretBytes& state_key,
@@ -22,6 +24,7 @@ class SwtpmProvisioner : public VtpmProvisioner {
   HostTpmExecutor& host_tpm_;
   HostCa& host_ca_;
   Registry& registry_;
+  Env* const env_;
 };
 
 }  // namespace vtm

@@ -3,7 +3,6 @@
 
 #include <openssl/crypto.h>
 
-
 #include "vtm/crash_point.h"
 #include "vtm/log.h"
 #include "vtm/utc.h"
@@ -43,8 +42,8 @@ void ToApiCertificate(const CertRecord& c, api::Certificate* out) {
 }
 
 Result<std::vector<CertRecord>> IssueVtpmCertificates(HostCa& host_ca, Registry& registry, const std::string& vm_uuid,
-                                                      const std::string& service, const VtpmSpkis& spkis) {
-  VTM_ASSIGN_OR_RETURN(const ca::Validity validity, host_ca.NewCertificateValidity());
+                                                      const std::string& service, const VtpmSpkis& spkis, Env& env) {
+  VTM_ASSIGN_OR_RETURN(const ca::Validity validity, host_ca.NewCertificateValidity(env.UnixSeconds()));
   std::vector<CertRecord> certs;
   for (bool rsa : {false, true}) {
     ca::EkCertRequest req;
@@ -90,7 +89,7 @@ Status WriteVtpmCertificates(Tpm& vtpm, HostCa& host_ca, const std::vector<CertR
 
 Result<ProvisionedVtpm> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, HostCa& host_ca,
                                               Registry& registry, const std::string& vm_uuid,
-                                              const std::string& service) {
+                                              const std::string& service, Env& env) {
   // vTPMs have three transient object slots: each object is flushed at the end of its scope.
   TpmKeyPublic ek_ecc_pub, ek_rsa_pub, ak_pub, ik_pub;
   TpmAttestation ik_certify;
@@ -127,9 +126,9 @@ Result<ProvisionedVtpm> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, Host
   }
 
   VTM_ASSIGN_OR_RETURN(std::vector<CertRecord> certs,
-                       IssueVtpmCertificates(host_ca, registry, vm_uuid, service,
-                                             VtpmSpkis{ek_ecc_pub.spki_der, ek_rsa_pub.spki_der, ak_pub.spki_der,
-                                                       ik_pub.spki_der}));
+                       IssueVtpmCertificates(
+                           host_ca, registry, vm_uuid, service,
+                           VtpmSpkis{ek_ecc_pub.spki_der, ek_rsa_pub.spki_der, ak_pub.spki_der, ik_pub.spki_der}, env));
   CrashPoint("create.provision-certificates-issued");
   // The IK certificate is only as good as the proof that the IK sits beside the AK.
   ca::CertifyEvidence ev{ik_pub.tpm2b_public, ik_certify.attest, ik_certify.signature, ak_pub.tpm2b_public};

@@ -18,6 +18,7 @@
 #include "vtm/host_tpm_executor.h"
 #include "manager.h"
 #include "registry.h"
+#include "vtm/env.h"
 #include "vtm/tpm.h"
 #include "vtm.pb.h"
 
@@ -42,8 +43,10 @@ struct VtpmSpkis {
 };
 // The four certificates of a vTPM from this host's CA (each recorded in the registry):
 // ek-ecc, ek-rsa, ak, ik, in that order. At provisioning, and when a VM arrives by migration.
+// env's clock dates them.
 Result<std::vector<CertRecord>> IssueVtpmCertificates(HostCa& host_ca, Registry& registry, const std::string& vm_uuid,
-                                                      const std::string& service, const VtpmSpkis& spkis);
+                                                      const std::string& service, const VtpmSpkis& spkis,
+                                                      Env& env = *Env::Default());
 // Writes certs at their NV indices and the host CA chain at kNvCaChain.
 Status WriteVtpmCertificates(Tpm& vtpm, HostCa& host_ca, const std::vector<CertRecord>& certs);
 
@@ -52,6 +55,6 @@ Status WriteVtpmCertificates(Tpm& vtpm, HostCa& host_ca, const std::vector<CertR
 // credential-activation challenge.
 Result<ProvisionedVtpm> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, HostCa& host_ca,
                                               Registry& registry, const std::string& vm_uuid,
-                                              const std::string& service);
+                                              const std::string& service, Env& env = *Env::Default());
 
 }  // namespace vtm

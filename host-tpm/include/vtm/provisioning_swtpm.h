@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "vtm/env.h"
 #include "vtm/error.h"
 #include "vtm/secret.h"
 #include "vtm/subprocess.h"
@@ -47,6 +48,8 @@ struct ProvisioningSwtpmOptions {
   std::string label;
   // For every exchange on the control channel and for swtpm's exit.
   std::chrono::milliseconds timeout = std::chrono::seconds(10);
+  // Makes the state directory, spawns swtpm, removes the process record (not owned).
+  Env* env = Env::Default();
 };
 
 class ProvisioningSwtpm {
