@@ -20,9 +20,10 @@
 
 #include "ctrl_protocol.h"
 #include "instance.pb.h"
+#include "peer_check.h"
 #include "relay_policy.h"
-#include "vtm/framing.h"
 #include "test_env.h"
+#include "vtm/framing.h"
 #include "vtm/fs.h"
 #include "vtm/net.h"
 #include "vtm/subprocess.h"
@@ -731,6 +732,138 @@ TEST_F(InstanceManagerTest, OtherUidsCannotReachTheManagerSocket) {
     EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << "uid " << uid << " reached the manager socket";
   }
   EXPECT_EQ(StatusOf(ManagerSocket()).pid(), inst.process().pid());
+}
+
+// ---- Which client may be this VM's QEMU --------------------------------------------------
+//
+// Under libvirt all QEMUs share one uid, so tpm.sock's permissions let VM A's QEMU in as well.
+// What A's QEMU cannot change is its cgroup. The test builds that layout in a cgroup hierarchy
+// of its own (root may create and populate cgroups, an unprivileged QEMU may not leave its own):
+// this VM's partition, another VM's, and a plain one, and connects from a process in each.
+class TestCgroups {
+ public:
+  TestCgroups() {
+    std::ifstream mounts("/proc/self/mounts");
+    std::string dev, dir, type, rest;
+    std::string v1;
+    while (mounts >> dev >> dir >> type && std::getline(mounts, rest)) {
+      if (type == "cgroup2" && root_.empty()) root_ = dir;
+      if (type == "cgroup" && v1.empty()) v1 = dir;
+    }
+    if (root_.empty()) root_ = v1;
+    if (root_.empty()) return;
+    base_ = root_ + "/vtm-peer-test-" + std::to_string(getpid());
+    if (mkdir(base_.c_str(), 0755) != 0) base_.clear();
+  }
+  ~TestCgroups() {
+    for (auto it = made_.rbegin(); it != made_.rend(); ++it) rmdir(it->c_str());
+    if (!base_.empty()) rmdir(base_.c_str());
+  }
+  bool usable() const { return !base_.empty(); }
+  std::string Make(const std::string& name) {
+    std::string path = base_ + "/" + name;
+    if (mkdir(path.c_str(), 0755) != 0) return "";
+    made_.push_back(path);
+    return path;
+  }
+
+ private:
+  std::string root_, base_;
+  std::vector<std::string> made_;
+};
+
+struct PeerOutcome {
+  pid_t pid = -1;
+  bool served = false;  // GET_CAPABILITY was answered
+};
+
+// Forks a client, moves it into `cgroup` before it connects, and reports whether the vTPM
+// answered it. The client stays alive until it has its answer (or the relay hung up).
+PeerOutcome ConnectFromCgroup(const std::string& tpm_sock, const std::string& cgroup) {
+  PeerOutcome out;
+  int go[2];
+  if (pipe2(go, O_CLOEXEC) != 0) return out;
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(go[1]);
+    char c;
+    if (read(go[0], &c, 1) != 1) _exit(4);
+    FakeQemu qemu(tpm_sock);
+    if (!qemu.connected()) _exit(5);
+    _exit(qemu.Call(CtrlCommand::kGetCapability, {}, 8).size() == 8 ? 0 : 3);
+  }
+  close(go[0]);
+  out.pid = pid;
+  std::ofstream(cgroup + "/cgroup.procs") << pid << std::flush;
+  (void)!write(go[1], "g", 1);
+  close(go[1]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  out.served = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  return out;
+}
+
+class PeerCheckTest : public InstanceTest {
+ protected:
+  void SetUp() override {
+    InstanceTest::SetUp();
+    if (IsSkipped()) return;
+    if (!cgroups_.usable()) GTEST_SKIP() << "no cgroup hierarchy this test may create cgroups in";
+    ours_ = cgroups_.Make(VmCgroupPartition(kVm) + ".partition");
+    theirs_ = cgroups_.Make("vtm11111111222233334444555555555555.partition");
+    plain_ = cgroups_.Make("plain");
+    ASSERT_FALSE(ours_.empty() || theirs_.empty() || plain_.empty());
+  }
+
+  TestCgroups cgroups_;
+  std::string ours_, theirs_, plain_;
+};
+
+TEST_F(PeerCheckTest, RequireRefusesAnotherVmsQemuAndAnUnprovenOneAndServesThisVms) {
+  Instance inst(dir_.path(), TestKeys(11), {"--qemu-peer-check", "require"});
+  ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
+  const std::string sock = Path("run/tpm.sock");
+
+  // No QEMU of this VM is attached: the gap the check closes.
+  PeerOutcome other_vm = ConnectFromCgroup(sock, theirs_);
+  EXPECT_FALSE(other_vm.served) << "another VM's QEMU reached this vTPM\n" << inst.Log();
+  PeerOutcome unproven = ConnectFromCgroup(sock, plain_);
+  EXPECT_FALSE(unproven.served) << "a peer outside this VM's partition reached this vTPM\n" << inst.Log();
+  PeerOutcome own = ConnectFromCgroup(sock, ours_);
+  EXPECT_TRUE(own.served) << inst.Log();
+
+  std::string log = inst.Log();
+  EXPECT_NE(log.find("refused a client on tpm.sock: pid " + std::to_string(other_vm.pid) +
+                     " uid 0 is in cgroup partition vtm11111111222233334444555555555555, another VM's"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("refused a client on tpm.sock: pid " + std::to_string(unproven.pid) +
+                     " uid 0 is neither in cgroup partition " + VmCgroupPartition(kVm)),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("pid " + std::to_string(own.pid) + " uid 0 is in this VM's cgroup partition"), std::string::npos)
+      << log;
+}
+
+TEST_F(PeerCheckTest, WarnRefusesAnotherVmsQemuAndAcceptsAnUnprovenOneWithAWarning) {
+  Instance inst(dir_.path(), TestKeys(12));  // warn is the default
+  ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
+  const std::string sock = Path("run/tpm.sock");
+
+  PeerOutcome other_vm = ConnectFromCgroup(sock, theirs_);
+  EXPECT_FALSE(other_vm.served) << inst.Log();
+  PeerOutcome unproven = ConnectFromCgroup(sock, plain_);
+  EXPECT_TRUE(unproven.served) << inst.Log();
+
+  std::string log = inst.Log();
+  EXPECT_NE(log.find("refused a client on tpm.sock: pid " + std::to_string(other_vm.pid)), std::string::npos) << log;
+  EXPECT_NE(log.find("WARNING: QEMU peer check: pid " + std::to_string(unproven.pid)), std::string::npos) << log;
+}
+
+TEST_F(PeerCheckTest, OffLetsEveryClientIn) {
+  Instance inst(dir_.path(), TestKeys(13), {"--qemu-peer-check", "off"});
+  ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
+  EXPECT_TRUE(ConnectFromCgroup(Path("run/tpm.sock"), theirs_).served) << inst.Log();
 }
 
 }  // namespace

@@ -99,6 +99,7 @@ Status InstanceProcess::Setup() {
   VTM_RETURN_IF_ERROR(WaitForSwtpm(std::chrono::seconds(10)));
   VTM_RETURN_IF_ERROR(ListenForQemu());
   VTM_RETURN_IF_ERROR(ListenForManager());
+  VTM_RETURN_IF_ERROR(StartPeerInspector());
   VTM_RETURN_IF_ERROR(DropPrivileges());
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   // The sanitizer runtimes need syscalls (ptrace for leak checking, ...) the filter forbids.
@@ -338,9 +339,27 @@ Status InstanceProcess::ListenForManager() {
   return OkStatus();
 }
 
+Status InstanceProcess::StartPeerInspector() {
+  if (config_.peer_check == PeerCheckMode::kOff) {
+    LOG_WARNING << "QEMU peer check off: any client that may open tpm.sock is taken for this VM's QEMU";
+    return OkStatus();
+  }
+  // nobody: the files it reads are world-readable, and it can touch no file or process of this
+  // VM's uid (swtpm's memory holds the keys).
+  constexpr uid_t kNobody = 65534;
+  auto inspector = PeerInspector::Start(config_.vm_uuid, config_.peer_check, kNobody, kNobody);
+  if (!inspector.ok()) return std::move(inspector).error().Context("starting the QEMU peer check");
+  peer_inspector_ = std::move(*inspector);
+  LOG_INFO << "QEMU peer check " << PeerCheckModeName(config_.peer_check) << " (inspector pid " << peer_inspector_.pid()
+           << "): this VM's QEMU is in cgroup partition " << VmCgroupPartition(config_.vm_uuid)
+           << " or under AppArmor profile libvirt-" << config_.vm_uuid;
+  return OkStatus();
+}
+
 int InstanceProcess::ServeUntilStopped() {
   ControlRelay relay(std::move(listener_), config_.SwtpmCtrlSocketPath(),
-                     config_.incoming ? RelayMode::kIncoming : RelayMode::kActive);
+                     config_.incoming ? RelayMode::kIncoming : RelayMode::kActive,
+                     peer_inspector_.running() ? &peer_inspector_ : nullptr);
   std::unique_ptr<ManagerChannel> manager;
   if (manager_listener_.valid()) {
     manager = std::make_unique<ManagerChannel>(std::move(manager_listener_), manager_uid_, config_.vm_uuid,
