@@ -843,6 +843,13 @@ TEST_F(PeerCheckTest, RequireRefusesAnotherVmsQemuAndAnUnprovenOneAndServesThisV
       << log;
   EXPECT_NE(log.find("pid " + std::to_string(own.pid) + " uid 0 is in this VM's cgroup partition"), std::string::npos)
       << log;
+
+  // The process that reads /proc for the relay runs as nobody under its own seccomp filter.
+  size_t at = log.find("(inspector pid ");
+  ASSERT_NE(at, std::string::npos) << log;
+  pid_t inspector = std::atoi(log.c_str() + at + std::strlen("(inspector pid "));
+  EXPECT_EQ(ProcStatusLine(inspector, "Uid"), "Uid:\t65534\t65534\t65534\t65534");
+  EXPECT_EQ(ProcStatusLine(inspector, "Seccomp"), "Seccomp:\t2");
 }
 
 TEST_F(PeerCheckTest, WarnRefusesAnotherVmsQemuAndAcceptsAnUnprovenOneWithAWarning) {

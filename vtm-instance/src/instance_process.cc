@@ -5,7 +5,6 @@
 
 #include <fcntl.h>
 #include <grp.h>
-#include <seccomp.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -20,6 +19,7 @@
 #include <thread>
 
 #include "manager_channel.h"
+#include "seccomp_filter.h"
 #include "swtpm_ctrl.h"
 #include "vtm/fs.h"
 #include "vtm/log.h"
@@ -246,17 +246,10 @@ Status InstanceProcess::DropPrivileges() {
 }
 
 Status InstanceProcess::ApplySeccomp() {
-  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return ErrnoError("PR_SET_NO_NEW_PRIVS");
-  scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_KILL_PROCESS);
-  if (ctx == nullptr) return Error(ErrorCode::kInternal, "seccomp_init failed");
-  struct Releaser {
-    scmp_filter_ctx c;
-    ~Releaser() { seccomp_release(c); }
-  } releaser{ctx};
-
+  SeccompAllowList filter;
   // What the relay loop, logging, the allocator and the shutdown path use. Nothing opens
   // files, executes programs or creates non-unix sockets after setup.
-  const int allowed[] = {
+  VTM_RETURN_IF_ERROR(filter.Allow({
       SCMP_SYS(read),
       SCMP_SYS(write),
       SCMP_SYS(writev),
@@ -301,27 +294,14 @@ Status InstanceProcess::ApplySeccomp() {
       SCMP_SYS(exit),
       SCMP_SYS(exit_group),
       SCMP_SYS(getrandom),
-  };
-  for (int sys : allowed) {
-    if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, sys, 0) != 0) {
-      return Error(ErrorCode::kInternal, "seccomp_rule_add failed for syscall " + std::to_string(sys));
-    }
-  }
+  }));
   // Unix sockets only (connections to swtpm's control channel).
-  if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1, SCMP_A0(SCMP_CMP_EQ, AF_UNIX)) != 0) {
-    return Error(ErrorCode::kInternal, "seccomp_rule_add failed for socket");
-  }
+  VTM_RETURN_IF_ERROR(filter.AllowIf(SCMP_SYS(socket), SCMP_A0(SCMP_CMP_EQ, AF_UNIX)));
   // Signals only to our own swtpm (Terminate) and to ourselves (abort()).
-  if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(kill), 1,
-                       SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(swtpm_.pid()))) != 0 ||
-      seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(kill), 1,
-                       SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(getpid()))) != 0 ||
-      seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(tgkill), 1,
-                       SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(getpid()))) != 0) {
-    return Error(ErrorCode::kInternal, "seccomp_rule_add failed for kill");
-  }
-  int rc = seccomp_load(ctx);
-  if (rc != 0) return ErrnoError("loading the seccomp filter", -rc);
+  VTM_RETURN_IF_ERROR(filter.AllowIf(SCMP_SYS(kill), SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(swtpm_.pid()))));
+  VTM_RETURN_IF_ERROR(filter.AllowIf(SCMP_SYS(kill), SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(getpid()))));
+  VTM_RETURN_IF_ERROR(filter.AllowIf(SCMP_SYS(tgkill), SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(getpid()))));
+  VTM_RETURN_IF_ERROR(filter.Load("vtm-instance"));
   LOG_INFO << "seccomp filter applied";
   return OkStatus();
 }

@@ -3,7 +3,6 @@
 
 #include <fcntl.h>
 #include <grp.h>
-#include <seccomp.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -18,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "seccomp_filter.h"
 #include "swtpm_ctrl.h"
 #include "vtm/log.h"
 #include "vtm/net.h"
@@ -154,15 +154,9 @@ PeerFacts GatherFacts(int client) {
 }
 
 [[maybe_unused]] Status ApplyInspectorFilter() {
-  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return ErrnoError("PR_SET_NO_NEW_PRIVS");
-  scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_KILL_PROCESS);
-  if (ctx == nullptr) return Error(ErrorCode::kInternal, "seccomp_init failed");
-  struct Releaser {
-    scmp_filter_ctx c;
-    ~Releaser() { seccomp_release(c); }
-  } releaser{ctx};
+  SeccompAllowList filter;
   // Receive a socket, read /proc, answer, log. kill(pid, 0) only probes (no pidfd support).
-  const int allowed[] = {
+  VTM_RETURN_IF_ERROR(filter.Allow({
       SCMP_SYS(read),         SCMP_SYS(write),        SCMP_SYS(writev),         SCMP_SYS(close),
       SCMP_SYS(openat),       SCMP_SYS(open),         SCMP_SYS(recvmsg),        SCMP_SYS(sendmsg),
       SCMP_SYS(sendto),       SCMP_SYS(recvfrom),     SCMP_SYS(getsockopt),     SCMP_SYS(pidfd_send_signal),
@@ -171,18 +165,9 @@ PeerFacts GatherFacts(int client) {
       SCMP_SYS(lseek),        SCMP_SYS(getpid),       SCMP_SYS(gettid),         SCMP_SYS(clock_gettime),
       SCMP_SYS(gettimeofday), SCMP_SYS(rt_sigreturn), SCMP_SYS(rt_sigprocmask), SCMP_SYS(exit),
       SCMP_SYS(exit_group),
-  };
-  for (int sys : allowed) {
-    if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, sys, 0) != 0) {
-      return Error(ErrorCode::kInternal, "seccomp_rule_add failed for syscall " + std::to_string(sys));
-    }
-  }
-  if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(kill), 1, SCMP_A1(SCMP_CMP_EQ, 0)) != 0) {
-    return Error(ErrorCode::kInternal, "seccomp_rule_add failed for kill");
-  }
-  int rc = seccomp_load(ctx);
-  if (rc != 0) return ErrnoError("loading the peer inspector's seccomp filter", -rc);
-  return OkStatus();
+  }));
+  VTM_RETURN_IF_ERROR(filter.AllowIf(SCMP_SYS(kill), SCMP_A1(SCMP_CMP_EQ, 0)));
+  return filter.Load("the peer inspector");
 }
 
 Status BecomeInspector(int keep_fd, uid_t uid, gid_t gid) {
