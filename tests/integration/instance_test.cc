@@ -22,6 +22,7 @@
 #include "instance.pb.h"
 #include "peer_check.h"
 #include "relay_policy.h"
+#include "test_cgroups.h"
 #include "test_env.h"
 #include "vtm/framing.h"
 #include "vtm/fs.h"
@@ -32,7 +33,10 @@ namespace vtm::instance {
 namespace {
 
 using vtm::testing::BuildPath;
+using vtm::testing::ChildOutcome;
+using vtm::testing::RunInCgroup;
 using vtm::testing::TempDir;
+using vtm::testing::TestCgroups;
 
 constexpr uid_t kUid = 61234;
 constexpr gid_t kGid = 61234;
@@ -740,67 +744,15 @@ TEST_F(InstanceManagerTest, OtherUidsCannotReachTheManagerSocket) {
 // What A's QEMU cannot change is its cgroup. The test builds that layout in a cgroup hierarchy
 // of its own (root may create and populate cgroups, an unprivileged QEMU may not leave its own):
 // this VM's partition, another VM's, and a plain one, and connects from a process in each.
-class TestCgroups {
- public:
-  TestCgroups() {
-    std::ifstream mounts("/proc/self/mounts");
-    std::string dev, dir, type, rest;
-    std::string v1;
-    while (mounts >> dev >> dir >> type && std::getline(mounts, rest)) {
-      if (type == "cgroup2" && root_.empty()) root_ = dir;
-      if (type == "cgroup" && v1.empty()) v1 = dir;
-    }
-    if (root_.empty()) root_ = v1;
-    if (root_.empty()) return;
-    base_ = root_ + "/vtm-peer-test-" + std::to_string(getpid());
-    if (mkdir(base_.c_str(), 0755) != 0) base_.clear();
-  }
-  ~TestCgroups() {
-    for (auto it = made_.rbegin(); it != made_.rend(); ++it) rmdir(it->c_str());
-    if (!base_.empty()) rmdir(base_.c_str());
-  }
-  bool usable() const { return !base_.empty(); }
-  std::string Make(const std::string& name) {
-    std::string path = base_ + "/" + name;
-    if (mkdir(path.c_str(), 0755) != 0) return "";
-    made_.push_back(path);
-    return path;
-  }
-
- private:
-  std::string root_, base_;
-  std::vector<std::string> made_;
-};
-
-struct PeerOutcome {
-  pid_t pid = -1;
-  bool served = false;  // GET_CAPABILITY was answered
-};
-
-// Forks a client, moves it into `cgroup` before it connects, and reports whether the vTPM
-// answered it. The client stays alive until it has its answer (or the relay hung up).
-PeerOutcome ConnectFromCgroup(const std::string& tpm_sock, const std::string& cgroup) {
-  PeerOutcome out;
-  int go[2];
-  if (pipe2(go, O_CLOEXEC) != 0) return out;
-  pid_t pid = fork();
-  if (pid == 0) {
-    close(go[1]);
-    char c;
-    if (read(go[0], &c, 1) != 1) _exit(4);
+// Connects from a process in `cgroup`: exit code 0 when the vTPM answered GET_CAPABILITY, 3 when
+// the relay hung up without an answer.
+// The client stays alive until it has its answer (or the relay hung up).
+ChildOutcome ConnectFromCgroup(const std::string& tpm_sock, const std::string& cgroup) {
+  return RunInCgroup(cgroup, [&] {
     FakeQemu qemu(tpm_sock);
-    if (!qemu.connected()) _exit(5);
-    _exit(qemu.Call(CtrlCommand::kGetCapability, {}, 8).size() == 8 ? 0 : 3);
-  }
-  close(go[0]);
-  out.pid = pid;
-  std::ofstream(cgroup + "/cgroup.procs") << pid << std::flush;
-  (void)!write(go[1], "g", 1);
-  close(go[1]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  out.served = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-  return out;
+    if (!qemu.connected()) return 5;
+    return qemu.Call(CtrlCommand::kGetCapability, {}, 8).size() == 8 ? 0 : 3;
+  });
 }
 
 class PeerCheckTest : public InstanceTest {
@@ -825,12 +777,12 @@ TEST_F(PeerCheckTest, RequireRefusesAnotherVmsQemuAndAnUnprovenOneAndServesThisV
   const std::string sock = Path("run/tpm.sock");
 
   // No QEMU of this VM is attached: the gap the check closes.
-  PeerOutcome other_vm = ConnectFromCgroup(sock, theirs_);
-  EXPECT_FALSE(other_vm.served) << "another VM's QEMU reached this vTPM\n" << inst.Log();
-  PeerOutcome unproven = ConnectFromCgroup(sock, plain_);
-  EXPECT_FALSE(unproven.served) << "a peer outside this VM's partition reached this vTPM\n" << inst.Log();
-  PeerOutcome own = ConnectFromCgroup(sock, ours_);
-  EXPECT_TRUE(own.served) << inst.Log();
+  ChildOutcome other_vm = ConnectFromCgroup(sock, theirs_);
+  EXPECT_EQ(other_vm.exit_code, 3) << "0: another VM's QEMU reached this vTPM\n" << inst.Log();
+  ChildOutcome unproven = ConnectFromCgroup(sock, plain_);
+  EXPECT_EQ(unproven.exit_code, 3) << "0: a peer outside this VM's partition reached this vTPM\n" << inst.Log();
+  ChildOutcome own = ConnectFromCgroup(sock, ours_);
+  EXPECT_EQ(own.exit_code, 0) << inst.Log();
 
   std::string log = inst.Log();
   EXPECT_NE(log.find("refused a client on tpm.sock: pid " + std::to_string(other_vm.pid) +
@@ -857,10 +809,10 @@ TEST_F(PeerCheckTest, WarnRefusesAnotherVmsQemuAndAcceptsAnUnprovenOneWithAWarni
   ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
   const std::string sock = Path("run/tpm.sock");
 
-  PeerOutcome other_vm = ConnectFromCgroup(sock, theirs_);
-  EXPECT_FALSE(other_vm.served) << inst.Log();
-  PeerOutcome unproven = ConnectFromCgroup(sock, plain_);
-  EXPECT_TRUE(unproven.served) << inst.Log();
+  ChildOutcome other_vm = ConnectFromCgroup(sock, theirs_);
+  EXPECT_EQ(other_vm.exit_code, 3) << inst.Log();
+  ChildOutcome unproven = ConnectFromCgroup(sock, plain_);
+  EXPECT_EQ(unproven.exit_code, 0) << inst.Log();
 
   std::string log = inst.Log();
   EXPECT_NE(log.find("refused a client on tpm.sock: pid " + std::to_string(other_vm.pid)), std::string::npos) << log;
@@ -870,7 +822,7 @@ TEST_F(PeerCheckTest, WarnRefusesAnotherVmsQemuAndAcceptsAnUnprovenOneWithAWarni
 TEST_F(PeerCheckTest, OffLetsEveryClientIn) {
   Instance inst(dir_.path(), TestKeys(13), {"--qemu-peer-check", "off"});
   ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
-  EXPECT_TRUE(ConnectFromCgroup(Path("run/tpm.sock"), theirs_).served) << inst.Log();
+  EXPECT_EQ(ConnectFromCgroup(Path("run/tpm.sock"), theirs_).exit_code, 0) << inst.Log();
 }
 
 }  // namespace

@@ -23,6 +23,7 @@
 #include "instance_supervisor.h"
 #include "master_key.h"
 #include "measurement_log.h"
+#include "peer_check.h"
 #include "registry.h"
 #include "vtm/error.h"
 #include "vtm/mutex.h"
@@ -93,6 +94,8 @@ struct ManagerConfig {
   // The swtpm binary instances run (an absolute path, so what is measured is what runs);
   // empty: vtm-instance's default from PATH.
   std::string swtpm_binary;
+  // Which tpm.sock client an instance takes for its VM's QEMU (vtmd --qemu-peer-check).
+  instance::PeerCheckMode qemu_peer_check = instance::PeerCheckMode::kWarn;
 };
 
 class Manager {
