@@ -802,6 +802,11 @@ TEST_F(PeerCheckTest, RequireRefusesAnotherVmsQemuAndAnUnprovenOneAndServesThisV
   pid_t inspector = std::atoi(log.c_str() + at + std::strlen("(inspector pid "));
   EXPECT_EQ(ProcStatusLine(inspector, "Uid"), "Uid:\t65534\t65534\t65534\t65534");
   EXPECT_EQ(ProcStatusLine(inspector, "Seccomp"), "Seccomp:\t2");
+  // A fresh exec with a command line of its own: not counted as a second vtm-instance.
+  auto cmdline = ReadFile("/proc/" + std::to_string(inspector) + "/cmdline");
+  ASSERT_TRUE(cmdline.ok());
+  EXPECT_EQ(cmdline->find("vtm-instance"), std::string::npos) << *cmdline;
+  EXPECT_NE(cmdline->find("--peer-inspector"), std::string::npos) << *cmdline;
 }
 
 TEST_F(PeerCheckTest, WarnRefusesAnotherVmsQemuAndAcceptsAnUnprovenOneWithAWarning) {

@@ -300,6 +300,11 @@ Status InstanceProcess::ApplySeccomp() {
   // Signals only to our own swtpm (Terminate) and to ourselves (abort()).
   VTM_RETURN_IF_ERROR(filter.AllowIf(SCMP_SYS(kill), SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(swtpm_.pid()))));
   VTM_RETURN_IF_ERROR(filter.AllowIf(SCMP_SYS(kill), SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(getpid()))));
+  // And to the peer inspector, should it outlast the end of its socket at shutdown.
+  if (peer_inspector_.pid() > 0) {
+    VTM_RETURN_IF_ERROR(
+        filter.AllowIf(SCMP_SYS(kill), SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(peer_inspector_.pid()))));
+  }
   VTM_RETURN_IF_ERROR(filter.AllowIf(SCMP_SYS(tgkill), SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(getpid()))));
   VTM_RETURN_IF_ERROR(filter.Load("vtm-instance"));
   LOG_INFO << "seccomp filter applied";

@@ -7,7 +7,6 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +20,7 @@
 #include "swtpm_ctrl.h"
 #include "vtm/log.h"
 #include "vtm/net.h"
+#include "vtm/subprocess.h"
 
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77  // Linux >= 6.5
@@ -30,6 +30,7 @@ namespace vtm::instance {
 namespace {
 
 constexpr size_t kMaxReply = 2048;
+constexpr int kInspectorFd = 3;  // the inspector's end of the socket pair
 
 std::string Lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -170,18 +171,15 @@ PeerFacts GatherFacts(int client) {
   return filter.Load("the peer inspector");
 }
 
-Status BecomeInspector(int keep_fd, uid_t uid, gid_t gid) {
-  if (::close_range(3, static_cast<unsigned>(keep_fd) - 1, 0) != 0 ||
-      ::close_range(static_cast<unsigned>(keep_fd) + 1, ~0U, 0) != 0) {
-    return ErrnoError("closing inherited descriptors");
-  }
-  if (geteuid() == 0) {
-    if (setgroups(0, nullptr) != 0) return ErrnoError("clearing supplementary groups");
-    if (setresgid(gid, gid, gid) != 0) return ErrnoError("setresgid " + std::to_string(gid));
-    if (setresuid(uid, uid, uid) != 0) return ErrnoError("setresuid " + std::to_string(uid));
-  }
-  // Nobody else running as `uid` may ptrace it and forge verdicts.
+// Spawn has closed every other descriptor and dropped to the inspector's uid. exec made the
+// process dumpable again: undo that first, then make sure nobody of that uid attached in the
+// moment before (a tracer could forge verdicts).
+Status BecomeInspector() {
   if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) return ErrnoError("PR_SET_DUMPABLE");
+  auto status = ReadProcFile(getpid(), "status", 64 * 1024);
+  if (!status || status->find("\nTracerPid:\t0\n") == std::string::npos) {
+    return Error(ErrorCode::kPermissionDenied, "the peer inspector is being traced (or cannot tell)");
+  }
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   return OkStatus();  // the sanitizer runtimes need syscalls the filter forbids (as the relay's)
 #else
@@ -300,46 +298,45 @@ Result<PeerInspector> PeerInspector::Start(const std::string& vm_uuid, PeerCheck
     return ErrnoError("creating the peer inspector's socket pair");
   }
   UniqueFd ours(sv[0]), theirs(sv[1]);
-  const pid_t parent = getpid();
-  pid_t pid = fork();
-  if (pid < 0) return ErrnoError("starting the peer inspector");
-  if (pid == 0) {
-    ours.reset();
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() != parent) _exit(1);
-    if (Status st = BecomeInspector(theirs.get(), uid, gid); !st.ok()) {
-      LOG_ERROR << "peer inspector: " << st.error().message();
-      _exit(1);
-    }
-    ServeInspections(theirs.get(), vm_uuid, mode);
-  }
-  theirs.reset();
+  // A fresh exec, not a bare fork: no copy of this process's memory, and a command line that
+  // does not pass for a vtm-instance.
+  SpawnOptions options;
+  options.fds = {{kInspectorFd, theirs.get()}};
+  options.uid = uid;
+  options.gid = gid;
+  options.new_session = false;
+  options.parent_death_signal = SIGKILL;
+  auto process = Subprocess::Spawn({"/proc/self/exe", kPeerInspectorFlag, vm_uuid, PeerCheckModeName(mode)}, options);
+  if (!process.ok()) return std::move(process).error().Context("starting the peer inspector");
   SetIoTimeouts(ours.get());
   PeerInspector inspector;
+  inspector.process_ = std::move(*process);
   inspector.socket_ = std::move(ours);
-  inspector.pid_ = pid;
   return inspector;
-}
-
-PeerInspector::PeerInspector(PeerInspector&& other) noexcept
-    : socket_(std::move(other.socket_)), pid_(std::exchange(other.pid_, -1)) {}
-
-PeerInspector& PeerInspector::operator=(PeerInspector&& other) noexcept {
-  if (this != &other) {
-    PeerInspector old(std::move(*this));  // reaps the child this one had
-    socket_ = std::move(other.socket_);
-    pid_ = std::exchange(other.pid_, -1);
-  }
-  return *this;
 }
 
 PeerInspector::~PeerInspector() {
   socket_.reset();  // the child sees EOF and exits
-  if (pid_ > 0) {
-    int status;
-    while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-    }
-    pid_ = -1;
+  if (process_.pid() > 0) (void)process_.Wait(std::chrono::seconds(2));
+}
+
+int PeerInspectorMain(const std::vector<std::string>& args) {
+  SetLogComponent("vtm-peer-inspector");
+  if (args.size() != 3 || args[0] != kPeerInspectorFlag) {
+    LOG_ERROR << "usage: " << kPeerInspectorFlag << " VM-UUID require|warn";
+    return 2;
   }
+  auto mode = ParsePeerCheckMode(args[2]);
+  if (!mode.ok()) {
+    LOG_ERROR << mode.error().message();
+    return 2;
+  }
+  SetLogComponent("vtm-peer-inspector[" + args[1] + "]");
+  if (Status st = BecomeInspector(); !st.ok()) {
+    LOG_ERROR << st.error().message();
+    return 1;
+  }
+  ServeInspections(kInspectorFd, args[1], *mode);
 }
 
 PeerVerdict PeerInspector::Inspect(int client) const {

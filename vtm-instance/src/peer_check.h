@@ -15,8 +15,10 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "vtm/error.h"
+#include "vtm/subprocess.h"
 #include "vtm/unique_fd.h"
 
 namespace vtm::instance {
@@ -52,26 +54,31 @@ struct PeerVerdict {
 
 PeerVerdict DecidePeer(const PeerFacts& facts, const std::string& vm_uuid, PeerCheckMode mode);
 
-// The child process that reads /proc for the relay. It runs as `uid`/`gid` (nobody: /proc's
-// cgroup and cmdline files are world-readable) and undumpable, under its own seccomp filter,
-// and dies with its parent.
+// The child process that reads /proc for the relay: vtm-instance run again (a fresh exec) as
+// `uid`/`gid` (nobody: /proc's cgroup and cmdline files are world-readable), undumpable, under
+// its own seccomp filter, and killed with its parent.
+inline constexpr const char* kPeerInspectorFlag = "--peer-inspector";
+
 class PeerInspector {
  public:
-  // Forks the child. Call while still root and before the relay's seccomp filter.
+  // Starts the child. Call while still root and before the relay's seccomp filter.
   static Result<PeerInspector> Start(const std::string& vm_uuid, PeerCheckMode mode, uid_t uid, gid_t gid);
   PeerInspector() = default;
-  PeerInspector(PeerInspector&& other) noexcept;
-  PeerInspector& operator=(PeerInspector&& other) noexcept;
+  PeerInspector(PeerInspector&&) = default;
+  PeerInspector& operator=(PeerInspector&&) = default;
   ~PeerInspector();
 
   bool running() const { return socket_.valid(); }
-  pid_t pid() const { return pid_; }
+  pid_t pid() const { return process_.pid(); }
   // Decides about the peer of `client` (an accepted tpm.sock connection).
   PeerVerdict Inspect(int client) const;
 
  private:
+  Subprocess process_;  // declared first: destroyed after socket_ (EOF first, then the wait)
   UniqueFd socket_;
-  pid_t pid_ = -1;
 };
+
+// main() of the child: args are vtm-instance's argv[1..], starting with kPeerInspectorFlag.
+int PeerInspectorMain(const std::vector<std::string>& args);
 
 }  // namespace vtm::instance
