@@ -1,6 +1,7 @@
 // Test-made cgroups (see test_cgroups.h).
 #include "test_cgroups.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -10,7 +11,7 @@
 
 namespace vtm::testing {
 
-TestCgroups::TestCgroups() {
+TestCgroups::TestCgroups(const std::string& base) {
   std::ifstream mounts("/proc/self/mounts");
   std::string dev, dir, type, rest, v2, v1;
   while (mounts >> dev >> dir >> type && std::getline(mounts, rest)) {
@@ -19,13 +20,15 @@ TestCgroups::TestCgroups() {
   }
   std::string root = v2.empty() ? v1 : v2;
   if (root.empty()) return;
-  base_ = root + "/vtm-test-" + std::to_string(getpid());
-  if (mkdir(base_.c_str(), 0755) != 0) base_.clear();
+  base_ = root + "/" + (base.empty() ? "vtm-test-" + std::to_string(getpid()) : base);
+  made_base_ = mkdir(base_.c_str(), 0755) == 0;
+  struct stat st;
+  if (!made_base_ && (errno != EEXIST || stat(base_.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) base_.clear();
 }
 
 TestCgroups::~TestCgroups() {
   for (auto it = made_.rbegin(); it != made_.rend(); ++it) rmdir(it->c_str());
-  if (!base_.empty()) rmdir(base_.c_str());
+  if (made_base_) rmdir(base_.c_str());
 }
 
 std::string TestCgroups::Make(const std::string& name) {

@@ -14,8 +14,9 @@ namespace vtm::testing {
 
 class TestCgroups {
  public:
-  // A directory of the test's own in the first cgroup2 hierarchy (else the first cgroup v1 one).
-  TestCgroups();
+  // A directory of the test's own in the first cgroup2 hierarchy (else the first cgroup v1 one):
+  // `base` below its root, vtm-test-<pid> if empty. An existing `base` is used, and left.
+  explicit TestCgroups(const std::string& base = "");
   // Removes the cgroups made (they must be empty: the children ran to their end).
   ~TestCgroups();
   TestCgroups(const TestCgroups&) = delete;
@@ -27,6 +28,7 @@ class TestCgroups {
 
  private:
   std::string base_;
+  bool made_base_ = false;
   std::vector<std::string> made_;
 };
 

@@ -30,7 +30,9 @@ namespace vtm::instance {
 namespace {
 
 constexpr size_t kMaxReply = 2048;
-constexpr int kInspectorFd = 3;  // the inspector's end of the socket pair
+constexpr int kInspectorFd = 3;
+constexpr size_t kMaxProcFile =
+    size_t{256} * 1024;  // a QEMU command line runs to some KiB  // the inspector's end of the socket pair
 
 std::string Lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -142,8 +144,8 @@ PeerFacts GatherFacts(int client) {
   if (getsockopt(client, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &pidfd_len) != 0) pidfd = -1;
   UniqueFd pin(pidfd);
   if (f.pid > 0) {
-    f.cgroups = ReadProcFile(f.pid, "cgroup", 64 * 1024);
-    f.cmdline_uuid = UuidArgument(ReadProcFile(f.pid, "cmdline", 256 * 1024).value_or(""));
+    f.cgroups = ReadProcFile(f.pid, "cgroup", kMaxProcFile);
+    f.cmdline_uuid = UuidArgument(ReadProcFile(f.pid, "cmdline", kMaxProcFile).value_or(""));
   }
   if (pin.valid()) {
     // Signal 0 only probes; EPERM (a peer of another uid) still means alive.
@@ -176,7 +178,7 @@ PeerFacts GatherFacts(int client) {
 // moment before (a tracer could forge verdicts).
 Status BecomeInspector() {
   if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) return ErrnoError("PR_SET_DUMPABLE");
-  auto status = ReadProcFile(getpid(), "status", 64 * 1024);
+  auto status = ReadProcFile(getpid(), "status", kMaxProcFile);
   if (!status || status->find("\nTracerPid:\t0\n") == std::string::npos) {
     return Error(ErrorCode::kPermissionDenied, "the peer inspector is being traced (or cannot tell)");
   }
@@ -265,11 +267,11 @@ PeerVerdict DecidePeer(const PeerFacts& f, const std::string& vm_uuid, PeerCheck
                                ", the QEMU of another VM (this vTPM belongs to " + uuid + ")"};
   }
   std::vector<std::string> partitions = f.cgroups ? PartitionsIn(*f.cgroups) : std::vector<std::string>{};
-  for (const auto& p : partitions) {
-    if (p != partition) {
-      return {Kind::kRefuse,
-              who + " is in cgroup partition " + p + ", another VM's (this vTPM's is " + partition + ")"};
-    }
+  auto foreign =
+      std::find_if(partitions.begin(), partitions.end(), [&](const std::string& p) { return p != partition; });
+  if (foreign != partitions.end()) {
+    return {Kind::kRefuse,
+            who + " is in cgroup partition " + *foreign + ", another VM's (this vTPM's is " + partition + ")"};
   }
   if (!f.cmdline_uuid.empty() && Lower(f.cmdline_uuid) != uuid) {
     return {Kind::kRefuse, who + " is a QEMU started with -uuid " + f.cmdline_uuid + ", not this VM's " + uuid +
@@ -279,11 +281,14 @@ PeerVerdict DecidePeer(const PeerFacts& f, const std::string& vm_uuid, PeerCheck
   if (profile) return {Kind::kAccept, who + " runs under AppArmor profile libvirt-" + uuid};
   if (!partitions.empty()) return {Kind::kAccept, who + " is in this VM's cgroup partition " + partition};
 
-  std::string unproven = who + " is neither in cgroup partition " + partition + " nor under AppArmor profile libvirt-" +
-                         uuid + (f.cgroups ? "" : " (its /proc/<pid>/cgroup was unreadable)");
+  std::string unproven = who;
+  unproven += " is neither in cgroup partition " + partition + " nor under AppArmor profile libvirt-" + uuid;
+  if (!f.cgroups) unproven += " (its /proc/<pid>/cgroup was unreadable)";
   if (mode == PeerCheckMode::kRequire) {
-    return {Kind::kRefuse, unproven + "; put the domain in <resource><partition>/machine/" + partition +
-                               "</partition></resource>, or set qemu-peer-check to warn or off"};
+    return {Kind::kRefuse,
+            unproven + "; put the domain in <resource><partition>/machine/" + partition +
+                "</partition></resource> (and check that libvirt places it there: it ignores the partition when it "
+                "manages no cgroups), or set qemu-peer-check to warn or off"};
   }
   return {Kind::kAcceptUnproven, unproven +
                                      "; accepted (peer check: warn), so only file permissions keep other "

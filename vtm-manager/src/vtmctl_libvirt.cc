@@ -28,11 +28,12 @@ constexpr const char* kLibvirtUsage = R"(usage: vtmctl libvirt COMMAND
 
   qemu-user [--qemu-conf FILE]       the user libvirt runs QEMU as (vtmd's default --qemu-user)
   xml VM [--model tpm-crb|tpm-tis]   print the <tpm> device and <metadata> marker for VM's vTPM
-  patch FILE|- [--model M] [--service S] [--no-create]
-                                     print the domain XML with its <tpm> pointed at its vTPM,
-                                     the vtm marker added and its QEMU put in the cgroup
-                                     partition its vTPM recognizes it by (the vTPM need not
-                                     exist yet)
+  patch FILE|- [--model M] [--service S] [--no-create] [--cgroup-partition]
+                                     print the domain XML with its <tpm> pointed at its vTPM
+                                     and the vtm marker added (the vTPM need not exist yet);
+                                     --cgroup-partition also puts its QEMU in the cgroup
+                                     partition its vTPM recognizes it by (which must exist:
+                                     systemd makes it, see the operator guide otherwise)
   orphans --defined FILE|- [--delete]
                                      vTPMs whose domain is not in FILE (the output of
                                      `virsh list --all --uuid`); --delete deletes those
@@ -219,7 +220,8 @@ class Hook {
       Say("its QEMU is not placed in cgroup partition " + QemuPartition(domain_.uuid) +
           ", so its vTPM cannot tell it from another VM's QEMU (vtmd with qemu-peer-check = require refuses it); "
           "add it with `virsh dumpxml " +
-          name_ + " | vtmctl libvirt patch - > " + name_ + ".xml && virsh define " + name_ + ".xml`");
+          name_ + " | vtmctl libvirt patch - --cgroup-partition > " + name_ + ".xml && virsh define " + name_ +
+          ".xml`");
     }
     if (incoming) {
       // libvirt starts the QEMU that receives a live migration: it attaches to the instance
@@ -338,7 +340,7 @@ int PatchCommand(const Args& a, const std::string& socket) {
   s.model = Opt(a, "--model", "tpm-crb");
   s.service = Opt(a, "--service", domain->service);
   s.create = a.flags.count("--no-create") == 0;
-  s.partition = QemuPartition(domain->uuid);
+  if (a.flags.count("--cgroup-partition") != 0) s.partition = QemuPartition(domain->uuid);
   auto patched = libvirt::PatchDomain(*xml, s);
   if (!patched.ok()) return Fail("patch", patched.error());
   std::cout << *patched;
@@ -423,7 +425,7 @@ int RunLibvirtCommand(const std::vector<std::string>& args, const std::string& v
     return QemuUserCommand(*a);
   }
   if (sub == "xml" || sub == "patch") {
-    auto a = SplitArgs(rest, {"--model", "--service"}, {"--no-create"});
+    auto a = SplitArgs(rest, {"--model", "--service"}, {"--no-create", "--cgroup-partition"});
     if (!a.ok()) return Fail(sub, a.error());
     return sub == "xml" ? XmlCommand(*a, vtmd_socket) : PatchCommand(*a, vtmd_socket);
   }
