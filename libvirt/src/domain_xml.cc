@@ -149,6 +149,7 @@ Result<DomainVtpm> ReadDomain(const std::string& xml) {
     d.service = Attr(m, "service");
   }
   for (xmlNode* s : ExternalSources(p.domain)) d.sockets.push_back(Attr(s, "path"));
+  d.partition = Text(Child(Child(p.domain, "resource"), "partition"));
   return d;
 }
 
@@ -208,6 +209,16 @@ Result<std::string> PatchDomain(const std::string& xml, const TpmSettings& s) {
   }
   xmlSetProp(marker, X("create"), X(s.create ? "yes" : "no"));
   if (!s.service.empty()) xmlSetProp(marker, X("service"), X(s.service.c_str()));
+
+  if (!s.partition.empty()) {
+    xmlNode* resource = Child(p.domain, "resource");
+    if (resource == nullptr) resource = xmlNewChild(p.domain, nullptr, X("resource"), nullptr);
+    for (xmlNode* old : Children(resource, "partition")) {
+      xmlUnlinkNode(old);
+      xmlFreeNode(old);
+    }
+    xmlNewTextChild(resource, nullptr, X("partition"), X(s.partition.c_str()));
+  }
   return Serialize(p);
 }
 

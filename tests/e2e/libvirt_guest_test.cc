@@ -15,7 +15,9 @@
 #include <thread>
 
 #include "libvirtd_fixture.h"
+#include "peer_check.h"
 #include "qemu_guest.h"
+#include "test_cgroups.h"
 #include "test_env.h"
 #include "test_processes.h"
 #include "vtm/fs.h"
@@ -283,6 +285,47 @@ TEST_F(LibvirtGuestTest, VirshDrivesTheVtpmThroughTheHook) {
             << duration<double>(t_second - t_first).count() << ", save/restore + managedsave/start + power-off "
             << duration<double>(t_saved - t_second).count() << ", unmarked domain + orphans "
             << duration<double>(std::chrono::steady_clock::now() - t_saved).count() << "\n";
+}
+
+// vtm-instance's peer check with real libvirt and QEMU, all QEMUs running as libvirt-qemu. A
+// domain patched with --cgroup-partition asks libvirt for /machine/vtm<hex>; the fixture's
+// libvirtd manages no cgroups (cgroup_controllers = [ ], no cgroup2 controllers here), and
+// measured here, libvirt 9.0 then starts QEMU outside any partition ("At least one cgroup
+// controller is required", ignored) once the partition exists (without it, the start fails on
+// the missing /machine). vtmd with --qemu-peer-check require must refuse that QEMU: nothing
+// proves it is this VM's, though it has the right uid and -uuid. QEMU then fails to start.
+TEST_F(LibvirtGuestTest, WithRequireAQemuOutsideItsPartitionIsRefused) {
+  TestCgroups machine("machine");
+  const std::string partition = machine.Make(instance::VmCgroupPartition(kUuid) + ".partition");
+  if (partition.empty()) GTEST_SKIP() << "cannot make the cgroup partition /machine/vtm<hex>.partition";
+  libvirtd_ = std::make_unique<PrivateLibvirtd>();
+  ASSERT_TRUE(f_.StartVtmd({"--libvirt-qemu-conf", libvirtd_->qemu_conf(), "--qemu-peer-check", "require"}))
+      << f_.VtmdLog();
+  libvirtd_->InstallHook("#!/bin/sh\nexec " + BuildPath("vtm-manager/vtmctl") + " --socket " + f_.socket() +
+                         " libvirt hook --qemu-conf " + libvirtd_->qemu_conf() + " \"$@\"\n");
+  ASSERT_TRUE(libvirtd_->Start()) << libvirtd_->Log();
+  std::filesystem::copy_file(GuestDir() + "/vmlinuz", libvirtd_->guest_dir() + "/vmlinuz",
+                             std::filesystem::copy_options::overwrite_existing);
+
+  auto defined = Define(Patched(DomainXml("web1", kUuid, "sleep 600\n"), {"--cgroup-partition"}));
+  ASSERT_EQ(defined.exit_code, 0) << defined.output;
+  auto started = libvirtd_->Virsh({"start", "web1"});
+  EXPECT_NE(started.exit_code, 0) << started.output;
+  EXPECT_NE(started.output.find("tpm-emulator"), std::string::npos) << started.output;
+
+  const struct passwd* qemu_user = getpwnam("libvirt-qemu");
+  ASSERT_NE(qemu_user, nullptr);
+  auto log = ReadFile(f_.state_dir() + "/vms/" + kUuid + "/log/instance.log");
+  ASSERT_TRUE(log.ok());
+  const size_t refused = log->find("refused a client on tpm.sock: pid ");
+  ASSERT_NE(refused, std::string::npos) << *log;
+  EXPECT_NE(log->find(" uid " + std::to_string(qemu_user->pw_uid) + " is neither in cgroup partition " +
+                          instance::VmCgroupPartition(kUuid),
+                      refused),
+            std::string::npos)
+      << *log;
+  std::cerr << "instance.log: " << log->substr(refused, log->find('\n', refused) - refused) << "\n";
+  libvirtd_->Stop();
 }
 
 }  // namespace

@@ -20,9 +20,11 @@
 
 #include "ctrl_protocol.h"
 #include "instance.pb.h"
+#include "peer_check.h"
 #include "relay_policy.h"
-#include "vtm/framing.h"
+#include "test_cgroups.h"
 #include "test_env.h"
+#include "vtm/framing.h"
 #include "vtm/fs.h"
 #include "vtm/net.h"
 #include "vtm/subprocess.h"
@@ -31,7 +33,10 @@ namespace vtm::instance {
 namespace {
 
 using vtm::testing::BuildPath;
+using vtm::testing::ChildOutcome;
+using vtm::testing::RunInCgroup;
 using vtm::testing::TempDir;
+using vtm::testing::TestCgroups;
 
 constexpr uid_t kUid = 61234;
 constexpr gid_t kGid = 61234;
@@ -731,6 +736,98 @@ TEST_F(InstanceManagerTest, OtherUidsCannotReachTheManagerSocket) {
     EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << "uid " << uid << " reached the manager socket";
   }
   EXPECT_EQ(StatusOf(ManagerSocket()).pid(), inst.process().pid());
+}
+
+// ---- Which client may be this VM's QEMU --------------------------------------------------
+//
+// Under libvirt all QEMUs share one uid, so tpm.sock's permissions let VM A's QEMU in as well.
+// What A's QEMU cannot change is its cgroup. The test builds that layout in a cgroup hierarchy
+// of its own (root may create and populate cgroups, an unprivileged QEMU may not leave its own):
+// this VM's partition, another VM's, and a plain one, and connects from a process in each.
+// Connects from a process in `cgroup`: exit code 0 when the vTPM answered GET_CAPABILITY, 3 when
+// the relay hung up without an answer.
+// The client stays alive until it has its answer (or the relay hung up).
+ChildOutcome ConnectFromCgroup(const std::string& tpm_sock, const std::string& cgroup) {
+  return RunInCgroup(cgroup, [&] {
+    FakeQemu qemu(tpm_sock);
+    if (!qemu.connected()) return 5;
+    return qemu.Call(CtrlCommand::kGetCapability, {}, 8).size() == 8 ? 0 : 3;
+  });
+}
+
+class PeerCheckTest : public InstanceTest {
+ protected:
+  void SetUp() override {
+    InstanceTest::SetUp();
+    if (IsSkipped()) return;
+    if (!cgroups_.usable()) GTEST_SKIP() << "no cgroup hierarchy this test may create cgroups in";
+    ours_ = cgroups_.Make(VmCgroupPartition(kVm) + ".partition");
+    theirs_ = cgroups_.Make("vtm11111111222233334444555555555555.partition");
+    plain_ = cgroups_.Make("plain");
+    ASSERT_FALSE(ours_.empty() || theirs_.empty() || plain_.empty());
+  }
+
+  TestCgroups cgroups_;
+  std::string ours_, theirs_, plain_;
+};
+
+TEST_F(PeerCheckTest, RequireRefusesAnotherVmsQemuAndAnUnprovenOneAndServesThisVms) {
+  Instance inst(dir_.path(), TestKeys(11), {"--qemu-peer-check", "require"});
+  ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
+  const std::string sock = Path("run/tpm.sock");
+
+  // No QEMU of this VM is attached: the gap the check closes.
+  ChildOutcome other_vm = ConnectFromCgroup(sock, theirs_);
+  EXPECT_EQ(other_vm.exit_code, 3) << "0: another VM's QEMU reached this vTPM\n" << inst.Log();
+  ChildOutcome unproven = ConnectFromCgroup(sock, plain_);
+  EXPECT_EQ(unproven.exit_code, 3) << "0: a peer outside this VM's partition reached this vTPM\n" << inst.Log();
+  ChildOutcome own = ConnectFromCgroup(sock, ours_);
+  EXPECT_EQ(own.exit_code, 0) << inst.Log();
+
+  std::string log = inst.Log();
+  EXPECT_NE(log.find("refused a client on tpm.sock: pid " + std::to_string(other_vm.pid) +
+                     " uid 0 is in cgroup partition vtm11111111222233334444555555555555, another VM's"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("refused a client on tpm.sock: pid " + std::to_string(unproven.pid) +
+                     " uid 0 is neither in cgroup partition " + VmCgroupPartition(kVm)),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("pid " + std::to_string(own.pid) + " uid 0 is in this VM's cgroup partition"), std::string::npos)
+      << log;
+
+  // The process that reads /proc for the relay runs as nobody under its own seccomp filter.
+  size_t at = log.find("(inspector pid ");
+  ASSERT_NE(at, std::string::npos) << log;
+  pid_t inspector = std::atoi(log.c_str() + at + std::strlen("(inspector pid "));
+  EXPECT_EQ(ProcStatusLine(inspector, "Uid"), "Uid:\t65534\t65534\t65534\t65534");
+  EXPECT_EQ(ProcStatusLine(inspector, "Seccomp"), "Seccomp:\t2");
+  // A fresh exec with a command line of its own: not counted as a second vtm-instance.
+  auto cmdline = ReadFile("/proc/" + std::to_string(inspector) + "/cmdline");
+  ASSERT_TRUE(cmdline.ok());
+  EXPECT_EQ(cmdline->find("vtm-instance"), std::string::npos) << *cmdline;
+  EXPECT_NE(cmdline->find("--peer-inspector"), std::string::npos) << *cmdline;
+}
+
+TEST_F(PeerCheckTest, WarnRefusesAnotherVmsQemuAndAcceptsAnUnprovenOneWithAWarning) {
+  Instance inst(dir_.path(), TestKeys(12));  // warn is the default
+  ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
+  const std::string sock = Path("run/tpm.sock");
+
+  ChildOutcome other_vm = ConnectFromCgroup(sock, theirs_);
+  EXPECT_EQ(other_vm.exit_code, 3) << inst.Log();
+  ChildOutcome unproven = ConnectFromCgroup(sock, plain_);
+  EXPECT_EQ(unproven.exit_code, 0) << inst.Log();
+
+  std::string log = inst.Log();
+  EXPECT_NE(log.find("refused a client on tpm.sock: pid " + std::to_string(other_vm.pid)), std::string::npos) << log;
+  EXPECT_NE(log.find("WARNING: QEMU peer check: pid " + std::to_string(unproven.pid)), std::string::npos) << log;
+}
+
+TEST_F(PeerCheckTest, OffLetsEveryClientIn) {
+  Instance inst(dir_.path(), TestKeys(13), {"--qemu-peer-check", "off"});
+  ASSERT_EQ(inst.ReadyLine(), "READY") << inst.Log();
+  EXPECT_EQ(ConnectFromCgroup(Path("run/tpm.sock"), theirs_).exit_code, 0) << inst.Log();
 }
 
 }  // namespace

@@ -11,13 +11,15 @@
 #include <sys/stat.h>
 
 #include <cctype>
-#include <map>
-
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
+#include "peer_check.h"
+#include "test_cgroups.h"
 #include "vtm/fs.h"
+#include "vtm/net.h"
 #include "vtmd_fixture.h"
 
 namespace vtm::testing {
@@ -303,6 +305,50 @@ TEST(SecretScanTest, NoKeyMaterialInArgvEnvironmentLogsOrFiles) {
   }
   EXPECT_GE(logs, 3) << "expected vtmd.log and VM B's logs";
   EXPECT_EQ(state_blobs, 1) << "expected VM B's swtpm state (A's was deleted)";
+}
+
+// All QEMUs under libvirt share one uid, so the permissions above cannot keep VM A's QEMU off
+// VM B's tpm.sock. With --qemu-peer-check require, vtmd's instances accept only a client in the
+// VM's own cgroup partition (libvirt <partition>/machine/vtm<uuid hex>): stand-in processes
+// placed by the test in A's partition and in B's connect to B's socket while no QEMU is attached.
+TEST(QemuPeerCheckTest, WithRequireAnotherVmsQemuIsRefusedOnTpmSockAndThisVmsServed) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root (cgroups)";
+  TestCgroups cgroups;
+  if (!cgroups.usable()) GTEST_SKIP() << "no cgroup hierarchy this test may create cgroups in";
+  const std::string theirs = cgroups.Make(instance::VmCgroupPartition(kUuidA) + ".partition");
+  const std::string ours = cgroups.Make(instance::VmCgroupPartition(kUuidB) + ".partition");
+  ASSERT_FALSE(theirs.empty() || ours.empty());
+
+  VtmdFixture f;
+  ASSERT_TRUE(f.StartVtmd({"--qemu-peer-check", "require"})) << f.VtmdLog();
+  ASSERT_EQ(f.Vtmctl({"create", "--uuid", kUuidB}).exit_code, 0);
+  auto started = f.Vtmctl({"start", kUuidB});
+  ASSERT_EQ(started.exit_code, 0) << started.output;
+  const std::string sock = f.run_dir() + "/vms/" + kUuidB + "/tpm.sock";
+  // 0: the vTPM answered GET_CAPABILITY; 3: the relay hung up without an answer.
+  auto get_capability = [&] {
+    auto c = ConnectUnix(sock);
+    if (!c.ok()) return 5;
+    const uint8_t request[4] = {0, 0, 0, 1};
+    uint8_t answer[8];
+    if (!WriteAll(c->get(), request, sizeof request).ok()) return 4;
+    return ReadAll(c->get(), answer, sizeof answer).ok() ? 0 : 3;
+  };
+
+  ChildOutcome other_vm = RunInCgroup(theirs, get_capability);
+  EXPECT_EQ(other_vm.exit_code, 3) << "0: VM A's QEMU reached VM B's vTPM";
+  ChildOutcome own = RunInCgroup(ours, get_capability);
+  EXPECT_EQ(own.exit_code, 0);
+
+  auto log = ReadFile(f.state_dir() + "/vms/" + kUuidB + "/log/instance.log");
+  ASSERT_TRUE(log.ok());
+  EXPECT_NE(log->find("QEMU peer check require"), std::string::npos) << *log;
+  EXPECT_NE(log->find("refused a client on tpm.sock: pid " + std::to_string(other_vm.pid) +
+                      " uid 0 is in cgroup partition " + instance::VmCgroupPartition(kUuidA)),
+            std::string::npos)
+      << *log;
+  EXPECT_NE(log->find("pid " + std::to_string(own.pid) + " uid 0 is in this VM's cgroup partition"), std::string::npos)
+      << *log;
 }
 
 }  // namespace

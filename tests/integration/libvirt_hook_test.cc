@@ -8,6 +8,7 @@
 
 #include <chrono>
 
+#include "peer_check.h"
 #include "vtm/fs.h"
 #include "vtmd_fixture.h"
 
@@ -55,9 +56,19 @@ class LibvirtHookTest : public ::testing::Test {
 TEST_F(LibvirtHookTest, PrepareCreatesAndStartsReleaseStopsStateStays) {
   const std::string xml = Patched(kUuid, {"--service", "shop"});
   EXPECT_NE(xml.find(f.run_dir() + "/vms/" + kUuid + "/tpm.sock"), std::string::npos) << xml;
+  // Only on request: the cgroup partition the vTPM recognizes this domain's QEMU by
+  // (vtm-instance's peer check), which must exist before the domain starts.
+  EXPECT_EQ(xml.find("<partition>"), std::string::npos) << xml;
+  const std::string in_partition = Patched(kUuid, {"--service", "shop", "--cgroup-partition"});
+  EXPECT_NE(in_partition.find("<resource><partition>/machine/" + instance::VmCgroupPartition(kUuid) +
+                              "</partition></resource>"),
+            std::string::npos)
+      << in_partition;
+  EXPECT_EQ(Hook("prepare", "begin", in_partition).output.find("cgroup partition"), std::string::npos);
 
   auto prepared = Hook("prepare", "begin", xml);
   ASSERT_EQ(prepared.exit_code, 0) << prepared.output;
+  EXPECT_NE(prepared.output.find("cgroup partition"), std::string::npos) << prepared.output;
   auto shown = f.Vtmctl({"show", kUuid});
   EXPECT_EQ(Field(shown.output, "state"), "running") << shown.output;
   EXPECT_EQ(Field(shown.output, "name"), "web1");
@@ -102,6 +113,11 @@ TEST_F(LibvirtHookTest, OptInByExternalSocketInVtmdsRunDir) {
   auto prepared = Hook("prepare", "begin", xml);
   ASSERT_EQ(prepared.exit_code, 0) << prepared.output;
   EXPECT_EQ(Field(f.Vtmctl({"show", kUuid}).output, "state"), "running");
+  // Not patched, so not in its own cgroup partition: started, with a warning that says how.
+  EXPECT_NE(prepared.output.find("is not placed in cgroup partition /machine/" + instance::VmCgroupPartition(kUuid)),
+            std::string::npos)
+      << prepared.output;
+  EXPECT_NE(prepared.output.find("vtmctl libvirt patch"), std::string::npos) << prepared.output;
 }
 
 TEST_F(LibvirtHookTest, FailuresSayWhatToDo) {

@@ -281,6 +281,7 @@ TEST(InstanceCommandLineTest, ToCommandLineRoundTripsThroughTheParser) {
   c.log_level = LogLevel::kDebug;
   c.manager_socket = "/run/vtm/manager/x.sock";
   c.incoming = true;
+  c.peer_check = PeerCheckMode::kRequire;
   auto back = ParseCommandLine(ToCommandLine(c));
   ASSERT_TRUE(back.ok()) << back.error().ToString();
   EXPECT_EQ(back->vm_uuid, c.vm_uuid);
@@ -299,6 +300,7 @@ TEST(InstanceCommandLineTest, ToCommandLineRoundTripsThroughTheParser) {
   EXPECT_EQ(back->log_level, c.log_level);
   EXPECT_EQ(back->manager_socket, c.manager_socket);
   EXPECT_EQ(back->incoming, c.incoming);
+  EXPECT_EQ(back->peer_check, c.peer_check);
 }
 
 

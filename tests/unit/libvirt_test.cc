@@ -152,6 +152,7 @@ TEST(DomainXmlTest, PatchPointsTheTpmAtTheVtpmAndKeepsEverythingElse) {
   TpmSettings s;
   s.socket = "/run/vtm/vms/6f1b2e6c-0a1b-4c2d-8e3f-00112233aabb/tpm.sock";
   s.service = "shop";
+  s.partition = "/machine/vtm6f1b2e6c0a1b4c2d8e3f00112233aabb";
   const std::string before =
       Domain("    <tpm model='tpm-tis'><backend type='emulator' version='2.0'/></tpm>\n    <disk type='file'/>\n",
              "  <metadata><other:x xmlns:other='urn:other'>keep</other:x></metadata>\n");
@@ -164,6 +165,7 @@ TEST(DomainXmlTest, PatchPointsTheTpmAtTheVtpmAndKeepsEverythingElse) {
   EXPECT_EQ(d->service, "shop");
   ASSERT_EQ(d->sockets.size(), 1u) << *patched;
   EXPECT_EQ(d->sockets[0], s.socket);
+  EXPECT_EQ(d->partition, s.partition);
   EXPECT_EQ(patched->find("type=\"emulator\""), std::string::npos) << *patched;
   EXPECT_NE(patched->find("tpm-crb"), std::string::npos);
   EXPECT_NE(patched->find("<disk type=\"file\"/>"), std::string::npos) << *patched;
@@ -178,6 +180,14 @@ TEST(DomainXmlTest, PatchPointsTheTpmAtTheVtpmAndKeepsEverythingElse) {
   ASSERT_TRUE(bare.ok());
   EXPECT_TRUE(ReadDomain(*bare)->marked);
   EXPECT_EQ(ReadDomain(*bare)->sockets.size(), 1u);
+  // A partition the operator set is replaced: the vTPM recognizes its QEMU only by its own.
+  auto moved = PatchDomain(
+      "<domain><uuid>6f1b2e6c-0a1b-4c2d-8e3f-00112233aabb</uuid><resource><partition>/machine/"
+      "other</partition></resource></domain>",
+      s);
+  ASSERT_TRUE(moved.ok());
+  EXPECT_EQ(ReadDomain(*moved)->partition, s.partition);
+  EXPECT_EQ(moved->find("/machine/other"), std::string::npos) << *moved;
 
   s.model = "tpm-spapr";
   EXPECT_FALSE(PatchDomain(before, s).ok());

@@ -19,8 +19,8 @@ namespace {
 constexpr int kMaxFdsPerMessage = 4;
 }  // namespace
 
-ControlRelay::ControlRelay(UniqueFd listener, std::string swtpm_ctrl_path, RelayMode mode)
-    : listener_(std::move(listener)), swtpm_ctrl_path_(std::move(swtpm_ctrl_path)) {
+ControlRelay::ControlRelay(UniqueFd listener, std::string swtpm_ctrl_path, RelayMode mode, const PeerInspector* peers)
+    : listener_(std::move(listener)), swtpm_ctrl_path_(std::move(swtpm_ctrl_path)), peers_(peers) {
   policy_.mode = mode;
 }
 
@@ -82,6 +82,21 @@ void ControlRelay::AcceptClient() {
     LOG_WARNING << "QEMU (" << peer << ") hung up while it waited for the vTPM; dropped without passing on "
                 << "anything it sent";
     return;
+  }
+  // Before anything the client sent reaches swtpm: is it this VM's QEMU at all?
+  if (peers_ != nullptr) {
+    PeerVerdict verdict = peers_->Inspect(client.get());
+    if (verdict.kind == PeerVerdict::Kind::kRefuse) {
+      LOG_WARNING << "refused a client on tpm.sock: " << verdict.reason;
+      ++counters_.refused;
+      counters_.last_refusal = verdict.reason;
+      return;
+    }
+    if (verdict.kind == PeerVerdict::Kind::kAcceptUnproven) {
+      LOG_WARNING << "QEMU peer check: " << verdict.reason;
+    } else {
+      LOG_INFO << "QEMU peer check: " << verdict.reason;
+    }
   }
   auto swtpm = ConnectUnix(swtpm_ctrl_path_);
   if (!swtpm.ok()) {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "ctrl_protocol.h"
+#include "peer_check.h"
 #include "relay_policy.h"
 #include "vtm/error.h"
 #include "vtm/unique_fd.h"
@@ -37,7 +38,10 @@ class ControlRelay {
   // listener: the bound, listening tpm.sock. swtpm_ctrl_path: where swtpm's control
   // channel listens.
   // mode: kIncoming for the destination of a migration, else kActive.
-  ControlRelay(UniqueFd listener, std::string swtpm_ctrl_path, RelayMode mode = RelayMode::kActive);
+  // peers: decides which client may be this VM's QEMU (not owned; null: any client the
+  // socket's permissions let in).
+  ControlRelay(UniqueFd listener, std::string swtpm_ctrl_path, RelayMode mode = RelayMode::kActive,
+               const PeerInspector* peers = nullptr);
 
   // Serves clients (and vtmd on `manager`, if given) until wake_fd becomes readable (returns
   // OK) or the listener fails.
@@ -73,6 +77,7 @@ class ControlRelay {
 
   UniqueFd listener_;
   std::string swtpm_ctrl_path_;
+  const PeerInspector* peers_;
   UniqueFd client_;
   UniqueFd swtpm_;
   std::vector<uint8_t> from_client_;   // request bytes not yet forwarded

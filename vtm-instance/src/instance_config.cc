@@ -66,6 +66,8 @@ std::vector<std::string> ToCommandLine(const InstanceConfig& c) {
   const InstanceConfig defaults;
   if (c.socket_mode != defaults.socket_mode) args.insert(args.end(), {"--socket-mode", mode});
   if (c.swtpm_path != defaults.swtpm_path) args.insert(args.end(), {"--swtpm", c.swtpm_path});
+  if (c.peer_check != defaults.peer_check)
+    args.insert(args.end(), {"--qemu-peer-check", PeerCheckModeName(c.peer_check)});
   if (!c.seccomp) args.push_back("--no-seccomp");
   if (!c.manager_socket.empty()) args.insert(args.end(), {"--manager-socket", c.manager_socket});
   if (c.incoming) args.push_back("--incoming");
@@ -122,6 +124,8 @@ Result<InstanceConfig> ParseCommandLine(const std::vector<std::string>& args) {
     } else if (opt == "--manager-socket") {
       VTM_RETURN_IF_ERROR(CheckPath(opt, val));
       c.manager_socket = val;
+    } else if (opt == "--qemu-peer-check") {
+      VTM_ASSIGN_OR_RETURN(c.peer_check, ParsePeerCheckMode(val));
     } else if (opt == "--swtpm") {
       if (val.empty()) return Error(ErrorCode::kInvalidArgument, "--swtpm needs a path");
       c.swtpm_path = val;

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "peer_check.h"
 #include "vtm/error.h"
 #include "vtm/log.h"
 #include "vtm/secret.h"
@@ -36,6 +37,9 @@ struct InstanceConfig {
   // The destination of a migration: state blobs only after vtmd admits the migration, INIT only
   // after the permanent state arrived. The state directory starts empty.
   bool incoming = false;
+  // Which client of tpm.sock may be this VM's QEMU (peer_check.h). warn: refuse a proven other
+  // VM's QEMU, accept an unproven peer with a warning; require: only a proven one; off: any.
+  PeerCheckMode peer_check = PeerCheckMode::kWarn;
   bool seccomp = true;  // --no-seccomp turns the relay's filter off (debugging)
   LogLevel log_level = LogLevel::kInfo;
 

@@ -5,7 +5,6 @@
 
 #include <fcntl.h>
 #include <grp.h>
-#include <seccomp.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -20,6 +19,7 @@
 #include <thread>
 
 #include "manager_channel.h"
+#include "seccomp_filter.h"
 #include "swtpm_ctrl.h"
 #include "vtm/fs.h"
 #include "vtm/log.h"
@@ -99,6 +99,7 @@ Status InstanceProcess::Setup() {
   VTM_RETURN_IF_ERROR(WaitForSwtpm(std::chrono::seconds(10)));
   VTM_RETURN_IF_ERROR(ListenForQemu());
   VTM_RETURN_IF_ERROR(ListenForManager());
+  VTM_RETURN_IF_ERROR(StartPeerInspector());
   VTM_RETURN_IF_ERROR(DropPrivileges());
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   // The sanitizer runtimes need syscalls (ptrace for leak checking, ...) the filter forbids.
@@ -245,17 +246,10 @@ Status InstanceProcess::DropPrivileges() {
 }
 
 Status InstanceProcess::ApplySeccomp() {
-  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return ErrnoError("PR_SET_NO_NEW_PRIVS");
-  scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_KILL_PROCESS);
-  if (ctx == nullptr) return Error(ErrorCode::kInternal, "seccomp_init failed");
-  struct Releaser {
-    scmp_filter_ctx c;
-    ~Releaser() { seccomp_release(c); }
-  } releaser{ctx};
-
+  SeccompAllowList filter;
   // What the relay loop, logging, the allocator and the shutdown path use. Nothing opens
   // files, executes programs or creates non-unix sockets after setup.
-  const int allowed[] = {
+  VTM_RETURN_IF_ERROR(filter.Allow({
       SCMP_SYS(read),
       SCMP_SYS(write),
       SCMP_SYS(writev),
@@ -300,27 +294,19 @@ Status InstanceProcess::ApplySeccomp() {
       SCMP_SYS(exit),
       SCMP_SYS(exit_group),
       SCMP_SYS(getrandom),
-  };
-  for (int sys : allowed) {
-    if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, sys, 0) != 0) {
-      return Error(ErrorCode::kInternal, "seccomp_rule_add failed for syscall " + std::to_string(sys));
-    }
-  }
+  }));
   // Unix sockets only (connections to swtpm's control channel).
-  if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1, SCMP_A0(SCMP_CMP_EQ, AF_UNIX)) != 0) {
-    return Error(ErrorCode::kInternal, "seccomp_rule_add failed for socket");
-  }
+  VTM_RETURN_IF_ERROR(filter.AllowIf(SCMP_SYS(socket), SCMP_A0(SCMP_CMP_EQ, AF_UNIX)));
   // Signals only to our own swtpm (Terminate) and to ourselves (abort()).
-  if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(kill), 1,
-                       SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(swtpm_.pid()))) != 0 ||
-      seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(kill), 1,
-                       SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(getpid()))) != 0 ||
-      seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(tgkill), 1,
-                       SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(getpid()))) != 0) {
-    return Error(ErrorCode::kInternal, "seccomp_rule_add failed for kill");
+  VTM_RETURN_IF_ERROR(filter.AllowIf(SCMP_SYS(kill), SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(swtpm_.pid()))));
+  VTM_RETURN_IF_ERROR(filter.AllowIf(SCMP_SYS(kill), SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(getpid()))));
+  // And to the peer inspector, should it outlast the end of its socket at shutdown.
+  if (peer_inspector_.pid() > 0) {
+    VTM_RETURN_IF_ERROR(
+        filter.AllowIf(SCMP_SYS(kill), SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(peer_inspector_.pid()))));
   }
-  int rc = seccomp_load(ctx);
-  if (rc != 0) return ErrnoError("loading the seccomp filter", -rc);
+  VTM_RETURN_IF_ERROR(filter.AllowIf(SCMP_SYS(tgkill), SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(getpid()))));
+  VTM_RETURN_IF_ERROR(filter.Load("vtm-instance"));
   LOG_INFO << "seccomp filter applied";
   return OkStatus();
 }
@@ -338,9 +324,27 @@ Status InstanceProcess::ListenForManager() {
   return OkStatus();
 }
 
+Status InstanceProcess::StartPeerInspector() {
+  if (config_.peer_check == PeerCheckMode::kOff) {
+    LOG_WARNING << "QEMU peer check off: any client that may open tpm.sock is taken for this VM's QEMU";
+    return OkStatus();
+  }
+  // nobody: the files it reads are world-readable, and it can touch no file or process of this
+  // VM's uid (swtpm's memory holds the keys).
+  constexpr uid_t kNobody = 65534;
+  auto inspector = PeerInspector::Start(config_.vm_uuid, config_.peer_check, kNobody, kNobody);
+  if (!inspector.ok()) return std::move(inspector).error().Context("starting the QEMU peer check");
+  peer_inspector_ = std::move(*inspector);
+  LOG_INFO << "QEMU peer check " << PeerCheckModeName(config_.peer_check) << " (inspector pid " << peer_inspector_.pid()
+           << "): this VM's QEMU is in cgroup partition " << VmCgroupPartition(config_.vm_uuid)
+           << " or under AppArmor profile libvirt-" << config_.vm_uuid;
+  return OkStatus();
+}
+
 int InstanceProcess::ServeUntilStopped() {
   ControlRelay relay(std::move(listener_), config_.SwtpmCtrlSocketPath(),
-                     config_.incoming ? RelayMode::kIncoming : RelayMode::kActive);
+                     config_.incoming ? RelayMode::kIncoming : RelayMode::kActive,
+                     peer_inspector_.running() ? &peer_inspector_ : nullptr);
   std::unique_ptr<ManagerChannel> manager;
   if (manager_listener_.valid()) {
     manager = std::make_unique<ManagerChannel>(std::move(manager_listener_), manager_uid_, config_.vm_uuid,

@@ -42,6 +42,7 @@ class InstanceProcess {
   Status WaitForSwtpm(std::chrono::milliseconds timeout);
   Status ListenForQemu();
   Status ListenForManager();
+  Status StartPeerInspector();
   Status DropPrivileges();
   Status ApplySeccomp();
   int ServeUntilStopped();
@@ -55,6 +56,7 @@ class InstanceProcess {
   Subprocess swtpm_;
   UniqueFd listener_;
   UniqueFd manager_listener_;  // --manager-socket, if given
+  PeerInspector peer_inspector_;  // unless --qemu-peer-check off
   uid_t manager_uid_ = 0;      // the uid that started the instance (vtmd: root)
   bool owns_run_files_ = false;  // set once no other instance can own the run dir's sockets
 };

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "instance.h"
+#include "peer_check.h"
 #include "vtm/log.h"
 #include "vtm/net.h"
 #include "vtm/secret.h"
@@ -49,6 +50,7 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
 
   std::vector<std::string> args(argv + 1, argv + argc);
+  if (!args.empty() && args[0] == kPeerInspectorFlag) return PeerInspectorMain(args);
   vtm::SetLogComponent("vtm-instance");
   auto config = ParseCommandLine(args);
   if (!config.ok()) {

@@ -257,6 +257,7 @@ Result<InstanceLaunch> Manager::LaunchFor(const VmRecord& rec) const {
   launch.config.socket_gid = config_.socket_gid;
   if (!config_.swtpm_binary.empty()) launch.config.swtpm_path = config_.swtpm_binary;
   launch.config.manager_socket = paths.manager_socket;
+  launch.config.peer_check = config_.qemu_peer_check;
   VTM_ASSIGN_OR_RETURN(VmSecrets keys, UnwrapKeys(rec));
   launch.state_key = std::move(keys.state_key);
   launch.migration_key = std::move(keys.migration_key);

@@ -23,6 +23,7 @@
 #include "instance_supervisor.h"
 #include "master_key.h"
 #include "measurement_log.h"
+#include "peer_check.h"
 #include "registry.h"
 #include "vtm/env.h"
 #include "vtm/error.h"
@@ -99,6 +100,8 @@ struct ManagerConfig {
   std::string swtpm_binary;
   // Files, clock and processes of the lifecycle (not owned; outlives the Manager).
   Env* env = Env::Default();
+  // Which tpm.sock client an instance takes for its VM's QEMU (vtmd --qemu-peer-check).
+  instance::PeerCheckMode qemu_peer_check = instance::PeerCheckMode::kWarn;
 };
 
 class Manager {

@@ -14,6 +14,7 @@
 #include "api_client.h"
 #include "api_status.h"
 #include "manager.h"
+#include "peer_check.h"
 #include "vtm.pb.h"
 #include "vtm/libvirt.h"
 
@@ -27,9 +28,12 @@ constexpr const char* kLibvirtUsage = R"(usage: vtmctl libvirt COMMAND
 
   qemu-user [--qemu-conf FILE]       the user libvirt runs QEMU as (vtmd's default --qemu-user)
   xml VM [--model tpm-crb|tpm-tis]   print the <tpm> device and <metadata> marker for VM's vTPM
-  patch FILE|- [--model M] [--service S] [--no-create]
+  patch FILE|- [--model M] [--service S] [--no-create] [--cgroup-partition]
                                      print the domain XML with its <tpm> pointed at its vTPM
-                                     and the vtm marker added (the vTPM need not exist yet)
+                                     and the vtm marker added (the vTPM need not exist yet);
+                                     --cgroup-partition also puts its QEMU in the cgroup
+                                     partition its vTPM recognizes it by (which must exist:
+                                     systemd makes it, see the operator guide otherwise)
   orphans --defined FILE|- [--delete]
                                      vTPMs whose domain is not in FILE (the output of
                                      `virsh list --all --uuid`); --delete deletes those
@@ -76,6 +80,10 @@ Result<std::string> VtmdRunDir(const std::string& socket, std::chrono::milliseco
   if (resp.host().run_dir().empty()) return Error(ErrorCode::kFailedPrecondition, "vtmd did not name its run dir");
   return resp.host().run_dir();
 }
+
+// The cgroup partition libvirt puts the domain's QEMU under, by which its vTPM tells it from
+// another VM's QEMU (vtm-instance's peer check; same user, but a QEMU cannot leave its cgroup).
+std::string QemuPartition(const std::string& uuid) { return "/machine/" + instance::VmCgroupPartition(uuid); }
 
 std::string SocketFor(const std::string& run_dir, const std::string& uuid) {
   return run_dir + "/vms/" + uuid + "/tpm.sock";
@@ -206,6 +214,15 @@ class Hook {
                       ".xml && virsh define " + name_ + ".xml`");
       }
     }
+    if (domain_.partition != QemuPartition(domain_.uuid)) {
+      // Not refused here: with vtmd's default (qemu-peer-check = warn) the vTPM still takes this
+      // QEMU; with require it will refuse it, and QEMU's start fails.
+      Say("its QEMU is not placed in cgroup partition " + QemuPartition(domain_.uuid) +
+          ", so its vTPM cannot tell it from another VM's QEMU (vtmd with qemu-peer-check = require refuses it); "
+          "add it with `virsh dumpxml " +
+          name_ + " | vtmctl libvirt patch - --cgroup-partition > " + name_ + ".xml && virsh define " + name_ +
+          ".xml`");
+    }
     if (incoming) {
       // libvirt starts the QEMU that receives a live migration: it attaches to the instance
       // vtm's migration started here, which becomes the vTPM when the migration commits.
@@ -323,6 +340,7 @@ int PatchCommand(const Args& a, const std::string& socket) {
   s.model = Opt(a, "--model", "tpm-crb");
   s.service = Opt(a, "--service", domain->service);
   s.create = a.flags.count("--no-create") == 0;
+  if (a.flags.count("--cgroup-partition") != 0) s.partition = QemuPartition(domain->uuid);
   auto patched = libvirt::PatchDomain(*xml, s);
   if (!patched.ok()) return Fail("patch", patched.error());
   std::cout << *patched;
@@ -407,7 +425,7 @@ int RunLibvirtCommand(const std::vector<std::string>& args, const std::string& v
     return QemuUserCommand(*a);
   }
   if (sub == "xml" || sub == "patch") {
-    auto a = SplitArgs(rest, {"--model", "--service"}, {"--no-create"});
+    auto a = SplitArgs(rest, {"--model", "--service"}, {"--no-create", "--cgroup-partition"});
     if (!a.ok()) return Fail(sub, a.error());
     return sub == "xml" ? XmlCommand(*a, vtmd_socket) : PatchCommand(*a, vtmd_socket);
   }

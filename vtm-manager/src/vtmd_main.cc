@@ -70,6 +70,11 @@ Runs the vTPM manager daemon. Options may also be given in a config file as
                            user libvirt runs QEMU as: `user` in --libvirt-qemu-conf, else
                            libvirt-qemu if that account exists, else root)
   --libvirt-qemu-conf FILE libvirt's QEMU driver config (default /etc/libvirt/qemu.conf)
+  --qemu-peer-check MODE   which client of a VM's tpm.sock is taken for its QEMU: require
+                           (only one proven to be it: in cgroup partition /machine/vtm<uuid
+                           hex digits> or under AppArmor profile libvirt-<uuid>), warn
+                           (default: refuse another VM's proven QEMU, accept an unproven one
+                           with a warning) or off (plain QEMU outside libvirt)
   --instance-uid-base N    first uid for per-VM processes (default 500000000)
   --instance-uid-count N   size of that uid range (default 65536)
   --ca-residency MODE      tpm: the CA key that signs vTPM certificates lives inside the host
@@ -116,6 +121,7 @@ struct Options {
   bool group_given = false;
   std::string qemu_user;  // empty: libvirt's, see DetectQemuUser
   std::string libvirt_qemu_conf = "/etc/libvirt/qemu.conf";
+  std::string qemu_peer_check = "warn";
   uint32_t uid_base = 500000000;
   uint32_t uid_count = 65536;
   std::string log_level = "info";
@@ -146,6 +152,7 @@ std::string CanonicalConfig(const Options& o) {
       << "host-pcrs = " << o.host_pcrs << "\n"
       << "group = " << o.group << "\n"
       << "qemu-user = " << o.qemu_user << "\n"
+      << "qemu-peer-check = " << o.qemu_peer_check << "\n"
       << "instance-uid-base = " << o.uid_base << "\n"
       << "instance-uid-count = " << o.uid_count << "\n"
       << "ca-residency = " << o.ca_residency << "\n"
@@ -166,6 +173,12 @@ std::string CanonicalConfig(const Options& o) {
 }
 
 constexpr unsigned long kMaxCertDays = 36500;  // a hundred years; beyond, say 0 (no expiry)
+
+Status PeerCheckModeValid(const std::string& value) {
+  auto mode = instance::ParsePeerCheckMode(value);
+  if (!mode.ok()) return std::move(mode).error().Context("--qemu-peer-check");
+  return OkStatus();
+}
 
 Status Apply(Options* o, const std::string& name, const std::string& value) {
   auto number = [&](uint32_t* out, unsigned long max = 0xFFFFFFFFul) -> Status {
@@ -189,6 +202,7 @@ Status Apply(Options* o, const std::string& name, const std::string& value) {
   else if (name == "group") { o->group = value; o->group_given = true; }
   else if (name == "qemu-user") o->qemu_user = value;
   else if (name == "libvirt-qemu-conf") o->libvirt_qemu_conf = value;
+  else if (name == "qemu-peer-check") { VTM_RETURN_IF_ERROR(PeerCheckModeValid(value)); o->qemu_peer_check = value; }
   else if (name == "instance-uid-base") return number(&o->uid_base);
   else if (name == "instance-uid-count") return number(&o->uid_count);
   else if (name == "log-level") o->log_level = value;
@@ -464,6 +478,7 @@ int Run(int argc, char** argv) {
   mc.socket_uid = qemu_uid;
   mc.socket_gid = qemu_gid;
   mc.swtpm_binary = FindProgram("swtpm");
+  mc.qemu_peer_check = *instance::ParsePeerCheckMode(opts.qemu_peer_check);
   Manager manager(mc, **registry, *master, FindProgram("vtm-instance"), &provisioner, measurements->get());
   if (auto st = manager.Reconcile(); !st.ok()) return fatal(std::move(st).error().Context("reconciling the registry"));
 

@@ -60,6 +60,7 @@ struct DomainVtpm {
   bool create = true;                // the marker's create="yes|no": may the hook create the vTPM
   std::string service;               // the marker's service="...", named in the IK certificate
   std::vector<std::string> sockets;  // paths of <tpm><backend type='external'><source type='unix'>
+  std::string partition;             // <resource><partition>: the cgroup libvirt puts QEMU under
 };
 
 // Reads what vtm needs from a domain's XML. Errors say what is wrong with the document.
@@ -74,14 +75,18 @@ struct TpmSettings {
   std::string model = "tpm-crb";   // tpm-crb or tpm-tis
   bool create = true;
   std::string service;
+  // Non-empty: the <resource><partition> to set. The vTPM tells its own VM's QEMU from another
+  // VM's by this cgroup (vtm-instance's peer check), which a QEMU cannot leave.
+  std::string partition;
 };
 
 // The <tpm> device element and the <metadata> marker, as text for operators.
 std::string TpmElement(const TpmSettings& settings);
 std::string MetadataElement(const TpmSettings& settings);
 
-// The domain XML with every <tpm> device replaced by one external backend at settings.socket
-// and the marker added (or updated) in <metadata>; everything else is kept.
+// The domain XML with every <tpm> device replaced by one external backend at settings.socket,
+// the marker added (or updated) in <metadata> and, if settings.partition is set, the domain's
+// <resource><partition> set to it; everything else is kept.
 Result<std::string> PatchDomain(const std::string& xml, const TpmSettings& settings);
 
 // For an incoming migration or a restore of a domain that opts in: the XML with each external
