@@ -289,14 +289,16 @@ int WriteEvidence(const api::Response& resp, const std::string& path, bool json)
   return kOk;
 }
 
-void PrintJson(const google::protobuf::Message& m) {
+// one_line: the whole message on one line, flushed (for a script that reads it as it comes).
+void PrintJson(const google::protobuf::Message& m, bool one_line = false) {
   google::protobuf::util::JsonPrintOptions o;
-  o.add_whitespace = true;
+  o.add_whitespace = !one_line;
   o.always_print_primitive_fields = true;
   o.preserve_proto_field_names = true;
   std::string out;
   (void)google::protobuf::util::MessageToJsonString(m, &out, o);
   std::cout << out;
+  if (one_line) std::cout << std::endl;
 }
 
 void PrintMigration(const api::Migration& m) {
@@ -310,13 +312,14 @@ void PrintMigration(const api::Migration& m) {
   if (!m.last_error().empty()) std::cout << "last error:    " << m.last_error() << "\n";
 }
 
-// Prints the outcome of one migrate step like RunMigrate does; returns the exit status.
+// Prints the outcome of one migrate step like RunMigrate does (--json: on one line, flushed);
+// returns the exit status.
 int ReportMigrateStep(const std::string& sub, const Result<api::Response>& resp, bool json) {
   if (!resp.ok()) {
     std::cerr << "vtmctl migrate " << sub << ": " << resp.error().message() << "\n";
     return resp.error().code() == ErrorCode::kPermissionDenied ? kDenied : kUnreachable;
   }
-  if (json) PrintJson(*resp);
+  if (json) PrintJson(*resp, /*one_line=*/true);
   if (resp->status() != api::STATUS_OK) {
     std::cerr << "vtmctl migrate " << sub << ": " << resp->error() << "\n";
     return ExitFor(resp->status());
@@ -330,7 +333,8 @@ int ReportMigrateStep(const std::string& sub, const Result<api::Response>& resp,
 // to the destination (STEP_CONNECT, repeated every few seconds so that neither end closes it
 // as idle), prints "ready" and waits; the line "commit" on stdin sends the commit over the open
 // connection. So the guest's pause holds neither the start of a process nor a TLS handshake.
-// stdin closed before that line: nothing is committed (exit 1).
+// stdin closed before that line: nothing is committed (exit 1). With --json the answer is one
+// line, written before vtmctl exits, so the orchestrator need not wait for the exit.
 int RunCommitOnCue(const api::MigrateRequest& commit, const std::string& socket, bool json) {
   constexpr int kKeepAliveMs = 5000;
   auto conn = VtmdConnection::Open(socket, std::chrono::seconds(120));
