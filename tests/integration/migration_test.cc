@@ -8,7 +8,6 @@
 // fleet certificate that is no vtmd's, a replayed transfer, a package for another migration,
 // a start of the migrated VM on the source, and two prepares of one VM at the same moment.
 #include <gtest/gtest.h>
-
 #include <sys/stat.h>
 
 #include <chrono>
@@ -290,7 +289,8 @@ TEST_F(MigrationTest, CommitOnStdinWaitsForItsCueOverAChannelKeptOpen) {
   };
   // "commit" on stdin after `delay`; the shell's exit status is vtmctl's.
   auto commit_on_cue = [&](const std::string& id, const std::string& delay) {
-    return RunCommand({"sh", "-c", "(sleep " + delay + "; echo commit) | \"$0\" --socket \"$1\" migrate commit \"$2\" --on-stdin",
+    return RunCommand({"sh", "-c",
+                       "(sleep " + delay + "; echo commit) | \"$0\" --socket \"$1\" migrate commit \"$2\" --on-stdin",
                        BuildPath("vtm-manager/vtmctl"), a.socket(), id});
   };
 
@@ -321,7 +321,8 @@ TEST_F(MigrationTest, CommitOnStdinWaitsForItsCueOverAChannelKeptOpen) {
                        BuildPath("vtm-manager/vtmctl"), a.socket(), second, cue});
   });
   {
-    std::ofstream to_vtmctl(cue);  // opens once vtmctl's shell opened the other end
+    // Opens once vtmctl's shell opened the other end.
+    std::ofstream to_vtmctl(cue);
     std::this_thread::sleep_for(std::chrono::milliseconds(500));  // it connects meanwhile
     std::string error;
     EXPECT_TRUE(rig.RestartDestination(&error)) << error;

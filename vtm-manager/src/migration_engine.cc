@@ -676,8 +676,9 @@ Result<migration_api::CommitResponse> MigrationEngine::OnCommit(const migration_
   // Once committed here the VM is this host's and lives on by itself (its instance may have
   // ended, leaving it failed, or been stopped): a repeated commit only finishes the
   // certificates, whatever state the VM is in now.
-  VTM_ASSIGN_OR_RETURN(VmRecord rec, m.state == "committed" ? registry_.Get(m.vm_uuid)
-                                                            : manager_.CommitIncoming(m.vm_uuid, m.mode == "live", m.id));
+  VTM_ASSIGN_OR_RETURN(VmRecord rec, m.state == "committed"
+                                         ? registry_.Get(m.vm_uuid)
+                                         : manager_.CommitIncoming(m.vm_uuid, m.mode == "live", m.id));
   if (m.state != "committed") {
     LOG_INFO << "migration " << m.id << " committed: VM " << rec.uuid << " is " << VmStateName(rec.state) << " here";
   }

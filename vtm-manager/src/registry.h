@@ -145,7 +145,8 @@ class Registry {
   // guest-visible path.
   Result<VmRecord> TransitionWithMigration(const std::string& uuid, uint64_t expected_generation,
                                            const std::set<VmState>& from, VmState to, const std::string& migration_id,
-                                           const std::set<std::string>& migration_from, const std::string& migration_to);
+                                           const std::set<std::string>& migration_from,
+                                           const std::string& migration_to);
   // Records the public identity of uuid's vTPM (at provisioning).
   Status SetVtpmIdentity(const std::string& uuid, const VtpmPublicIdentity& identity);
   // Removes the row (and with it the only copies of the VM's wrapped keys) if it is still at
