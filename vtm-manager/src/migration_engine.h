@@ -59,14 +59,15 @@ class MigrationEngine {
   Result<api::Migration> Prepare(const std::string& vm, const std::string& destination, bool cold);
   Result<api::Migration> Send(const std::string& id);
   // activate_only: return once the destination is active (the guest-visible part of a live
-  // migration); a later Commit finishes (certificates there, destruction and tombstone here).
+  // migration), the migration still `committing`; a later Commit finishes (records
+  // `activated`, certificates there, destruction and tombstone here).
   // Over the channel OpenCommitChannel left for it, if there is one.
   Result<api::Migration> Commit(const std::string& id, bool activate_only = false);
   // Opens the TLS channel to the destination that the next Commit of migration id uses, or, if
   // one is open, checks that it still answers (which also keeps the destination from closing
   // it as idle): a live migration's commit then starts inside the guest's pause without a
-  // handshake. Changes no state. The channel goes with that Commit or an Abort, or is dropped
-  // when unused for a minute.
+  // handshake. Changes no state. The channel goes with that Commit or an Abort; one unused for a
+  // minute is dropped when another is opened.
   Result<api::Migration> OpenCommitChannel(const std::string& id);
   Result<api::Migration> Abort(const std::string& id);
   // One migration, or every one this host knows (id empty).
