@@ -344,6 +344,11 @@ int RunCommitOnCue(const api::MigrateRequest& commit, const std::string& socket,
   connect.mutable_migrate()->set_step(api::MigrateRequest::STEP_CONNECT);
   auto connected = conn->Call(connect);
   if (!connected.ok() || connected->status() != api::STATUS_OK) return ReportMigrateStep("commit", connected, json);
+  if (json) {
+    // protobuf's first JSON conversion builds its type tables; not inside the guest's pause.
+    std::string warm;
+    (void)google::protobuf::util::MessageToJsonString(*connected, &warm);
+  }
   std::cout << "ready" << std::endl;
   std::string line;
   for (;;) {
