@@ -8,8 +8,10 @@
 // fleet certificate that is no vtmd's, a replayed transfer, a package for another migration,
 // a start of the migrated VM on the source, and two prepares of one VM at the same moment.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <chrono>
+#include <fstream>
 #include <regex>
 #include <thread>
 
@@ -268,6 +270,69 @@ TEST_F(MigrationTest, PrepareTheSourceLetExpireIsAbortedAndItsKeyDropped) {
   auto aborted = a.Vtmctl({"migrate", "abort", id});
   EXPECT_EQ(aborted.exit_code, 0) << aborted.output;
   EXPECT_EQ(Field(a.Vtmctl({"show", "vm5"}).output, "state"), "provisioned");
+}
+
+// `vtmctl migrate commit --on-stdin` (what vtm-live-migrate starts before QEMU's migration, so
+// that the commit in the guest's pause needs neither a new process nor a TLS handshake):
+// nothing is committed without its cue; the channel to the destination stays open past the
+// destination's 10 s idle limit while it waits; a channel that went stale (the destination
+// vtmd restarted) is replaced and the commit still goes through.
+TEST_F(MigrationTest, CommitOnStdinWaitsForItsCueOverAChannelKeptOpen) {
+  auto prepare_and_send = [&](const std::string& name) {
+    EXPECT_EQ(a.Vtmctl({"create", "--name", name}).exit_code, 0);
+    auto prepared = a.Vtmctl({"--json", "migrate", "prepare", name, "--to", destination, "--cold"});
+    const std::string id = MigrationIdIn(prepared.output);
+    EXPECT_FALSE(id.empty()) << prepared.output;
+    auto sent = a.Vtmctl({"migrate", "send", id});
+    EXPECT_EQ(sent.exit_code, 0) << sent.output;
+    return id;
+  };
+  // "commit" on stdin after `delay`; the shell's exit status is vtmctl's.
+  auto commit_on_cue = [&](const std::string& id, const std::string& delay) {
+    return RunCommand({"sh", "-c",
+                       "(sleep " + delay + "; echo commit) | \"$0\" --socket \"$1\" migrate commit \"$2\" --on-stdin",
+                       BuildPath("vtm-manager/vtmctl"), a.socket(), id});
+  };
+
+  const std::string first = prepare_and_send("vm6");
+  ASSERT_FALSE(first.empty());
+  // stdin closed before the cue: nothing happens.
+  auto uncued = a.Vtmctl({"migrate", "commit", first, "--on-stdin"});
+  EXPECT_EQ(uncued.exit_code, 1) << uncued.output;
+  EXPECT_NE(uncued.output.find("nothing was committed"), std::string::npos) << uncued.output;
+  EXPECT_NE(a.Vtmctl({"migrate", "status", first}).output.find(" sent "), std::string::npos);
+  // The cue after 12 s: the keep-alives held the channel open the whole time.
+  auto late = commit_on_cue(first, "12");
+  EXPECT_EQ(late.exit_code, 0) << late.output;
+  EXPECT_EQ(late.output.rfind("ready\n", 0), 0u) << late.output;
+  const std::string log = a.VtmdLog();
+  EXPECT_NE(log.find("migration " + first + " activated on the destination: channel open"), std::string::npos) << log;
+  EXPECT_EQ(log.find("migration " + first + ": the commit channel failed"), std::string::npos) << log;
+  EXPECT_NE(a.Vtmctl({"migrate", "status", first}).output.find(" committed "), std::string::npos);
+
+  // The destination restarts after the channel was opened, before the cue: the commit reconnects.
+  const std::string second = prepare_and_send("vm7");
+  ASSERT_FALSE(second.empty());
+  const std::string cue = P("cue.fifo");
+  ASSERT_EQ(mkfifo(cue.c_str(), 0600), 0);
+  CommandResult cued;
+  std::thread commit([&] {
+    cued = RunCommand({"sh", "-c", "exec \"$0\" --socket \"$1\" migrate commit \"$2\" --on-stdin < \"$3\"",
+                       BuildPath("vtm-manager/vtmctl"), a.socket(), second, cue});
+  });
+  {
+    // Opens once vtmctl's shell opened the other end.
+    std::ofstream to_vtmctl(cue);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // it connects meanwhile
+    std::string error;
+    EXPECT_TRUE(rig.RestartDestination(&error)) << error;
+    to_vtmctl << "commit" << std::endl;
+  }
+  commit.join();
+  EXPECT_EQ(cued.exit_code, 0) << cued.output;
+  EXPECT_NE(a.VtmdLog().find("migration " + second + ": the commit channel failed"), std::string::npos) << a.VtmdLog();
+  EXPECT_NE(a.Vtmctl({"migrate", "status", second}).output.find(" committed "), std::string::npos);
+  EXPECT_EQ(Field(b.Vtmctl({"show", "vm7"}).output, "state"), "stopped");
 }
 
 // libvirt's qemu hook on both hosts during a live migration, called as libvirtd calls it when

@@ -145,12 +145,13 @@ Result<api::Request> ParseRequest(const std::string& bytes) {
         case api::MigrateRequest::STEP_SEND:
         case api::MigrateRequest::STEP_COMMIT:
         case api::MigrateRequest::STEP_ABORT:
+        case api::MigrateRequest::STEP_CONNECT:
           if (m.migration_id().empty()) return Error(ErrorCode::kInvalidArgument, "this step needs the migration ID");
           [[fallthrough]];
         case api::MigrateRequest::STEP_STATUS:
           if (m.migration_id().size() > 64) return Error(ErrorCode::kInvalidArgument, "a migration ID is at most 64 characters");
           break;
-        default: return Error(ErrorCode::kInvalidArgument, "migrate needs a step (prepare, send, commit, abort, status)");
+        default: return Error(ErrorCode::kInvalidArgument, "migrate needs a step (prepare, send, commit, abort, status, connect)");
       }
       break;
     }
@@ -393,6 +394,7 @@ Status ApiService::HandleMigrate(const api::MigrateRequest& req, const ApiCaller
     case api::MigrateRequest::STEP_SEND: one = migration_->Send(req.migration_id()); break;
     case api::MigrateRequest::STEP_COMMIT: one = migration_->Commit(req.migration_id(), req.activate_only()); break;
     case api::MigrateRequest::STEP_ABORT: one = migration_->Abort(req.migration_id()); break;
+    case api::MigrateRequest::STEP_CONNECT: one = migration_->OpenCommitChannel(req.migration_id()); break;
     default: {
       VTM_ASSIGN_OR_RETURN(auto all, migration_->List(req.migration_id()));
       for (auto& m : all) *resp->add_migrations() = std::move(m);

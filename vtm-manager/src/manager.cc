@@ -671,10 +671,15 @@ Result<bool> Manager::IncomingStateReceived(const std::string& uuid) const {
   return (status.imported_blob_types() & kPermanentBlob) != 0 && status.mode() == instance_api::MODE_ACTIVE;
 }
 
-Result<VmRecord> Manager::CommitIncoming(const std::string& uuid, bool live) {
+Result<VmRecord> Manager::CommitIncoming(const std::string& uuid, bool live, const std::string& migration_id) {
   VTM_ASSIGN_OR_RETURN(VmClaim claim, Claim(uuid));
   VTM_ASSIGN_OR_RETURN(VmRecord rec, registry_.Get(uuid));
-  if (rec.state == (live ? VmState::kRunning : VmState::kStopped)) return rec;  // committed already
+  if (rec.state == (live ? VmState::kRunning : VmState::kStopped)) {
+    // Committed already; a registry written before the two records moved together may have
+    // the migration's own still to write.
+    (void)registry_.UpdateMigration(migration_id, {"received"}, "committed");
+    return rec;
+  }
   if (rec.state != VmState::kIncoming) {
     return Error(ErrorCode::kFailedPrecondition, "VM " + uuid + " is " + VmStateName(rec.state) + ", not incoming");
   }
@@ -687,8 +692,11 @@ Result<VmRecord> Manager::CommitIncoming(const std::string& uuid, bool live) {
                        " has not received the vTPM state yet: commit only after QEMU's migration completed");
     }
   }
-  auto done = registry_.Transition(uuid, rec.generation, {VmState::kIncoming},
-                                   live ? VmState::kRunning : VmState::kStopped);
+  // One transaction (one fsync) for the VM and its migration: on a live migration the guest
+  // waits for it.
+  auto done = registry_.TransitionWithMigration(uuid, rec.generation, {VmState::kIncoming},
+                                                live ? VmState::kRunning : VmState::kStopped, migration_id,
+                                                {"received"}, "committed");
   if (done.ok()) CrashPoint("migrate.destination-committed");
   return done;
 }

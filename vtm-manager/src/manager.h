@@ -155,8 +155,9 @@ class Manager {
   // Destination: records the VM as incoming; cold: writes its state; live: starts an incoming
   // instance that admits only this migration's state.
   Result<VmRecord> ReceiveIncoming(const IncomingVm& vm);
-  // Destination, commit: incoming -> running (live; refused until the state arrived) or stopped.
-  Result<VmRecord> CommitIncoming(const std::string& uuid, bool live);
+  // Destination, commit: incoming -> running (live; refused until the state arrived) or stopped,
+  // and migration_id received -> committed, in one transaction.
+  Result<VmRecord> CommitIncoming(const std::string& uuid, bool live, const std::string& migration_id);
   // Destination, abort: ends the incoming instance and destroys what arrived.
   Status AbortIncoming(const std::string& uuid);
   // Whether the incoming instance of uuid has received the vTPM's permanent state.

@@ -20,6 +20,9 @@ namespace {
 
 constexpr const char* kSource = "source";
 constexpr const char* kDestination = "destination";
+// A commit channel unused for this long is dropped (its orchestrator went away); one in use is
+// checked every few seconds by the orchestrator's OpenCommitChannel.
+constexpr std::chrono::seconds kCommitChannelIdle{60};
 
 std::string AsString(const SecretBytes& b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
 
@@ -87,6 +90,15 @@ api::Migration MigrationEngine::Describe(const MigrationRecord& m) {
 
 Result<std::unique_ptr<MigrationPeerClient>> MigrationEngine::Connect(const std::string& destination) {
   return MigrationPeerClient::Connect(destination, config_.peer_credentials, config_.timeout);
+}
+
+std::unique_ptr<MigrationPeerClient> MigrationEngine::TakeCommitChannel(const std::string& id) {
+  MutexLock lock(channels_mu_);
+  auto it = commit_channels_.find(id);
+  if (it == commit_channels_.end()) return nullptr;
+  std::unique_ptr<MigrationPeerClient> peer = std::move(it->second.peer);
+  commit_channels_.erase(it);
+  return peer;
 }
 
 Result<MigrationRecord> MigrationEngine::SourceMigration(const std::string& id) {
@@ -257,6 +269,39 @@ Result<api::Migration> MigrationEngine::Send(const std::string& id) {
   return out;
 }
 
+Result<api::Migration> MigrationEngine::OpenCommitChannel(const std::string& id) {
+  VTM_ASSIGN_OR_RETURN(MigrationRecord m, SourceMigration(id));
+  if (m.state != "sent" && m.state != "committing" && m.state != "activated") {
+    return Error(ErrorCode::kFailedPrecondition,
+                 "migration " + id + " is " + m.state + "; a commit channel is opened for a migration that was sent");
+  }
+  std::unique_ptr<MigrationPeerClient> peer = TakeCommitChannel(id);
+  if (peer != nullptr) {
+    // A status call: it fails on a channel the destination closed, and keeps it from idling out.
+    migration_api::PeerRequest ask;
+    ask.mutable_status()->set_migration_id(id);
+    if (!peer->Call(ask).ok()) peer.reset();
+  }
+  if (peer == nullptr) {
+    VTM_ASSIGN_OR_RETURN(peer, Connect(m.peer));
+  }
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<std::unique_ptr<MigrationPeerClient>> idle;  // closed outside the lock
+  {
+    MutexLock lock(channels_mu_);
+    for (auto it = commit_channels_.begin(); it != commit_channels_.end();) {
+      if (now - it->second.opened < kCommitChannelIdle) {
+        ++it;
+        continue;
+      }
+      idle.push_back(std::move(it->second.peer));
+      it = commit_channels_.erase(it);
+    }
+    commit_channels_[id] = CommitChannel{std::move(peer), now};
+  }
+  return Describe(m);
+}
+
 Result<api::Migration> MigrationEngine::Commit(const std::string& id, bool activate_only) {
   // Each phase's duration goes to the log: on a live migration the guest waits for this.
   const auto t0 = std::chrono::steady_clock::now();
@@ -270,13 +315,32 @@ Result<api::Migration> MigrationEngine::Commit(const std::string& id, bool activ
   if (m.state != "sent" && m.state != "committing" && m.state != "activated") {
     return Error(ErrorCode::kFailedPrecondition, "migration " + id + " is " + m.state + "; commit follows send");
   }
-  VTM_ASSIGN_OR_RETURN(auto peer, Connect(m.peer));
-  mark("connected");
+  std::unique_ptr<MigrationPeerClient> peer = TakeCommitChannel(id);
+  bool reconnect = peer != nullptr;
+  if (peer == nullptr) {
+    VTM_ASSIGN_OR_RETURN(peer, Connect(m.peer));
+    mark("connected");
+  } else {
+    mark("channel open");
+  }
+  // The first call: over a channel opened before, which may have gone stale, once more over a
+  // fresh one if it fails. Each step a commit can start with (status, commit, recertify) is
+  // repeatable.
+  auto call = [&](const migration_api::PeerRequest& request) -> Result<migration_api::PeerResponse> {
+    auto answer = peer->Call(request);
+    const bool retry = !answer.ok() && reconnect;
+    reconnect = false;
+    if (!retry) return answer;
+    LOG_INFO << "migration " << id << ": the commit channel failed (" << answer.error().message() << "); reconnecting";
+    VTM_ASSIGN_OR_RETURN(peer, Connect(m.peer));
+    mark("reconnected");
+    return peer->Call(request);
+  };
   if (m.state == "sent") {
     // Fencing here is irreversible; first make sure the destination can take over.
     migration_api::PeerRequest ask;
     ask.mutable_status()->set_migration_id(id);
-    VTM_ASSIGN_OR_RETURN(auto there, peer->Call(ask));
+    VTM_ASSIGN_OR_RETURN(auto there, call(ask));
     const auto& st = there.status_result();
     if (st.migration().state() != "received" && st.migration().state() != "committed") {
       return Error(ErrorCode::kFailedPrecondition,
@@ -299,24 +363,32 @@ Result<api::Migration> MigrationEngine::Commit(const std::string& id, bool activ
     CrashPoint("migrate.source-fenced");
     migration_api::PeerRequest commit;
     commit.mutable_commit()->set_migration_id(id);
-    auto activated = peer->Call(commit);
+    auto activated = call(commit);
     if (!activated.ok()) {
       (void)registry_.UpdateMigration(id, {"committing"}, "committing", activated.error().message());
       return std::move(activated).error().Context("committing migration " + id +
                                                   " (the source is fenced; repeat `vtmctl migrate commit " + id + "`)");
     }
     mark("destination active");
+    if (activate_only) {
+      // The guest waits for this answer, so `activated` is left to the commit that completes
+      // the migration: from `committing` it repeats the fence and the activation (both answer
+      // at once when done) and records it. The two states ask for the same recovery (repeat
+      // commit) and both refuse an abort; `committing`, durable before the fence, is what
+      // decides that the migration goes forward.
+      LOG_INFO << "migration " << id << " activated on the destination, the guest may continue there: " << timings;
+      return Describe(m);
+    }
     VTM_ASSIGN_OR_RETURN(m, registry_.UpdateMigration(id, {"committing"}, "activated", ""));
     mark("recorded");
     LOG_INFO << "migration " << id << " activated on the destination: " << timings;
     CrashPoint("migrate.source-destination-committed");
-    if (activate_only) return Describe(m);
   }
   // The rest is off the guest's path: the destination's certificates, and nothing left here.
   migration_api::PeerRequest recertify;
   recertify.mutable_commit()->set_migration_id(id);
   recertify.mutable_commit()->set_recertify(true);
-  auto certified = peer->Call(recertify);
+  auto certified = call(recertify);
   if (!certified.ok()) {
     (void)registry_.UpdateMigration(id, {"activated"}, "activated", certified.error().message());
     return std::move(certified).error().Context("completing migration " + id + " (repeat `vtmctl migrate commit " +
@@ -335,6 +407,7 @@ Result<api::Migration> MigrationEngine::Commit(const std::string& id, bool activ
 
 Result<api::Migration> MigrationEngine::Abort(const std::string& id) {
   VTM_ASSIGN_OR_RETURN(MigrationRecord m, registry_.GetMigration(id));
+  TakeCommitChannel(id).reset();  // no commit follows an abort
   if (m.role == kDestination) {
     // The destination's operator clears what a source that can no longer reach it left here
     // (it cannot become active: only the source's commit activates it).
@@ -607,10 +680,10 @@ Result<migration_api::CommitResponse> MigrationEngine::OnCommit(const migration_
   // Once committed here the VM is this host's and lives on by itself (its instance may have
   // ended, leaving it failed, or been stopped): a repeated commit only finishes the
   // certificates, whatever state the VM is in now.
-  VTM_ASSIGN_OR_RETURN(VmRecord rec, m.state == "committed" ? registry_.Get(m.vm_uuid)
-                                                            : manager_.CommitIncoming(m.vm_uuid, m.mode == "live"));
+  VTM_ASSIGN_OR_RETURN(VmRecord rec, m.state == "committed"
+                                         ? registry_.Get(m.vm_uuid)
+                                         : manager_.CommitIncoming(m.vm_uuid, m.mode == "live", m.id));
   if (m.state != "committed") {
-    VTM_RETURN_IF_ERROR(registry_.UpdateMigration(m.id, {"received"}, "committed"));
     LOG_INFO << "migration " << m.id << " committed: VM " << rec.uuid << " is " << VmStateName(rec.state) << " here";
   }
   migration_api::CommitResponse resp;

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,9 +29,11 @@
 #include "host_ca.h"
 #include "manager.h"
 #include "migration.pb.h"
+#include "migration_peer.h"
 #include "ra_client.h"
 #include "registry.h"
 #include "vtm.pb.h"
+#include "vtm/mutex.h"
 #include "vtm/tls.h"
 #include "vtm/verifier.h"
 
@@ -56,8 +59,16 @@ class MigrationEngine {
   Result<api::Migration> Prepare(const std::string& vm, const std::string& destination, bool cold);
   Result<api::Migration> Send(const std::string& id);
   // activate_only: return once the destination is active (the guest-visible part of a live
-  // migration); a later Commit finishes (certificates there, destruction and tombstone here).
+  // migration), the migration still `committing`; a later Commit finishes (records
+  // `activated`, certificates there, destruction and tombstone here).
+  // Over the channel OpenCommitChannel left for it, if there is one.
   Result<api::Migration> Commit(const std::string& id, bool activate_only = false);
+  // Opens the TLS channel to the destination that the next Commit of migration id uses, or, if
+  // one is open, checks that it still answers (which also keeps the destination from closing
+  // it as idle): a live migration's commit then starts inside the guest's pause without a
+  // handshake. Changes no state. The channel goes with that Commit or an Abort; one unused for a
+  // minute is dropped when another is opened.
+  Result<api::Migration> OpenCommitChannel(const std::string& id);
   Result<api::Migration> Abort(const std::string& id);
   // One migration, or every one this host knows (id empty).
   Result<std::vector<api::Migration>> List(const std::string& id);
@@ -70,7 +81,9 @@ class MigrationEngine {
   Status Reconcile();
 
  private:
-  Result<std::unique_ptr<class MigrationPeerClient>> Connect(const std::string& destination);
+  Result<std::unique_ptr<MigrationPeerClient>> Connect(const std::string& destination);
+  // The channel OpenCommitChannel left for migration id (null if none), now the caller's.
+  std::unique_ptr<MigrationPeerClient> TakeCommitChannel(const std::string& id);
   Result<MigrationRecord> SourceMigration(const std::string& id);
   Result<VmRecord> OwnedVm(const MigrationRecord& m);
   api::Migration Describe(const MigrationRecord& m);
@@ -95,6 +108,13 @@ class MigrationEngine {
   HostCa& host_ca_;
   RaClient& ra_;
   std::unique_ptr<attest::Verifier> verifier_;
+
+  struct CommitChannel {
+    std::unique_ptr<MigrationPeerClient> peer;
+    std::chrono::steady_clock::time_point opened;
+  };
+  Mutex channels_mu_;
+  std::map<std::string, CommitChannel> commit_channels_ GUARDED_BY(channels_mu_);  // by migration ID
 };
 
 }  // namespace vtm

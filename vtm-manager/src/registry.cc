@@ -319,6 +319,28 @@ Result<VmRecord> Registry::Transition(const std::string& uuid, uint64_t expected
   MutexLock lock(mu_);
   Txn txn(db_);
   if (!txn.ok()) return SqlError(db_, "begin");
+  VTM_ASSIGN_OR_RETURN(VmRecord r, TransitionInTxn(uuid, expected_generation, from, to, pid, std::move(last_error)));
+  VTM_RETURN_IF_ERROR(txn.Commit());
+  return r;
+}
+
+Result<VmRecord> Registry::TransitionWithMigration(const std::string& uuid, uint64_t expected_generation,
+                                                   const std::set<VmState>& from, VmState to,
+                                                   const std::string& migration_id,
+                                                   const std::set<std::string>& migration_from,
+                                                   const std::string& migration_to) {
+  MutexLock lock(mu_);
+  Txn txn(db_);
+  if (!txn.ok()) return SqlError(db_, "begin");
+  VTM_ASSIGN_OR_RETURN(VmRecord r, TransitionInTxn(uuid, expected_generation, from, to, std::nullopt, std::nullopt));
+  VTM_RETURN_IF_ERROR(UpdateMigrationInTxn(migration_id, migration_from, migration_to, std::nullopt));
+  VTM_RETURN_IF_ERROR(txn.Commit());
+  return r;
+}
+
+Result<VmRecord> Registry::TransitionInTxn(const std::string& uuid, uint64_t expected_generation,
+                                           const std::set<VmState>& from, VmState to, std::optional<int64_t> pid,
+                                           std::optional<std::string> last_error) {
   VTM_ASSIGN_OR_RETURN(auto rows, Query("WHERE uuid=?1", {uuid}));
   if (rows.empty()) return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid + "'");
   VmRecord r = std::move(rows.front());
@@ -344,7 +366,6 @@ Result<VmRecord> Registry::Transition(const std::string& uuid, uint64_t expected
   up.Text(5, r.last_error);
   up.Text(6, uuid);
   if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "updating VM " + uuid);
-  VTM_RETURN_IF_ERROR(txn.Commit());
   return r;
 }
 
@@ -508,6 +529,13 @@ Result<MigrationRecord> Registry::UpdateMigration(const std::string& id, const s
   MutexLock lock(mu_);
   Txn txn(db_);
   if (!txn.ok()) return SqlError(db_, "begin");
+  VTM_ASSIGN_OR_RETURN(MigrationRecord m, UpdateMigrationInTxn(id, from, to, std::move(last_error)));
+  VTM_RETURN_IF_ERROR(txn.Commit());
+  return m;
+}
+
+Result<MigrationRecord> Registry::UpdateMigrationInTxn(const std::string& id, const std::set<std::string>& from,
+                                                       const std::string& to, std::optional<std::string> last_error) {
   VTM_ASSIGN_OR_RETURN(auto rows, QueryMigrations("WHERE id=?1", {id}));
   if (rows.empty()) return Error(ErrorCode::kNotFound, "no migration '" + id + "' on this host");
   MigrationRecord m = std::move(rows.front());
@@ -523,7 +551,6 @@ Result<MigrationRecord> Registry::UpdateMigration(const std::string& id, const s
   up.Text(3, m.last_error);
   up.Text(4, id);
   if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "updating migration " + id);
-  VTM_RETURN_IF_ERROR(txn.Commit());
   return m;
 }
 

@@ -139,6 +139,14 @@ class Registry {
   Result<VmRecord> Transition(const std::string& uuid, uint64_t expected_generation, const std::set<VmState>& from,
                               VmState to, std::optional<int64_t> pid = std::nullopt,
                               std::optional<std::string> last_error = std::nullopt);
+  // Transition, and in the same transaction migration_id's compare-and-set from
+  // migration_from to migration_to (nothing changes unless both hold): a destination records
+  // the VM active and its migration committed with one fsync, on a live migration's
+  // guest-visible path.
+  Result<VmRecord> TransitionWithMigration(const std::string& uuid, uint64_t expected_generation,
+                                           const std::set<VmState>& from, VmState to, const std::string& migration_id,
+                                           const std::set<std::string>& migration_from,
+                                           const std::string& migration_to);
   // Records the public identity of uuid's vTPM (at provisioning).
   Status SetVtpmIdentity(const std::string& uuid, const VtpmPublicIdentity& identity);
   // Removes the row (and with it the only copies of the VM's wrapped keys) if it is still at
@@ -184,6 +192,13 @@ class Registry {
   Result<std::vector<MigrationRecord>> QueryMigrations(const std::string& where, const std::vector<std::string>& args)
       REQUIRES(mu_);
   Status InitSchema(const std::string& path) REQUIRES(mu_);
+  // The bodies of Transition and UpdateMigration, inside a transaction the caller holds.
+  Result<VmRecord> TransitionInTxn(const std::string& uuid, uint64_t expected_generation, const std::set<VmState>& from,
+                                   VmState to, std::optional<int64_t> pid, std::optional<std::string> last_error)
+      REQUIRES(mu_);
+  Result<MigrationRecord> UpdateMigrationInTxn(const std::string& id, const std::set<std::string>& from,
+                                               const std::string& to, std::optional<std::string> last_error)
+      REQUIRES(mu_);
 
   Mutex mu_;
   sqlite3* const db_ GUARDED_BY(mu_);

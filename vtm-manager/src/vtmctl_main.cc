@@ -3,8 +3,11 @@
 // docs/operator-guide.md and stable for scripts.
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
+#include <poll.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <algorithm>
 #include <fstream>
@@ -72,11 +75,15 @@ Commands:
   migrate send ID                      seal the VM's keys (cold: and state) to that key and
                                        send them; live: prints the destination's tpm socket
                                        for the destination QEMU (-incoming)
-  migrate commit ID [--activate-only]  after QEMU's migration completed (live): fence the
+  migrate commit ID [--activate-only] [--on-stdin]
+                                       after QEMU's migration completed (live): fence the
                                        vTPM here, activate it there, destroy it here;
                                        --activate-only returns once it is active there (a
                                        live migration's orchestrator then continues the
-                                       destination QEMU, and commits again to finish)
+                                       destination QEMU, and commits again to finish);
+                                       --on-stdin connects to vtmd and the destination
+                                       first, prints "ready", and commits when the line
+                                       "commit" arrives on stdin (nothing if stdin closes)
   migrate abort ID                     before commit: the destination destroys what it got
   migrate status [ID]                  the migrations this host knows
   migrate cold VM --to HOST:PORT       prepare, send and commit a stopped VM's vTPM at once
@@ -285,14 +292,16 @@ int WriteEvidence(const api::Response& resp, const std::string& path, bool json)
   return kOk;
 }
 
-void PrintJson(const google::protobuf::Message& m) {
+// one_line: the whole message on one line, flushed (for a script that reads it as it comes).
+void PrintJson(const google::protobuf::Message& m, bool one_line = false) {
   google::protobuf::util::JsonPrintOptions o;
-  o.add_whitespace = true;
+  o.add_whitespace = !one_line;
   o.always_print_primitive_fields = true;
   o.preserve_proto_field_names = true;
   std::string out;
   (void)google::protobuf::util::MessageToJsonString(m, &out, o);
   std::cout << out;
+  if (one_line) std::cout << std::endl;
 }
 
 void PrintMigration(const api::Migration& m) {
@@ -304,6 +313,83 @@ void PrintMigration(const api::Migration& m) {
             << "generation:    " << m.generation() << "\n";
   if (!m.destination_tpm_socket().empty()) std::cout << "tpm socket:    " << m.destination_tpm_socket() << " (destination)\n";
   if (!m.last_error().empty()) std::cout << "last error:    " << m.last_error() << "\n";
+}
+
+// Prints the outcome of one migrate step like RunMigrate does (--json: on one line, flushed);
+// returns the exit status.
+int ReportMigrateStep(const std::string& sub, const Result<api::Response>& resp, bool json) {
+  if (!resp.ok()) {
+    std::cerr << "vtmctl migrate " << sub << ": " << resp.error().message() << "\n";
+    return resp.error().code() == ErrorCode::kPermissionDenied ? kDenied : kUnreachable;
+  }
+  if (json) PrintJson(*resp, /*one_line=*/true);
+  if (resp->status() != api::STATUS_OK) {
+    std::cerr << "vtmctl migrate " << sub << ": " << resp->error() << "\n";
+    return ExitFor(resp->status());
+  }
+  if (!json && !resp->migrations().empty()) PrintMigration(resp->migrations(0));
+  return kOk;
+}
+
+// `migrate commit ID [--activate-only] --on-stdin`: a live migration's orchestrator starts this
+// before QEMU's migration, while the guest runs. It connects to vtmd, has vtmd open the channel
+// to the destination (STEP_CONNECT, repeated every few seconds so that neither end closes it
+// as idle), prints "ready" and waits; the line "commit" on stdin sends the commit over the open
+// connection. So the guest's pause holds neither the start of a process nor a TLS handshake.
+// stdin closed before that line: nothing is committed (exit 1). With --json the answer is one
+// line, written before vtmctl exits, so the orchestrator need not wait for the exit.
+int RunCommitOnCue(const api::MigrateRequest& commit, const std::string& socket, bool json) {
+  constexpr int kKeepAliveMs = 5000;
+  auto conn = VtmdConnection::Open(socket, std::chrono::seconds(120));
+  if (!conn.ok()) return ReportMigrateStep("commit", Result<api::Response>(conn.error()), json);
+  api::Request connect;
+  *connect.mutable_migrate() = commit;
+  connect.mutable_migrate()->set_step(api::MigrateRequest::STEP_CONNECT);
+  auto connected = conn->Call(connect);
+  if (!connected.ok() || connected->status() != api::STATUS_OK) return ReportMigrateStep("commit", connected, json);
+  if (json) {
+    // protobuf's first JSON conversion builds its type tables; not inside the guest's pause.
+    std::string warm;
+    (void)google::protobuf::util::MessageToJsonString(*connected, &warm);
+  }
+  std::cout << "ready" << std::endl;
+  std::string line;
+  for (;;) {
+    pollfd in{STDIN_FILENO, POLLIN, 0};
+    int r = poll(&in, 1, kKeepAliveMs);
+    if (r < 0 && errno == EINTR) continue;
+    if (r == 0) {
+      auto again = conn->Call(connect);
+      if (!again.ok()) return ReportMigrateStep("commit", again, json);
+      if (again->status() != api::STATUS_OK) {
+        std::cerr << "vtmctl migrate commit: keeping the channel to the destination open: " << again->error() << "\n";
+      }
+      continue;
+    }
+    char buf[64];
+    ssize_t n = r < 0 ? -1 : ::read(STDIN_FILENO, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      std::cerr << "vtmctl migrate commit: stdin closed before \"commit\"; nothing was committed\n";
+      return kError;
+    }
+    line.append(buf, static_cast<size_t>(n));
+    const size_t eol = line.find('\n');
+    if (eol == std::string::npos) {
+      if (line.size() > 64) break;
+      continue;
+    }
+    line.resize(eol);
+    break;
+  }
+  if (line != "commit") {
+    std::cerr << "vtmctl migrate commit: expected the line \"commit\" on stdin; nothing was committed\n";
+    return kUsage_;
+  }
+  api::Request req;
+  *req.mutable_migrate() = commit;
+  req.mutable_migrate()->set_step(api::MigrateRequest::STEP_COMMIT);
+  return ReportMigrateStep("commit", conn->Call(req), json);
 }
 
 // `migrate ...`: one request per step; `migrate cold` runs prepare, send and commit, saying
@@ -332,9 +418,18 @@ int RunMigrate(const std::vector<std::string>& args, const std::string& socket, 
     } else {
       steps = {api::MigrateRequest::STEP_PREPARE};
     }
-  } else if (sub == "commit" && args.size() == 3 && args[2] == "--activate-only") {
+  } else if (sub == "commit" && args.size() >= 3 && args.size() <= 4) {
     m.set_migration_id(args[1]);
-    m.set_activate_only(true);
+    bool on_stdin = false;
+    for (size_t i = 2; i < args.size(); ++i) {
+      if (args[i] == "--activate-only" && !m.activate_only()) m.set_activate_only(true);
+      else if (args[i] == "--on-stdin" && !on_stdin) on_stdin = true;
+      else {
+        std::cerr << "vtmctl migrate commit: unexpected argument '" << args[i] << "'\n";
+        return kUsage_;
+      }
+    }
+    if (on_stdin) return RunCommitOnCue(m, socket, json);
     steps = {api::MigrateRequest::STEP_COMMIT};
   } else if ((sub == "send" || sub == "commit" || sub == "abort") && args.size() == 2) {
     m.set_migration_id(args[1]);
