@@ -323,7 +323,17 @@ TEST_F(ManagerRecoveryTest, ColdMigratedStateSurvivesAPowerCutAfterTheCommit) {
   vm.migration_id = "m-1";
   auto received = manager_->ReceiveIncoming(vm);
   ASSERT_TRUE(received.ok()) << received.error().ToString();
-  auto committed = manager_->CommitIncoming(vm.uuid, /*live=*/false);
+  // The migration engine's record of it, as its receive step leaves it.
+  MigrationRecord migration;
+  migration.id = vm.migration_id;
+  migration.vm_uuid = vm.uuid;
+  migration.role = "destination";
+  migration.mode = "cold";
+  migration.peer = "source";
+  migration.state = "received";
+  migration.generation = vm.generation;
+  ASSERT_TRUE(registry_->InsertMigration(&migration).ok());
+  auto committed = manager_->CommitIncoming(vm.uuid, /*live=*/false, vm.migration_id);
   ASSERT_TRUE(committed.ok()) << committed.error().ToString();
   ASSERT_EQ(committed->state, VmState::kStopped);
 
