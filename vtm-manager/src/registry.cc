@@ -301,7 +301,7 @@ Status Registry::Insert(VmRecord* record, uint32_t uid_base, uint32_t uid_count)
     digest.Text(2, record->uuid);
     if (sqlite3_step(digest.get()) != SQLITE_DONE) return SqlError(db_, "inserting VM " + record->uuid);
   }
-  return Commit(txn);
+  return Commit(txn, /*lifecycle=*/true);
 }
 
 Result<std::vector<VmRecord>> Registry::Query(const std::string& where, const std::vector<std::string>& args) {
@@ -394,7 +394,7 @@ Result<VmRecord> Registry::Transition(const std::string& uuid, uint64_t expected
   up.Text(6, uuid);
   up.Blob(7, r.state_sha256);
   if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "updating VM " + uuid);
-  VTM_RETURN_IF_ERROR(Commit(txn));
+  VTM_RETURN_IF_ERROR(Commit(txn, /*lifecycle=*/true));
   return r;
 }
 
@@ -445,7 +445,7 @@ Status Registry::Remove(const std::string& uuid, uint64_t expected_generation,
     mig.Text(2, tombstone->migration_id);
     if (sqlite3_step(mig.get()) != SQLITE_DONE) return SqlError(db_, "recording migration " + tombstone->migration_id);
   }
-  return Commit(txn);
+  return Commit(txn, /*lifecycle=*/true);
 }
 
 Status Registry::SetNvCertificatesPending(const std::string& uuid, bool pending) {
@@ -780,19 +780,21 @@ Status Registry::CatchUpCounter() {
   return OkStatus();
 }
 
-Status Registry::Commit(Txn& txn) {
+Status Registry::Commit(Txn& txn, bool lifecycle) {
   if (counter_ == nullptr) return txn.Commit();
   const uint64_t epoch = epoch_ + 1;
   VTM_RETURN_IF_ERROR(Seal(epoch));
   VTM_RETURN_IF_ERROR(txn.Commit());
-  AfterCommit(epoch);
+  AfterCommit(epoch, lifecycle);
   return OkStatus();
 }
 
-void Registry::AfterCommit(uint64_t epoch) {
+void Registry::AfterCommit(uint64_t epoch, bool lifecycle) {
   epoch_ = epoch;
-  // A crash here leaves epoch = counter + 1, which the next start rolls forward.
-  CrashPoint("registry.committed-before-counter");
+  // A crash here leaves epoch = counter + 1, which the next start rolls forward. The crash
+  // point is on the VM lifecycle writes only: vtmd's own start-up writes (its TLS
+  // certificates) must not reach it, or a sweep that arms it could not restart vtmd.
+  if (lifecycle) CrashPoint("registry.committed-before-counter");
   if (Status st = counter_->Increment(); !st.ok()) {
     LOG_WARNING << "registry epoch " << epoch << " is committed but incrementing " << counter_->Describe()
                 << " failed (" << st.error().message() << "); the next write retries it first";

@@ -226,9 +226,10 @@ class Registry {
   // (refusing the write if it cannot); Seal writes the next epoch and its HMAC into the open
   // transaction; AfterCommit increments the counter.
   Status CatchUpCounter() REQUIRES(mu_);
-  Status Commit(Txn& txn) REQUIRES(mu_);  // Seal, commit, AfterCommit
+  // Seal, commit, AfterCommit; lifecycle: a VM's insert, transition or removal (the crash point).
+  Status Commit(Txn& txn, bool lifecycle = false) REQUIRES(mu_);
   Status Seal(uint64_t epoch) REQUIRES(mu_);
-  void AfterCommit(uint64_t epoch) REQUIRES(mu_);
+  void AfterCommit(uint64_t epoch, bool lifecycle) REQUIRES(mu_);
   Result<std::string> ContentDigest() REQUIRES(mu_);
   Result<std::string> AnchorMac(uint64_t epoch) REQUIRES(mu_);
   Result<std::vector<VmRecord>> Query(const std::string& where, const std::vector<std::string>& args) REQUIRES(mu_);

@@ -155,11 +155,12 @@ class Tpm : public HostTpm {
   virtual Result<std::string> ReadNv(uint32_t nv_index) = 0;
 
   // Monotonic counters (rollback protection). DefineNvCounter defines nv_index in the owner
-  // range of the TCG handle registry (0x01800000-0x01bfffff; owner auth) as TPM_NT_COUNTER with TPMA_NV_AUTHWRITE |
-  // AUTHREAD | OWNERREAD | NO_DA and authValue `auth` (at most 32 bytes), not orderly (every
-  // increment reaches NV). kAlreadyExists if the index is defined. A new counter has no value
-  // until its first increment; the TPM then starts it at or above the highest value any counter
-  // of this TPM ever had, so undefining and redefining one never moves it back.
+  // range of the TCG handle registry (0x01800000-0x01bfffff; owner auth) as TPM_NT_COUNTER
+  // with TPMA_NV_AUTHWRITE | AUTHREAD | OWNERREAD | NO_DA and authValue `auth` (at most 32
+  // bytes), not orderly (every increment reaches NV). kAlreadyExists if the index is defined.
+  // A new counter has no value until its first increment; the TPM then starts it above the
+  // value of every counter undefined before, so undefining and redefining one never moves it
+  // back.
   virtual Status DefineNvCounter(uint32_t nv_index, const SecretBytes& auth) = 0;
   // TPM2_NV_Increment with the index's authValue. kNotFound if not defined.
   virtual Status IncrementNvCounter(uint32_t nv_index, const SecretBytes& auth) = 0;
