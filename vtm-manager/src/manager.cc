@@ -55,8 +55,10 @@ Result<std::string> StateDigestOf(const std::string& tpm_dir) {
   std::sort(names.begin(), names.end());
   std::string all;
   for (const std::string& name : names) {
-    VTM_ASSIGN_OR_RETURN(std::string digest, Sha256OfFile(tpm_dir + "/" + name));
-    all += name + '\0' + digest;
+    std::string path = tpm_dir;
+    path.append("/").append(name);
+    VTM_ASSIGN_OR_RETURN(std::string digest, Sha256OfFile(path));
+    all.append(name).append(1, '\0').append(digest);
   }
   return Sha256Digest(all);
 }

@@ -746,7 +746,9 @@ Result<std::string> Registry::ContentDigest() {
 
 Result<std::string> Registry::AnchorMac(uint64_t epoch) {
   VTM_ASSIGN_OR_RETURN(std::string digest, ContentDigest());
-  const std::string message = std::string("vtm registry anchor v1", 23) + BigEndian64(epoch) + digest;
+  std::string message = "vtm registry anchor v1";
+  message.push_back('\0');
+  message += BigEndian64(epoch) + digest;
   unsigned char mac[32];
   unsigned int mac_len = 0;
   if (HMAC(EVP_sha256(), mac_key_.data(), static_cast<int>(mac_key_.size()),
