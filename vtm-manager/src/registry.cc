@@ -227,6 +227,7 @@ Status Registry::Exec(const std::string& sql) {
 }
 
 Status Registry::Insert(VmRecord* record, uint32_t uid_base, uint32_t uid_count) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
   VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
@@ -362,6 +363,7 @@ Result<std::vector<VmRecord>> Registry::List() {
 Result<VmRecord> Registry::Transition(const std::string& uuid, uint64_t expected_generation,
                                       const std::set<VmState>& from, VmState to, std::optional<int64_t> pid,
                                       std::optional<std::string> last_error, std::optional<std::string> state_sha256) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
   VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
@@ -399,6 +401,7 @@ Result<VmRecord> Registry::Transition(const std::string& uuid, uint64_t expected
 }
 
 Status Registry::SetVtpmIdentity(const std::string& uuid, const VtpmPublicIdentity& id) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
   VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
@@ -419,6 +422,7 @@ Status Registry::SetVtpmIdentity(const std::string& uuid, const VtpmPublicIdenti
 
 Status Registry::Remove(const std::string& uuid, uint64_t expected_generation,
                         const std::optional<Tombstone>& tombstone) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
   VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
@@ -449,6 +453,7 @@ Status Registry::Remove(const std::string& uuid, uint64_t expected_generation,
 }
 
 Status Registry::SetNvCertificatesPending(const std::string& uuid, bool pending) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
   VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
@@ -462,6 +467,7 @@ Status Registry::SetNvCertificatesPending(const std::string& uuid, bool pending)
 }
 
 Status Registry::SetStateDigest(const std::string& uuid, uint64_t expected_generation, const std::string& sha256) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
   VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
@@ -506,6 +512,7 @@ Result<std::vector<MigrationRecord>> Registry::QueryMigrations(const std::string
 }
 
 Status Registry::InsertMigration(MigrationRecord* m) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
   VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
@@ -556,6 +563,7 @@ Result<std::optional<MigrationRecord>> Registry::OpenMigrationOf(const std::stri
 
 Result<MigrationRecord> Registry::UpdateMigration(const std::string& id, const std::set<std::string>& from,
                                                   const std::string& to, std::optional<std::string> last_error) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
   VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
@@ -580,6 +588,7 @@ Result<MigrationRecord> Registry::UpdateMigration(const std::string& id, const s
 }
 
 Status Registry::SetMigrationPrepared(const std::string& id, const std::string& prepared) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
   VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
@@ -645,6 +654,7 @@ Result<uint64_t> Registry::NextCounter(const std::string& key) {
 }
 
 Status Registry::AddCertificates(const std::vector<CertRecord>& certs) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
   VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
@@ -692,6 +702,7 @@ Result<std::vector<CertRecord>> Registry::RevokedCertificates() {
 }
 
 Result<int> Registry::RevokeCertificatesOf(const std::string& vm_uuid) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
   VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
@@ -797,7 +808,12 @@ void Registry::AfterCommit(uint64_t epoch, bool lifecycle) {
   // point is on the VM lifecycle writes only: vtmd's own start-up writes (its TLS
   // certificates) must not reach it, or a sweep that arms it could not restart vtmd.
   if (lifecycle) CrashPoint("registry.committed-before-counter");
-  if (Status st = counter_->Increment(); !st.ok()) {
+  // Readers need not wait for the TPM; other writers do (write_mu_), so the epoch stays at
+  // most one ahead of the counter.
+  mu_.Unlock();
+  Status incremented = counter_->Increment();
+  mu_.Lock();
+  if (Status st = std::move(incremented); !st.ok()) {
     LOG_WARNING << "registry epoch " << epoch << " is committed but incrementing " << counter_->Describe()
                 << " failed (" << st.error().message() << "); the next write retries it first";
     return;
@@ -807,6 +823,7 @@ void Registry::AfterCommit(uint64_t epoch, bool lifecycle) {
 
 Result<AnchorReport> Registry::Anchor(SecretBytes mac_key, MonotonicCounter* counter, bool counter_is_new,
                                       bool accept_rollback) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
   mac_key_ = std::move(mac_key);
   VTM_ASSIGN_OR_RETURN(uint64_t value, counter->Read());

@@ -225,13 +225,13 @@ class Registry {
   // Rollback protection: the counter catches up with the committed epoch before a write
   // (refusing the write if it cannot); Seal writes the next epoch and its HMAC into the open
   // transaction; AfterCommit increments the counter.
-  Status CatchUpCounter() REQUIRES(mu_);
+  Status CatchUpCounter() REQUIRES(write_mu_, mu_);
   // Seal, commit, AfterCommit; lifecycle: a VM's insert, transition or removal (the crash point).
-  Status Commit(Txn& txn, bool lifecycle = false) REQUIRES(mu_);
-  Status Seal(uint64_t epoch) REQUIRES(mu_);
-  void AfterCommit(uint64_t epoch, bool lifecycle) REQUIRES(mu_);
+  Status Commit(Txn& txn, bool lifecycle = false) REQUIRES(write_mu_, mu_);
+  Status Seal(uint64_t epoch) REQUIRES(write_mu_, mu_);
+  void AfterCommit(uint64_t epoch, bool lifecycle) REQUIRES(write_mu_, mu_);
   Result<std::string> ContentDigest() REQUIRES(mu_);
-  Result<std::string> AnchorMac(uint64_t epoch) REQUIRES(mu_);
+  Result<std::string> AnchorMac(uint64_t epoch) REQUIRES(write_mu_, mu_);
   Result<std::vector<VmRecord>> Query(const std::string& where, const std::vector<std::string>& args) REQUIRES(mu_);
   Result<std::vector<CertRecord>> QueryCerts(const std::string& where, const std::string& arg) REQUIRES(mu_);
   Result<uint64_t> NextCounter(const std::string& key) REQUIRES(mu_);
@@ -239,14 +239,18 @@ class Registry {
       REQUIRES(mu_);
   Status InitSchema(const std::string& path) REQUIRES(mu_);
 
+  // Lock order: write_mu_, then mu_, then the host-TPM executor. Every sealed write holds
+  // write_mu_ from its catch-up to its increment; mu_ guards the connection and is released
+  // during the increment, so reads do not wait for the TPM.
+  Mutex write_mu_;
   Mutex mu_;
   sqlite3* const db_ GUARDED_BY(mu_);
   const std::string path_;
   // Set by Anchor; until then writes are not sealed (only Open and Anchor run before it).
-  MonotonicCounter* counter_ GUARDED_BY(mu_) = nullptr;
-  SecretBytes mac_key_ GUARDED_BY(mu_);
-  uint64_t epoch_ GUARDED_BY(mu_) = 0;          // committed
-  uint64_t counter_value_ GUARDED_BY(mu_) = 0;  // last known
+  MonotonicCounter* counter_ GUARDED_BY(write_mu_) = nullptr;
+  SecretBytes mac_key_ GUARDED_BY(write_mu_);
+  uint64_t epoch_ GUARDED_BY(write_mu_) = 0;          // committed
+  uint64_t counter_value_ GUARDED_BY(write_mu_) = 0;  // last known
 };
 
 }  // namespace vtm
