@@ -132,9 +132,12 @@ TPM2B_PUBLIC KeyTemplate(KeyRole role) {
 
 const char* RoleName(KeyRole role) {
   switch (role) {
-    case KeyRole::kAttestation: return "attestation key";
-    case KeyRole::kSigning: return "signing key";
-    case KeyRole::kImport: return "migration import key";
+    case KeyRole::kAttestation:
+      return "attestation key";
+    case KeyRole::kSigning:
+      return "signing key";
+    case KeyRole::kImport:
+      return "migration import key";
   }
   return "key";
 }
@@ -202,7 +205,8 @@ Result<int> EsysTpm::FlushLeftovers() {
     for (uint32_t i = 0; i < handles.count; ++i) {
       if ((handles.handle[i] & 0xFF000000) != (first & 0xFF000000)) continue;
       ESYS_TR tr = ESYS_TR_NONE;
-      if (Esys_TR_FromTPMPublic(esys(), handles.handle[i], ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &tr) != TSS2_RC_SUCCESS) {
+      if (Esys_TR_FromTPMPublic(esys(), handles.handle[i], ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &tr) !=
+          TSS2_RC_SUCCESS) {
         continue;
       }
       if (Esys_FlushContext(esys(), tr) == TSS2_RC_SUCCESS) {
@@ -271,12 +275,14 @@ Result<TpmKey> EsysTpm::CreateImportPrimary(const std::string& unique) {
   TPM2B_PUBLIC in_public = KeyTemplate(KeyRole::kImport);
   TPMS_ECC_POINT& point = in_public.publicArea.unique.ecc;
   if (unique.size() != 32) {
-    return Error(ErrorCode::kInvalidArgument, "an import key's unique value is 32 bytes, not " + std::to_string(unique.size()));
+    return Error(ErrorCode::kInvalidArgument,
+                 "an import key's unique value is 32 bytes, not " + std::to_string(unique.size()));
   }
   point.x.size = 32;
   std::memcpy(point.x.buffer, unique.data(), 32);
   point.y.size = 0;
-  VTM_ASSIGN_OR_RETURN(ScopedTr key, CreatePrimary(ESYS_TR_RH_OWNER, in_public, "owner hierarchy, migration import key"));
+  VTM_ASSIGN_OR_RETURN(ScopedTr key,
+                       CreatePrimary(ESYS_TR_RH_OWNER, in_public, "owner hierarchy, migration import key"));
   return Adopt(key);
 }
 
@@ -284,7 +290,8 @@ namespace {
 // Copies auth into *out, which the caller wipes.
 Status ToAuth(const SecretBytes& auth, TPM2B_AUTH* out) {
   if (auth.size() > 32) {
-    return Error(ErrorCode::kInvalidArgument, "a key's auth value is at most 32 bytes, not " + std::to_string(auth.size()));
+    return Error(ErrorCode::kInvalidArgument,
+                 "a key's auth value is at most 32 bytes, not " + std::to_string(auth.size()));
   }
   out->size = static_cast<uint16_t>(auth.size());
   if (!auth.empty()) std::memcpy(out->buffer, auth.data(), auth.size());
@@ -695,6 +702,88 @@ Result<std::string> EsysTpm::ReadNv(uint32_t nv_index) {
     out.append(reinterpret_cast<const char*>(piece->buffer), piece->size);
   }
   return out;
+}
+
+namespace {
+constexpr TPMA_NV kNvCounterAttributes = TPMA_NV_AUTHWRITE | TPMA_NV_AUTHREAD | TPMA_NV_OWNERREAD | TPMA_NV_NO_DA |
+                                         (TPM2_NT_COUNTER << TPMA_NV_TPM2_NT_SHIFT);
+}  // namespace
+
+Status EsysTpm::OpenNvCounter(uint32_t nv_index, const SecretBytes& auth, ScopedTrRef* nv, const std::string& what) {
+  if (nv_index < TPM2_NV_INDEX_FIRST || nv_index > TPM2_NV_INDEX_LAST) {
+    return Error(ErrorCode::kInvalidArgument, Hex32(nv_index) + " is not an NV index (0x01000000 to 0x01ffffff)");
+  }
+  VTM_ASSIGN_OR_RETURN(bool exists, HandleExists(nv_index));
+  if (!exists) return Error(ErrorCode::kNotFound, what + " is not defined in " + where_);
+  TSS2_RC rc = Esys_TR_FromTPMPublic(esys(), nv_index, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, nv->out());
+  if (rc != TSS2_RC_SUCCESS) return TpmError("reading " + what, rc);
+  EsysOut<TPM2B_NV_PUBLIC> nv_public;
+  rc = Esys_NV_ReadPublic(esys(), nv->get(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, nv_public.out(), nullptr);
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_NV_ReadPublic(" + what + ")", rc);
+  const TPMA_NV attributes = nv_public->nvPublic.attributes;
+  if (((attributes & TPMA_NV_TPM2_NT_MASK) >> TPMA_NV_TPM2_NT_SHIFT) != TPM2_NT_COUNTER ||
+      !(attributes & TPMA_NV_AUTHWRITE) || !(attributes & TPMA_NV_AUTHREAD)) {
+    return Error(ErrorCode::kFailedPrecondition, what + " in " + where_ +
+                                                     " is defined, but not as a counter written and read with its "
+                                                     "auth value; another program uses this index");
+  }
+  TPM2B_AUTH value{};
+  WipeOnExit wipe(&value);
+  VTM_RETURN_IF_ERROR(ToAuth(auth, &value));
+  rc = Esys_TR_SetAuth(esys(), nv->get(), &value);
+  if (rc != TSS2_RC_SUCCESS) return TpmError("setting the auth value of " + what, rc);
+  return OkStatus();
+}
+
+Status EsysTpm::DefineNvCounter(uint32_t nv_index, const SecretBytes& auth) {
+  const std::string what = "NV counter " + Hex32(nv_index);
+  if (nv_index < 0x01800000 || nv_index > 0x01bfffff) {
+    return Error(
+        ErrorCode::kInvalidArgument,
+        Hex32(nv_index) + " is not in the owner's NV range of the TCG handle registry (0x01800000 to 0x01bfffff)");
+  }
+  VTM_ASSIGN_OR_RETURN(bool exists, HandleExists(nv_index));
+  if (exists) return Error(ErrorCode::kAlreadyExists, what + " is defined already in " + where_);
+  TPM2B_AUTH value{};
+  WipeOnExit wipe(&value);
+  VTM_RETURN_IF_ERROR(ToAuth(auth, &value));
+  TPM2B_NV_PUBLIC nv_public{};
+  nv_public.nvPublic.nvIndex = nv_index;
+  nv_public.nvPublic.nameAlg = TPM2_ALG_SHA256;
+  nv_public.nvPublic.attributes = kNvCounterAttributes;
+  nv_public.nvPublic.dataSize = sizeof(uint64_t);
+  ScopedTrRef nv(esys());
+  TSS2_RC rc = Esys_NV_DefineSpace(esys(), ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &value,
+                                   &nv_public, nv.out());
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_NV_DefineSpace(" + what + ", owner hierarchy)", rc);
+  return OkStatus();
+}
+
+Status EsysTpm::IncrementNvCounter(uint32_t nv_index, const SecretBytes& auth) {
+  const std::string what = "NV counter " + Hex32(nv_index);
+  ScopedTrRef nv(esys());
+  VTM_RETURN_IF_ERROR(OpenNvCounter(nv_index, auth, &nv, what));
+  TSS2_RC rc = Esys_NV_Increment(esys(), nv.get(), nv.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE);
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_NV_Increment(" + what + ")", rc);
+  return OkStatus();
+}
+
+Result<std::optional<uint64_t>> EsysTpm::ReadNvCounter(uint32_t nv_index, const SecretBytes& auth) {
+  const std::string what = "NV counter " + Hex32(nv_index);
+  ScopedTrRef nv(esys());
+  VTM_RETURN_IF_ERROR(OpenNvCounter(nv_index, auth, &nv, what));
+  EsysOut<TPM2B_MAX_NV_BUFFER> data;
+  TSS2_RC rc = Esys_NV_Read(esys(), nv.get(), nv.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, sizeof(uint64_t),
+                            0, data.out());
+  if (internal::TpmResponseCode(rc) == TPM2_RC_NV_UNINITIALIZED) return std::optional<uint64_t>();
+  if (rc != TSS2_RC_SUCCESS) return TpmError("TPM2_NV_Read(" + what + ")", rc);
+  if (data->size != sizeof(uint64_t)) {
+    return Error(ErrorCode::kTpm,
+                 "TPM2_NV_Read(" + what + ") returned " + std::to_string(data->size) + " bytes, not 8");
+  }
+  uint64_t v = 0;
+  for (size_t i = 0; i < sizeof(uint64_t); ++i) v = (v << 8) | data->buffer[i];  // big-endian
+  return std::optional<uint64_t>(v);
 }
 
 }  // namespace internal

@@ -6,12 +6,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
+#include <filesystem>
 #include <thread>
 
 #include "instance_channel.h"
 #include "vtm/crash_point.h"
 #include "vtm/digest.h"
+#include "vtm/fs.h"
+#include "vtm/hex.h"
 #include "vtm/log.h"
 #include "vtm/subprocess.h"
 
@@ -35,6 +39,29 @@ bool IsInstanceOf(Env& env, int64_t pid, const std::string& uuid) {
 int64_t InstancePidOf(const VmPaths& paths) {
   auto status = InstanceStatus(paths.manager_socket);
   return status.ok() ? status->pid() : 0;
+}
+
+// Rollback protection of a vTPM's state: SHA-256 over swtpm's state files in tpm_dir (regular
+// files named tpm2-*, by name: each name, NUL, its SHA-256), as recorded in the registry. A
+// missing directory holds no state files (a vTPM whose state was lost does not match its record).
+Result<std::string> StateDigestOf(const std::string& tpm_dir) {
+  std::error_code ec;
+  std::vector<std::string> names;
+  if (!std::filesystem::exists(tpm_dir, ec) && !ec) return Sha256Digest("");
+  for (const auto& entry : std::filesystem::directory_iterator(tpm_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("tpm2-", 0) == 0 && entry.is_regular_file(ec)) names.push_back(name);
+  }
+  if (ec) return Error(ErrorCode::kIo, "listing " + tpm_dir + ": " + ec.message());
+  std::sort(names.begin(), names.end());
+  std::string all;
+  for (const std::string& name : names) {
+    std::string path = tpm_dir;
+    path.append("/").append(name);
+    VTM_ASSIGN_OR_RETURN(std::string digest, Sha256OfFile(path));
+    all.append(name).append(1, '\0').append(digest);
+  }
+  return Sha256Digest(all);
 }
 }  // namespace
 
@@ -182,7 +209,13 @@ Result<VmRecord> Manager::Create(const std::string& uuid_in, const std::string& 
       return std::move(recorded).error().Context("provisioning the vTPM of VM " + uuid);
     }
   }
-  auto provisioned = registry_.Transition(uuid, rec.generation, {VmState::kDefined}, VmState::kProvisioned);
+  auto digest = StateDigestOf(paths.tpm_dir);
+  if (!digest.ok()) {
+    (void)Destroy(uuid, rec.generation);
+    return std::move(digest).error().Context("recording the vTPM state of VM " + uuid);
+  }
+  auto provisioned = registry_.Transition(uuid, rec.generation, {VmState::kDefined}, VmState::kProvisioned,
+                                          std::nullopt, std::nullopt, *digest);
   if (!provisioned.ok()) return std::move(provisioned).error().Context("recording the creation of VM " + uuid);
   CrashPoint("create.provisioned-recorded");
   LOG_INFO << "created vTPM for VM " << uuid << " (" << name << "), instance uid " << rec.instance_uid;
@@ -205,8 +238,10 @@ Result<VmRecord> Manager::Start(const std::string& vm, std::string* note) {
                                                      " (vtm-instance pid " + std::to_string(rec.instance_pid) +
                                                      "); its socket is " + PathsFor(uuid).tpm_socket);
   }
+  VTM_RETURN_IF_ERROR(CheckStateDigest(rec));
+  // From here the state changes: its digest is unknown until the next clean stop.
   auto moved = registry_.Transition(uuid, rec.generation, {VmState::kProvisioned, VmState::kStopped, VmState::kFailed},
-                                    VmState::kStarting, 0, "");
+                                    VmState::kStarting, 0, "", "");
   if (!moved.ok()) {
     return std::move(moved).error().Context("cannot start the vTPM of VM " + uuid);
   }
@@ -361,7 +396,12 @@ Result<VmRecord> Manager::Stop(const std::string& vm, bool force, std::string* n
   }
   CrashPoint("stop.instance-stopped");
   LOG_INFO << "stopped vTPM for VM " << uuid;
-  auto done = registry_.Transition(uuid, stopping->generation, {VmState::kStopping}, VmState::kStopped, 0);
+  // The state at rest, as the next start must find it (unknown if it cannot be read).
+  auto digest = StateDigestOf(PathsFor(uuid).tpm_dir);
+  if (!digest.ok())
+    LOG_WARNING << "VM " << uuid << ": " << digest.error().message() << "; its state digest stays unknown";
+  auto done = registry_.Transition(uuid, stopping->generation, {VmState::kStopping}, VmState::kStopped, 0, std::nullopt,
+                                   digest.ok() ? *digest : std::string());
   if (done.ok()) CrashPoint("stop.stopped-recorded");
   return done;
 }
@@ -692,11 +732,16 @@ Result<VmRecord> Manager::CommitIncoming(const std::string& uuid, bool live, con
                        " has not received the vTPM state yet: commit only after QEMU's migration completed");
     }
   }
+  // A cold arrival's state is at rest: its digest is what the first start must find.
+  std::optional<std::string> digest;
+  if (!live) {
+    VTM_ASSIGN_OR_RETURN(digest, StateDigestOf(PathsFor(uuid).tpm_dir));
+  }
   // One transaction (one fsync) for the VM and its migration: on a live migration the guest
   // waits for it.
   auto done = registry_.TransitionWithMigration(uuid, rec.generation, {VmState::kIncoming},
                                                 live ? VmState::kRunning : VmState::kStopped, migration_id,
-                                                {"received"}, "committed");
+                                                {"received"}, "committed", digest);
   if (done.ok()) CrashPoint("migrate.destination-committed");
   return done;
 }
@@ -718,6 +763,36 @@ Status Manager::AbortIncoming(const std::string& uuid) {
   VTM_RETURN_IF_ERROR(Destroy(uuid, rec->generation));
   LOG_INFO << "VM " << uuid << ": incoming migration aborted; its instance, state and keys here are destroyed";
   return OkStatus();
+}
+
+Status Manager::CheckStateDigest(const VmRecord& rec) const {
+  if (rec.state_sha256.empty()) return OkStatus();  // not stopped cleanly: nothing to compare
+  const std::string dir = PathsFor(rec.uuid).tpm_dir;
+  VTM_ASSIGN_OR_RETURN(std::string now, StateDigestOf(dir));
+  if (now == rec.state_sha256) return OkStatus();
+  return Error(ErrorCode::kFailedPrecondition,
+               "the vTPM state of VM " + rec.uuid + " in " + dir +
+                   " is not the state vtmd recorded when it was last "
+                   "at rest (SHA-256 " +
+                   HexEncode(now) + ", recorded " + HexEncode(rec.state_sha256) +
+                   "): an older copy was put back or it was changed outside vtmd, and a guest would see an earlier "
+                   "TPM. vtmd does not start it. Put back the newest copy of that directory; to accept the state as it "
+                   "is instead, restart vtmd once with --accept-vm-state-rollback " +
+                   rec.uuid + " (see the operator guide)");
+}
+
+Result<std::string> Manager::AcceptStateRollback(const std::string& vm) {
+  VTM_ASSIGN_OR_RETURN(OwnedVm owned, ClaimVm(vm));
+  const VmRecord& rec = owned.record;
+  if (rec.state != VmState::kStopped && rec.state != VmState::kProvisioned && rec.state != VmState::kFailed) {
+    return Error(ErrorCode::kFailedPrecondition,
+                 "VM " + rec.uuid + " is " + VmStateName(rec.state) + "; only a stopped vTPM's state can be accepted");
+  }
+  VTM_ASSIGN_OR_RETURN(std::string digest, StateDigestOf(PathsFor(rec.uuid).tpm_dir));
+  VTM_RETURN_IF_ERROR(registry_.SetStateDigest(rec.uuid, rec.generation, digest));
+  LOG_WARNING << "--accept-vm-state-rollback: ACCEPTED the vTPM state of VM " << rec.uuid << " as it is now (SHA-256 "
+              << HexEncode(digest) << ", was recorded " << HexEncode(rec.state_sha256) << ")";
+  return digest;
 }
 
 Status Manager::Reconcile() {

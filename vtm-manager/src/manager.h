@@ -135,6 +135,10 @@ class Manager {
   // At start-up: adopts instances that survived a vtmd restart, marks dead ones failed,
   // and completes interrupted deletions.
   Status Reconcile();
+  // Rollback protection of vTPM state (vtmd --accept-vm-state-rollback): records the state of
+  // a stopped vTPM as it is now, so a start that refused it (an older copy put back) accepts
+  // it. Returns the new digest.
+  Result<std::string> AcceptStateRollback(const std::string& vm);
 
   // Sealed migration (migration_engine.h drives these; each claims the VM for its length).
   Result<VmSecrets> UnwrapKeys(const VmRecord& rec) const;
@@ -195,6 +199,8 @@ class Manager {
   // The launch of uuid's instance (keys unwrapped), as Start and an incoming migration run it.
   Result<InstanceLaunch> LaunchFor(const VmRecord& rec) const;
   Status WritePendingCertificates(const VmRecord& rec, const InstanceLaunch& launch);
+  // kFailedPrecondition, saying what to do, if rec's state files differ from its recorded digest.
+  Status CheckStateDigest(const VmRecord& rec) const;
   // Creates (or repairs) a VM's directories with their modes and owners.
   Status MakeVmDirs(const VmPaths& paths, uint32_t uid) const;
   // An adopted instance made its tpm.sock for the QEMU user of the vtmd that started it; when

@@ -1,15 +1,22 @@
 // SQLite-backed registry: schema, compare-and-set transitions, uid allocation.
 #include "registry.h"
 
-#include <ctime>
+#include <openssl/crypto.h>
+#include <openssl/hmac.h>
 
+#include <ctime>
+#include <stdexcept>
+
+#include "vtm/crash_point.h"
+#include "vtm/digest.h"
+#include "vtm/log.h"
 #include "vtm/secret.h"
 #include "vtm/utc.h"
 
 namespace vtm {
 namespace {
 
-constexpr int kSchemaVersion = 4;
+constexpr int kSchemaVersion = 5;
 
 struct StateName {
   VmState state;
@@ -48,26 +55,6 @@ class Stmt {
   int rc_;
 };
 
-// Rolls back unless committed.
-class Txn {
- public:
-  explicit Txn(sqlite3* db) : db_(db) { ok_ = sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK; }
-  ~Txn() {
-    if (ok_ && !done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-  }
-  bool ok() const { return ok_; }
-  Status Commit() {
-    done_ = true;
-    if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) return SqlError(db_, "commit");
-    return OkStatus();
-  }
-
- private:
-  sqlite3* db_;
-  bool ok_ = false;
-  bool done_ = false;
-};
-
 constexpr const char* kColumns =
     "uuid, name, service, state, generation, instance_uid, wrapped_state_key, wrapped_migration_key, instance_pid, "
     "created_at, updated_at, last_error";
@@ -90,10 +77,23 @@ constexpr const char* kMigrationDdl =
     "CREATE TABLE IF NOT EXISTS tombstones ("
     " vm_uuid TEXT PRIMARY KEY, generation INTEGER NOT NULL, destination TEXT NOT NULL, migration_id TEXT NOT NULL,"
     " at TEXT NOT NULL);";
+// v5: rollback protection (the anchor lives in meta) and the vTPM state's digest.
+constexpr const char* kStateDigestDdl = "ALTER TABLE vms ADD COLUMN state_sha256 BLOB NOT NULL DEFAULT x'';";
 constexpr const char* kMigrationColumns =
     "id, vm_uuid, role, mode, peer, state, generation, vm_state_before, prepared, created_at, updated_at, last_error";
 
 bool Ended(const std::string& migration_state) { return migration_state == "committed" || migration_state == "aborted"; }
+
+// Meta rows outside the anchor's digest: the anchor itself, and the CRL number (a counter that
+// only grows, so a rolled-back one re-uses CRL numbers at worst, and is not worth an NV write).
+constexpr const char* kAnchorEpochKey = "anchor_epoch";
+constexpr const char* kAnchorMacKey = "anchor_mac";
+
+std::string BigEndian64(uint64_t v) {
+  std::string out(8, '\0');
+  for (int i = 7; i >= 0; --i, v >>= 8) out[static_cast<size_t>(i)] = static_cast<char>(v & 0xff);
+  return out;
+}
 
 }  // namespace
 
@@ -111,6 +111,28 @@ Result<VmState> ParseVmState(const std::string& name) {
   return Error(ErrorCode::kDataLoss, "registry holds an unknown VM state '" + name + "'");
 }
 
+// Rolls back unless committed.
+class Registry::Txn {
+ public:
+  explicit Txn(sqlite3* db) : db_(db) {
+    ok_ = sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK;
+  }
+  ~Txn() {
+    if (ok_ && !done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  bool ok() const { return ok_; }
+  Status Commit() {
+    done_ = true;
+    if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) return SqlError(db_, "commit");
+    return OkStatus();
+  }
+
+ private:
+  sqlite3* db_;
+  bool ok_ = false;
+  bool done_ = false;
+};
+
 Result<std::unique_ptr<Registry>> Registry::Open(const std::string& path) {
   sqlite3* db = nullptr;
   int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
@@ -120,7 +142,7 @@ Result<std::unique_ptr<Registry>> Registry::Open(const std::string& path) {
     sqlite3_close(db);
     return Error(ErrorCode::kIo, "opening registry " + path + ": " + msg);
   }
-  std::unique_ptr<Registry> reg(new Registry(db));
+  std::unique_ptr<Registry> reg(new Registry(db, path));
   MutexLock lock(reg->mu_);
   VTM_RETURN_IF_ERROR(reg->InitSchema(path));
   return reg;
@@ -164,6 +186,12 @@ Status Registry::InitSchema(const std::string& path) {
       VTM_RETURN_IF_ERROR(Exec(std::string(kMigrationDdl) + "UPDATE meta SET value='4' WHERE key='schema_version'"));
       v = 4;
     }
+    if (v == 4) {
+      // No anchor existed before v5, so no digest changes under one here. A later upgrade that
+      // changes a table must verify the anchor before (Open would need the MAC key).
+      VTM_RETURN_IF_ERROR(Exec(std::string(kStateDigestDdl) + "UPDATE meta SET value='5' WHERE key='schema_version'"));
+      v = 5;
+    }
     if (v != kSchemaVersion) {
       return Error(ErrorCode::kFailedPrecondition, "registry " + path + " has schema version " + std::to_string(v) +
                                                        "; this vtmd understands version " +
@@ -174,6 +202,7 @@ Status Registry::InitSchema(const std::string& path) {
   // A new registry: the v1 tables above plus every later column.
   VTM_RETURN_IF_ERROR(Exec(kVtpmColumnsDdl));
   VTM_RETURN_IF_ERROR(Exec(kMigrationDdl));
+  VTM_RETURN_IF_ERROR(Exec(kStateDigestDdl));
   return Exec("INSERT INTO meta VALUES ('schema_version', '" + std::to_string(kSchemaVersion) + "')");
 }
 
@@ -190,7 +219,9 @@ Status Registry::Exec(const std::string& sql) {
 }
 
 Status Registry::Insert(VmRecord* record, uint32_t uid_base, uint32_t uid_count) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
+  VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
   if (!txn.ok()) return SqlError(db_, "begin");
   {
@@ -257,11 +288,18 @@ Status Registry::Insert(VmRecord* record, uint32_t uid_base, uint32_t uid_count)
     pending.Text(1, record->uuid);
     if (sqlite3_step(pending.get()) != SQLITE_DONE) return SqlError(db_, "inserting VM " + record->uuid);
   }
-  return txn.Commit();
+  if (!record->state_sha256.empty()) {
+    Stmt digest(db_, "UPDATE vms SET state_sha256=?1 WHERE uuid=?2");
+    digest.Blob(1, record->state_sha256);
+    digest.Text(2, record->uuid);
+    if (sqlite3_step(digest.get()) != SQLITE_DONE) return SqlError(db_, "inserting VM " + record->uuid);
+  }
+  return Commit(txn, /*lifecycle=*/true);
 }
 
 Result<std::vector<VmRecord>> Registry::Query(const std::string& where, const std::vector<std::string>& args) {
-  Stmt q(db_, std::string("SELECT ") + kColumns + ", " + kVtpmColumns + ", nv_certificates_pending FROM vms " + where);
+  Stmt q(db_, std::string("SELECT ") + kColumns + ", " + kVtpmColumns +
+                  ", nv_certificates_pending, state_sha256 FROM vms " + where);
   if (!q.ok()) return SqlError(db_, "query");
   for (size_t i = 0; i < args.size(); ++i) q.Text(static_cast<int>(i + 1), args[i]);
   std::vector<VmRecord> out;
@@ -286,6 +324,7 @@ Result<std::vector<VmRecord>> Registry::Query(const std::string& where, const st
     r.vtpm.ek_public = q.ColText(15);
     r.vtpm.ak_public = q.ColText(16);
     r.nv_certificates_pending = q.ColInt(17) != 0;
+    r.state_sha256 = q.ColText(18);
     out.push_back(std::move(r));
   }
   if (rc != SQLITE_DONE) return SqlError(db_, "query");
@@ -315,12 +354,15 @@ Result<std::vector<VmRecord>> Registry::List() {
 
 Result<VmRecord> Registry::Transition(const std::string& uuid, uint64_t expected_generation,
                                       const std::set<VmState>& from, VmState to, std::optional<int64_t> pid,
-                                      std::optional<std::string> last_error) {
+                                      std::optional<std::string> last_error, std::optional<std::string> state_sha256) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
+  VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
   if (!txn.ok()) return SqlError(db_, "begin");
-  VTM_ASSIGN_OR_RETURN(VmRecord r, TransitionInTxn(uuid, expected_generation, from, to, pid, std::move(last_error)));
-  VTM_RETURN_IF_ERROR(txn.Commit());
+  VTM_ASSIGN_OR_RETURN(VmRecord r, TransitionInTxn(uuid, expected_generation, from, to, pid, std::move(last_error),
+                                                   std::move(state_sha256)));
+  VTM_RETURN_IF_ERROR(Commit(txn, /*lifecycle=*/true));
   return r;
 }
 
@@ -328,19 +370,25 @@ Result<VmRecord> Registry::TransitionWithMigration(const std::string& uuid, uint
                                                    const std::set<VmState>& from, VmState to,
                                                    const std::string& migration_id,
                                                    const std::set<std::string>& migration_from,
-                                                   const std::string& migration_to) {
+                                                   const std::string& migration_to,
+                                                   std::optional<std::string> state_sha256) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
+  VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
   if (!txn.ok()) return SqlError(db_, "begin");
-  VTM_ASSIGN_OR_RETURN(VmRecord r, TransitionInTxn(uuid, expected_generation, from, to, std::nullopt, std::nullopt));
+  VTM_ASSIGN_OR_RETURN(VmRecord r,
+                       TransitionInTxn(uuid, expected_generation, from, to, std::nullopt, std::nullopt,
+                                       std::move(state_sha256)));
   VTM_RETURN_IF_ERROR(UpdateMigrationInTxn(migration_id, migration_from, migration_to, std::nullopt));
-  VTM_RETURN_IF_ERROR(txn.Commit());
+  VTM_RETURN_IF_ERROR(Commit(txn, /*lifecycle=*/true));
   return r;
 }
 
 Result<VmRecord> Registry::TransitionInTxn(const std::string& uuid, uint64_t expected_generation,
                                            const std::set<VmState>& from, VmState to, std::optional<int64_t> pid,
-                                           std::optional<std::string> last_error) {
+                                           std::optional<std::string> last_error,
+                                           std::optional<std::string> state_sha256) {
   VTM_ASSIGN_OR_RETURN(auto rows, Query("WHERE uuid=?1", {uuid}));
   if (rows.empty()) return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid + "'");
   VmRecord r = std::move(rows.front());
@@ -357,20 +405,27 @@ Result<VmRecord> Registry::TransitionInTxn(const std::string& uuid, uint64_t exp
   r.updated_at = NowUtc();
   if (pid) r.instance_pid = *pid;
   if (last_error) r.last_error = *last_error;
+  if (state_sha256) r.state_sha256 = *state_sha256;
   Stmt up(db_,
-          "UPDATE vms SET state=?1, generation=?2, updated_at=?3, instance_pid=?4, last_error=?5 WHERE uuid=?6");
+          "UPDATE vms SET state=?1, generation=?2, updated_at=?3, instance_pid=?4, last_error=?5, state_sha256=?7 "
+          "WHERE uuid=?6");
   up.Text(1, VmStateName(r.state));
   up.Int(2, static_cast<int64_t>(r.generation));
   up.Text(3, r.updated_at);
   up.Int(4, r.instance_pid);
   up.Text(5, r.last_error);
   up.Text(6, uuid);
+  up.Blob(7, r.state_sha256);
   if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "updating VM " + uuid);
   return r;
 }
 
 Status Registry::SetVtpmIdentity(const std::string& uuid, const VtpmPublicIdentity& id) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
+  VTM_RETURN_IF_ERROR(CatchUpCounter());
+  Txn txn(db_);
+  if (!txn.ok()) return SqlError(db_, "begin");
   Stmt up(db_,
           "UPDATE vms SET vtpm_ek_name=?1, vtpm_ek_rsa_name=?2, vtpm_ak_name=?3, vtpm_ek_public=?4, vtpm_ak_public=?5 "
           "WHERE uuid=?6");
@@ -382,12 +437,14 @@ Status Registry::SetVtpmIdentity(const std::string& uuid, const VtpmPublicIdenti
   up.Text(6, uuid);
   if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "recording the vTPM identity of VM " + uuid);
   if (sqlite3_changes(db_) != 1) return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid + "'");
-  return OkStatus();
+  return Commit(txn);
 }
 
 Status Registry::Remove(const std::string& uuid, uint64_t expected_generation,
                         const std::optional<Tombstone>& tombstone) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
+  VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
   if (!txn.ok()) return SqlError(db_, "begin");
   Stmt del(db_, "DELETE FROM vms WHERE uuid=?1 AND generation=?2");
@@ -412,21 +469,45 @@ Status Registry::Remove(const std::string& uuid, uint64_t expected_generation,
     mig.Text(2, tombstone->migration_id);
     if (sqlite3_step(mig.get()) != SQLITE_DONE) return SqlError(db_, "recording migration " + tombstone->migration_id);
   }
-  return txn.Commit();
+  return Commit(txn, /*lifecycle=*/true);
 }
 
 Status Registry::SetNvCertificatesPending(const std::string& uuid, bool pending) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
+  VTM_RETURN_IF_ERROR(CatchUpCounter());
+  Txn txn(db_);
+  if (!txn.ok()) return SqlError(db_, "begin");
   Stmt up(db_, "UPDATE vms SET nv_certificates_pending=?1 WHERE uuid=?2");
   up.Int(1, pending ? 1 : 0);
   up.Text(2, uuid);
   if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "recording the NV certificates of VM " + uuid);
   if (sqlite3_changes(db_) != 1) return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid + "'");
-  return OkStatus();
+  return Commit(txn);
+}
+
+Status Registry::SetStateDigest(const std::string& uuid, uint64_t expected_generation, const std::string& sha256) {
+  MutexLock write_lock(write_mu_);
+  MutexLock lock(mu_);
+  VTM_RETURN_IF_ERROR(CatchUpCounter());
+  Txn txn(db_);
+  if (!txn.ok()) return SqlError(db_, "begin");
+  Stmt up(db_, "UPDATE vms SET state_sha256=?1 WHERE uuid=?2 AND generation=?3");
+  up.Blob(1, sha256);
+  up.Text(2, uuid);
+  up.Int(3, static_cast<int64_t>(expected_generation));
+  if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "recording the state digest of VM " + uuid);
+  if (sqlite3_changes(db_) != 1) {
+    return Error(ErrorCode::kFailedPrecondition,
+                 "VM " + uuid + " was changed by another operation meanwhile; its state digest was not recorded");
+  }
+  return Commit(txn);
 }
 
 Status Registry::SupersedeCertificates(const std::string& uuid, const std::set<uint64_t>& keep) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
+  VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
   if (!txn.ok()) return SqlError(db_, "beginning a transaction");
   Stmt valid(db_, "SELECT serial FROM certificates WHERE vm_uuid=?1 AND revoked_at=''");
@@ -448,7 +529,7 @@ Status Registry::SupersedeCertificates(const std::string& uuid, const std::set<u
   pending.Text(1, uuid);
   if (sqlite3_step(pending.get()) != SQLITE_DONE) return SqlError(db_, "recording the NV certificates of VM " + uuid);
   if (sqlite3_changes(db_) != 1) return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid + "'");
-  return txn.Commit();
+  return Commit(txn);
 }
 
 Result<std::vector<MigrationRecord>> Registry::QueryMigrations(const std::string& where,
@@ -479,7 +560,11 @@ Result<std::vector<MigrationRecord>> Registry::QueryMigrations(const std::string
 }
 
 Status Registry::InsertMigration(MigrationRecord* m) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
+  VTM_RETURN_IF_ERROR(CatchUpCounter());
+  Txn txn(db_);
+  if (!txn.ok()) return SqlError(db_, "begin");
   m->created_at = m->updated_at = NowUtc();
   Stmt ins(db_, std::string("INSERT INTO migrations (") + kMigrationColumns +
                     ") VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)");
@@ -498,7 +583,7 @@ Status Registry::InsertMigration(MigrationRecord* m) {
   int rc = sqlite3_step(ins.get());
   if (rc == SQLITE_CONSTRAINT) return Error(ErrorCode::kAlreadyExists, "migration " + m->id + " exists already");
   if (rc != SQLITE_DONE) return SqlError(db_, "recording migration " + m->id);
-  return OkStatus();
+  return Commit(txn);
 }
 
 Result<MigrationRecord> Registry::GetMigration(const std::string& id) {
@@ -526,11 +611,13 @@ Result<std::optional<MigrationRecord>> Registry::OpenMigrationOf(const std::stri
 
 Result<MigrationRecord> Registry::UpdateMigration(const std::string& id, const std::set<std::string>& from,
                                                   const std::string& to, std::optional<std::string> last_error) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
+  VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
   if (!txn.ok()) return SqlError(db_, "begin");
   VTM_ASSIGN_OR_RETURN(MigrationRecord m, UpdateMigrationInTxn(id, from, to, std::move(last_error)));
-  VTM_RETURN_IF_ERROR(txn.Commit());
+  VTM_RETURN_IF_ERROR(Commit(txn));
   return m;
 }
 
@@ -555,14 +642,18 @@ Result<MigrationRecord> Registry::UpdateMigrationInTxn(const std::string& id, co
 }
 
 Status Registry::SetMigrationPrepared(const std::string& id, const std::string& prepared) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
+  VTM_RETURN_IF_ERROR(CatchUpCounter());
+  Txn txn(db_);
+  if (!txn.ok()) return SqlError(db_, "begin");
   Stmt up(db_, "UPDATE migrations SET prepared=?1, updated_at=?2 WHERE id=?3");
   up.Blob(1, prepared);
   up.Text(2, NowUtc());
   up.Text(3, id);
   if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "updating migration " + id);
   if (sqlite3_changes(db_) != 1) return Error(ErrorCode::kNotFound, "no migration '" + id + "' on this host");
-  return OkStatus();
+  return Commit(txn);
 }
 
 Result<std::optional<Tombstone>> Registry::GetTombstone(const std::string& vm_uuid) {
@@ -617,7 +708,9 @@ Result<uint64_t> Registry::NextCounter(const std::string& key) {
 }
 
 Status Registry::AddCertificates(const std::vector<CertRecord>& certs) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
+  VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
   if (!txn.ok()) return SqlError(db_, "begin");
   for (const auto& c : certs) {
@@ -629,7 +722,7 @@ Status Registry::AddCertificates(const std::vector<CertRecord>& certs) {
     ins.Text(5, c.issued_at.empty() ? NowUtc() : c.issued_at);
     if (sqlite3_step(ins.get()) != SQLITE_DONE) return SqlError(db_, "recording certificate " + std::to_string(c.serial));
   }
-  return txn.Commit();
+  return Commit(txn);
 }
 
 Result<std::vector<CertRecord>> Registry::QueryCerts(const std::string& where, const std::string& arg) {
@@ -663,13 +756,209 @@ Result<std::vector<CertRecord>> Registry::RevokedCertificates() {
 }
 
 Result<int> Registry::RevokeCertificatesOf(const std::string& vm_uuid) {
+  MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
+  VTM_RETURN_IF_ERROR(CatchUpCounter());
+  Txn txn(db_);
+  if (!txn.ok()) return SqlError(db_, "begin");
   Stmt up(db_, "UPDATE certificates SET revoked_at=?1, revoked_unix=?2 WHERE vm_uuid=?3 AND revoked_at=''");
   up.Text(1, NowUtc());
   up.Int(2, static_cast<int64_t>(std::time(nullptr)));
   up.Text(3, vm_uuid);
   if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "revoking certificates of VM " + vm_uuid);
-  return sqlite3_changes(db_);
+  const int revoked = sqlite3_changes(db_);
+  VTM_RETURN_IF_ERROR(Commit(txn));
+  return revoked;
+}
+
+// Rollback protection.
+
+Result<std::string> Registry::ContentDigest() {
+  // Every column of every row, in primary-key order, each value typed and length-prefixed, so
+  // no two different registries serialize the same way and a column a later schema adds is
+  // covered without a change here.
+  static constexpr const char* kTables[] = {"vms", "migrations", "tombstones", "certificates", "meta"};
+  std::string data = "vtm registry digest v1";
+  for (const char* table : kTables) {
+    std::string sql = std::string("SELECT * FROM ") + table;
+    if (std::string(table) == "meta") {
+      sql += " WHERE key NOT IN ('" + std::string(kAnchorEpochKey) + "', '" + kAnchorMacKey + "', 'next_crl_number')";
+    }
+    sql += " ORDER BY 1";
+    Stmt q(db_, sql);
+    if (!q.ok()) return SqlError(db_, std::string("digest of ") + table);
+    data.append(table).push_back('\0');
+    int rc;
+    while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) {
+      const int columns = sqlite3_column_count(q.get());
+      data.push_back('R');
+      for (int c = 0; c < columns; ++c) {
+        const int type = sqlite3_column_type(q.get(), c);
+        data.push_back(static_cast<char>('0' + type));
+        if (type == SQLITE_INTEGER) {
+          data += BigEndian64(static_cast<uint64_t>(q.ColInt(c)));
+        } else if (type != SQLITE_NULL) {
+          std::string v = q.ColText(c);
+          data += BigEndian64(v.size());
+          data += v;
+        }
+      }
+    }
+    if (rc != SQLITE_DONE) return SqlError(db_, std::string("digest of ") + table);
+  }
+  return Sha256Digest(data);
+}
+
+Result<std::string> Registry::AnchorMac(uint64_t epoch) {
+  VTM_ASSIGN_OR_RETURN(std::string digest, ContentDigest());
+  std::string message = "vtm registry anchor v1";
+  message.push_back('\0');
+  message += BigEndian64(epoch) + digest;
+  unsigned char mac[32];
+  unsigned int mac_len = 0;
+  if (HMAC(EVP_sha256(), mac_key_.data(), static_cast<int>(mac_key_.size()),
+           reinterpret_cast<const unsigned char*>(message.data()), message.size(), mac, &mac_len) == nullptr ||
+      mac_len != sizeof mac) {
+    return Error(ErrorCode::kInternal, "HMAC-SHA256 of the registry failed");
+  }
+  return std::string(reinterpret_cast<const char*>(mac), mac_len);
+}
+
+Status Registry::Seal(uint64_t epoch) {
+  VTM_ASSIGN_OR_RETURN(std::string mac, AnchorMac(epoch));
+  Stmt put(db_, "INSERT OR REPLACE INTO meta VALUES (?1, ?2), (?3, ?4)");
+  put.Text(1, kAnchorEpochKey);
+  put.Text(2, std::to_string(epoch));
+  put.Text(3, kAnchorMacKey);
+  put.Blob(4, mac);
+  if (sqlite3_step(put.get()) != SQLITE_DONE) return SqlError(db_, "recording the registry's epoch");
+  return OkStatus();
+}
+
+Status Registry::CatchUpCounter() {
+  if (counter_ == nullptr || counter_value_ >= epoch_) return OkStatus();
+  // The increment after the last commit failed (the TPM was busy or unreachable): it must
+  // happen before anything else is written, or the epoch would run ahead of the counter.
+  if (Status st = counter_->Increment(); !st.ok()) {
+    return std::move(st).error().Context("the registry's epoch " + std::to_string(epoch_) + " is ahead of " +
+                                         counter_->Describe() + " and it cannot catch up; nothing was written");
+  }
+  counter_value_ += 1;
+  return OkStatus();
+}
+
+Status Registry::Commit(Txn& txn, bool lifecycle) {
+  if (counter_ == nullptr) return txn.Commit();
+  const uint64_t epoch = epoch_ + 1;
+  VTM_RETURN_IF_ERROR(Seal(epoch));
+  VTM_RETURN_IF_ERROR(txn.Commit());
+  AfterCommit(epoch, lifecycle);
+  return OkStatus();
+}
+
+void Registry::AfterCommit(uint64_t epoch, bool lifecycle) {
+  epoch_ = epoch;
+  // A crash here leaves epoch = counter + 1, which the next start rolls forward. The crash
+  // point is on the VM lifecycle writes only: vtmd's own start-up writes (its TLS
+  // certificates) must not reach it, or a sweep that arms it could not restart vtmd.
+  if (lifecycle) CrashPoint("registry.committed-before-counter");
+  // Readers need not wait for the TPM; other writers do (write_mu_), so the epoch stays at
+  // most one ahead of the counter.
+  mu_.Unlock();
+  Status incremented = counter_->Increment();
+  mu_.Lock();
+  if (Status st = std::move(incremented); !st.ok()) {
+    LOG_WARNING << "registry epoch " << epoch << " is committed but incrementing " << counter_->Describe()
+                << " failed (" << st.error().message() << "); the next write retries it first";
+    return;
+  }
+  counter_value_ += 1;
+}
+
+Result<AnchorReport> Registry::Anchor(SecretBytes mac_key, MonotonicCounter* counter, bool counter_is_new,
+                                      bool accept_rollback) {
+  MutexLock write_lock(write_mu_);
+  MutexLock lock(mu_);
+  mac_key_ = std::move(mac_key);
+  VTM_ASSIGN_OR_RETURN(uint64_t value, counter->Read());
+  std::optional<uint64_t> epoch;
+  std::string mac;
+  {
+    Stmt get(db_, "SELECT key, value FROM meta WHERE key IN (?1, ?2)");
+    get.Text(1, kAnchorEpochKey);
+    get.Text(2, kAnchorMacKey);
+    int rc;
+    while ((rc = sqlite3_step(get.get())) == SQLITE_ROW) {
+      if (get.ColText(0) == kAnchorEpochKey) {
+        try {
+          epoch = std::stoull(get.ColText(1));
+        } catch (const std::exception&) {
+          epoch = 0;  // fails the HMAC below
+        }
+      } else {
+        mac = get.ColText(1);
+      }
+    }
+    if (rc != SQLITE_DONE) return SqlError(db_, "reading the registry's epoch");
+  }
+  const std::string counter_name = counter->Describe();
+  const std::string at = " (" + counter_name + " is at " + std::to_string(value) + ")";
+  std::string refusal;
+  ErrorCode code = ErrorCode::kFailedPrecondition;
+  AnchorReport report;
+  if (!epoch) {
+    if (counter_is_new) {
+      report.newly_anchored = true;
+    } else {
+      refusal = "the registry " + path_ + " has no rollback anchor, but " + counter_name + " exists at " +
+                std::to_string(value) + ": it is a copy from before rollback protection or its anchor was removed";
+    }
+  } else {
+    VTM_ASSIGN_OR_RETURN(std::string expected, AnchorMac(*epoch));
+    if (mac.size() != expected.size() || CRYPTO_memcmp(mac.data(), expected.data(), mac.size()) != 0) {
+      code = ErrorCode::kDataLoss;
+      refusal = "the registry " + path_ + " was changed outside vtmd: its HMAC over epoch " + std::to_string(*epoch) +
+                " does not verify under this host's master key";
+    } else if (counter_is_new) {
+      refusal = "the registry " + path_ + " is anchored at epoch " + std::to_string(*epoch) + ", but " + counter_name +
+                " did not exist (it was undefined, or the host TPM was cleared) and was defined anew" + at;
+    } else if (*epoch == value) {
+      // The normal case.
+    } else if (*epoch == value + 1) {
+      // A crash between a commit and its increment: the commit stands, the increment is owed.
+      VTM_RETURN_IF_ERROR(counter->Increment());
+      value += 1;
+      report.rolled_forward = true;
+    } else if (*epoch < value) {
+      refusal = "the registry " + path_ + " is an older copy: its epoch is " + std::to_string(*epoch) + " but " +
+                counter_name + " is at " + std::to_string(value) +
+                " (a backup or snapshot was put back; VMs created, deleted or migrated since are not in it, and VMs "
+                "deleted or migrated away since may be in it)";
+    } else {
+      refusal = "the registry " + path_ + " is at epoch " + std::to_string(*epoch) + ", ahead of " + counter_name +
+                " at " + std::to_string(value) + ": it was written against another host TPM or counter";
+    }
+  }
+  if (!refusal.empty()) {
+    if (!accept_rollback) {
+      return Error(code, refusal + ". vtmd refuses to start. Put back the newest copy of " + path_ +
+                             " (together with its -wal file) if you have one; to accept the registry as it is "
+                             "now instead, start vtmd once with --accept-registry-rollback (see the operator guide)");
+    }
+    report.accepted = true;
+    report.accepted_reason = refusal;
+  }
+  if (!epoch || report.accepted) {
+    Txn txn(db_);
+    if (!txn.ok()) return SqlError(db_, "begin");
+    VTM_RETURN_IF_ERROR(Seal(value));
+    VTM_RETURN_IF_ERROR(txn.Commit());
+  }
+  counter_ = counter;
+  epoch_ = value;
+  counter_value_ = value;
+  report.epoch = value;
+  return report;
 }
 
 }  // namespace vtm

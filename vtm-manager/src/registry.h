@@ -24,6 +24,7 @@
 
 #include "vtm/error.h"
 #include "vtm/mutex.h"
+#include "vtm/secret.h"
 
 namespace vtm {
 
@@ -72,6 +73,10 @@ struct VmRecord {
   // Certificates issued by this host's CA that are not yet in the vTPM's NV indices (a VM
   // that arrived by migration): written by the next start, before any guest sees the vTPM.
   bool nv_certificates_pending = false;
+  // SHA-256 over the vTPM's state files as vtmd last saw them at rest (after provisioning, a
+  // clean stop, an arriving migration); empty if unknown (a stop that did not finish cleanly).
+  // A start refuses state that differs (an older copy put back): see Manager::Start.
+  std::string state_sha256;
 };
 
 // One migration as one host sees it (ISO/IEC 27070 6.6). The destination assigns the ID.
@@ -116,6 +121,31 @@ struct CertRecord {
   int64_t revoked_unix = 0;
 };
 
+// The host TPM's monotonic counter as the registry's rollback protection uses it.
+class MonotonicCounter {
+ public:
+  virtual ~MonotonicCounter() = default;
+  virtual Result<uint64_t> Read() = 0;
+  virtual Status Increment() = 0;            // by one
+  virtual std::string Describe() const = 0;  // e.g. "the NV counter 0x01800a7d of the host TPM"
+};
+
+// What Registry::Anchor found and did at start.
+struct AnchorReport {
+  uint64_t epoch = 0;           // the registry's epoch after the check (== the counter)
+  bool newly_anchored = false;  // a registry without an anchor, with a counter defined by this start
+  bool rolled_forward = false;  // a crash came between a commit and its increment: incremented now
+  bool accepted = false;        // --accept-registry-rollback re-anchored a refused registry
+  std::string accepted_reason;  // what was accepted (the refusal it overrode)
+};
+
+// Rollback protection. The registry holds an epoch and an HMAC-SHA256 (key derived from the
+// master key) over the epoch and a digest of every table (VMs with their wrapped keys and state
+// digests, migrations, tombstones, certificates, meta except the CRL number). Every write
+// updates both in its own transaction, then increments the host TPM's counter, which so equals
+// the epoch except between a commit and its increment (a crash there leaves epoch = counter + 1,
+// rolled forward at the next start). An older copy of the registry has a smaller epoch than the
+// counter; an edited one fails the HMAC; both are refused at start (Anchor).
 class Registry {
  public:
   static Result<std::unique_ptr<Registry>> Open(const std::string& path);
@@ -135,10 +165,12 @@ class Registry {
 
   // Moves uuid to `to` in one transaction and bumps the generation, if the VM is still at
   // expected_generation and in one of `from`; kFailedPrecondition (naming the current state)
-  // otherwise, and nothing changes. pid and last_error replace the stored values when given.
+  // otherwise, and nothing changes. pid, last_error and state_sha256 replace the stored values
+  // when given.
   Result<VmRecord> Transition(const std::string& uuid, uint64_t expected_generation, const std::set<VmState>& from,
                               VmState to, std::optional<int64_t> pid = std::nullopt,
-                              std::optional<std::string> last_error = std::nullopt);
+                              std::optional<std::string> last_error = std::nullopt,
+                              std::optional<std::string> state_sha256 = std::nullopt);
   // Transition, and in the same transaction migration_id's compare-and-set from
   // migration_from to migration_to (nothing changes unless both hold): a destination records
   // the VM active and its migration committed with one fsync, on a live migration's
@@ -146,7 +178,8 @@ class Registry {
   Result<VmRecord> TransitionWithMigration(const std::string& uuid, uint64_t expected_generation,
                                            const std::set<VmState>& from, VmState to, const std::string& migration_id,
                                            const std::set<std::string>& migration_from,
-                                           const std::string& migration_to);
+                                           const std::string& migration_to,
+                                           std::optional<std::string> state_sha256 = std::nullopt);
   // Records the public identity of uuid's vTPM (at provisioning).
   Status SetVtpmIdentity(const std::string& uuid, const VtpmPublicIdentity& identity);
   // Removes the row (and with it the only copies of the VM's wrapped keys) if it is still at
@@ -158,6 +191,21 @@ class Registry {
   // Renewal, in one transaction: revokes every valid certificate of uuid whose serial is not in
   // keep (the ones just issued) and marks the new ones pending for the vTPM's NV.
   Status SupersedeCertificates(const std::string& uuid, const std::set<uint64_t>& keep);
+
+  // Records the digest of uuid's vTPM state at rest (empty: unknown) if it is still at
+  // expected_generation; kFailedPrecondition otherwise.
+  Status SetStateDigest(const std::string& uuid, uint64_t expected_generation, const std::string& sha256);
+
+  // Checks the registry against counter and, from then on, ties every write to it (see above).
+  // counter_is_new: this start defined the counter, so a registry without an anchor (new, or
+  // from before rollback protection) is accepted and anchored at the counter's value.
+  // Refused (kFailedPrecondition, or kDataLoss for a failed HMAC), each error saying what to do:
+  // an epoch below the counter (an older copy), above it by more than one, a failed HMAC (edited
+  // outside vtmd), an anchored registry with a new counter, an unanchored one with an old
+  // counter. accept_rollback: instead of refusing, re-anchor the registry as it is at the
+  // counter's value (the operator's deliberate recovery; reported in AnchorReport::accepted).
+  Result<AnchorReport> Anchor(SecretBytes mac_key, MonotonicCounter* counter, bool counter_is_new,
+                              bool accept_rollback);
 
   // Migrations.
   Status InsertMigration(MigrationRecord* record);  // fills timestamps; kAlreadyExists for a used ID
@@ -184,8 +232,19 @@ class Registry {
   Result<uint64_t> NextCrlNumber();
 
  private:
-  explicit Registry(sqlite3* db) : db_(db) {}
+  class Txn;  // BEGIN IMMEDIATE; rolls back unless committed
+  Registry(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
   Status Exec(const std::string& sql) REQUIRES(mu_);
+  // Rollback protection: the counter catches up with the committed epoch before a write
+  // (refusing the write if it cannot); Seal writes the next epoch and its HMAC into the open
+  // transaction; AfterCommit increments the counter.
+  Status CatchUpCounter() REQUIRES(write_mu_, mu_);
+  // Seal, commit, AfterCommit; lifecycle: a VM's insert, transition or removal (the crash point).
+  Status Commit(Txn& txn, bool lifecycle = false) REQUIRES(write_mu_, mu_);
+  Status Seal(uint64_t epoch) REQUIRES(write_mu_, mu_);
+  void AfterCommit(uint64_t epoch, bool lifecycle) REQUIRES(write_mu_, mu_);
+  Result<std::string> ContentDigest() REQUIRES(mu_);
+  Result<std::string> AnchorMac(uint64_t epoch) REQUIRES(write_mu_, mu_);
   Result<std::vector<VmRecord>> Query(const std::string& where, const std::vector<std::string>& args) REQUIRES(mu_);
   Result<std::vector<CertRecord>> QueryCerts(const std::string& where, const std::string& arg) REQUIRES(mu_);
   Result<uint64_t> NextCounter(const std::string& key) REQUIRES(mu_);
@@ -194,14 +253,24 @@ class Registry {
   Status InitSchema(const std::string& path) REQUIRES(mu_);
   // The bodies of Transition and UpdateMigration, inside a transaction the caller holds.
   Result<VmRecord> TransitionInTxn(const std::string& uuid, uint64_t expected_generation, const std::set<VmState>& from,
-                                   VmState to, std::optional<int64_t> pid, std::optional<std::string> last_error)
-      REQUIRES(mu_);
+                                   VmState to, std::optional<int64_t> pid, std::optional<std::string> last_error,
+                                   std::optional<std::string> state_sha256) REQUIRES(mu_);
   Result<MigrationRecord> UpdateMigrationInTxn(const std::string& id, const std::set<std::string>& from,
                                                const std::string& to, std::optional<std::string> last_error)
       REQUIRES(mu_);
 
+  // Lock order: write_mu_, then mu_, then the host-TPM executor. Every sealed write holds
+  // write_mu_ from its catch-up to its increment; mu_ guards the connection and is released
+  // during the increment, so reads do not wait for the TPM.
+  Mutex write_mu_;
   Mutex mu_;
   sqlite3* const db_ GUARDED_BY(mu_);
+  const std::string path_;
+  // Set by Anchor; until then writes are not sealed (only Open and Anchor run before it).
+  MonotonicCounter* counter_ GUARDED_BY(write_mu_) = nullptr;
+  SecretBytes mac_key_ GUARDED_BY(write_mu_);
+  uint64_t epoch_ GUARDED_BY(write_mu_) = 0;          // committed
+  uint64_t counter_value_ GUARDED_BY(write_mu_) = 0;  // last known
 };
 
 }  // namespace vtm

@@ -36,6 +36,7 @@
 #include "host_tls.h"
 #include "owner_auth.h"
 #include "registry.h"
+#include "rollback_counter.h"
 #include "vtm/digest.h"
 #include "vtm/libvirt.h"
 #include "vtm/fs.h"
@@ -104,6 +105,12 @@ Runs the vTPM manager daemon. Options may also be given in a config file as
   --migration-prepare-ttl SECONDS  a migration this host prepared as destination that its
                            source has not sent within this time is aborted and its import key
                            dropped (default 600)
+  --rollback-nv-index N    the host TPM NV counter index that anchors the registry against
+                           rollback (owner range; default 0x01800a7d)
+  --accept-registry-rollback  start once with the registry as it is although it is an older
+                           copy or was changed outside vtmd, re-anchoring it (command line only)
+  --accept-vm-state-rollback UUID  accept the vTPM state of a stopped VM as it is now, although it
+                           is not the state recorded when it stopped (command line only)
   --host-name NAME         this host's name in its certificates and evidence (default: the
                            system host name)
   --log-level LEVEL        debug | info | warning | error (default info)
@@ -139,6 +146,9 @@ struct Options {
   std::string migration_policy;
   uint32_t migration_prepare_ttl = 600;
   std::string host_name;
+  uint32_t rollback_nv_index = kDefaultRollbackNvIndex;
+  bool accept_registry_rollback = false;
+  std::vector<std::string> accept_vm_state;  // --accept-vm-state-rollback, repeatable
 };
 
 // The effective configuration as vtmd measures it: one "name = value" line per option, in a
@@ -168,7 +178,8 @@ std::string CanonicalConfig(const Options& o) {
       << "migration-listen = " << o.migration_listen << "\n"
       << "migration-policy = " << o.migration_policy << "\n"
       << "migration-prepare-ttl = " << o.migration_prepare_ttl << "\n"
-      << "host-name = " << o.host_name << "\n";
+      << "host-name = " << o.host_name << "\n"
+      << "rollback-nv-index = " << o.rollback_nv_index << "\n";
   return out.str();
 }
 
@@ -220,6 +231,18 @@ Status Apply(Options* o, const std::string& name, const std::string& value) {
   else if (name == "migration-policy") o->migration_policy = value;
   else if (name == "migration-prepare-ttl") return number(&o->migration_prepare_ttl);
   else if (name == "host-name") o->host_name = value;
+  else if (name == "rollback-nv-index") {
+    try {
+      size_t used = 0;
+      unsigned long v = std::stoul(value, &used, 0);  // 0x... or decimal
+      if (used != value.size() || v < 0x01800000ul || v > 0x01bffffful) throw std::out_of_range(value);
+      o->rollback_nv_index = static_cast<uint32_t>(v);
+    } catch (const std::exception&) {
+      return Error(
+          ErrorCode::kInvalidArgument,
+          "--rollback-nv-index needs an NV index of the owner range (0x01800000 to 0x01bfffff), not '" + value + "'");
+    }
+  }
   else return Error(ErrorCode::kInvalidArgument, "unknown option '" + name + "'");
   return OkStatus();
 }
@@ -261,6 +284,10 @@ Result<Options> ParseOptions(int argc, char** argv) {
       std::exit(0);
     }
     if (arg.rfind("--", 0) != 0) return Error(ErrorCode::kInvalidArgument, "unexpected argument '" + arg + "'");
+    if (arg == "--accept-registry-rollback") {  // a deliberate one-off: never from vtmd.conf
+      o.accept_registry_rollback = true;
+      continue;
+    }
     std::string name = arg.substr(2), value;
     auto eq = name.find('=');
     if (eq != std::string::npos) {
@@ -271,6 +298,8 @@ Result<Options> ParseOptions(int argc, char** argv) {
       value = argv[++i];
     }
     if (name == "config") config = value;
+    else if (name == "accept-vm-state-rollback")
+      o.accept_vm_state.push_back(value);  // command line only
     else given.emplace_back(name, value);
   }
   if (!config.empty()) {
@@ -427,6 +456,37 @@ int Run(int argc, char** argv) {
   }
   auto registry = Registry::Open(opts.state_dir + "/registry.db");
   if (!registry.ok()) return fatal(registry.error());
+  // Rollback protection: the registry's epoch against the host TPM's NV counter.
+  auto counter_auth = master->DeriveAuth(kRollbackCounterAuthLabel);
+  if (!counter_auth.ok()) return fatal(counter_auth.error());
+  auto registry_mac_key = master->DeriveAuth(kRegistryMacLabel);
+  if (!registry_mac_key.ok()) return fatal(registry_mac_key.error());
+  bool counter_created = false;
+  auto counter =
+      HostNvCounter::OpenOrDefine(host_tpm, opts.rollback_nv_index, std::move(counter_auth).value(), &counter_created);
+  if (!counter.ok()) return fatal(std::move(counter).error().Context("vtmd refuses to start"));
+  {
+    auto anchored = (*registry)->Anchor(std::move(registry_mac_key).value(), counter->get(), counter_created,
+                                        opts.accept_registry_rollback);
+    if (!anchored.ok()) return fatal(std::move(anchored).error().Context("vtmd refuses to start"));
+    if (anchored->accepted) {
+      LOG_WARNING << "--accept-registry-rollback: ACCEPTED A REFUSED REGISTRY: " << anchored->accepted_reason
+                  << "; it is re-anchored at epoch " << anchored->epoch << " of " << (*counter)->Describe()
+                  << ". VMs deleted or migrated away since that copy may be back in it: check `vtmctl list` and "
+                     "`vtmctl migrate status`";
+    } else if (opts.accept_registry_rollback) {
+      LOG_WARNING << "--accept-registry-rollback given, but the registry needed no acceptance (epoch "
+                  << anchored->epoch << "); start vtmd without it";
+    }
+    if (anchored->newly_anchored) {
+      LOG_INFO << "registry anchored to " << (*counter)->Describe() << " at epoch " << anchored->epoch;
+    } else if (anchored->rolled_forward) {
+      LOG_WARNING << "registry epoch " << anchored->epoch << " was committed before a crash and "
+                  << (*counter)->Describe() << " not yet incremented: incremented it now";
+    } else {
+      LOG_INFO << "registry epoch " << anchored->epoch << " matches " << (*counter)->Describe();
+    }
+  }
 
   if (simulated) {
     Status manufactured = host_tpm.Run([&](Tpm& tpm) {
@@ -481,6 +541,10 @@ int Run(int argc, char** argv) {
   mc.qemu_peer_check = *instance::ParsePeerCheckMode(opts.qemu_peer_check);
   Manager manager(mc, **registry, *master, FindProgram("vtm-instance"), &provisioner, measurements->get());
   if (auto st = manager.Reconcile(); !st.ok()) return fatal(std::move(st).error().Context("reconciling the registry"));
+  for (const std::string& vm : opts.accept_vm_state) {
+    auto accepted = manager.AcceptStateRollback(vm);
+    if (!accepted.ok()) return fatal(std::move(accepted).error().Context("--accept-vm-state-rollback " + vm));
+  }
 
   // The RA client: host and deep evidence for verifiers, batched under one host quote.
   RaClientConfig ra_config;

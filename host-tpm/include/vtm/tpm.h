@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "vtm/error.h"
@@ -152,6 +153,20 @@ class Tpm : public HostTpm {
   virtual Status WriteNvCertificate(uint32_t nv_index, const std::string& data) = 0;
   // Reads a whole NV index (owner auth, in chunks). kNotFound if it is not defined.
   virtual Result<std::string> ReadNv(uint32_t nv_index) = 0;
+
+  // Monotonic counters (rollback protection). DefineNvCounter defines nv_index in the owner
+  // range of the TCG handle registry (0x01800000-0x01bfffff; owner auth) as TPM_NT_COUNTER
+  // with TPMA_NV_AUTHWRITE | AUTHREAD | OWNERREAD | NO_DA and authValue `auth` (at most 32
+  // bytes), not orderly (every increment reaches NV). kAlreadyExists if the index is defined.
+  // A new counter has no value until its first increment; the TPM then starts it above the
+  // value of every counter undefined before, so undefining and redefining one never moves it
+  // back.
+  virtual Status DefineNvCounter(uint32_t nv_index, const SecretBytes& auth) = 0;
+  // TPM2_NV_Increment with the index's authValue. kNotFound if not defined.
+  virtual Status IncrementNvCounter(uint32_t nv_index, const SecretBytes& auth) = 0;
+  // The counter's value (TPM2_NV_Read, authValue); nullopt before its first increment.
+  // kNotFound if not defined, kFailedPrecondition if the index is not a counter.
+  virtual Result<std::optional<uint64_t>> ReadNvCounter(uint32_t nv_index, const SecretBytes& auth) = 0;
 
   // Flushes transient objects and sessions an earlier user left loaded (a process killed
   // before it could flush them: without a resource manager, as with a simulated host TPM or

@@ -65,6 +65,9 @@ class EsysTpm final : public Tpm {
   Result<TpmKey> LoadPersistent(uint32_t persistent_handle) override;
   Status WriteNvCertificate(uint32_t nv_index, const std::string& data) override;
   Result<std::string> ReadNv(uint32_t nv_index) override;
+  Status DefineNvCounter(uint32_t nv_index, const SecretBytes& auth) override;
+  Status IncrementNvCounter(uint32_t nv_index, const SecretBytes& auth) override;
+  Result<std::optional<uint64_t>> ReadNvCounter(uint32_t nv_index, const SecretBytes& auth) override;
   Result<int> FlushLeftovers() override;
   void Flush(uint32_t esys_handle) override;
   void Forget(uint32_t esys_handle) override;
@@ -85,6 +88,8 @@ class EsysTpm final : public Tpm {
   Result<bool> HandleExists(uint32_t tpm_handle);
   // The most bytes one TPM2_NV_Read/Write moves (TPM2_PT_NV_BUFFER_MAX, else 1024).
   Result<uint32_t> NvChunkSize();
+  // An ESAPI reference to the defined counter nv_index with auth set; kNotFound if undefined.
+  Status OpenNvCounter(uint32_t nv_index, const SecretBytes& auth, ScopedTrRef* nv, const std::string& what);
   // Checks that key belongs to this TPM and is loaded; what names the argument in errors.
   Status CheckKey(const TpmKey& key, const char* what) const;
   TpmKey Adopt(ScopedTr& object) { return TpmKey(this, object.release(), /*transient=*/true); }
