@@ -286,6 +286,11 @@ std::string ProcStatus(pid_t pid, const std::string& key) {
   v.erase(0, v.find_first_not_of('\t'));
   return v;
 }
+// The NUL-separated command line; "" if the process is gone.
+std::string ProcCmdline(pid_t pid) {
+  auto cmdline = ReadFile("/proc/" + std::to_string(pid) + "/cmdline");
+  return cmdline.ok() ? *cmdline : "";
+}
 // Alive and not a zombie.
 bool Running(pid_t pid) {
   const std::string state = ProcStatus(pid, "State");
@@ -360,6 +365,11 @@ class MigrationLiveFaultTest : public ::testing::Test {
           const pid_t parent = std::atoi(ProcStatus(pid, "PPid").c_str());
           if (parent != recorded || recorded <= 0)
             problem += "swtpm " + std::to_string(pid) + " has no owning instance; ";
+        } else if (ProcCmdline(pid).find("--peer-inspector") != std::string::npos) {
+          // The instance's peer inspector (exec'd as /proc/self/exe): part of the recorded instance.
+          const pid_t parent = std::atoi(ProcStatus(pid, "PPid").c_str());
+          if (parent != recorded || recorded <= 0)
+            problem += "peer inspector " + std::to_string(pid) + " has no owning instance; ";
         } else {
           problem += name + " " + std::to_string(pid) + " names the VM; ";
         }
