@@ -96,9 +96,9 @@ Result<std::unique_ptr<HostCa>> HostCa::LoadOrCreate(HostAttestationKey& ak, con
       if (left <= 0) {
         LOG_ERROR << "the host CA certificate " << cert_path << " expired at " << FormatUtc(end)
                   << ": vtmd refuses to issue certificates until a renewed one is installed (vtmctl ca csr, ca install)";
-      } else if (left < std::time_t{30} * 24 * 3600) {
+      } else if (constexpr std::time_t kDay = std::time_t{24} * 3600; left < 30 * kDay) {
         LOG_WARNING << "the host CA certificate " << cert_path << " expires at " << FormatUtc(end) << ", in "
-                    << left / (24 * 3600) << " days: install a renewed one (vtmctl ca csr, ca install)";
+                    << left / kDay << " days: install a renewed one (vtmctl ca csr, ca install)";
       }
     }
     return id;
