@@ -222,7 +222,7 @@ std::time_t HostCa::ca_not_after() const {
 Result<ca::Validity> HostCa::NewCertificateValidity(std::time_t now) const {
   ca::Validity v = ValidityFrom(now, lifetimes_.vtpm_days);
   const std::time_t ca_end = ca_not_after();
-  if (ca_end != 0 && ca_end <= v.not_before + 60) {
+  if (ca_end != 0 && ca_end <= now) {
     return Error(ErrorCode::kFailedPrecondition,
                  "the host CA certificate expired at " + FormatUtc(ca_end) +
                      "; nothing it signs would verify. Install a renewed certificate for the CA key "
