@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -17,21 +18,19 @@
 namespace vtm {
 namespace {
 
+// The registry's counter thread increments it while the test reads it: atomics.
 class FakeCounter final : public MonotonicCounter {
  public:
   explicit FakeCounter(uint64_t value) : value_(value) {}
-  Result<uint64_t> Read() override { return value_; }
+  Result<uint64_t> Read() override { return value_.load(); }
   Status Increment() override {
-    if (fail_increments_ > 0) {
-      --fail_increments_;
-      return Error(ErrorCode::kTpm, "TPM2_NV_Increment: simulated failure");
-    }
+    if (broken_) return Error(ErrorCode::kTpm, "TPM2_NV_Increment: simulated failure");
     ++value_;
     return OkStatus();
   }
   std::string Describe() const override { return "the fake counter"; }
-  uint64_t value_;
-  int fail_increments_ = 0;
+  std::atomic<uint64_t> value_;
+  std::atomic<bool> broken_{false};  // every increment fails (the TPM does not answer)
 };
 
 SecretBytes Key(char c) {
@@ -84,13 +83,16 @@ TEST_F(RegistryAnchorTest, EveryWriteMovesTheCounterAndAReopenMatches) {
     EXPECT_EQ(report.epoch, 41u);
     VmRecord a = NewVm(kA, "a");
     ASSERT_TRUE((*reg)->Insert(&a, 1000, 10).ok());
+    ASSERT_TRUE((*reg)->SyncCounter().ok());
     EXPECT_EQ(counter_.value_, 42u);
     auto moved = (*reg)->Transition(kA, a.generation, {VmState::kProvisioned}, VmState::kStopped, 0, "", "digest");
     ASSERT_TRUE(moved.ok()) << moved.error().ToString();
     ASSERT_TRUE((*reg)->SetNvCertificatesPending(kA, true).ok());
     ASSERT_TRUE((*reg)->RevokeCertificatesOf(kA).ok());
+    ASSERT_TRUE((*reg)->SyncCounter().ok());
     EXPECT_EQ(counter_.value_, 45u);
     ASSERT_TRUE((*reg)->NextCrlNumber().ok());  // outside the anchor: no increment
+    ASSERT_TRUE((*reg)->SyncCounter().ok());
     EXPECT_EQ(counter_.value_, 45u);
     EXPECT_EQ((*reg)->Get(kA)->state_sha256, "digest");
   }
@@ -170,11 +172,12 @@ TEST_F(RegistryAnchorTest, CrashBetweenCommitAndIncrementRollsForward) {
   {
     auto reg = OpenAnchored(true);
     ASSERT_TRUE(reg.ok()) << reg.error().ToString();
-    counter_.fail_increments_ = 1;  // as if vtmd died right after the commit
+    counter_.broken_ = true;  // as if vtmd died right after the commit
     VmRecord a = NewVm(kA, "a");
     ASSERT_TRUE((*reg)->Insert(&a, 1000, 10).ok());
-    EXPECT_EQ(counter_.value_, 41u);
   }
+  EXPECT_EQ(counter_.value_, 41u);
+  counter_.broken_ = false;
   AnchorReport report;
   auto reg = OpenAnchored(false, false, &report);
   ASSERT_TRUE(reg.ok()) << reg.error().ToString();
@@ -186,18 +189,83 @@ TEST_F(RegistryAnchorTest, CrashBetweenCommitAndIncrementRollsForward) {
 TEST_F(RegistryAnchorTest, FailedIncrementIsCaughtUpBeforeTheNextWriteOrRefusesIt) {
   auto reg = OpenAnchored(true);
   ASSERT_TRUE(reg.ok()) << reg.error().ToString();
-  counter_.fail_increments_ = 2;  // the increment after the commit, then the catch-up
+  counter_.broken_ = true;  // the increment after the commit fails, and so does the catch-up
   VmRecord a = NewVm(kA, "a");
-  ASSERT_TRUE((*reg)->Insert(&a, 1000, 10).ok());
+  ASSERT_TRUE((*reg)->Insert(&a, 1000, 10).ok()) << "committed before the increment";
   VmRecord b = NewVm(kB, "b");
   Status refused = (*reg)->Insert(&b, 1000, 10);
   ASSERT_FALSE(refused.ok());
   EXPECT_NE(refused.error().message().find("nothing was written"), std::string::npos) << refused.error().message();
   EXPECT_FALSE((*reg)->Get(kB).ok());
+  EXPECT_EQ(counter_.value_, 41u);
+  counter_.broken_ = false;
   ASSERT_TRUE((*reg)->Insert(&b, 1000, 10).ok());  // the TPM answers again: caught up, then written
+  ASSERT_TRUE((*reg)->SyncCounter().ok());
   EXPECT_EQ(counter_.value_, 43u);
   reg->reset();
   EXPECT_TRUE(OpenAnchored(false).ok());
+}
+
+// The digest is kept row by row as rows are written; a reopen sums every row anew and checks
+// the HMAC against that. Every kind of write, a refused one (rolled back) and the rows SQLite
+// replaces without telling (INSERT OR REPLACE in meta and tombstones) must leave the two equal.
+TEST_F(RegistryAnchorTest, RowByRowDigestEqualsAFullOneAfterEveryKindOfWrite) {
+  {
+    auto reg = OpenAnchored(true);
+    ASSERT_TRUE(reg.ok()) << reg.error().ToString();
+    Registry& r = **reg;
+    VmRecord a = NewVm(kA, "a");
+    VmRecord b = NewVm(kB, "b");
+    ASSERT_TRUE(r.Insert(&a, 1000, 10).ok());
+    ASSERT_TRUE(r.Insert(&b, 1000, 10).ok());
+    VmRecord dup = NewVm(kA, "again");
+    ASSERT_FALSE(r.Insert(&dup, 1000, 10).ok());  // refused: rolled back after touching nothing
+    std::vector<CertRecord> certs;
+    for (uint64_t serial : {11u, 12u, 13u}) {
+      CertRecord c;
+      c.serial = serial;
+      c.vm_uuid = kA;
+      c.kind = "ik";
+      c.der = "der" + std::to_string(serial);
+      certs.push_back(c);
+    }
+    ASSERT_TRUE(r.AddCertificates(certs).ok());
+    ASSERT_TRUE(r.SupersedeCertificates(kA, {13}).ok());
+    auto moved = r.Transition(kA, a.generation, {VmState::kProvisioned}, VmState::kStopped, 0, "", "digest");
+    ASSERT_TRUE(moved.ok()) << moved.error().ToString();
+    ASSERT_FALSE(r.Transition(kA, a.generation, {VmState::kProvisioned}, VmState::kRunning).ok());  // stale
+    MigrationRecord m;
+    m.id = "m1";
+    m.vm_uuid = kB;
+    m.role = "source";
+    m.mode = "cold";
+    m.peer = "peer:1";
+    m.state = "prepared";
+    m.generation = b.generation;
+    ASSERT_TRUE(r.InsertMigration(&m).ok());
+    ASSERT_TRUE(r.UpdateMigration("m1", {"prepared"}, "sent").ok());
+    ASSERT_TRUE(r.SetMigrationPrepared("m1", "response").ok());
+    Tombstone t;
+    t.generation = b.generation;
+    t.destination = "peer:1";
+    t.migration_id = "m1";
+    ASSERT_TRUE(r.Remove(kB, b.generation, t).ok());
+    VmRecord back = NewVm(kB, "b");
+    back.generation = b.generation + 5;  // arrives again later: replaces its tombstone
+    ASSERT_TRUE(r.Insert(&back, 1000, 10).ok());
+    ASSERT_TRUE(r.NextCrlNumber().ok());
+    ASSERT_TRUE(r.RevokeCertificatesOf(kA).ok());
+  }
+  AnchorReport report;
+  auto reg = OpenAnchored(false, false, &report);
+  ASSERT_TRUE(reg.ok()) << reg.error().ToString();
+  EXPECT_FALSE(report.accepted || report.rolled_forward);
+  // And the full sum still sees one changed byte.
+  reg->reset();
+  Sql("UPDATE certificates SET der='derX' WHERE serial=12");
+  auto edited = OpenAnchored(false);
+  ASSERT_FALSE(edited.ok());
+  EXPECT_EQ(edited.error().code(), ErrorCode::kDataLoss) << edited.error().message();
 }
 
 // Not a check but a measurement (printed): what the digest and HMAC add to one write when the

@@ -133,6 +133,19 @@ class Registry::Txn {
   bool done_ = false;
 };
 
+template <typename Fn>
+auto Registry::SealedWrite(bool lifecycle, Fn&& body) -> decltype(body()) {
+  MutexLock write_lock(write_mu_);
+  MutexLock lock(mu_);
+  VTM_RETURN_IF_ERROR(CatchUpCounter());
+  Txn txn(db_);
+  if (!txn.ok()) return SqlError(db_, "begin");
+  auto result = body();
+  if (!result.ok()) return result;
+  VTM_RETURN_IF_ERROR(Commit(txn, lifecycle));
+  return result;
+}
+
 Result<std::unique_ptr<Registry>> Registry::Open(const std::string& path) {
   sqlite3* db = nullptr;
   int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
@@ -206,7 +219,15 @@ Status Registry::InitSchema(const std::string& path) {
   return Exec("INSERT INTO meta VALUES ('schema_version', '" + std::to_string(kSchemaVersion) + "')");
 }
 
-Registry::~Registry() { sqlite3_close(db_); }
+Registry::~Registry() {
+  {
+    MutexLock write_lock(write_mu_);
+    closing_ = true;
+  }
+  counter_cv_.NotifyAll();
+  if (counter_thread_.joinable()) counter_thread_.join();
+  sqlite3_close(db_);
+}
 
 Status Registry::Exec(const std::string& sql) {
   char* err = nullptr;
@@ -219,82 +240,81 @@ Status Registry::Exec(const std::string& sql) {
 }
 
 Status Registry::Insert(VmRecord* record, uint32_t uid_base, uint32_t uid_count) {
-  MutexLock write_lock(write_mu_);
-  MutexLock lock(mu_);
-  VTM_RETURN_IF_ERROR(CatchUpCounter());
-  Txn txn(db_);
-  if (!txn.ok()) return SqlError(db_, "begin");
-  {
-    Stmt dup(db_, "SELECT uuid, name FROM vms WHERE uuid=?1 OR name=?2");
-    dup.Text(1, record->uuid);
-    dup.Text(2, record->name);
-    if (sqlite3_step(dup.get()) == SQLITE_ROW) {
-      bool same_uuid = dup.ColText(0) == record->uuid;
-      return Error(ErrorCode::kAlreadyExists,
-                   same_uuid ? "a vTPM for VM " + record->uuid + " exists already"
-                             : "the name '" + record->name + "' is taken by VM " + dup.ColText(0));
-    }
-  }
-  if (record->generation == 0) record->generation = 1;
-  {
-    Stmt tomb(db_, "SELECT generation, destination, migration_id FROM tombstones WHERE vm_uuid=?1");
-    tomb.Text(1, record->uuid);
-    if (sqlite3_step(tomb.get()) == SQLITE_ROW) {
-      const auto left = static_cast<uint64_t>(tomb.ColInt(0));
-      if (record->generation <= left) {
+  return SealedWrite(/*lifecycle=*/true, [&]() -> Status {
+    mu_.AssertHeld();
+    {
+      Stmt dup(db_, "SELECT uuid, name FROM vms WHERE uuid=?1 OR name=?2");
+      dup.Text(1, record->uuid);
+      dup.Text(2, record->name);
+      if (sqlite3_step(dup.get()) == SQLITE_ROW) {
+        bool same_uuid = dup.ColText(0) == record->uuid;
         return Error(ErrorCode::kAlreadyExists,
-                     "VM " + record->uuid + " migrated from this host to " + tomb.ColText(1) + " at generation " +
-                         std::to_string(left) + " (migration " + tomb.ColText(2) +
-                         "); its vTPM lives there now and cannot be created or started here again");
+                     same_uuid ? "a vTPM for VM " + record->uuid + " exists already"
+                               : "the name '" + record->name + "' is taken by VM " + dup.ColText(0));
       }
-      Stmt del(db_, "DELETE FROM tombstones WHERE vm_uuid=?1");
-      del.Text(1, record->uuid);
-      if (sqlite3_step(del.get()) != SQLITE_DONE) return SqlError(db_, "replacing the tombstone of " + record->uuid);
     }
-  }
-  // Lowest free uid: the registry is the only allocator of the range.
-  uint32_t uid = uid_base;
-  {
-    Stmt used(db_, "SELECT instance_uid FROM vms WHERE instance_uid >= ?1 AND instance_uid < ?2 ORDER BY instance_uid");
-    used.Int(1, uid_base);
-    used.Int(2, static_cast<int64_t>(uid_base) + uid_count);
-    while (sqlite3_step(used.get()) == SQLITE_ROW) {
-      if (static_cast<uint32_t>(used.ColInt(0)) != uid) break;
-      ++uid;
+    if (record->generation == 0) record->generation = 1;
+    {
+      Stmt tomb(db_, "SELECT generation, destination, migration_id FROM tombstones WHERE vm_uuid=?1");
+      tomb.Text(1, record->uuid);
+      if (sqlite3_step(tomb.get()) == SQLITE_ROW) {
+        const auto left = static_cast<uint64_t>(tomb.ColInt(0));
+        if (record->generation <= left) {
+          return Error(ErrorCode::kAlreadyExists,
+                       "VM " + record->uuid + " migrated from this host to " + tomb.ColText(1) + " at generation " +
+                           std::to_string(left) + " (migration " + tomb.ColText(2) +
+                           "); its vTPM lives there now and cannot be created or started here again");
+        }
+        Stmt del(db_, "DELETE FROM tombstones WHERE vm_uuid=?1");
+        del.Text(1, record->uuid);
+        if (sqlite3_step(del.get()) != SQLITE_DONE) return SqlError(db_, "replacing the tombstone of " + record->uuid);
+      }
     }
-  }
-  if (uid >= static_cast<uint64_t>(uid_base) + uid_count) {
-    return Error(ErrorCode::kUnavailable, "all " + std::to_string(uid_count) + " instance uids from " +
-                                              std::to_string(uid_base) + " are in use; raise --instance-uid-count");
-  }
-  record->instance_uid = uid;
-  record->created_at = record->updated_at = NowUtc();
-  Stmt ins(db_, std::string("INSERT INTO vms (") + kColumns + ") VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)");
-  ins.Text(1, record->uuid);
-  ins.Text(2, record->name);
-  ins.Text(3, record->service);
-  ins.Text(4, VmStateName(record->state));
-  ins.Int(5, static_cast<int64_t>(record->generation));
-  ins.Int(6, record->instance_uid);
-  ins.Blob(7, record->wrapped_state_key);
-  ins.Blob(8, record->wrapped_migration_key);
-  ins.Int(9, record->instance_pid);
-  ins.Text(10, record->created_at);
-  ins.Text(11, record->updated_at);
-  ins.Text(12, record->last_error);
-  if (sqlite3_step(ins.get()) != SQLITE_DONE) return SqlError(db_, "inserting VM " + record->uuid);
-  if (record->nv_certificates_pending) {
-    Stmt pending(db_, "UPDATE vms SET nv_certificates_pending=1 WHERE uuid=?1");
-    pending.Text(1, record->uuid);
-    if (sqlite3_step(pending.get()) != SQLITE_DONE) return SqlError(db_, "inserting VM " + record->uuid);
-  }
-  if (!record->state_sha256.empty()) {
-    Stmt digest(db_, "UPDATE vms SET state_sha256=?1 WHERE uuid=?2");
-    digest.Blob(1, record->state_sha256);
-    digest.Text(2, record->uuid);
-    if (sqlite3_step(digest.get()) != SQLITE_DONE) return SqlError(db_, "inserting VM " + record->uuid);
-  }
-  return Commit(txn, /*lifecycle=*/true);
+    // Lowest free uid: the registry is the only allocator of the range.
+    uint32_t uid = uid_base;
+    {
+      Stmt used(db_,
+                "SELECT instance_uid FROM vms WHERE instance_uid >= ?1 AND instance_uid < ?2 ORDER BY instance_uid");
+      used.Int(1, uid_base);
+      used.Int(2, static_cast<int64_t>(uid_base) + uid_count);
+      while (sqlite3_step(used.get()) == SQLITE_ROW) {
+        if (static_cast<uint32_t>(used.ColInt(0)) != uid) break;
+        ++uid;
+      }
+    }
+    if (uid >= static_cast<uint64_t>(uid_base) + uid_count) {
+      return Error(ErrorCode::kUnavailable, "all " + std::to_string(uid_count) + " instance uids from " +
+                                                std::to_string(uid_base) + " are in use; raise --instance-uid-count");
+    }
+    record->instance_uid = uid;
+    record->created_at = record->updated_at = NowUtc();
+    Stmt ins(db_, std::string("INSERT INTO vms (") + kColumns + ") VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)");
+    ins.Text(1, record->uuid);
+    ins.Text(2, record->name);
+    ins.Text(3, record->service);
+    ins.Text(4, VmStateName(record->state));
+    ins.Int(5, static_cast<int64_t>(record->generation));
+    ins.Int(6, record->instance_uid);
+    ins.Blob(7, record->wrapped_state_key);
+    ins.Blob(8, record->wrapped_migration_key);
+    ins.Int(9, record->instance_pid);
+    ins.Text(10, record->created_at);
+    ins.Text(11, record->updated_at);
+    ins.Text(12, record->last_error);
+    if (sqlite3_step(ins.get()) != SQLITE_DONE) return SqlError(db_, "inserting VM " + record->uuid);
+    if (record->nv_certificates_pending) {
+      Stmt pending(db_, "UPDATE vms SET nv_certificates_pending=1 WHERE uuid=?1");
+      pending.Text(1, record->uuid);
+      if (sqlite3_step(pending.get()) != SQLITE_DONE) return SqlError(db_, "inserting VM " + record->uuid);
+    }
+    if (!record->state_sha256.empty()) {
+      Stmt digest(db_, "UPDATE vms SET state_sha256=?1 WHERE uuid=?2");
+      digest.Blob(1, record->state_sha256);
+      digest.Text(2, record->uuid);
+      if (sqlite3_step(digest.get()) != SQLITE_DONE) return SqlError(db_, "inserting VM " + record->uuid);
+    }
+    return OkStatus();
+  });
 }
 
 Result<std::vector<VmRecord>> Registry::Query(const std::string& where, const std::vector<std::string>& args) {
@@ -355,15 +375,12 @@ Result<std::vector<VmRecord>> Registry::List() {
 Result<VmRecord> Registry::Transition(const std::string& uuid, uint64_t expected_generation,
                                       const std::set<VmState>& from, VmState to, std::optional<int64_t> pid,
                                       std::optional<std::string> last_error, std::optional<std::string> state_sha256) {
-  MutexLock write_lock(write_mu_);
-  MutexLock lock(mu_);
-  VTM_RETURN_IF_ERROR(CatchUpCounter());
-  Txn txn(db_);
-  if (!txn.ok()) return SqlError(db_, "begin");
-  VTM_ASSIGN_OR_RETURN(VmRecord r, TransitionInTxn(uuid, expected_generation, from, to, pid, std::move(last_error),
-                                                   std::move(state_sha256)));
-  VTM_RETURN_IF_ERROR(Commit(txn, /*lifecycle=*/true));
-  return r;
+  return SealedWrite(/*lifecycle=*/true, [&]() -> Result<VmRecord> {
+    mu_.AssertHeld();
+    VTM_ASSIGN_OR_RETURN(VmRecord r, TransitionInTxn(uuid, expected_generation, from, to, pid, std::move(last_error),
+                                                     std::move(state_sha256)));
+    return r;
+  });
 }
 
 Result<VmRecord> Registry::TransitionWithMigration(const std::string& uuid, uint64_t expected_generation,
@@ -372,17 +389,13 @@ Result<VmRecord> Registry::TransitionWithMigration(const std::string& uuid, uint
                                                    const std::set<std::string>& migration_from,
                                                    const std::string& migration_to,
                                                    std::optional<std::string> state_sha256) {
-  MutexLock write_lock(write_mu_);
-  MutexLock lock(mu_);
-  VTM_RETURN_IF_ERROR(CatchUpCounter());
-  Txn txn(db_);
-  if (!txn.ok()) return SqlError(db_, "begin");
-  VTM_ASSIGN_OR_RETURN(VmRecord r,
-                       TransitionInTxn(uuid, expected_generation, from, to, std::nullopt, std::nullopt,
-                                       std::move(state_sha256)));
-  VTM_RETURN_IF_ERROR(UpdateMigrationInTxn(migration_id, migration_from, migration_to, std::nullopt));
-  VTM_RETURN_IF_ERROR(Commit(txn, /*lifecycle=*/true));
-  return r;
+  return SealedWrite(/*lifecycle=*/true, [&]() -> Result<VmRecord> {
+    mu_.AssertHeld();
+    VTM_ASSIGN_OR_RETURN(VmRecord r, TransitionInTxn(uuid, expected_generation, from, to, std::nullopt, std::nullopt,
+                                                     std::move(state_sha256)));
+    VTM_RETURN_IF_ERROR(UpdateMigrationInTxn(migration_id, migration_from, migration_to, std::nullopt));
+    return r;
+  });
 }
 
 Result<VmRecord> Registry::TransitionInTxn(const std::string& uuid, uint64_t expected_generation,
@@ -421,115 +434,108 @@ Result<VmRecord> Registry::TransitionInTxn(const std::string& uuid, uint64_t exp
 }
 
 Status Registry::SetVtpmIdentity(const std::string& uuid, const VtpmPublicIdentity& id) {
-  MutexLock write_lock(write_mu_);
-  MutexLock lock(mu_);
-  VTM_RETURN_IF_ERROR(CatchUpCounter());
-  Txn txn(db_);
-  if (!txn.ok()) return SqlError(db_, "begin");
-  Stmt up(db_,
-          "UPDATE vms SET vtpm_ek_name=?1, vtpm_ek_rsa_name=?2, vtpm_ak_name=?3, vtpm_ek_public=?4, vtpm_ak_public=?5 "
-          "WHERE uuid=?6");
-  up.Blob(1, id.ek_name);
-  up.Blob(2, id.ek_rsa_name);
-  up.Blob(3, id.ak_name);
-  up.Blob(4, id.ek_public);
-  up.Blob(5, id.ak_public);
-  up.Text(6, uuid);
-  if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "recording the vTPM identity of VM " + uuid);
-  if (sqlite3_changes(db_) != 1) return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid + "'");
-  return Commit(txn);
+  return SealedWrite(/*lifecycle=*/false, [&]() -> Status {
+    mu_.AssertHeld();
+    Stmt up(
+        db_,
+        "UPDATE vms SET vtpm_ek_name=?1, vtpm_ek_rsa_name=?2, vtpm_ak_name=?3, vtpm_ek_public=?4, vtpm_ak_public=?5 "
+        "WHERE uuid=?6");
+    up.Blob(1, id.ek_name);
+    up.Blob(2, id.ek_rsa_name);
+    up.Blob(3, id.ak_name);
+    up.Blob(4, id.ek_public);
+    up.Blob(5, id.ak_public);
+    up.Text(6, uuid);
+    if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "recording the vTPM identity of VM " + uuid);
+    if (sqlite3_changes(db_) != 1) return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid + "'");
+    return OkStatus();
+  });
 }
 
 Status Registry::Remove(const std::string& uuid, uint64_t expected_generation,
                         const std::optional<Tombstone>& tombstone) {
-  MutexLock write_lock(write_mu_);
-  MutexLock lock(mu_);
-  VTM_RETURN_IF_ERROR(CatchUpCounter());
-  Txn txn(db_);
-  if (!txn.ok()) return SqlError(db_, "begin");
-  Stmt del(db_, "DELETE FROM vms WHERE uuid=?1 AND generation=?2");
-  del.Text(1, uuid);
-  del.Int(2, static_cast<int64_t>(expected_generation));
-  if (sqlite3_step(del.get()) != SQLITE_DONE) return SqlError(db_, "deleting VM " + uuid);
-  if (sqlite3_changes(db_) != 1) {
-    return Error(ErrorCode::kFailedPrecondition,
-                 "VM " + uuid + " was changed by another operation meanwhile; it was not removed");
-  }
-  if (tombstone) {
-    Stmt ins(db_, "INSERT OR REPLACE INTO tombstones (vm_uuid, generation, destination, migration_id, at) "
-                  "VALUES (?1,?2,?3,?4,?5)");
-    ins.Text(1, uuid);
-    ins.Int(2, static_cast<int64_t>(tombstone->generation));
-    ins.Text(3, tombstone->destination);
-    ins.Text(4, tombstone->migration_id);
-    ins.Text(5, NowUtc());
-    if (sqlite3_step(ins.get()) != SQLITE_DONE) return SqlError(db_, "recording the tombstone of VM " + uuid);
-    Stmt mig(db_, "UPDATE migrations SET state='committed', updated_at=?1 WHERE id=?2");
-    mig.Text(1, NowUtc());
-    mig.Text(2, tombstone->migration_id);
-    if (sqlite3_step(mig.get()) != SQLITE_DONE) return SqlError(db_, "recording migration " + tombstone->migration_id);
-  }
-  return Commit(txn, /*lifecycle=*/true);
+  return SealedWrite(/*lifecycle=*/true, [&]() -> Status {
+    mu_.AssertHeld();
+    Stmt del(db_, "DELETE FROM vms WHERE uuid=?1 AND generation=?2");
+    del.Text(1, uuid);
+    del.Int(2, static_cast<int64_t>(expected_generation));
+    if (sqlite3_step(del.get()) != SQLITE_DONE) return SqlError(db_, "deleting VM " + uuid);
+    if (sqlite3_changes(db_) != 1) {
+      return Error(ErrorCode::kFailedPrecondition,
+                   "VM " + uuid + " was changed by another operation meanwhile; it was not removed");
+    }
+    if (tombstone) {
+      Stmt ins(db_,
+               "INSERT OR REPLACE INTO tombstones (vm_uuid, generation, destination, migration_id, at) "
+               "VALUES (?1,?2,?3,?4,?5)");
+      ins.Text(1, uuid);
+      ins.Int(2, static_cast<int64_t>(tombstone->generation));
+      ins.Text(3, tombstone->destination);
+      ins.Text(4, tombstone->migration_id);
+      ins.Text(5, NowUtc());
+      if (sqlite3_step(ins.get()) != SQLITE_DONE) return SqlError(db_, "recording the tombstone of VM " + uuid);
+      Stmt mig(db_, "UPDATE migrations SET state='committed', updated_at=?1 WHERE id=?2");
+      mig.Text(1, NowUtc());
+      mig.Text(2, tombstone->migration_id);
+      if (sqlite3_step(mig.get()) != SQLITE_DONE)
+        return SqlError(db_, "recording migration " + tombstone->migration_id);
+    }
+    return OkStatus();
+  });
 }
 
 Status Registry::SetNvCertificatesPending(const std::string& uuid, bool pending) {
-  MutexLock write_lock(write_mu_);
-  MutexLock lock(mu_);
-  VTM_RETURN_IF_ERROR(CatchUpCounter());
-  Txn txn(db_);
-  if (!txn.ok()) return SqlError(db_, "begin");
-  Stmt up(db_, "UPDATE vms SET nv_certificates_pending=?1 WHERE uuid=?2");
-  up.Int(1, pending ? 1 : 0);
-  up.Text(2, uuid);
-  if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "recording the NV certificates of VM " + uuid);
-  if (sqlite3_changes(db_) != 1) return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid + "'");
-  return Commit(txn);
+  return SealedWrite(/*lifecycle=*/false, [&]() -> Status {
+    mu_.AssertHeld();
+    Stmt up(db_, "UPDATE vms SET nv_certificates_pending=?1 WHERE uuid=?2");
+    up.Int(1, pending ? 1 : 0);
+    up.Text(2, uuid);
+    if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "recording the NV certificates of VM " + uuid);
+    if (sqlite3_changes(db_) != 1) return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid + "'");
+    return OkStatus();
+  });
 }
 
 Status Registry::SetStateDigest(const std::string& uuid, uint64_t expected_generation, const std::string& sha256) {
-  MutexLock write_lock(write_mu_);
-  MutexLock lock(mu_);
-  VTM_RETURN_IF_ERROR(CatchUpCounter());
-  Txn txn(db_);
-  if (!txn.ok()) return SqlError(db_, "begin");
-  Stmt up(db_, "UPDATE vms SET state_sha256=?1 WHERE uuid=?2 AND generation=?3");
-  up.Blob(1, sha256);
-  up.Text(2, uuid);
-  up.Int(3, static_cast<int64_t>(expected_generation));
-  if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "recording the state digest of VM " + uuid);
-  if (sqlite3_changes(db_) != 1) {
-    return Error(ErrorCode::kFailedPrecondition,
-                 "VM " + uuid + " was changed by another operation meanwhile; its state digest was not recorded");
-  }
-  return Commit(txn);
+  return SealedWrite(/*lifecycle=*/false, [&]() -> Status {
+    mu_.AssertHeld();
+    Stmt up(db_, "UPDATE vms SET state_sha256=?1 WHERE uuid=?2 AND generation=?3");
+    up.Blob(1, sha256);
+    up.Text(2, uuid);
+    up.Int(3, static_cast<int64_t>(expected_generation));
+    if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "recording the state digest of VM " + uuid);
+    if (sqlite3_changes(db_) != 1) {
+      return Error(ErrorCode::kFailedPrecondition,
+                   "VM " + uuid + " was changed by another operation meanwhile; its state digest was not recorded");
+    }
+    return OkStatus();
+  });
 }
 
 Status Registry::SupersedeCertificates(const std::string& uuid, const std::set<uint64_t>& keep) {
-  MutexLock write_lock(write_mu_);
-  MutexLock lock(mu_);
-  VTM_RETURN_IF_ERROR(CatchUpCounter());
-  Txn txn(db_);
-  if (!txn.ok()) return SqlError(db_, "beginning a transaction");
-  Stmt valid(db_, "SELECT serial FROM certificates WHERE vm_uuid=?1 AND revoked_at=''");
-  valid.Text(1, uuid);
-  std::vector<uint64_t> old;
-  for (int rc; (rc = sqlite3_step(valid.get())) != SQLITE_DONE;) {
-    if (rc != SQLITE_ROW) return SqlError(db_, "reading the certificates of VM " + uuid);
-    const auto serial = static_cast<uint64_t>(valid.ColInt(0));
-    if (!keep.count(serial)) old.push_back(serial);
-  }
-  for (uint64_t serial : old) {
-    Stmt up(db_, "UPDATE certificates SET revoked_at=?1, revoked_unix=?2 WHERE serial=?3");
-    up.Text(1, NowUtc());
-    up.Int(2, static_cast<int64_t>(std::time(nullptr)));
-    up.Int(3, static_cast<int64_t>(serial));
-    if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "revoking a certificate of VM " + uuid);
-  }
-  Stmt pending(db_, "UPDATE vms SET nv_certificates_pending=1 WHERE uuid=?1");
-  pending.Text(1, uuid);
-  if (sqlite3_step(pending.get()) != SQLITE_DONE) return SqlError(db_, "recording the NV certificates of VM " + uuid);
-  if (sqlite3_changes(db_) != 1) return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid + "'");
-  return Commit(txn);
+  return SealedWrite(/*lifecycle=*/false, [&]() -> Status {
+    mu_.AssertHeld();
+    Stmt valid(db_, "SELECT serial FROM certificates WHERE vm_uuid=?1 AND revoked_at=''");
+    valid.Text(1, uuid);
+    std::vector<uint64_t> old;
+    for (int rc; (rc = sqlite3_step(valid.get())) != SQLITE_DONE;) {
+      if (rc != SQLITE_ROW) return SqlError(db_, "reading the certificates of VM " + uuid);
+      const auto serial = static_cast<uint64_t>(valid.ColInt(0));
+      if (!keep.count(serial)) old.push_back(serial);
+    }
+    for (uint64_t serial : old) {
+      Stmt up(db_, "UPDATE certificates SET revoked_at=?1, revoked_unix=?2 WHERE serial=?3");
+      up.Text(1, NowUtc());
+      up.Int(2, static_cast<int64_t>(std::time(nullptr)));
+      up.Int(3, static_cast<int64_t>(serial));
+      if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "revoking a certificate of VM " + uuid);
+    }
+    Stmt pending(db_, "UPDATE vms SET nv_certificates_pending=1 WHERE uuid=?1");
+    pending.Text(1, uuid);
+    if (sqlite3_step(pending.get()) != SQLITE_DONE) return SqlError(db_, "recording the NV certificates of VM " + uuid);
+    if (sqlite3_changes(db_) != 1) return Error(ErrorCode::kNotFound, "no vTPM for VM '" + uuid + "'");
+    return OkStatus();
+  });
 }
 
 Result<std::vector<MigrationRecord>> Registry::QueryMigrations(const std::string& where,
@@ -560,30 +566,28 @@ Result<std::vector<MigrationRecord>> Registry::QueryMigrations(const std::string
 }
 
 Status Registry::InsertMigration(MigrationRecord* m) {
-  MutexLock write_lock(write_mu_);
-  MutexLock lock(mu_);
-  VTM_RETURN_IF_ERROR(CatchUpCounter());
-  Txn txn(db_);
-  if (!txn.ok()) return SqlError(db_, "begin");
-  m->created_at = m->updated_at = NowUtc();
-  Stmt ins(db_, std::string("INSERT INTO migrations (") + kMigrationColumns +
-                    ") VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)");
-  ins.Text(1, m->id);
-  ins.Text(2, m->vm_uuid);
-  ins.Text(3, m->role);
-  ins.Text(4, m->mode);
-  ins.Text(5, m->peer);
-  ins.Text(6, m->state);
-  ins.Int(7, static_cast<int64_t>(m->generation));
-  ins.Text(8, m->vm_state_before);
-  ins.Blob(9, m->prepared);
-  ins.Text(10, m->created_at);
-  ins.Text(11, m->updated_at);
-  ins.Text(12, m->last_error);
-  int rc = sqlite3_step(ins.get());
-  if (rc == SQLITE_CONSTRAINT) return Error(ErrorCode::kAlreadyExists, "migration " + m->id + " exists already");
-  if (rc != SQLITE_DONE) return SqlError(db_, "recording migration " + m->id);
-  return Commit(txn);
+  return SealedWrite(/*lifecycle=*/false, [&]() -> Status {
+    mu_.AssertHeld();
+    m->created_at = m->updated_at = NowUtc();
+    Stmt ins(db_, std::string("INSERT INTO migrations (") + kMigrationColumns +
+                      ") VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)");
+    ins.Text(1, m->id);
+    ins.Text(2, m->vm_uuid);
+    ins.Text(3, m->role);
+    ins.Text(4, m->mode);
+    ins.Text(5, m->peer);
+    ins.Text(6, m->state);
+    ins.Int(7, static_cast<int64_t>(m->generation));
+    ins.Text(8, m->vm_state_before);
+    ins.Blob(9, m->prepared);
+    ins.Text(10, m->created_at);
+    ins.Text(11, m->updated_at);
+    ins.Text(12, m->last_error);
+    int rc = sqlite3_step(ins.get());
+    if (rc == SQLITE_CONSTRAINT) return Error(ErrorCode::kAlreadyExists, "migration " + m->id + " exists already");
+    if (rc != SQLITE_DONE) return SqlError(db_, "recording migration " + m->id);
+    return OkStatus();
+  });
 }
 
 Result<MigrationRecord> Registry::GetMigration(const std::string& id) {
@@ -602,7 +606,8 @@ Result<std::vector<MigrationRecord>> Registry::ListMigrations() {
 
 Result<std::optional<MigrationRecord>> Registry::OpenMigrationOf(const std::string& vm_uuid, const std::string& role) {
   MutexLock lock(mu_);
-  VTM_ASSIGN_OR_RETURN(auto rows, QueryMigrations("WHERE vm_uuid=?1 AND role=?2 ORDER BY created_at DESC", {vm_uuid, role}));
+  VTM_ASSIGN_OR_RETURN(auto rows,
+                       QueryMigrations("WHERE vm_uuid=?1 AND role=?2 ORDER BY created_at DESC", {vm_uuid, role}));
   for (auto& m : rows) {
     if (!Ended(m.state)) return std::optional<MigrationRecord>(std::move(m));
   }
@@ -611,14 +616,11 @@ Result<std::optional<MigrationRecord>> Registry::OpenMigrationOf(const std::stri
 
 Result<MigrationRecord> Registry::UpdateMigration(const std::string& id, const std::set<std::string>& from,
                                                   const std::string& to, std::optional<std::string> last_error) {
-  MutexLock write_lock(write_mu_);
-  MutexLock lock(mu_);
-  VTM_RETURN_IF_ERROR(CatchUpCounter());
-  Txn txn(db_);
-  if (!txn.ok()) return SqlError(db_, "begin");
-  VTM_ASSIGN_OR_RETURN(MigrationRecord m, UpdateMigrationInTxn(id, from, to, std::move(last_error)));
-  VTM_RETURN_IF_ERROR(Commit(txn));
-  return m;
+  return SealedWrite(/*lifecycle=*/false, [&]() -> Result<MigrationRecord> {
+    mu_.AssertHeld();
+    VTM_ASSIGN_OR_RETURN(MigrationRecord m, UpdateMigrationInTxn(id, from, to, std::move(last_error)));
+    return m;
+  });
 }
 
 Result<MigrationRecord> Registry::UpdateMigrationInTxn(const std::string& id, const std::set<std::string>& from,
@@ -642,18 +644,16 @@ Result<MigrationRecord> Registry::UpdateMigrationInTxn(const std::string& id, co
 }
 
 Status Registry::SetMigrationPrepared(const std::string& id, const std::string& prepared) {
-  MutexLock write_lock(write_mu_);
-  MutexLock lock(mu_);
-  VTM_RETURN_IF_ERROR(CatchUpCounter());
-  Txn txn(db_);
-  if (!txn.ok()) return SqlError(db_, "begin");
-  Stmt up(db_, "UPDATE migrations SET prepared=?1, updated_at=?2 WHERE id=?3");
-  up.Blob(1, prepared);
-  up.Text(2, NowUtc());
-  up.Text(3, id);
-  if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "updating migration " + id);
-  if (sqlite3_changes(db_) != 1) return Error(ErrorCode::kNotFound, "no migration '" + id + "' on this host");
-  return Commit(txn);
+  return SealedWrite(/*lifecycle=*/false, [&]() -> Status {
+    mu_.AssertHeld();
+    Stmt up(db_, "UPDATE migrations SET prepared=?1, updated_at=?2 WHERE id=?3");
+    up.Blob(1, prepared);
+    up.Text(2, NowUtc());
+    up.Text(3, id);
+    if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "updating migration " + id);
+    if (sqlite3_changes(db_) != 1) return Error(ErrorCode::kNotFound, "no migration '" + id + "' on this host");
+    return OkStatus();
+  });
 }
 
 Result<std::optional<Tombstone>> Registry::GetTombstone(const std::string& vm_uuid) {
@@ -708,21 +708,20 @@ Result<uint64_t> Registry::NextCounter(const std::string& key) {
 }
 
 Status Registry::AddCertificates(const std::vector<CertRecord>& certs) {
-  MutexLock write_lock(write_mu_);
-  MutexLock lock(mu_);
-  VTM_RETURN_IF_ERROR(CatchUpCounter());
-  Txn txn(db_);
-  if (!txn.ok()) return SqlError(db_, "begin");
-  for (const auto& c : certs) {
-    Stmt ins(db_, "INSERT INTO certificates (serial, vm_uuid, kind, der, issued_at) VALUES (?1,?2,?3,?4,?5)");
-    ins.Int(1, static_cast<int64_t>(c.serial));
-    ins.Text(2, c.vm_uuid);
-    ins.Text(3, c.kind);
-    ins.Blob(4, c.der);
-    ins.Text(5, c.issued_at.empty() ? NowUtc() : c.issued_at);
-    if (sqlite3_step(ins.get()) != SQLITE_DONE) return SqlError(db_, "recording certificate " + std::to_string(c.serial));
-  }
-  return Commit(txn);
+  return SealedWrite(/*lifecycle=*/false, [&]() -> Status {
+    mu_.AssertHeld();
+    for (const auto& c : certs) {
+      Stmt ins(db_, "INSERT INTO certificates (serial, vm_uuid, kind, der, issued_at) VALUES (?1,?2,?3,?4,?5)");
+      ins.Int(1, static_cast<int64_t>(c.serial));
+      ins.Text(2, c.vm_uuid);
+      ins.Text(3, c.kind);
+      ins.Blob(4, c.der);
+      ins.Text(5, c.issued_at.empty() ? NowUtc() : c.issued_at);
+      if (sqlite3_step(ins.get()) != SQLITE_DONE)
+        return SqlError(db_, "recording certificate " + std::to_string(c.serial));
+    }
+    return OkStatus();
+  });
 }
 
 Result<std::vector<CertRecord>> Registry::QueryCerts(const std::string& where, const std::string& arg) {
@@ -756,76 +755,209 @@ Result<std::vector<CertRecord>> Registry::RevokedCertificates() {
 }
 
 Result<int> Registry::RevokeCertificatesOf(const std::string& vm_uuid) {
-  MutexLock write_lock(write_mu_);
-  MutexLock lock(mu_);
-  VTM_RETURN_IF_ERROR(CatchUpCounter());
-  Txn txn(db_);
-  if (!txn.ok()) return SqlError(db_, "begin");
-  Stmt up(db_, "UPDATE certificates SET revoked_at=?1, revoked_unix=?2 WHERE vm_uuid=?3 AND revoked_at=''");
-  up.Text(1, NowUtc());
-  up.Int(2, static_cast<int64_t>(std::time(nullptr)));
-  up.Text(3, vm_uuid);
-  if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "revoking certificates of VM " + vm_uuid);
-  const int revoked = sqlite3_changes(db_);
-  VTM_RETURN_IF_ERROR(Commit(txn));
-  return revoked;
+  return SealedWrite(/*lifecycle=*/false, [&]() -> Result<int> {
+    mu_.AssertHeld();
+    Stmt up(db_, "UPDATE certificates SET revoked_at=?1, revoked_unix=?2 WHERE vm_uuid=?3 AND revoked_at=''");
+    up.Text(1, NowUtc());
+    up.Int(2, static_cast<int64_t>(std::time(nullptr)));
+    up.Text(3, vm_uuid);
+    if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "revoking certificates of VM " + vm_uuid);
+    const int revoked = sqlite3_changes(db_);
+    return revoked;
+  });
 }
 
 // Rollback protection.
 
-Result<std::string> Registry::ContentDigest() {
-  // Every column of every row, in primary-key order, each value typed and length-prefixed, so
-  // no two different registries serialize the same way and a column a later schema adds is
-  // covered without a change here.
-  static constexpr const char* kTables[] = {"vms", "migrations", "tombstones", "certificates", "meta"};
-  std::string data = "vtm registry digest v1";
-  for (const char* table : kTables) {
-    std::string sql = std::string("SELECT * FROM ") + table;
-    if (std::string(table) == "meta") {
-      sql += " WHERE key NOT IN ('" + std::string(kAnchorEpochKey) + "', '" + kAnchorMacKey + "', 'next_crl_number')";
-    }
-    sql += " ORDER BY 1";
-    Stmt q(db_, sql);
-    if (!q.ok()) return SqlError(db_, std::string("digest of ") + table);
-    data.append(table).push_back('\0');
-    int rc;
-    while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) {
-      const int columns = sqlite3_column_count(q.get());
-      data.push_back('R');
-      for (int c = 0; c < columns; ++c) {
-        const int type = sqlite3_column_type(q.get(), c);
-        data.push_back(static_cast<char>('0' + type));
-        if (type == SQLITE_INTEGER) {
-          data += BigEndian64(static_cast<uint64_t>(q.ColInt(c)));
-        } else if (type != SQLITE_NULL) {
-          std::string v = q.ColText(c);
-          data += BigEndian64(v.size());
-          data += v;
-        }
-      }
-    }
-    if (rc != SQLITE_DONE) return SqlError(db_, std::string("digest of ") + table);
+namespace {
+
+// The tables the anchor covers, in the digest's order; meta without the anchor itself and the
+// CRL number (see kAnchorEpochKey).
+constexpr const char* kAnchoredTables[] = {"vms", "migrations", "tombstones", "certificates", "meta"};
+// Tables whose rows SQLite may replace without telling the update hook (INSERT OR REPLACE
+// deletes the conflicting row silently): summed anew whenever touched. Both stay small.
+bool SummedWhole(const std::string& table) { return table == "meta" || table == "tombstones"; }
+
+std::string SelectAnchored(const std::string& table) {
+  std::string sql = "SELECT * FROM " + table;
+  if (table == "meta") {
+    sql += " WHERE key NOT IN ('" + std::string(kAnchorEpochKey) + "', '" + kAnchorMacKey + "', 'next_crl_number')";
   }
-  return Sha256Digest(data);
+  return sql;
 }
 
-Result<std::string> Registry::AnchorMac(uint64_t epoch) {
-  VTM_ASSIGN_OR_RETURN(std::string digest, ContentDigest());
-  std::string message = "vtm registry anchor v1";
-  message.push_back('\0');
-  message += BigEndian64(epoch) + digest;
+Result<std::string> HmacSha256(const SecretBytes& key, const std::string& message) {
   unsigned char mac[32];
   unsigned int mac_len = 0;
-  if (HMAC(EVP_sha256(), mac_key_.data(), static_cast<int>(mac_key_.size()),
-           reinterpret_cast<const unsigned char*>(message.data()), message.size(), mac, &mac_len) == nullptr ||
+  if (HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(message.data()),
+           message.size(), mac, &mac_len) == nullptr ||
       mac_len != sizeof mac) {
     return Error(ErrorCode::kInternal, "HMAC-SHA256 of the registry failed");
   }
   return std::string(reinterpret_cast<const char*>(mac), mac_len);
 }
 
+// 256-bit integers mod 2^256, as four 64-bit limbs, least significant first.
+void AddTo(Registry::Sum256& sum, const Registry::Sum256& v, bool subtract) {
+  unsigned __int128 carry = 0;
+  for (size_t i = 0; i < sum.size(); ++i) {
+    if (!subtract) {
+      unsigned __int128 t = static_cast<unsigned __int128>(sum[i]) + v[i] + carry;
+      sum[i] = static_cast<uint64_t>(t);
+      carry = t >> 64;
+    } else {
+      const uint64_t sub = v[i] + static_cast<uint64_t>(carry);
+      const bool borrow = sum[i] < sub || (carry != 0 && sub == 0);
+      sum[i] -= sub;
+      carry = borrow ? 1 : 0;
+    }
+  }
+}
+
+Registry::Sum256 FromBigEndian(const std::string& bytes) {
+  Registry::Sum256 v{};
+  for (size_t i = 0; i < 32; ++i) {
+    v[3 - i / 8] = (v[3 - i / 8] << 8) | static_cast<uint8_t>(bytes[i]);
+  }
+  return v;
+}
+
+std::string ToBigEndian(const Registry::Sum256& v) {
+  std::string out;
+  for (int i = 3; i >= 0; --i) out += BigEndian64(v[static_cast<size_t>(i)]);
+  return out;
+}
+
+}  // namespace
+
+// Every column of a row from column `first` on, each value typed and length-prefixed, so no two
+// different rows serialize the same way and a column a later schema adds is covered without a
+// change here.
+void Registry::SerializeRow(sqlite3_stmt* row, int first, std::string* out) {
+  const int columns = sqlite3_column_count(row);
+  out->push_back('R');
+  for (int c = first; c < columns; ++c) {
+    const int type = sqlite3_column_type(row, c);
+    out->push_back(static_cast<char>('0' + type));
+    if (type == SQLITE_INTEGER) {
+      *out += BigEndian64(static_cast<uint64_t>(sqlite3_column_int64(row, c)));
+    } else if (type != SQLITE_NULL) {
+      const auto* p = static_cast<const char*>(sqlite3_column_blob(row, c));
+      const auto n = static_cast<size_t>(sqlite3_column_bytes(row, c));
+      *out += BigEndian64(n);
+      if (n > 0) out->append(p, n);
+    }
+  }
+}
+
+Result<std::string> Registry::LegacyContentDigest() {
+  std::string data = "vtm registry digest v1";
+  for (const char* table : kAnchoredTables) {
+    Stmt q(db_, SelectAnchored(table) + " ORDER BY 1");
+    if (!q.ok()) return SqlError(db_, std::string("digest of ") + table);
+    data.append(table).push_back('\0');
+    int rc;
+    while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) SerializeRow(q.get(), 0, &data);
+    if (rc != SQLITE_DONE) return SqlError(db_, std::string("digest of ") + table);
+  }
+  return Sha256Digest(data);
+}
+
+Result<Registry::Sum256> Registry::RowSum(const std::string& table, sqlite3_stmt* row) {
+  std::string message = "vtm registry row v2";
+  message.push_back('\0');
+  message.append(table).push_back('\0');
+  SerializeRow(row, /*first=*/1, &message);  // column 0 is the rowid
+  VTM_ASSIGN_OR_RETURN(std::string mac, HmacSha256(mac_key_, message));
+  return FromBigEndian(mac);
+}
+
+Status Registry::SumTable(const std::string& table) {
+  TableSum fresh;
+  Stmt q(db_, "SELECT rowid, " + SelectAnchored(table).substr(std::string("SELECT ").size()));
+  if (!q.ok()) return SqlError(db_, "digest of " + table);
+  int rc;
+  while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) {
+    VTM_ASSIGN_OR_RETURN(Sum256 h, RowSum(table, q.get()));
+    AddTo(fresh.total, h, false);
+    if (!SummedWhole(table)) fresh.rows[q.ColInt(0)] = h;
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "digest of " + table);
+  sums_[table] = std::move(fresh);
+  return OkStatus();
+}
+
+Status Registry::UpdateSums() {
+  if (!sums_valid_) {
+    touched_.clear();
+    for (const char* table : kAnchoredTables) VTM_RETURN_IF_ERROR(SumTable(table));
+    sums_valid_ = true;
+    return OkStatus();
+  }
+  // Rows written since the last seal (and, harmlessly, rows of a rolled-back write, which read
+  // back as they were).
+  std::set<std::string> whole;
+  for (const auto& [table, rowid] : touched_) {
+    if (!sums_.count(table)) continue;  // not an anchored table
+    if (SummedWhole(table)) {
+      whole.insert(table);
+      continue;
+    }
+    TableSum& sum = sums_[table];
+    if (auto it = sum.rows.find(rowid); it != sum.rows.end()) {
+      AddTo(sum.total, it->second, /*subtract=*/true);
+      sum.rows.erase(it);
+    }
+    Stmt q(db_, "SELECT rowid, * FROM " + table + " WHERE rowid=?1");
+    q.Int(1, rowid);
+    const int rc = sqlite3_step(q.get());
+    if (rc == SQLITE_ROW) {
+      VTM_ASSIGN_OR_RETURN(Sum256 h, RowSum(table, q.get()));
+      AddTo(sum.total, h, false);
+      sum.rows[rowid] = h;
+    } else if (rc != SQLITE_DONE) {
+      sums_valid_ = false;
+      return SqlError(db_, "digest of " + table);
+    }
+  }
+  touched_.clear();
+  for (const auto& table : whole) {
+    if (Status st = SumTable(table); !st.ok()) {
+      sums_valid_ = false;
+      return st;
+    }
+  }
+  return OkStatus();
+}
+
+std::string Registry::ContentDigest() {
+  // A keyed sum of the rows of each table (MSet-Add-Hash): changed row by row as rows are
+  // written, so a write costs in proportion to what it writes, not to the registry's size, and
+  // nobody without the key finds another set of rows with the same sums.
+  std::string data = "vtm registry digest v2";
+  for (const char* table : kAnchoredTables) {
+    data.append(table).push_back('\0');
+    data += ToBigEndian(sums_[table].total);
+  }
+  return Sha256Digest(data);
+}
+
+void Registry::OnRowWritten(void* self, int /*op*/, const char* /*db*/, const char* table, sqlite3_int64 rowid) {
+  auto* registry = static_cast<Registry*>(self);
+  registry->mu_.AssertHeld();  // SQLite calls it from a statement step, which runs under mu_
+  registry->touched_.emplace(table, rowid);
+}
+
+Result<std::string> Registry::AnchorMac(uint64_t epoch, const std::string& digest) {
+  std::string message = "vtm registry anchor v1";
+  message.push_back('\0');
+  message += BigEndian64(epoch) + digest;
+  return HmacSha256(mac_key_, message);
+}
+
 Status Registry::Seal(uint64_t epoch) {
-  VTM_ASSIGN_OR_RETURN(std::string mac, AnchorMac(epoch));
+  VTM_RETURN_IF_ERROR(UpdateSums());
+  VTM_ASSIGN_OR_RETURN(std::string mac, AnchorMac(epoch, ContentDigest()));
   Stmt put(db_, "INSERT OR REPLACE INTO meta VALUES (?1, ?2), (?3, ?4)");
   put.Text(1, kAnchorEpochKey);
   put.Text(2, std::to_string(epoch));
@@ -837,8 +969,9 @@ Status Registry::Seal(uint64_t epoch) {
 
 Status Registry::CatchUpCounter() {
   if (counter_ == nullptr || counter_value_ >= epoch_) return OkStatus();
-  // The increment after the last commit failed (the TPM was busy or unreachable): it must
-  // happen before anything else is written, or the epoch would run ahead of the counter.
+  // The last commit's increment has not happened yet (the counter thread is about to do it) or
+  // failed (the TPM was busy or unreachable): it must happen before anything else is written,
+  // or the epoch would run ahead of the counter by more than one.
   if (Status st = counter_->Increment(); !st.ok()) {
     return std::move(st).error().Context("the registry's epoch " + std::to_string(epoch_) + " is ahead of " +
                                          counter_->Describe() + " and it cannot catch up; nothing was written");
@@ -851,28 +984,44 @@ Status Registry::Commit(Txn& txn, bool lifecycle) {
   if (counter_ == nullptr) return txn.Commit();
   const uint64_t epoch = epoch_ + 1;
   VTM_RETURN_IF_ERROR(Seal(epoch));
-  VTM_RETURN_IF_ERROR(txn.Commit());
-  AfterCommit(epoch, lifecycle);
+  if (Status committed = txn.Commit(); !committed.ok()) {
+    sums_valid_ = false;  // they count rows the rollback took back: summed anew at the next seal
+    return committed;
+  }
+  epoch_ = epoch;
+  // A crash from here until the counter thread's increment leaves epoch = counter + 1, which
+  // the next start rolls forward. The crash point is on the VM lifecycle writes only: vtmd's
+  // own start-up writes (its TLS certificates) must not reach it, or a sweep that arms it could
+  // not restart vtmd.
+  if (lifecycle) CrashPoint("registry.committed-before-counter");
+  increment_owed_ = true;
+  counter_cv_.NotifyAll();
   return OkStatus();
 }
 
-void Registry::AfterCommit(uint64_t epoch, bool lifecycle) {
-  epoch_ = epoch;
-  // A crash here leaves epoch = counter + 1, which the next start rolls forward. The crash
-  // point is on the VM lifecycle writes only: vtmd's own start-up writes (its TLS
-  // certificates) must not reach it, or a sweep that arms it could not restart vtmd.
-  if (lifecycle) CrashPoint("registry.committed-before-counter");
-  // Readers need not wait for the TPM; other writers do (write_mu_), so the epoch stays at
-  // most one ahead of the counter.
-  mu_.Unlock();
-  Status incremented = counter_->Increment();
-  mu_.Lock();
-  if (Status st = std::move(incremented); !st.ok()) {
-    LOG_WARNING << "registry epoch " << epoch << " is committed but incrementing " << counter_->Describe()
-                << " failed (" << st.error().message() << "); the next write retries it first";
-    return;
+Status Registry::SyncCounter() {
+  MutexLock write_lock(write_mu_);
+  return CatchUpCounter();
+}
+
+void Registry::CounterLoop() {
+  MutexLock write_lock(write_mu_);
+  for (;;) {
+    counter_cv_.Wait(write_mu_, [this] {
+      write_mu_.AssertHeld();
+      return increment_owed_ || closing_;
+    });
+    if (!increment_owed_) return;  // closing, nothing owed
+    increment_owed_ = false;
+    if (counter_ == nullptr || counter_value_ >= epoch_) continue;  // a writer caught up first
+    // Holding write_mu_ (not mu_): the next writer waits for this increment, readers do not.
+    if (Status st = counter_->Increment(); !st.ok()) {
+      LOG_WARNING << "registry epoch " << epoch_ << " is committed but incrementing " << counter_->Describe()
+                  << " failed (" << st.error().message() << "); the next write retries it first";
+      continue;
+    }
+    counter_value_ += 1;
   }
-  counter_value_ += 1;
 }
 
 Result<AnchorReport> Registry::Anchor(SecretBytes mac_key, MonotonicCounter* counter, bool counter_is_new,
@@ -880,6 +1029,9 @@ Result<AnchorReport> Registry::Anchor(SecretBytes mac_key, MonotonicCounter* cou
   MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
   mac_key_ = std::move(mac_key);
+  sqlite3_update_hook(db_, &Registry::OnRowWritten, this);
+  sums_valid_ = false;
+  bool reseal = false;
   VTM_ASSIGN_OR_RETURN(uint64_t value, counter->Read());
   std::optional<uint64_t> epoch;
   std::string mac;
@@ -914,8 +1066,19 @@ Result<AnchorReport> Registry::Anchor(SecretBytes mac_key, MonotonicCounter* cou
                 std::to_string(value) + ": it is a copy from before rollback protection or its anchor was removed";
     }
   } else {
-    VTM_ASSIGN_OR_RETURN(std::string expected, AnchorMac(*epoch));
-    if (mac.size() != expected.size() || CRYPTO_memcmp(mac.data(), expected.data(), mac.size()) != 0) {
+    VTM_RETURN_IF_ERROR(UpdateSums());
+    VTM_ASSIGN_OR_RETURN(std::string expected, AnchorMac(*epoch, ContentDigest()));
+    auto matches = [&mac](const std::string& e) {
+      return mac.size() == e.size() && CRYPTO_memcmp(mac.data(), e.data(), mac.size()) == 0;
+    };
+    if (!matches(expected)) {
+      // A registry sealed by a vtmd before the row-by-row digest: verified the old way, then
+      // sealed anew below.
+      VTM_ASSIGN_OR_RETURN(std::string digest, LegacyContentDigest());
+      VTM_ASSIGN_OR_RETURN(std::string legacy, AnchorMac(*epoch, digest));
+      reseal = matches(legacy);
+    }
+    if (!matches(expected) && !reseal) {
       code = ErrorCode::kDataLoss;
       refusal = "the registry " + path_ + " was changed outside vtmd: its HMAC over epoch " + std::to_string(*epoch) +
                 " does not verify under this host's master key";
@@ -948,16 +1111,17 @@ Result<AnchorReport> Registry::Anchor(SecretBytes mac_key, MonotonicCounter* cou
     report.accepted = true;
     report.accepted_reason = refusal;
   }
-  if (!epoch || report.accepted) {
+  if (!epoch || report.accepted || reseal) {
     Txn txn(db_);
     if (!txn.ok()) return SqlError(db_, "begin");
-    VTM_RETURN_IF_ERROR(Seal(value));
+    VTM_RETURN_IF_ERROR(Seal(value));  // value == *epoch when only resealed
     VTM_RETURN_IF_ERROR(txn.Commit());
   }
   counter_ = counter;
   epoch_ = value;
   counter_value_ = value;
   report.epoch = value;
+  if (!counter_thread_.joinable()) counter_thread_ = std::thread([this] { CounterLoop(); });
   return report;
 }
 

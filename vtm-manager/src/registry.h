@@ -15,11 +15,16 @@
 
 #include <sqlite3.h>
 
+#include <array>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "vtm/error.h"
@@ -49,11 +54,11 @@ Result<VmState> ParseVmState(const std::string& name);
 // The public identity of a provisioned vTPM, recorded at provisioning: what measured launch
 // extends into the host PCR and what deep attestation names. TPM names are nameAlg || digest.
 struct VtpmPublicIdentity {
-  std::string ek_name;       // ECC P-256 EK
-  std::string ek_rsa_name;   // RSA 2048 EK
+  std::string ek_name;      // ECC P-256 EK
+  std::string ek_rsa_name;  // RSA 2048 EK
   std::string ak_name;
-  std::string ek_public;     // marshalled TPM2B_PUBLIC of the ECC EK
-  std::string ak_public;     // marshalled TPM2B_PUBLIC of the AK
+  std::string ek_public;  // marshalled TPM2B_PUBLIC of the ECC EK
+  std::string ak_public;  // marshalled TPM2B_PUBLIC of the AK
 };
 
 struct VmRecord {
@@ -146,6 +151,11 @@ struct AnchorReport {
 // the epoch except between a commit and its increment (a crash there leaves epoch = counter + 1,
 // rolled forward at the next start). An older copy of the registry has a smaller epoch than the
 // counter; an edited one fails the HMAC; both are refused at start (Anchor).
+//
+// The increment is not on the caller's path: a write returns once its transaction is durable,
+// and the registry's counter thread increments right after (one NV write, a few ms), before any
+// later write can commit (the next writer waits for it, or does it first). So the counter is
+// at most one behind, for as long as one NV write takes; closing the registry finishes it.
 class Registry {
  public:
   static Result<std::unique_ptr<Registry>> Open(const std::string& path);
@@ -177,8 +187,7 @@ class Registry {
   // guest-visible path.
   Result<VmRecord> TransitionWithMigration(const std::string& uuid, uint64_t expected_generation,
                                            const std::set<VmState>& from, VmState to, const std::string& migration_id,
-                                           const std::set<std::string>& migration_from,
-                                           const std::string& migration_to,
+                                           const std::set<std::string>& migration_from, const std::string& migration_to,
                                            std::optional<std::string> state_sha256 = std::nullopt);
   // Records the public identity of uuid's vTPM (at provisioning).
   Status SetVtpmIdentity(const std::string& uuid, const VtpmPublicIdentity& identity);
@@ -204,8 +213,12 @@ class Registry {
   // outside vtmd), an anchored registry with a new counter, an unanchored one with an old
   // counter. accept_rollback: instead of refusing, re-anchor the registry as it is at the
   // counter's value (the operator's deliberate recovery; reported in AnchorReport::accepted).
+  // The counter must outlive the registry.
   Result<AnchorReport> Anchor(SecretBytes mac_key, MonotonicCounter* counter, bool counter_is_new,
                               bool accept_rollback);
+  // Returns once the counter has caught up with the last commit (incrementing it here if the
+  // counter thread has not yet); the error of that increment if it fails.
+  Status SyncCounter() EXCLUDES(write_mu_);
 
   // Migrations.
   Status InsertMigration(MigrationRecord* record);  // fills timestamps; kAlreadyExists for a used ID
@@ -231,20 +244,38 @@ class Registry {
   // Next CRL number (monotonic).
   Result<uint64_t> NextCrlNumber();
 
+ public:
+  using Sum256 = std::array<uint64_t, 4>;  // mod 2^256, least significant limb first
+
  private:
   class Txn;  // BEGIN IMMEDIATE; rolls back unless committed
   Registry(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
   Status Exec(const std::string& sql) REQUIRES(mu_);
+  // Every write: the write lock, the counter's catch-up, then body (with mu_ held) in one
+  // transaction, sealed and committed if body succeeds and rolled back if not. body returns
+  // Status or Result<T>; lifecycle: a VM's insert, transition or removal (the crash point).
+  template <typename Fn>
+  auto SealedWrite(bool lifecycle, Fn&& body) -> decltype(body()) EXCLUDES(write_mu_, mu_);
   // Rollback protection: the counter catches up with the committed epoch before a write
   // (refusing the write if it cannot); Seal writes the next epoch and its HMAC into the open
-  // transaction; AfterCommit increments the counter.
-  Status CatchUpCounter() REQUIRES(write_mu_, mu_);
-  // Seal, commit, AfterCommit; lifecycle: a VM's insert, transition or removal (the crash point).
-  Status Commit(Txn& txn, bool lifecycle = false) REQUIRES(write_mu_, mu_);
+  // transaction; Commit seals and commits, then hands the increment to the counter thread.
+  Status CatchUpCounter() REQUIRES(write_mu_);
+  Status Commit(Txn& txn, bool lifecycle) REQUIRES(write_mu_, mu_);
   Status Seal(uint64_t epoch) REQUIRES(write_mu_, mu_);
-  void AfterCommit(uint64_t epoch, bool lifecycle) REQUIRES(write_mu_, mu_);
-  Result<std::string> ContentDigest() REQUIRES(mu_);
-  Result<std::string> AnchorMac(uint64_t epoch) REQUIRES(write_mu_, mu_);
+  // The anchor's digest (v2): per anchored table, a sum mod 2^256 of an HMAC-SHA256 of each
+  // row, kept up to date from the rows SQLite reports written (the update hook).
+  static void OnRowWritten(void* self, int op, const char* db, const char* table, sqlite3_int64 rowid);
+  static void SerializeRow(sqlite3_stmt* row, int first, std::string* out);
+  Result<Sum256> RowSum(const std::string& table, sqlite3_stmt* row) REQUIRES(write_mu_, mu_);
+  Status SumTable(const std::string& table) REQUIRES(write_mu_, mu_);
+  Status UpdateSums() REQUIRES(write_mu_, mu_);
+  std::string ContentDigest() REQUIRES(write_mu_, mu_);  // of the sums (UpdateSums first)
+  // v1, before the row sums: one SHA-256 over every row; verifies a registry sealed then.
+  Result<std::string> LegacyContentDigest() REQUIRES(mu_);
+  Result<std::string> AnchorMac(uint64_t epoch, const std::string& digest) REQUIRES(write_mu_);
+  // The counter thread: increments the counter after each commit, and once more if one is
+  // owed when the registry closes.
+  void CounterLoop() EXCLUDES(write_mu_);
   Result<std::vector<VmRecord>> Query(const std::string& where, const std::vector<std::string>& args) REQUIRES(mu_);
   Result<std::vector<CertRecord>> QueryCerts(const std::string& where, const std::string& arg) REQUIRES(mu_);
   Result<uint64_t> NextCounter(const std::string& key) REQUIRES(mu_);
@@ -269,8 +300,19 @@ class Registry {
   // Set by Anchor; until then writes are not sealed (only Open and Anchor run before it).
   MonotonicCounter* counter_ GUARDED_BY(write_mu_) = nullptr;
   SecretBytes mac_key_ GUARDED_BY(write_mu_);
-  uint64_t epoch_ GUARDED_BY(write_mu_) = 0;          // committed
-  uint64_t counter_value_ GUARDED_BY(write_mu_) = 0;  // last known
+  uint64_t epoch_ GUARDED_BY(write_mu_) = 0;           // committed
+  uint64_t counter_value_ GUARDED_BY(write_mu_) = 0;   // last known
+  CondVar counter_cv_;                                 // a commit, or closing
+  bool increment_owed_ GUARDED_BY(write_mu_) = false;  // a commit the thread has not seen
+  bool closing_ GUARDED_BY(write_mu_) = false;
+  std::thread counter_thread_;  // started by Anchor
+  struct TableSum {
+    std::unordered_map<int64_t, Sum256> rows;  // by rowid (not for tables summed whole)
+    Sum256 total{};
+  };
+  std::map<std::string, TableSum> sums_ GUARDED_BY(mu_);
+  std::set<std::pair<std::string, int64_t>> touched_ GUARDED_BY(mu_);  // (table, rowid) since the last seal
+  bool sums_valid_ GUARDED_BY(mu_) = false;
 };
 
 }  // namespace vtm

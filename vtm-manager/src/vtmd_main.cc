@@ -454,9 +454,8 @@ int Run(int argc, char** argv) {
     }
     return fatal(std::move(e).Context("vtmd refuses to start"));
   }
-  auto registry = Registry::Open(opts.state_dir + "/registry.db");
-  if (!registry.ok()) return fatal(registry.error());
-  // Rollback protection: the registry's epoch against the host TPM's NV counter.
+  // Rollback protection: the registry's epoch against the host TPM's NV counter (made first: it
+  // must outlive the registry, whose counter thread increments it until the registry closes).
   auto counter_auth = master->DeriveAuth(kRollbackCounterAuthLabel);
   if (!counter_auth.ok()) return fatal(counter_auth.error());
   auto registry_mac_key = master->DeriveAuth(kRegistryMacLabel);
@@ -465,6 +464,8 @@ int Run(int argc, char** argv) {
   auto counter =
       HostNvCounter::OpenOrDefine(host_tpm, opts.rollback_nv_index, std::move(counter_auth).value(), &counter_created);
   if (!counter.ok()) return fatal(std::move(counter).error().Context("vtmd refuses to start"));
+  auto registry = Registry::Open(opts.state_dir + "/registry.db");
+  if (!registry.ok()) return fatal(registry.error());
   {
     auto anchored = (*registry)->Anchor(std::move(registry_mac_key).value(), counter->get(), counter_created,
                                         opts.accept_registry_rollback);
