@@ -326,6 +326,9 @@ PeerInspector::~PeerInspector() {
 }
 
 int PeerInspectorMain(const std::vector<std::string>& args) {
+  // Exec'd as /proc/self/exe (no path to traverse, so the unprivileged child can run a binary
+  // under a directory only root may enter): without this, ps and top name it "exe".
+  (void)prctl(PR_SET_NAME, "vtm-peer-insp", 0, 0, 0);
   SetLogComponent("vtm-peer-inspector");
   if (args.size() != 3 || args[0] != kPeerInspectorFlag) {
     LOG_ERROR << "usage: " << kPeerInspectorFlag << " VM-UUID require|warn";
