@@ -35,13 +35,10 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
-#include <fstream>
 #include <memory>
 #include <random>
 #include <regex>
 #include <sstream>
-#include <thread>
 
 #include "migration_rig.h"
 #include "test_processes.h"
@@ -279,35 +276,6 @@ bool Exists(Step s, Victim v) {
   return true;
 }
 
-// A field of /proc/<pid>/status; "" if the process is gone.
-std::string ProcStatus(pid_t pid, const std::string& key) {
-  auto status = ReadFile("/proc/" + std::to_string(pid) + "/status");
-  std::string v = status.ok() ? Field(*status, key) : "";
-  v.erase(0, v.find_first_not_of('\t'));
-  return v;
-}
-// The NUL-separated command line; "" if the process is gone.
-std::string ProcCmdline(pid_t pid) {
-  auto cmdline = ReadFile("/proc/" + std::to_string(pid) + "/cmdline");
-  return cmdline.ok() ? *cmdline : "";
-}
-// Alive and not a zombie.
-bool Running(pid_t pid) {
-  const std::string state = ProcStatus(pid, "State");
-  return !state.empty() && state[0] != 'Z';
-}
-std::string Argv0(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
-  std::string arg0;
-  std::getline(in, arg0, '\0');
-  return arg0.substr(arg0.rfind('/') + 1);
-}
-bool KillAndWait(pid_t pid) {
-  if (pid <= 0 || kill(pid, SIGKILL) != 0) return false;
-  for (int i = 0; i < 200 && Running(pid); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  return !Running(pid);
-}
-
 class MigrationLiveFaultTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -318,65 +286,16 @@ class MigrationLiveFaultTest : public ::testing::Test {
   void TearDown() override {
     if (HasFailure()) std::cerr << rig.Logs();
   }
-  // The migration of uuid that host knows last: {id, state}.
-  static std::pair<std::string, std::string> MigrationOf(VtmdFixture& host, const std::string& uuid) {
-    std::pair<std::string, std::string> last;
-    std::istringstream in(host.Vtmctl({"migrate", "status"}).output);
-    std::string line;
-    while (std::getline(in, line)) {
-      std::istringstream fields(line);
-      std::string id, vm, role, mode, state;
-      fields >> id >> vm >> role >> mode >> state;
-      if (vm == uuid) last = {id, state};
-    }
-    return last;
-  }
-  static pid_t InstancePid(VtmdFixture& host, const std::string& uuid) {
-    auto shown = host.Vtmctl({"show", uuid});
-    return shown.exit_code == 0 ? static_cast<pid_t>(std::atol(Field(shown.output, "instance pid").c_str())) : 0;
-  }
   static std::string Quoted(const std::string& json, const std::string& key) {
     std::smatch m;
     return std::regex_search(json, m, std::regex("\"" + key + "\": \"([^\"]*)\"")) ? m[1].str() : std::string();
   }
 
-  // The vtm-instance and swtpm processes of uuid, checked against what owns them: every
-  // vtm-instance is holder's recorded one, every swtpm a child of it. Returns the number of
-  // vtm-instances (after waiting up to 5 s for the dying to go).
-  size_t CheckProcesses(const std::string& uuid, VtmdFixture& holder, pid_t recorded) {
-    std::string problem;
+  // The VM's processes (migration_rig.h, VmProcessProblems): none that its host does not own;
+  // the number of vtm-instances.
+  static size_t CheckProcesses(const std::string& uuid, const VtmdFixture& holder, pid_t recorded) {
     size_t instances = 0;
-    for (int attempt = 0; attempt < 50; ++attempt) {
-      problem.clear();
-      instances = 0;
-      for (pid_t pid : FindProcesses({uuid})) {
-        if (!Running(pid)) continue;
-        const std::string name = Argv0(pid);
-        if (name == "vtm-instance") {
-          ++instances;
-          if (pid != recorded)
-            problem += "vtm-instance " + std::to_string(pid) + " is not the one the VM's host recorded; ";
-          std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
-          std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-          if (cmdline.find(holder.run_dir()) == std::string::npos) {
-            problem += "vtm-instance " + std::to_string(pid) + " runs outside the VM's host; ";
-          }
-        } else if (name == "swtpm") {
-          const pid_t parent = std::atoi(ProcStatus(pid, "PPid").c_str());
-          if (parent != recorded || recorded <= 0)
-            problem += "swtpm " + std::to_string(pid) + " has no owning instance; ";
-        } else if (ProcCmdline(pid).find("--peer-inspector") != std::string::npos) {
-          // The instance's peer inspector (exec'd as /proc/self/exe): part of the recorded instance.
-          const pid_t parent = std::atoi(ProcStatus(pid, "PPid").c_str());
-          if (parent != recorded || recorded <= 0)
-            problem += "peer inspector " + std::to_string(pid) + " has no owning instance; ";
-        } else {
-          problem += name + " " + std::to_string(pid) + " names the VM; ";
-        }
-      }
-      if (problem.empty()) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
+    const std::string problem = VmProcessProblems(uuid, holder, recorded, &instances);
     EXPECT_TRUE(problem.empty()) << problem;
     return instances;
   }
@@ -429,10 +348,10 @@ class MigrationLiveFaultTest : public ::testing::Test {
       if (crash || at != step) return false;
       switch (victim) {
         case Victim::kDestinationInstance:
-          EXPECT_TRUE(KillAndWait(InstancePid(b, uuid)));
+          EXPECT_TRUE(KillAndWait(RecordedInstancePid(b, uuid)));
           break;
         case Victim::kSourceInstance:
-          EXPECT_TRUE(KillAndWait(InstancePid(a, uuid)));
+          EXPECT_TRUE(KillAndWait(RecordedInstancePid(a, uuid)));
           break;
         case Victim::kDestinationQemu:
           dst.reset();
@@ -477,7 +396,7 @@ class MigrationLiveFaultTest : public ::testing::Test {
       // The permanent blob is in, the volatile one and INIT not: too early to commit.
       auto early = a.Vtmctl({"migrate", "commit", id, "--activate-only"});
       EXPECT_NE(early.exit_code, 0) << early.output;
-      EXPECT_EQ(MigrationOf(a, uuid).second, "sent");
+      EXPECT_EQ(LastMigrationOf(a, uuid).second, "sent");
       if (fault_now(Step::kMidTransfer)) return;
       ASSERT_EQ(dst->SetStateBlob(kBlobVolatile, volatile_state), kRcSuccess);
       std::vector<uint8_t> flags;
@@ -509,12 +428,12 @@ class MigrationLiveFaultTest : public ::testing::Test {
     // destination and the destination QEMU lived on to report it (else vtm-live-migrate aborts).
     const bool qemu_completed =
         crash ? moved : step >= Step::kStateMoved && !(step == Step::kStateMoved && victim == Victim::kDestinationQemu);
-    auto [id, state] = MigrationOf(a, uuid);
+    auto [id, state] = LastMigrationOf(a, uuid);
     // Only a crash before the source recorded the migration leaves none (its restart put the VM back).
     EXPECT_TRUE(!id.empty() || crash);
     if (state == "sent" && qemu_completed) {
       auto committed = a.Vtmctl({"migrate", "commit", id, "--activate-only"});
-      state = MigrationOf(a, uuid).second;
+      state = LastMigrationOf(a, uuid).second;
       if (committed.exit_code != 0) {
         EXPECT_EQ(state, "sent") << "a refused commit changed something: " << committed.output;
       }
@@ -535,7 +454,7 @@ class MigrationLiveFaultTest : public ::testing::Test {
     const bool expect_destination = crash ? moved
                                           : step >= Step::kActivated || (step == Step::kStateMoved && qemu_completed &&
                                                                          victim != Victim::kDestinationInstance);
-    const std::string source_state = MigrationOf(a, uuid).second, destination_state = MigrationOf(b, uuid).second;
+    const std::string source_state = LastMigrationOf(a, uuid).second, destination_state = LastMigrationOf(b, uuid).second;
     if (!id.empty()) {
       EXPECT_EQ(source_state, expect_destination ? "committed" : "aborted");
     }
@@ -554,7 +473,7 @@ class MigrationLiveFaultTest : public ::testing::Test {
     const bool victim_was_its_instance =
         !crash && ((there && victim == Victim::kDestinationInstance) || (!there && victim == Victim::kSourceInstance));
     EXPECT_EQ(vm_state, victim_was_its_instance ? "failed" : "running");
-    const pid_t recorded = vm_state == "running" ? InstancePid(holder, uuid) : 0;
+    const pid_t recorded = vm_state == "running" ? RecordedInstancePid(holder, uuid) : 0;
     EXPECT_EQ(CheckProcesses(uuid, holder, recorded), vm_state == "running" ? 1u : 0u);
     EXPECT_FALSE(PathExists(other.state_dir() + "/vms/" + uuid));
     EXPECT_EQ(holder.CertificatePublicKeyPem(uuid, "ek-ecc"), ek);
