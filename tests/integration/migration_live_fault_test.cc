@@ -31,7 +31,6 @@
 // enumerated by a traced live migration), with the same recovery and checks.
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -40,184 +39,17 @@
 #include <regex>
 #include <sstream>
 
+#include "fake_qemu.h"
 #include "migration_rig.h"
 #include "test_processes.h"
 #include "vtm/fs.h"
-#include "vtm/net.h"
 #include "vtm/subprocess.h"
-#include "vtm/unique_fd.h"
 #include "vtmd_fixture.h"
 
 namespace vtm::testing {
 namespace {
 
-// swtpm's control commands (ptm.h) and what the test sends with them.
-constexpr uint32_t kGetCapability = 0x01, kInit = 0x02, kStop = 0x0e, kGetStateBlob = 0x0c, kSetStateBlob = 0x0d,
-                   kSetDataFd = 0x10;
-constexpr uint32_t kBlobPermanent = 1, kBlobVolatile = 2;
-constexpr uint32_t kStateFlagDecrypted = 1;  // QEMU's request: without the state key's layer
 constexpr uint32_t kNvIndex = 0x01500016;
-constexpr uint32_t kRcSuccess = 0, kRcInitialize = 0x100;
-
-void Put16(std::vector<uint8_t>& b, uint16_t v) {
-  b.push_back(static_cast<uint8_t>(v >> 8));
-  b.push_back(static_cast<uint8_t>(v));
-}
-void Put32(std::vector<uint8_t>& b, uint32_t v) {
-  Put16(b, static_cast<uint16_t>(v >> 16));
-  Put16(b, static_cast<uint16_t>(v));
-}
-uint32_t Get32(const uint8_t* p) {
-  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
-}
-
-// A TPM 2.0 command; with auth, one password session (empty: the vTPM's owner has none).
-std::vector<uint8_t> TpmCommand(uint32_t cc, const std::vector<uint32_t>& handles, bool auth,
-                                const std::vector<uint8_t>& params) {
-  std::vector<uint8_t> b;
-  Put16(b, auth ? 0x8002 : 0x8001);
-  Put32(b, 0);
-  Put32(b, cc);
-  for (uint32_t h : handles) Put32(b, h);
-  if (auth) {
-    Put32(b, 9);
-    Put32(b, 0x40000009);  // TPM_RS_PW
-    Put16(b, 0);
-    b.push_back(0);
-    Put16(b, 0);
-  }
-  b.insert(b.end(), params.begin(), params.end());
-  const auto size = static_cast<uint32_t>(b.size());
-  for (int i = 0; i < 4; ++i) b[2 + i] = static_cast<uint8_t>(size >> (24 - 8 * i));
-  return b;
-}
-
-// QEMU's tpm-emulator backend, as far as a migration needs it. Destroying it closes both
-// sockets, as the kernel does for a QEMU that was killed.
-class FakeQemu {
- public:
-  explicit FakeQemu(const std::string& tpm_sock) {
-    auto c = ConnectUnix(tpm_sock);
-    if (c.ok()) ctrl_ = std::move(*c);
-    if (ctrl_.valid()) SetTimeouts(ctrl_.get());
-  }
-
-  // QEMU's start: GET_CAPABILITY and SET_DATAFD (a socketpair end); with init, also INIT (a
-  // QEMU started with -incoming sends INIT only after the state arrived).
-  ::testing::AssertionResult Attach(bool init) {
-    if (!ctrl_.valid()) return ::testing::AssertionFailure() << "cannot connect to the vTPM's socket";
-    if (Call(kGetCapability, {}, 8).size() != 8) return ::testing::AssertionFailure() << "GET_CAPABILITY: no answer";
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-      return ::testing::AssertionFailure() << "socketpair";
-    data_.reset(sv[0]);
-    UniqueFd theirs(sv[1]);
-    SetTimeouts(data_.get());
-    if (uint32_t rc = Result(Call(kSetDataFd, {}, 4, theirs.get())); rc != 0) {
-      return ::testing::AssertionFailure() << "SET_DATAFD: " << rc;
-    }
-    if (!init) return ::testing::AssertionSuccess();
-    std::vector<uint8_t> flags;
-    Put32(flags, 0);
-    if (uint32_t rc = Result(Call(kInit, flags, 4)); rc != 0) return ::testing::AssertionFailure() << "INIT: " << rc;
-    return ::testing::AssertionSuccess();
-  }
-
-  uint32_t Simple(uint32_t cmd, const std::vector<uint8_t>& body = {}) { return Result(Call(cmd, body, 4)); }
-
-  // GET_STATEBLOB as QEMU's pre_save asks: decrypted of the state key, whole blob in one go.
-  bool GetStateBlob(uint32_t type, std::vector<uint8_t>* blob) {
-    std::vector<uint8_t> body;
-    Put32(body, kStateFlagDecrypted);
-    Put32(body, type);
-    Put32(body, 0);
-    auto hdr = Call(kGetStateBlob, body, 16);
-    if (hdr.size() != 16 || Get32(hdr.data()) != 0) return false;
-    const uint32_t total = Get32(hdr.data() + 8);
-    if (total > (8u << 20)) return false;
-    blob->resize(total);
-    return ReadAll(ctrl_.get(), blob->data(), total).ok();
-  }
-
-  // SET_STATEBLOB in one write, as QEMU's post_load sends it; the TPM result.
-  uint32_t SetStateBlob(uint32_t type, const std::vector<uint8_t>& blob) {
-    std::vector<uint8_t> body;
-    Put32(body, 0);
-    Put32(body, type);
-    Put32(body, static_cast<uint32_t>(blob.size()));
-    body.insert(body.end(), blob.begin(), blob.end());
-    return Result(Call(kSetStateBlob, body, 4));
-  }
-
-  // One TPM command on the data channel: the response code (and the response in *out).
-  uint32_t Tpm(const std::vector<uint8_t>& cmd, std::vector<uint8_t>* out = nullptr) {
-    if (!WriteAll(data_.get(), cmd.data(), cmd.size()).ok()) return 0xffffffff;
-    std::vector<uint8_t> resp(10);
-    if (!ReadAll(data_.get(), resp.data(), 10).ok()) return 0xffffffff;
-    const uint32_t size = Get32(resp.data() + 2);
-    if (size < 10 || size > 8192) return 0xffffffff;
-    resp.resize(size);
-    if (!ReadAll(data_.get(), resp.data() + 10, size - 10).ok()) return 0xffffffff;
-    if (out) *out = resp;
-    return Get32(resp.data() + 6);
-  }
-
-  uint32_t StartupClear() { return Tpm(TpmCommand(0x144, {}, false, {0x00, 0x00})); }
-
-  // TPM2_NV_DefineSpace (owner read/write, auth read/write) and TPM2_NV_Write of value.
-  ::testing::AssertionResult NvWrite(const std::string& value) {
-    std::vector<uint8_t> def;
-    Put16(def, 0);  // auth
-    Put16(def, 14);
-    Put32(def, kNvIndex);
-    Put16(def, 0x000b);      // SHA-256
-    Put32(def, 0x00060006);  // OWNERWRITE | AUTHWRITE | OWNERREAD | AUTHREAD
-    Put16(def, 0);
-    Put16(def, static_cast<uint16_t>(value.size()));
-    if (uint32_t rc = Tpm(TpmCommand(0x12a, {0x40000001}, true, def)); rc != 0) {
-      return ::testing::AssertionFailure() << "TPM2_NV_DefineSpace rc 0x" << std::hex << rc;
-    }
-    std::vector<uint8_t> w;
-    Put16(w, static_cast<uint16_t>(value.size()));
-    w.insert(w.end(), value.begin(), value.end());
-    Put16(w, 0);
-    if (uint32_t rc = Tpm(TpmCommand(0x137, {0x40000001, kNvIndex}, true, w)); rc != 0) {
-      return ::testing::AssertionFailure() << "TPM2_NV_Write rc 0x" << std::hex << rc;
-    }
-    return ::testing::AssertionSuccess();
-  }
-
-  // TPM2_NV_Read of size bytes; "" if it fails.
-  std::string NvRead(size_t size) {
-    std::vector<uint8_t> r;
-    Put16(r, static_cast<uint16_t>(size));
-    Put16(r, 0);
-    std::vector<uint8_t> resp;
-    if (Tpm(TpmCommand(0x14e, {0x40000001, kNvIndex}, true, r), &resp) != 0 || resp.size() < 16) return "";
-    const size_t n = (size_t{resp[14]} << 8) | resp[15];
-    if (resp.size() < 16 + n) return "";
-    return std::string(resp.begin() + 16, resp.begin() + 16 + static_cast<std::ptrdiff_t>(n));
-  }
-
- private:
-  static void SetTimeouts(int fd) {
-    timeval tv{10, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  }
-  static uint32_t Result(const std::vector<uint8_t>& r) { return r.size() >= 4 ? Get32(r.data()) : 0xffffffff; }
-  std::vector<uint8_t> Call(uint32_t cmd, const std::vector<uint8_t>& body, size_t response_size, int pass_fd = -1) {
-    std::vector<uint8_t> req;
-    Put32(req, cmd);
-    req.insert(req.end(), body.begin(), body.end());
-    if (!SendWithFd(ctrl_.get(), req.data(), req.size(), pass_fd).ok()) return {};
-    std::vector<uint8_t> resp(response_size);
-    if (!ReadAll(ctrl_.get(), resp.data(), resp.size()).ok()) return {};
-    return resp;
-  }
-
-  UniqueFd ctrl_, data_;
-};
 
 enum class Step { kPrepared, kSent, kMidTransfer, kStateMoved, kActivated, kCommitted };
 enum class Victim {
@@ -327,10 +159,10 @@ class MigrationLiveFaultTest : public ::testing::Test {
     std::mt19937_64 rng(std::random_device{}());
     const std::string secret = "nv-" + std::to_string(rng()) + "-" + std::to_string(n);
     auto src = std::make_unique<FakeQemu>(Field(started.output, "tpm socket"));
-    ASSERT_TRUE(src->Attach(/*init=*/true)) << a.VtmdLog();
-    ASSERT_EQ(src->StartupClear(), kRcSuccess);
-    ASSERT_TRUE(src->NvWrite(secret));
-    ASSERT_EQ(src->NvRead(secret.size()), secret);
+    ASSERT_TRUE(src->Start(/*init=*/true)) << a.VtmdLog();
+    ASSERT_EQ(src->StartupClear(), kTpmRcSuccess);
+    ASSERT_TRUE(src->NvWrite(kNvIndex, secret));
+    ASSERT_EQ(src->NvRead(kNvIndex, secret.size()), secret);
 
     std::unique_ptr<FakeQemu> dst;
     bool moved = false, crashed = false;
@@ -385,29 +217,27 @@ class MigrationLiveFaultTest : public ::testing::Test {
       if (!done(sent)) return;
       // The destination QEMU starts with -incoming on the incoming instance's socket.
       dst = std::make_unique<FakeQemu>(Quoted(sent.output, "destination_tpm_socket"));
-      ASSERT_TRUE(dst->Attach(/*init=*/false));
+      ASSERT_TRUE(dst->Start(/*init=*/false));
       if (fault_now(Step::kSent)) return;
       // QEMU's stream: the source's blobs, loaded by the destination, which then resumes the TPM.
       std::vector<uint8_t> permanent, volatile_state;
       ASSERT_TRUE(src->GetStateBlob(kBlobPermanent, &permanent));
       ASSERT_TRUE(src->GetStateBlob(kBlobVolatile, &volatile_state));
-      ASSERT_EQ(dst->Simple(kStop), kRcSuccess);
-      ASSERT_EQ(dst->SetStateBlob(kBlobPermanent, permanent), kRcSuccess) << b.VtmdLog();
+      ASSERT_EQ(dst->Simple(kCtrlStop), kTpmRcSuccess);
+      ASSERT_EQ(dst->SetStateBlob(kBlobPermanent, permanent), kTpmRcSuccess) << b.VtmdLog();
       // The permanent blob is in, the volatile one and INIT not: too early to commit.
       auto early = a.Vtmctl({"migrate", "commit", id, "--activate-only"});
       EXPECT_NE(early.exit_code, 0) << early.output;
       EXPECT_EQ(LastMigrationOf(a, uuid).second, "sent");
       if (fault_now(Step::kMidTransfer)) return;
-      ASSERT_EQ(dst->SetStateBlob(kBlobVolatile, volatile_state), kRcSuccess);
-      std::vector<uint8_t> flags;
-      Put32(flags, 0);
-      ASSERT_EQ(dst->Simple(kInit, flags), kRcSuccess);
+      ASSERT_EQ(dst->SetStateBlob(kBlobVolatile, volatile_state), kTpmRcSuccess);
+      ASSERT_EQ(dst->Simple(kCtrlInit, {0, 0, 0, 0}), kTpmRcSuccess);
       moved = true;
       if (fault_now(Step::kStateMoved)) return;
       auto activated = a.Vtmctl({"migrate", "commit", id, "--activate-only"});
       if (!done(activated)) return;
       // QMP cont on the destination: the guest reads its value there.
-      ASSERT_EQ(dst->NvRead(secret.size()), secret);
+      ASSERT_EQ(dst->NvRead(kNvIndex, secret.size()), secret);
       if (fault_now(Step::kActivated)) return;
       auto committed = a.Vtmctl({"migrate", "commit", id});
       if (!done(committed)) return;
@@ -484,10 +314,10 @@ class MigrationLiveFaultTest : public ::testing::Test {
       ASSERT_EQ(restarted.exit_code, 0) << restarted.output;
     }
     FakeQemu after(Field(holder.Vtmctl({"show", uuid}).output, "tpm socket"));
-    ASSERT_TRUE(after.Attach(/*init=*/true)) << holder.VtmdLog();
+    ASSERT_TRUE(after.Start(/*init=*/true)) << holder.VtmdLog();
     const uint32_t rc = after.StartupClear();
-    EXPECT_TRUE(rc == kRcSuccess || rc == kRcInitialize) << rc;
-    EXPECT_EQ(after.NvRead(secret.size()), secret);
+    EXPECT_TRUE(rc == kTpmRcSuccess || rc == kTpmRcInitialize) << rc;
+    EXPECT_EQ(after.NvRead(kNvIndex, secret.size()), secret);
     auto stopped = holder.Vtmctl({"stop", "--force", uuid});
     EXPECT_EQ(stopped.exit_code, 0) << stopped.output;
     std::cerr << "  " << what << ": migration " << (source_state.empty() ? "never recorded" : source_state) << ", VM "
