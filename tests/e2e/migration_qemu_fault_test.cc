@@ -149,16 +149,17 @@ class GuestQemu {
     o.script = script;
     o.work_dir = dir;
     o.timeout = seconds(300);
-    o.extra_qemu_args = {"-pidfile", dir + "/qemu.pid", "-qmp", "unix:" + dir + "/qmp.sock,server=on,wait=off",
-                         "-chardev", "socket,id=ctl,path=" + dir + "/ctl.sock,server=on,wait=off", "-serial",
-                         "chardev:ctl"};
+    o.extra_qemu_args = {"-pidfile", dir + "/qemu.pid",
+                         "-qmp",     "unix:" + dir + "/qmp.sock,server=on,wait=off",
+                         "-chardev", "socket,id=ctl,path=" + dir + "/ctl.sock,server=on,wait=off",
+                         "-serial",  "chardev:ctl"};
     o.extra_qemu_args.insert(o.extra_qemu_args.end(), extra_args.begin(), extra_args.end());
     thread_ = std::thread([this, o] { run_ = RunGuest(o); });
     // QEMU writes its pid file and opens its monitor before it runs the guest.
     for (int i = 0; i < 400 && (pid_ <= 0 || Qmp("{\"execute\": \"query-status\"}").empty()); ++i) {
       if (pid_ <= 0) {
         auto pid = ReadFile(dir + "/qemu.pid");
-        if (pid.ok()) pid_ = static_cast<pid_t>(std::atol(pid->c_str()));
+        if (pid.ok()) pid_ = static_cast<pid_t>(std::strtol(pid->c_str(), nullptr, 10));
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
@@ -260,20 +261,21 @@ void MigrationQemuFaultTest::RunCase(Step step, Victim victim, int n) {
   const std::string read_back = "echo NVREAD=$(tpm2_nvread 0x1500016 -C o -s " + std::to_string(secret.size()) +
                                 ")\n"
                                 "tpm2_pcrread sha256:16\n";
-  const std::string script = "set -e\n"
-                             "tpm2_nvdefine 0x1500016 -C o -s 64 -a 'ownerread|ownerwrite|authread|authwrite'\n"
-                             "printf '%s' '" +
-                             secret +
-                             "' > /tmp/v\n"
-                             "tpm2_nvwrite 0x1500016 -C o -i /tmp/v\n"
-                             "tpm2_pcrextend 16:sha256=" +
-                             HexEncode(Sha256(secret)) +
-                             "\n"
-                             "tpm2_pcrread sha256:16\n"
-                             "echo VTM-MIGRATE-READY\n"
-                             "read -r go < /dev/ttyS1\n"
-                             "echo VTM-MIGRATED\n" +
-                             read_back;
+  const std::string script =
+      "set -e\n"
+      "tpm2_nvdefine 0x1500016 -C o -s 64 -a 'ownerread|ownerwrite|authread|authwrite'\n"
+      "printf '%s' '" +
+      secret +
+      "' > /tmp/v\n"
+      "tpm2_nvwrite 0x1500016 -C o -i /tmp/v\n"
+      "tpm2_pcrextend 16:sha256=" +
+      HexEncode(Sha256(secret)) +
+      "\n"
+      "tpm2_pcrread sha256:16\n"
+      "echo VTM-MIGRATE-READY\n"
+      "read -r go < /dev/ttyS1\n"
+      "echo VTM-MIGRATED\n" +
+      read_back;
   const std::string src_dir = rig.P("qemu-" + std::to_string(n) + "-a");
   const std::string dst_dir = rig.P("qemu-" + std::to_string(n) + "-b");
   auto src = std::make_unique<GuestQemu>(src_dir, Field(started.output, "tpm socket"), script);

@@ -29,6 +29,8 @@
 //   value back.
 // A second test kills the vtmds at their crash points inside the steps (VTM_CRASH_AT,
 // enumerated by a traced live migration), with the same recovery and checks.
+// tests/e2e/migration_qemu_fault_test.cc kills real QEMU processes (and the destination
+// instance) at the steps of a real guest's migration.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -284,7 +286,8 @@ class MigrationLiveFaultTest : public ::testing::Test {
     const bool expect_destination = crash ? moved
                                           : step >= Step::kActivated || (step == Step::kStateMoved && qemu_completed &&
                                                                          victim != Victim::kDestinationInstance);
-    const std::string source_state = LastMigrationOf(a, uuid).second, destination_state = LastMigrationOf(b, uuid).second;
+    const std::string source_state = LastMigrationOf(a, uuid).second,
+                      destination_state = LastMigrationOf(b, uuid).second;
     if (!id.empty()) {
       EXPECT_EQ(source_state, expect_destination ? "committed" : "aborted");
     }

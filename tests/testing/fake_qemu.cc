@@ -64,8 +64,7 @@ void FakeQemu::Disconnect() {
   ctrl_.reset();
 }
 
-std::vector<uint8_t> FakeQemu::Call(uint32_t cmd, const std::vector<uint8_t>& body, size_t response_size,
-                                    int pass_fd) {
+std::vector<uint8_t> FakeQemu::Call(uint32_t cmd, const std::vector<uint8_t>& body, size_t response_size, int pass_fd) {
   std::vector<uint8_t> req;
   Put32(req, cmd);
   req.insert(req.end(), body.begin(), body.end());

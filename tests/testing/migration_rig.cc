@@ -168,7 +168,9 @@ std::pair<std::string, std::string> LastMigrationOf(VtmdFixture& host, const std
 
 pid_t RecordedInstancePid(VtmdFixture& host, const std::string& uuid) {
   auto shown = host.Vtmctl({"show", uuid});
-  return shown.exit_code == 0 ? static_cast<pid_t>(std::atol(Field(shown.output, "instance pid").c_str())) : 0;
+  return shown.exit_code == 0
+             ? static_cast<pid_t>(std::strtol(Field(shown.output, "instance pid").c_str(), nullptr, 10))
+             : 0;
 }
 
 bool ProcessRunning(pid_t pid) {
@@ -191,15 +193,19 @@ std::string VmProcessProblems(const std::string& uuid, const VtmdFixture& holder
     for (pid_t pid : FindProcesses({uuid})) {
       if (!ProcessRunning(pid)) continue;
       const std::string name = ProgramName(pid);
-      const pid_t parent = std::atoi(ProcStatus(pid, "PPid").c_str());
+      const pid_t parent = static_cast<pid_t>(std::strtol(ProcStatus(pid, "PPid").c_str(), nullptr, 10));
       if (name == "vtm-instance") {
         ++*instances;
-        if (pid != recorded) problem += "vtm-instance " + std::to_string(pid) + " is not the one the VM's host recorded; ";
+        if (pid != recorded) {
+          problem += "vtm-instance " + std::to_string(pid) + " is not the one the VM's host recorded; ";
+        }
         if (ProcCmdline(pid).find(holder.run_dir()) == std::string::npos) {
           problem += "vtm-instance " + std::to_string(pid) + " runs outside the VM's host; ";
         }
       } else if (name == "swtpm") {
-        if (parent != recorded || recorded <= 0) problem += "swtpm " + std::to_string(pid) + " has no owning instance; ";
+        if (parent != recorded || recorded <= 0) {
+          problem += "swtpm " + std::to_string(pid) + " has no owning instance; ";
+        }
       } else if (ProcCmdline(pid).find("--peer-inspector") != std::string::npos) {
         // The instance's peer inspector (exec'd as /proc/self/exe): part of the recorded instance.
         if (parent != recorded || recorded <= 0) {
