@@ -29,198 +29,29 @@
 //   value back.
 // A second test kills the vtmds at their crash points inside the steps (VTM_CRASH_AT,
 // enumerated by a traced live migration), with the same recovery and checks.
+// tests/e2e/migration_qemu_fault_test.cc kills real QEMU processes (and the destination
+// instance) at the steps of a real guest's migration.
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
-#include <fstream>
 #include <memory>
 #include <random>
 #include <regex>
 #include <sstream>
-#include <thread>
 
+#include "fake_qemu.h"
 #include "migration_rig.h"
 #include "test_processes.h"
 #include "vtm/fs.h"
-#include "vtm/net.h"
 #include "vtm/subprocess.h"
-#include "vtm/unique_fd.h"
 #include "vtmd_fixture.h"
 
 namespace vtm::testing {
 namespace {
 
-// swtpm's control commands (ptm.h) and what the test sends with them.
-constexpr uint32_t kGetCapability = 0x01, kInit = 0x02, kStop = 0x0e, kGetStateBlob = 0x0c, kSetStateBlob = 0x0d,
-                   kSetDataFd = 0x10;
-constexpr uint32_t kBlobPermanent = 1, kBlobVolatile = 2;
-constexpr uint32_t kStateFlagDecrypted = 1;  // QEMU's request: without the state key's layer
 constexpr uint32_t kNvIndex = 0x01500016;
-constexpr uint32_t kRcSuccess = 0, kRcInitialize = 0x100;
-
-void Put16(std::vector<uint8_t>& b, uint16_t v) {
-  b.push_back(static_cast<uint8_t>(v >> 8));
-  b.push_back(static_cast<uint8_t>(v));
-}
-void Put32(std::vector<uint8_t>& b, uint32_t v) {
-  Put16(b, static_cast<uint16_t>(v >> 16));
-  Put16(b, static_cast<uint16_t>(v));
-}
-uint32_t Get32(const uint8_t* p) {
-  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
-}
-
-// A TPM 2.0 command; with auth, one password session (empty: the vTPM's owner has none).
-std::vector<uint8_t> TpmCommand(uint32_t cc, const std::vector<uint32_t>& handles, bool auth,
-                                const std::vector<uint8_t>& params) {
-  std::vector<uint8_t> b;
-  Put16(b, auth ? 0x8002 : 0x8001);
-  Put32(b, 0);
-  Put32(b, cc);
-  for (uint32_t h : handles) Put32(b, h);
-  if (auth) {
-    Put32(b, 9);
-    Put32(b, 0x40000009);  // TPM_RS_PW
-    Put16(b, 0);
-    b.push_back(0);
-    Put16(b, 0);
-  }
-  b.insert(b.end(), params.begin(), params.end());
-  const auto size = static_cast<uint32_t>(b.size());
-  for (int i = 0; i < 4; ++i) b[2 + i] = static_cast<uint8_t>(size >> (24 - 8 * i));
-  return b;
-}
-
-// QEMU's tpm-emulator backend, as far as a migration needs it. Destroying it closes both
-// sockets, as the kernel does for a QEMU that was killed.
-class FakeQemu {
- public:
-  explicit FakeQemu(const std::string& tpm_sock) {
-    auto c = ConnectUnix(tpm_sock);
-    if (c.ok()) ctrl_ = std::move(*c);
-    if (ctrl_.valid()) SetTimeouts(ctrl_.get());
-  }
-
-  // QEMU's start: GET_CAPABILITY and SET_DATAFD (a socketpair end); with init, also INIT (a
-  // QEMU started with -incoming sends INIT only after the state arrived).
-  ::testing::AssertionResult Attach(bool init) {
-    if (!ctrl_.valid()) return ::testing::AssertionFailure() << "cannot connect to the vTPM's socket";
-    if (Call(kGetCapability, {}, 8).size() != 8) return ::testing::AssertionFailure() << "GET_CAPABILITY: no answer";
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-      return ::testing::AssertionFailure() << "socketpair";
-    data_.reset(sv[0]);
-    UniqueFd theirs(sv[1]);
-    SetTimeouts(data_.get());
-    if (uint32_t rc = Result(Call(kSetDataFd, {}, 4, theirs.get())); rc != 0) {
-      return ::testing::AssertionFailure() << "SET_DATAFD: " << rc;
-    }
-    if (!init) return ::testing::AssertionSuccess();
-    std::vector<uint8_t> flags;
-    Put32(flags, 0);
-    if (uint32_t rc = Result(Call(kInit, flags, 4)); rc != 0) return ::testing::AssertionFailure() << "INIT: " << rc;
-    return ::testing::AssertionSuccess();
-  }
-
-  uint32_t Simple(uint32_t cmd, const std::vector<uint8_t>& body = {}) { return Result(Call(cmd, body, 4)); }
-
-  // GET_STATEBLOB as QEMU's pre_save asks: decrypted of the state key, whole blob in one go.
-  bool GetStateBlob(uint32_t type, std::vector<uint8_t>* blob) {
-    std::vector<uint8_t> body;
-    Put32(body, kStateFlagDecrypted);
-    Put32(body, type);
-    Put32(body, 0);
-    auto hdr = Call(kGetStateBlob, body, 16);
-    if (hdr.size() != 16 || Get32(hdr.data()) != 0) return false;
-    const uint32_t total = Get32(hdr.data() + 8);
-    if (total > (8u << 20)) return false;
-    blob->resize(total);
-    return ReadAll(ctrl_.get(), blob->data(), total).ok();
-  }
-
-  // SET_STATEBLOB in one write, as QEMU's post_load sends it; the TPM result.
-  uint32_t SetStateBlob(uint32_t type, const std::vector<uint8_t>& blob) {
-    std::vector<uint8_t> body;
-    Put32(body, 0);
-    Put32(body, type);
-    Put32(body, static_cast<uint32_t>(blob.size()));
-    body.insert(body.end(), blob.begin(), blob.end());
-    return Result(Call(kSetStateBlob, body, 4));
-  }
-
-  // One TPM command on the data channel: the response code (and the response in *out).
-  uint32_t Tpm(const std::vector<uint8_t>& cmd, std::vector<uint8_t>* out = nullptr) {
-    if (!WriteAll(data_.get(), cmd.data(), cmd.size()).ok()) return 0xffffffff;
-    std::vector<uint8_t> resp(10);
-    if (!ReadAll(data_.get(), resp.data(), 10).ok()) return 0xffffffff;
-    const uint32_t size = Get32(resp.data() + 2);
-    if (size < 10 || size > 8192) return 0xffffffff;
-    resp.resize(size);
-    if (!ReadAll(data_.get(), resp.data() + 10, size - 10).ok()) return 0xffffffff;
-    if (out) *out = resp;
-    return Get32(resp.data() + 6);
-  }
-
-  uint32_t StartupClear() { return Tpm(TpmCommand(0x144, {}, false, {0x00, 0x00})); }
-
-  // TPM2_NV_DefineSpace (owner read/write, auth read/write) and TPM2_NV_Write of value.
-  ::testing::AssertionResult NvWrite(const std::string& value) {
-    std::vector<uint8_t> def;
-    Put16(def, 0);  // auth
-    Put16(def, 14);
-    Put32(def, kNvIndex);
-    Put16(def, 0x000b);      // SHA-256
-    Put32(def, 0x00060006);  // OWNERWRITE | AUTHWRITE | OWNERREAD | AUTHREAD
-    Put16(def, 0);
-    Put16(def, static_cast<uint16_t>(value.size()));
-    if (uint32_t rc = Tpm(TpmCommand(0x12a, {0x40000001}, true, def)); rc != 0) {
-      return ::testing::AssertionFailure() << "TPM2_NV_DefineSpace rc 0x" << std::hex << rc;
-    }
-    std::vector<uint8_t> w;
-    Put16(w, static_cast<uint16_t>(value.size()));
-    w.insert(w.end(), value.begin(), value.end());
-    Put16(w, 0);
-    if (uint32_t rc = Tpm(TpmCommand(0x137, {0x40000001, kNvIndex}, true, w)); rc != 0) {
-      return ::testing::AssertionFailure() << "TPM2_NV_Write rc 0x" << std::hex << rc;
-    }
-    return ::testing::AssertionSuccess();
-  }
-
-  // TPM2_NV_Read of size bytes; "" if it fails.
-  std::string NvRead(size_t size) {
-    std::vector<uint8_t> r;
-    Put16(r, static_cast<uint16_t>(size));
-    Put16(r, 0);
-    std::vector<uint8_t> resp;
-    if (Tpm(TpmCommand(0x14e, {0x40000001, kNvIndex}, true, r), &resp) != 0 || resp.size() < 16) return "";
-    const size_t n = (size_t{resp[14]} << 8) | resp[15];
-    if (resp.size() < 16 + n) return "";
-    return std::string(resp.begin() + 16, resp.begin() + 16 + static_cast<std::ptrdiff_t>(n));
-  }
-
- private:
-  static void SetTimeouts(int fd) {
-    timeval tv{10, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  }
-  static uint32_t Result(const std::vector<uint8_t>& r) { return r.size() >= 4 ? Get32(r.data()) : 0xffffffff; }
-  std::vector<uint8_t> Call(uint32_t cmd, const std::vector<uint8_t>& body, size_t response_size, int pass_fd = -1) {
-    std::vector<uint8_t> req;
-    Put32(req, cmd);
-    req.insert(req.end(), body.begin(), body.end());
-    if (!SendWithFd(ctrl_.get(), req.data(), req.size(), pass_fd).ok()) return {};
-    std::vector<uint8_t> resp(response_size);
-    if (!ReadAll(ctrl_.get(), resp.data(), resp.size()).ok()) return {};
-    return resp;
-  }
-
-  UniqueFd ctrl_, data_;
-};
 
 enum class Step { kPrepared, kSent, kMidTransfer, kStateMoved, kActivated, kCommitted };
 enum class Victim {
@@ -279,35 +110,6 @@ bool Exists(Step s, Victim v) {
   return true;
 }
 
-// A field of /proc/<pid>/status; "" if the process is gone.
-std::string ProcStatus(pid_t pid, const std::string& key) {
-  auto status = ReadFile("/proc/" + std::to_string(pid) + "/status");
-  std::string v = status.ok() ? Field(*status, key) : "";
-  v.erase(0, v.find_first_not_of('\t'));
-  return v;
-}
-// The NUL-separated command line; "" if the process is gone.
-std::string ProcCmdline(pid_t pid) {
-  auto cmdline = ReadFile("/proc/" + std::to_string(pid) + "/cmdline");
-  return cmdline.ok() ? *cmdline : "";
-}
-// Alive and not a zombie.
-bool Running(pid_t pid) {
-  const std::string state = ProcStatus(pid, "State");
-  return !state.empty() && state[0] != 'Z';
-}
-std::string Argv0(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
-  std::string arg0;
-  std::getline(in, arg0, '\0');
-  return arg0.substr(arg0.rfind('/') + 1);
-}
-bool KillAndWait(pid_t pid) {
-  if (pid <= 0 || kill(pid, SIGKILL) != 0) return false;
-  for (int i = 0; i < 200 && Running(pid); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  return !Running(pid);
-}
-
 class MigrationLiveFaultTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -318,65 +120,16 @@ class MigrationLiveFaultTest : public ::testing::Test {
   void TearDown() override {
     if (HasFailure()) std::cerr << rig.Logs();
   }
-  // The migration of uuid that host knows last: {id, state}.
-  static std::pair<std::string, std::string> MigrationOf(VtmdFixture& host, const std::string& uuid) {
-    std::pair<std::string, std::string> last;
-    std::istringstream in(host.Vtmctl({"migrate", "status"}).output);
-    std::string line;
-    while (std::getline(in, line)) {
-      std::istringstream fields(line);
-      std::string id, vm, role, mode, state;
-      fields >> id >> vm >> role >> mode >> state;
-      if (vm == uuid) last = {id, state};
-    }
-    return last;
-  }
-  static pid_t InstancePid(VtmdFixture& host, const std::string& uuid) {
-    auto shown = host.Vtmctl({"show", uuid});
-    return shown.exit_code == 0 ? static_cast<pid_t>(std::atol(Field(shown.output, "instance pid").c_str())) : 0;
-  }
   static std::string Quoted(const std::string& json, const std::string& key) {
     std::smatch m;
     return std::regex_search(json, m, std::regex("\"" + key + "\": \"([^\"]*)\"")) ? m[1].str() : std::string();
   }
 
-  // The vtm-instance and swtpm processes of uuid, checked against what owns them: every
-  // vtm-instance is holder's recorded one, every swtpm a child of it. Returns the number of
-  // vtm-instances (after waiting up to 5 s for the dying to go).
-  size_t CheckProcesses(const std::string& uuid, VtmdFixture& holder, pid_t recorded) {
-    std::string problem;
+  // The VM's processes (migration_rig.h, VmProcessProblems): none that its host does not own;
+  // the number of vtm-instances.
+  static size_t CheckProcesses(const std::string& uuid, const VtmdFixture& holder, pid_t recorded) {
     size_t instances = 0;
-    for (int attempt = 0; attempt < 50; ++attempt) {
-      problem.clear();
-      instances = 0;
-      for (pid_t pid : FindProcesses({uuid})) {
-        if (!Running(pid)) continue;
-        const std::string name = Argv0(pid);
-        if (name == "vtm-instance") {
-          ++instances;
-          if (pid != recorded)
-            problem += "vtm-instance " + std::to_string(pid) + " is not the one the VM's host recorded; ";
-          std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
-          std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-          if (cmdline.find(holder.run_dir()) == std::string::npos) {
-            problem += "vtm-instance " + std::to_string(pid) + " runs outside the VM's host; ";
-          }
-        } else if (name == "swtpm") {
-          const pid_t parent = std::atoi(ProcStatus(pid, "PPid").c_str());
-          if (parent != recorded || recorded <= 0)
-            problem += "swtpm " + std::to_string(pid) + " has no owning instance; ";
-        } else if (ProcCmdline(pid).find("--peer-inspector") != std::string::npos) {
-          // The instance's peer inspector (exec'd as /proc/self/exe): part of the recorded instance.
-          const pid_t parent = std::atoi(ProcStatus(pid, "PPid").c_str());
-          if (parent != recorded || recorded <= 0)
-            problem += "peer inspector " + std::to_string(pid) + " has no owning instance; ";
-        } else {
-          problem += name + " " + std::to_string(pid) + " names the VM; ";
-        }
-      }
-      if (problem.empty()) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
+    const std::string problem = VmProcessProblems(uuid, holder, recorded, &instances);
     EXPECT_TRUE(problem.empty()) << problem;
     return instances;
   }
@@ -408,10 +161,10 @@ class MigrationLiveFaultTest : public ::testing::Test {
     std::mt19937_64 rng(std::random_device{}());
     const std::string secret = "nv-" + std::to_string(rng()) + "-" + std::to_string(n);
     auto src = std::make_unique<FakeQemu>(Field(started.output, "tpm socket"));
-    ASSERT_TRUE(src->Attach(/*init=*/true)) << a.VtmdLog();
-    ASSERT_EQ(src->StartupClear(), kRcSuccess);
-    ASSERT_TRUE(src->NvWrite(secret));
-    ASSERT_EQ(src->NvRead(secret.size()), secret);
+    ASSERT_TRUE(src->Start(/*init=*/true)) << a.VtmdLog();
+    ASSERT_EQ(src->StartupClear(), kTpmRcSuccess);
+    ASSERT_TRUE(src->NvWrite(kNvIndex, secret));
+    ASSERT_EQ(src->NvRead(kNvIndex, secret.size()), secret);
 
     std::unique_ptr<FakeQemu> dst;
     bool moved = false, crashed = false;
@@ -429,10 +182,10 @@ class MigrationLiveFaultTest : public ::testing::Test {
       if (crash || at != step) return false;
       switch (victim) {
         case Victim::kDestinationInstance:
-          EXPECT_TRUE(KillAndWait(InstancePid(b, uuid)));
+          EXPECT_TRUE(KillAndWait(RecordedInstancePid(b, uuid)));
           break;
         case Victim::kSourceInstance:
-          EXPECT_TRUE(KillAndWait(InstancePid(a, uuid)));
+          EXPECT_TRUE(KillAndWait(RecordedInstancePid(a, uuid)));
           break;
         case Victim::kDestinationQemu:
           dst.reset();
@@ -466,29 +219,27 @@ class MigrationLiveFaultTest : public ::testing::Test {
       if (!done(sent)) return;
       // The destination QEMU starts with -incoming on the incoming instance's socket.
       dst = std::make_unique<FakeQemu>(Quoted(sent.output, "destination_tpm_socket"));
-      ASSERT_TRUE(dst->Attach(/*init=*/false));
+      ASSERT_TRUE(dst->Start(/*init=*/false));
       if (fault_now(Step::kSent)) return;
       // QEMU's stream: the source's blobs, loaded by the destination, which then resumes the TPM.
       std::vector<uint8_t> permanent, volatile_state;
       ASSERT_TRUE(src->GetStateBlob(kBlobPermanent, &permanent));
       ASSERT_TRUE(src->GetStateBlob(kBlobVolatile, &volatile_state));
-      ASSERT_EQ(dst->Simple(kStop), kRcSuccess);
-      ASSERT_EQ(dst->SetStateBlob(kBlobPermanent, permanent), kRcSuccess) << b.VtmdLog();
+      ASSERT_EQ(dst->Simple(kCtrlStop), kTpmRcSuccess);
+      ASSERT_EQ(dst->SetStateBlob(kBlobPermanent, permanent), kTpmRcSuccess) << b.VtmdLog();
       // The permanent blob is in, the volatile one and INIT not: too early to commit.
       auto early = a.Vtmctl({"migrate", "commit", id, "--activate-only"});
       EXPECT_NE(early.exit_code, 0) << early.output;
-      EXPECT_EQ(MigrationOf(a, uuid).second, "sent");
+      EXPECT_EQ(LastMigrationOf(a, uuid).second, "sent");
       if (fault_now(Step::kMidTransfer)) return;
-      ASSERT_EQ(dst->SetStateBlob(kBlobVolatile, volatile_state), kRcSuccess);
-      std::vector<uint8_t> flags;
-      Put32(flags, 0);
-      ASSERT_EQ(dst->Simple(kInit, flags), kRcSuccess);
+      ASSERT_EQ(dst->SetStateBlob(kBlobVolatile, volatile_state), kTpmRcSuccess);
+      ASSERT_EQ(dst->Simple(kCtrlInit, {0, 0, 0, 0}), kTpmRcSuccess);
       moved = true;
       if (fault_now(Step::kStateMoved)) return;
       auto activated = a.Vtmctl({"migrate", "commit", id, "--activate-only"});
       if (!done(activated)) return;
       // QMP cont on the destination: the guest reads its value there.
-      ASSERT_EQ(dst->NvRead(secret.size()), secret);
+      ASSERT_EQ(dst->NvRead(kNvIndex, secret.size()), secret);
       if (fault_now(Step::kActivated)) return;
       auto committed = a.Vtmctl({"migrate", "commit", id});
       if (!done(committed)) return;
@@ -509,12 +260,12 @@ class MigrationLiveFaultTest : public ::testing::Test {
     // destination and the destination QEMU lived on to report it (else vtm-live-migrate aborts).
     const bool qemu_completed =
         crash ? moved : step >= Step::kStateMoved && !(step == Step::kStateMoved && victim == Victim::kDestinationQemu);
-    auto [id, state] = MigrationOf(a, uuid);
+    auto [id, state] = LastMigrationOf(a, uuid);
     // Only a crash before the source recorded the migration leaves none (its restart put the VM back).
     EXPECT_TRUE(!id.empty() || crash);
     if (state == "sent" && qemu_completed) {
       auto committed = a.Vtmctl({"migrate", "commit", id, "--activate-only"});
-      state = MigrationOf(a, uuid).second;
+      state = LastMigrationOf(a, uuid).second;
       if (committed.exit_code != 0) {
         EXPECT_EQ(state, "sent") << "a refused commit changed something: " << committed.output;
       }
@@ -535,7 +286,8 @@ class MigrationLiveFaultTest : public ::testing::Test {
     const bool expect_destination = crash ? moved
                                           : step >= Step::kActivated || (step == Step::kStateMoved && qemu_completed &&
                                                                          victim != Victim::kDestinationInstance);
-    const std::string source_state = MigrationOf(a, uuid).second, destination_state = MigrationOf(b, uuid).second;
+    const std::string source_state = LastMigrationOf(a, uuid).second,
+                      destination_state = LastMigrationOf(b, uuid).second;
     if (!id.empty()) {
       EXPECT_EQ(source_state, expect_destination ? "committed" : "aborted");
     }
@@ -554,7 +306,7 @@ class MigrationLiveFaultTest : public ::testing::Test {
     const bool victim_was_its_instance =
         !crash && ((there && victim == Victim::kDestinationInstance) || (!there && victim == Victim::kSourceInstance));
     EXPECT_EQ(vm_state, victim_was_its_instance ? "failed" : "running");
-    const pid_t recorded = vm_state == "running" ? InstancePid(holder, uuid) : 0;
+    const pid_t recorded = vm_state == "running" ? RecordedInstancePid(holder, uuid) : 0;
     EXPECT_EQ(CheckProcesses(uuid, holder, recorded), vm_state == "running" ? 1u : 0u);
     EXPECT_FALSE(PathExists(other.state_dir() + "/vms/" + uuid));
     EXPECT_EQ(holder.CertificatePublicKeyPem(uuid, "ek-ecc"), ek);
@@ -565,10 +317,10 @@ class MigrationLiveFaultTest : public ::testing::Test {
       ASSERT_EQ(restarted.exit_code, 0) << restarted.output;
     }
     FakeQemu after(Field(holder.Vtmctl({"show", uuid}).output, "tpm socket"));
-    ASSERT_TRUE(after.Attach(/*init=*/true)) << holder.VtmdLog();
+    ASSERT_TRUE(after.Start(/*init=*/true)) << holder.VtmdLog();
     const uint32_t rc = after.StartupClear();
-    EXPECT_TRUE(rc == kRcSuccess || rc == kRcInitialize) << rc;
-    EXPECT_EQ(after.NvRead(secret.size()), secret);
+    EXPECT_TRUE(rc == kTpmRcSuccess || rc == kTpmRcInitialize) << rc;
+    EXPECT_EQ(after.NvRead(kNvIndex, secret.size()), secret);
     auto stopped = holder.Vtmctl({"stop", "--force", uuid});
     EXPECT_EQ(stopped.exit_code, 0) << stopped.output;
     std::cerr << "  " << what << ": migration " << (source_state.empty() ? "never recorded" : source_state) << ", VM "

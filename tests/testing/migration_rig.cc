@@ -1,12 +1,42 @@
 // The two-host migration rig: fleet CA, host CA certificates, policy, both vtmds.
 #include "migration_rig.h"
 
-#include <regex>
+#include <signal.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "test_processes.h"
 #include "vtm/fs.h"
 
 namespace vtm::testing {
 namespace {
+
+// A field of /proc/<pid>/status, leading tabs removed; "" if the process is gone.
+std::string ProcStatus(pid_t pid, const std::string& key) {
+  auto status = ReadFile("/proc/" + std::to_string(pid) + "/status");
+  std::string v = status.ok() ? Field(*status, key) : "";
+  v.erase(0, v.find_first_not_of('\t'));
+  return v;
+}
+
+// The NUL-separated command line; "" if the process is gone.
+std::string ProcCmdline(pid_t pid) {
+  auto cmdline = ReadFile("/proc/" + std::to_string(pid) + "/cmdline");
+  return cmdline.ok() ? *cmdline : "";
+}
+
+// The file name of argv[0].
+std::string ProgramName(pid_t pid) {
+  const std::string cmdline = ProcCmdline(pid);
+  const std::string arg0 = cmdline.substr(0, cmdline.find('\0'));
+  return arg0.substr(arg0.rfind('/') + 1);
+}
 
 bool Ok(const CommandResult& r, const std::string& what, std::string* error) {
   if (r.exit_code == 0) return true;
@@ -121,6 +151,74 @@ TlsCredentials MigrationRig::FleetPeer(const std::string& name, const std::strin
 
 std::string MigrationRig::Logs() const {
   return "---- source vtmd log ----\n" + a.VtmdLog() + "---- destination vtmd log ----\n" + b.VtmdLog();
+}
+
+std::pair<std::string, std::string> LastMigrationOf(VtmdFixture& host, const std::string& uuid) {
+  std::pair<std::string, std::string> last;
+  std::istringstream in(host.Vtmctl({"migrate", "status"}).output);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string id, vm, role, mode, state;
+    fields >> id >> vm >> role >> mode >> state;
+    if (vm == uuid) last = {id, state};
+  }
+  return last;
+}
+
+pid_t RecordedInstancePid(VtmdFixture& host, const std::string& uuid) {
+  auto shown = host.Vtmctl({"show", uuid});
+  return shown.exit_code == 0
+             ? static_cast<pid_t>(std::strtol(Field(shown.output, "instance pid").c_str(), nullptr, 10))
+             : 0;
+}
+
+bool ProcessRunning(pid_t pid) {
+  const std::string state = ProcStatus(pid, "State");
+  return !state.empty() && state[0] != 'Z';
+}
+
+bool KillAndWait(pid_t pid) {
+  if (pid <= 0 || kill(pid, SIGKILL) != 0) return false;
+  for (int i = 0; i < 200 && ProcessRunning(pid); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  return !ProcessRunning(pid);
+}
+
+std::string VmProcessProblems(const std::string& uuid, const VtmdFixture& holder, pid_t recorded, size_t* instances,
+                              const std::vector<std::string>& allowed) {
+  std::string problem;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    problem.clear();
+    *instances = 0;
+    for (pid_t pid : FindProcesses({uuid})) {
+      if (!ProcessRunning(pid)) continue;
+      const std::string name = ProgramName(pid);
+      const pid_t parent = static_cast<pid_t>(std::strtol(ProcStatus(pid, "PPid").c_str(), nullptr, 10));
+      if (name == "vtm-instance") {
+        ++*instances;
+        if (pid != recorded) {
+          problem += "vtm-instance " + std::to_string(pid) + " is not the one the VM's host recorded; ";
+        }
+        if (ProcCmdline(pid).find(holder.run_dir()) == std::string::npos) {
+          problem += "vtm-instance " + std::to_string(pid) + " runs outside the VM's host; ";
+        }
+      } else if (name == "swtpm") {
+        if (parent != recorded || recorded <= 0) {
+          problem += "swtpm " + std::to_string(pid) + " has no owning instance; ";
+        }
+      } else if (ProcCmdline(pid).find("--peer-inspector") != std::string::npos) {
+        // The instance's peer inspector (exec'd as /proc/self/exe): part of the recorded instance.
+        if (parent != recorded || recorded <= 0) {
+          problem += "peer inspector " + std::to_string(pid) + " has no owning instance; ";
+        }
+      } else if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
+        problem += name + " " + std::to_string(pid) + " names the VM; ";
+      }
+    }
+    if (problem.empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return problem;
 }
 
 }  // namespace vtm::testing
