@@ -570,9 +570,12 @@ Status HostCa::SwitchFiles() {
         files.emplace_back("ca-key.quote", 0644);
       }
       for (const auto& [name, mode] : files) {
-        if (!PathExists(dir_ + "/" + name)) continue;
-        VTM_ASSIGN_OR_RETURN(std::string data, ReadFile(dir_ + "/" + name));
-        VTM_RETURN_IF_ERROR(WriteFileAtomic(staging + "/" + name, data, mode));
+        const std::string from = dir_ + "/" + name;
+        if (!PathExists(from)) continue;
+        VTM_ASSIGN_OR_RETURN(std::string data, ReadFile(from));
+        std::string to = staging;
+        to += "/" + name;
+        VTM_RETURN_IF_ERROR(WriteFileAtomic(to, data, mode));
       }
       VTM_RETURN_IF_ERROR(RenameDurably(staging, retired));
     }
