@@ -341,5 +341,114 @@ TEST(CrashSweepTest, EveryCrashPointOfCaRotationRecovers) {
   }
 }
 
+// The same under a fleet CA, where the chain changes with the certificate: `ca rotate` (the
+// new key and its CSR), then `ca install` of the fleet's certificate for the new key, killed at
+// each point the two pass. After the restart the host CA is the old certificate with the old
+// chain and `ca csr --pending` / `ca install` (or, with no key pending, `ca rotate` first)
+// completes the rotation, or it is the new certificate with the fleet chain and complete; the
+// VM's new certificates chain to the fleet root (openssl) and the final CRL revokes the old.
+TEST(CrashSweepTest, EveryCrashPointOfAFleetCaRotationRecovers) {
+  TempDir t;
+  auto p = [&](const std::string& n) { return t.path() + "/" + n; };
+  ASSERT_EQ(RunCommand({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-keyout", p("fleet.key"), "-out", p("fleet.pem"), "-subj", "/CN=fleet root", "-days", "30"})
+                .exit_code,
+            0);
+  ASSERT_TRUE(WriteFileAtomic(p("ext.cnf"), "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
+                              0644)
+                  .ok());
+  const std::string fleet_pem = *ReadFile(p("fleet.pem"));
+  auto fleet_sign = [&](const std::string& csr_text, const std::string& out) {
+    if (!WriteFileAtomic(p("req.csr"), csr_text, 0644).ok()) return false;
+    return RunCommand({"openssl", "x509", "-req", "-in", p("req.csr"), "-CA", p("fleet.pem"), "-CAkey", p("fleet.key"),
+                       "-CAcreateserial", "-out", out, "-days", "30", "-extfile", p("ext.cnf")})
+               .exit_code == 0;
+  };
+  // A host CA under the fleet, and one VM.
+  auto setup = [&](VtmdFixture& f) {
+    return fleet_sign(f.Vtmctl({"ca", "csr"}).output, p("old-ca.pem")) &&
+           f.Vtmctl({"ca", "install", p("old-ca.pem"), p("fleet.pem")}).exit_code == 0 &&
+           f.Vtmctl({"create", "--name", "a"}).exit_code == 0;
+  };
+  // ca rotate, then ca install of the fleet's certificate for the new key.
+  auto rotate = [&](VtmdFixture& f) {
+    auto csr = f.Vtmctl({"ca", "rotate"});
+    return csr.exit_code == 0 && fleet_sign(csr.output, p("new-ca.pem")) &&
+           f.Vtmctl({"ca", "install", p("new-ca.pem"), p("fleet.pem")}).exit_code == 0;
+  };
+  auto ca_info = [](VtmdFixture& f) {
+    api::Response resp;
+    auto json = f.Vtmctl({"--json", "ca", "show"});
+    EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(json.output, &resp).ok()) << json.output;
+    return resp.ca();
+  };
+
+  std::vector<std::string> points;
+  {
+    VtmdFixture f;
+    f.SetVtmdEnvironment({"VTM_CRASH_TRACE=" + p("trace")});
+    ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+    ASSERT_TRUE(setup(f)) << f.VtmdLog();
+    const size_t before = ReadFile(p("trace")).ok() ? ReadFile(p("trace"))->size() : 0;
+    ASSERT_TRUE(rotate(f)) << f.VtmdLog();
+    std::istringstream in(ReadFile(p("trace"))->substr(before));
+    std::set<std::string> seen;
+    for (std::string line; std::getline(in, line);) {
+      if (!line.empty() && seen.insert(line).second) points.push_back(line);
+    }
+  }
+  ASSERT_GE(points.size(), 8u);
+  for (const std::string& point : points) {
+    SCOPED_TRACE("crash at " + point);
+    VtmdFixture f;
+    f.SetVtmdEnvironment({"VTM_CRASH_AT=" + point});
+    ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+    ASSERT_TRUE(setup(f)) << f.VtmdLog();
+    const std::string old_ca = f.Vtmctl({"ca", "show"}).output;
+    ASSERT_TRUE(WriteFileAtomic(p("old-a.pem"), f.Vtmctl({"certs", "a", "--kind", "ik"}).output, 0644).ok());
+    EXPECT_FALSE(rotate(f));
+    const int st = f.WaitVtmdExit();
+    ASSERT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << DescribeWaitStatus(st);
+    f.SetVtmdEnvironment({});
+    ASSERT_TRUE(f.StartVtmd()) << "vtmd does not start again\n" << f.VtmdLog();
+
+    std::string now = f.Vtmctl({"ca", "show"}).output;
+    if (now == old_ca) {
+      EXPECT_EQ(ca_info(f).chain_pem(), fleet_pem) << "the old certificate without its chain";
+      if (ca_info(f).rotation() == "pending") {
+        ASSERT_TRUE(fleet_sign(f.Vtmctl({"ca", "csr", "--pending"}).output, p("new-ca.pem")));
+        auto installed = f.Vtmctl({"ca", "install", p("new-ca.pem"), p("fleet.pem")});
+        ASSERT_EQ(installed.exit_code, 0) << installed.output << f.VtmdLog();
+      } else {
+        ASSERT_TRUE(rotate(f)) << f.VtmdLog();
+      }
+      now = f.Vtmctl({"ca", "show"}).output;
+      ASSERT_NE(now, old_ca);
+    }
+    const api::CaInfo info = ca_info(f);
+    EXPECT_EQ(info.rotation(), "") << "the rotation is not complete";
+    EXPECT_EQ(info.chain_pem(), fleet_pem) << "certificate and chain disagree";
+    ASSERT_TRUE(WriteFileAtomic(p("ca-now.pem"), info.certificate_pem(), 0644).ok());
+    auto final_crl = f.Vtmctl({"ca", "crl", "--retired"});
+    ASSERT_EQ(final_crl.exit_code, 0) << final_crl.output;
+    ASSERT_TRUE(WriteFileAtomic(p("final.crl"), final_crl.output, 0644).ok());
+    auto revoked = RunCommand({"openssl", "verify", "-crl_check", "-CRLfile", p("final.crl"), "-CAfile", p("fleet.pem"),
+                               "-untrusted", p("old-ca.pem"), p("old-a.pem")});
+    EXPECT_NE(revoked.output.find("certificate revoked"), std::string::npos) << revoked.output;
+    ASSERT_TRUE(WriteFileAtomic(p("ik.pem"), f.Vtmctl({"certs", "a", "--kind", "ik"}).output, 0644).ok());
+    auto verified =
+        RunCommand({"openssl", "verify", "-CAfile", p("fleet.pem"), "-untrusted", p("ca-now.pem"), p("ik.pem")});
+    EXPECT_EQ(verified.exit_code, 0) << verified.output;
+    f.StopVtmd();
+    ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+    EXPECT_EQ(f.Vtmctl({"ca", "show"}).output, now);
+    if (::testing::Test::HasFailure()) {
+      std::cerr << "---- vtmd log (crash at " << point << ") ----\n" << f.VtmdLog();
+      break;
+    }
+    std::cerr << "crash at " << point << ": recovered\n";
+  }
+}
+
 }  // namespace
 }  // namespace vtm::testing
