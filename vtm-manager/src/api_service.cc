@@ -233,9 +233,9 @@ Status ApiService::HandleCa(const api::Request& req, const ApiCaller& caller, ap
       if (!self_signed) {
         resp->set_pem(ca::DerToPem(csr, "CERTIFICATE REQUEST"));
         resp->set_note(
-            "a new host CA key was created in the host TPM and waits for its certificate: have the fleet CA certify "
-            "this CSR (CA:TRUE, pathlen 0, keyCertSign|cRLSign), then `vtmctl ca install CERT [CHAIN]`; the current "
-            "CA key signs until then");
+            "a new host CA key was created (in the residency of the current one) and waits for its certificate: have "
+            "the fleet CA certify this CSR (CA:TRUE, pathlen 0, keyCertSign|cRLSign), then `vtmctl ca install CERT "
+            "[CHAIN]`; the current CA key signs until then");
         return OkStatus();
       }
       return CompleteRotation(resp);
