@@ -250,7 +250,7 @@ TEST(CrashSweepTest, EveryCrashPointOfCaInstallRecovers) {
 // `ca rotate` run again completes the rotation, or vtmd completed it at start. Either way the
 // new key's certificates of both VMs verify with openssl, the old key's final CRL revokes the
 // old ones, and what the CA issues next verifies, also after another restart.
-TEST(CrashSweepTest, EveryCrashPointOfCaRotationRecovers) {
+void SweepCaRotation(const std::vector<std::string>& vtmd_args) {
   TempDir t;
   auto p = [&](const std::string& n) { return t.path() + "/" + n; };
   auto setup = [](VtmdFixture& f) {
@@ -268,7 +268,7 @@ TEST(CrashSweepTest, EveryCrashPointOfCaRotationRecovers) {
   {
     VtmdFixture f;
     f.SetVtmdEnvironment({"VTM_CRASH_TRACE=" + p("trace")});
-    ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+    ASSERT_TRUE(f.StartVtmd(vtmd_args)) << f.VtmdLog();
     ASSERT_TRUE(setup(f)) << f.VtmdLog();
     const size_t before = ReadFile(p("trace")).ok() ? ReadFile(p("trace"))->size() : 0;
     ASSERT_EQ(f.Vtmctl({"ca", "rotate"}).exit_code, 0) << f.VtmdLog();
@@ -283,7 +283,7 @@ TEST(CrashSweepTest, EveryCrashPointOfCaRotationRecovers) {
     SCOPED_TRACE("crash at " + point);
     VtmdFixture f;
     f.SetVtmdEnvironment({"VTM_CRASH_AT=" + point});
-    ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+    ASSERT_TRUE(f.StartVtmd(vtmd_args)) << f.VtmdLog();
     ASSERT_TRUE(setup(f)) << f.VtmdLog();
     const std::string old_ca = f.Vtmctl({"ca", "show"}).output;
     ASSERT_TRUE(WriteFileAtomic(p("old-ca.pem"), old_ca, 0644).ok());
@@ -292,7 +292,7 @@ TEST(CrashSweepTest, EveryCrashPointOfCaRotationRecovers) {
     const int st = f.WaitVtmdExit();
     ASSERT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << DescribeWaitStatus(st);
     f.SetVtmdEnvironment({});
-    ASSERT_TRUE(f.StartVtmd()) << "vtmd does not start again\n" << f.VtmdLog();
+    ASSERT_TRUE(f.StartVtmd(vtmd_args)) << "vtmd does not start again\n" << f.VtmdLog();
 
     std::string now = f.Vtmctl({"ca", "show"}).output;
     if (now == old_ca) {
@@ -331,7 +331,7 @@ TEST(CrashSweepTest, EveryCrashPointOfCaRotationRecovers) {
     ASSERT_TRUE(WriteFileAtomic(p("after.pem"), f.Vtmctl({"certs", "after", "--kind", "ik"}).output, 0644).ok());
     openssl_ok({"verify", "-CAfile", p("ca-now.pem"), p("after.pem")});
     f.StopVtmd();
-    ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+    ASSERT_TRUE(f.StartVtmd(vtmd_args)) << f.VtmdLog();
     EXPECT_EQ(f.Vtmctl({"ca", "show"}).output, now);
     if (::testing::Test::HasFailure()) {
       std::cerr << "---- vtmd log (crash at " << point << ") ----\n" << f.VtmdLog();
@@ -340,6 +340,12 @@ TEST(CrashSweepTest, EveryCrashPointOfCaRotationRecovers) {
     std::cerr << "crash at " << point << ": recovered\n";
   }
 }
+
+TEST(CrashSweepTest, EveryCrashPointOfCaRotationRecovers) { SweepCaRotation({}); }
+
+// In the `sealed` residency the key is two files (the wrapped key and its host quote), renamed
+// one after the other in the switch.
+TEST(CrashSweepTest, EveryCrashPointOfASealedCaRotationRecovers) { SweepCaRotation({"--ca-residency", "sealed"}); }
 
 // The same under a fleet CA, where the chain changes with the certificate: `ca rotate` (the
 // new key and its CSR), then `ca install` of the fleet's certificate for the new key, killed at

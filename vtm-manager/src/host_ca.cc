@@ -599,9 +599,12 @@ Status HostCa::SwitchFiles() {
     }
     VTM_RETURN_IF_ERROR(RemoveTree(LegacyKeyPath(dir_, kKeyName)));
   } else {
+    // The quote first: the wrapped key's presence says the key is there (LoadKey); a crash
+    // between the two leaves ca-key-next.sealed, renamed here at the next start.
     for (const char* ext : {".quote", ".sealed"}) {
       const std::string from = dir_ + "/" + kNextKeyName + ext;
       if (PathExists(from)) VTM_RETURN_IF_ERROR(RenameDurably(from, dir_ + "/" + kKeyName + ext));
+      CrashPoint(std::string("ca.rotate.key-switched") + ext);
     }
   }
   CrashPoint("ca.rotate.key-switched");
