@@ -152,6 +152,19 @@ TEST(CrashSweepTest, EveryCrashPointOfTheLifecycleRecovers) {
   }
 }
 
+// A fleet root CA made by openssl in dir (fleet.key, fleet.pem) and the extensions it gives a
+// host CA certificate (ext.cnf).
+void MakeFleetCa(const std::string& dir) {
+  ASSERT_EQ(RunCommand({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-keyout", dir + "/fleet.key", "-out", dir + "/fleet.pem", "-subj", "/CN=fleet root", "-days",
+                        "30"})
+                .exit_code,
+            0);
+  ASSERT_TRUE(WriteFileAtomic(dir + "/ext.cnf",
+                              "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n", 0644)
+                  .ok());
+}
+
 // `vtmctl ca install` with a fleet chain, killed at each of its crash points (enumerated by a
 // traced installation): after the restart the host CA is either the old certificate without a
 // chain or the new one with its chain, never a mix, and what it issues verifies with openssl
@@ -160,13 +173,7 @@ TEST(CrashSweepTest, EveryCrashPointOfTheLifecycleRecovers) {
 TEST(CrashSweepTest, EveryCrashPointOfCaInstallRecovers) {
   TempDir t;
   auto p = [&](const std::string& n) { return t.path() + "/" + n; };
-  ASSERT_EQ(RunCommand({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                        "-keyout", p("fleet.key"), "-out", p("fleet.pem"), "-subj", "/CN=fleet root", "-days", "30"})
-                .exit_code,
-            0);
-  ASSERT_TRUE(WriteFileAtomic(p("ext.cnf"), "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
-                              0644)
-                  .ok());
+  ASSERT_NO_FATAL_FAILURE(MakeFleetCa(t.path()));
   // The fleet CA's certificate for f's CA key, at p(name).
   auto fleet_issue = [&](VtmdFixture& f, const std::string& name) {
     auto csr = f.Vtmctl({"ca", "csr"});
@@ -243,6 +250,24 @@ TEST(CrashSweepTest, EveryCrashPointOfCaInstallRecovers) {
   }
 }
 
+// The crash points a trace file (VTM_CRASH_TRACE) names after its first `offset` bytes, each
+// once, in the order first reached.
+size_t TraceSize(const std::string& path) {
+  auto text = ReadFile(path);
+  return text.ok() ? text->size() : 0;
+}
+std::vector<std::string> PointsTracedSince(const std::string& path, size_t offset) {
+  std::vector<std::string> points;
+  auto text = ReadFile(path);
+  if (!text.ok() || text->size() < offset) return points;
+  std::istringstream in(text->substr(offset));
+  std::set<std::string> seen;
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty() && seen.insert(line).second) points.push_back(line);
+  }
+  return points;
+}
+
 // `vtmctl ca rotate` (self-signed host CA, two VMs), killed at each crash point it passes
 // (enumerated by a traced rotation: the key made, its certificate written, each file step of
 // the switch, each VM's re-issue, the revocation, the final CRL). After the restart the old CA
@@ -270,13 +295,9 @@ void SweepCaRotation(const std::vector<std::string>& vtmd_args) {
     f.SetVtmdEnvironment({"VTM_CRASH_TRACE=" + p("trace")});
     ASSERT_TRUE(f.StartVtmd(vtmd_args)) << f.VtmdLog();
     ASSERT_TRUE(setup(f)) << f.VtmdLog();
-    const size_t before = ReadFile(p("trace")).ok() ? ReadFile(p("trace"))->size() : 0;
+    const size_t before = TraceSize(p("trace"));
     ASSERT_EQ(f.Vtmctl({"ca", "rotate"}).exit_code, 0) << f.VtmdLog();
-    std::istringstream in(ReadFile(p("trace"))->substr(before));
-    std::set<std::string> seen;
-    for (std::string line; std::getline(in, line);) {
-      if (!line.empty() && seen.insert(line).second) points.push_back(line);
-    }
+    points = PointsTracedSince(p("trace"), before);
   }
   ASSERT_GE(points.size(), 8u);
   for (const std::string& point : points) {
@@ -356,13 +377,7 @@ TEST(CrashSweepTest, EveryCrashPointOfASealedCaRotationRecovers) { SweepCaRotati
 TEST(CrashSweepTest, EveryCrashPointOfAFleetCaRotationRecovers) {
   TempDir t;
   auto p = [&](const std::string& n) { return t.path() + "/" + n; };
-  ASSERT_EQ(RunCommand({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                        "-keyout", p("fleet.key"), "-out", p("fleet.pem"), "-subj", "/CN=fleet root", "-days", "30"})
-                .exit_code,
-            0);
-  ASSERT_TRUE(WriteFileAtomic(p("ext.cnf"), "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
-                              0644)
-                  .ok());
+  ASSERT_NO_FATAL_FAILURE(MakeFleetCa(t.path()));
   const std::string fleet_pem = *ReadFile(p("fleet.pem"));
   auto fleet_sign = [&](const std::string& csr_text, const std::string& out) {
     if (!WriteFileAtomic(p("req.csr"), csr_text, 0644).ok()) return false;
@@ -395,13 +410,9 @@ TEST(CrashSweepTest, EveryCrashPointOfAFleetCaRotationRecovers) {
     f.SetVtmdEnvironment({"VTM_CRASH_TRACE=" + p("trace")});
     ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
     ASSERT_TRUE(setup(f)) << f.VtmdLog();
-    const size_t before = ReadFile(p("trace")).ok() ? ReadFile(p("trace"))->size() : 0;
+    const size_t before = TraceSize(p("trace"));
     ASSERT_TRUE(rotate(f)) << f.VtmdLog();
-    std::istringstream in(ReadFile(p("trace"))->substr(before));
-    std::set<std::string> seen;
-    for (std::string line; std::getline(in, line);) {
-      if (!line.empty() && seen.insert(line).second) points.push_back(line);
-    }
+    points = PointsTracedSince(p("trace"), before);
   }
   ASSERT_GE(points.size(), 8u);
   for (const std::string& point : points) {
