@@ -63,9 +63,9 @@ Result<std::string> RemoteAttestationClient::ActivateCredential(const std::strin
   return resp.secret();
 }
 
-Result<std::string> RemoteAttestationClient::Crl() {
+Result<std::string> RemoteAttestationClient::Crl(bool retired) {
   api::Request req;
-  req.mutable_ca_crl();
+  req.mutable_ca_crl()->set_retired(retired);
   VTM_ASSIGN_OR_RETURN(api::Response resp, Call(req));
   return resp.pem();
 }

@@ -35,7 +35,9 @@ class RemoteAttestationClient {
   Result<std::string> ActivateCredential(const std::string& id_object, const std::string& encrypted_secret);
 
   // The host CA's current CRL (PEM), signed by the host CA key.
-  Result<std::string> Crl();
+  // retired: the final CRLs of the host's retired CA keys (PEM, one after another; kNotFound if
+  // its CA key was never rotated), each signed by the key it retired.
+  Result<std::string> Crl(bool retired = false);
 
   // The endpoint's certificate (DER), as presented in the handshake.
   const std::string& server_certificate_der() const { return stream_->peer_certificate_der(); }

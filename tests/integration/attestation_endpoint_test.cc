@@ -219,5 +219,49 @@ TEST_F(AttestationEndpointTest, EndpointCertificateBindsTheChannelToTheAttestedH
   EXPECT_TRUE(client->HostEvidence(std::string(16, 'm')).ok());
 }
 
+// After a rotation of the host CA key a relying party fetches both CRLs where it fetches
+// evidence: the one of the key in use and the final CRL of the retired key (ca_crl retired),
+// the same the local `vtmctl ca crl --retired` prints; each verifies (openssl) under its CA
+// certificate. The endpoint presents a certificate of the new key once vtmd restarted.
+TEST_F(AttestationEndpointTest, RetiredCaFinalCrlIsServedAfterARotation) {
+  ASSERT_TRUE(WriteFileAtomic(P("old-ca.pem"), *ReadFile(P("host-ca.pem")), 0644).ok());
+  {
+    auto client = Client();
+    ASSERT_NE(client, nullptr);
+    auto none = client->Crl(/*retired=*/true);
+    ASSERT_FALSE(none.ok());
+    EXPECT_EQ(none.error().code(), ErrorCode::kNotFound) << none.error().ToString();
+  }
+  auto rotated = f.Vtmctl({"ca", "rotate"});
+  ASSERT_EQ(rotated.exit_code, 0) << rotated.output;
+  EXPECT_NE(rotated.output.find("Restart vtmd"), std::string::npos) << rotated.output;
+  f.StopVtmd();
+  ASSERT_TRUE(f.StartVtmd({"--attest-listen", "127.0.0.1:0", "--attest-verifier-ca", P("verifier-ca.pem")}))
+      << f.VtmdLog();
+  const std::string log = f.VtmdLog();
+  const std::regex port("\\(port ([0-9]+)\\)");
+  std::string last;  // the log may hold the first start's lines too
+  for (auto it = std::sregex_iterator(log.begin(), log.end(), port);
+       it != std::sregex_iterator(); ++it) {
+    last = (*it)[1].str();
+  }
+  ASSERT_FALSE(last.empty()) << log;
+  server = "127.0.0.1:" + last;
+  ASSERT_TRUE(WriteFileAtomic(P("host-ca.pem"), f.Vtmctl({"ca", "show"}).output, 0644).ok());
+  auto client = Client();
+  ASSERT_NE(client, nullptr);
+  auto final_crl = client->Crl(/*retired=*/true);
+  ASSERT_TRUE(final_crl.ok()) << final_crl.error().ToString();
+  EXPECT_EQ(*final_crl, f.Vtmctl({"ca", "crl", "--retired"}).output);
+  auto crl = client->Crl();
+  ASSERT_TRUE(crl.ok()) << crl.error().ToString();
+  ASSERT_TRUE(WriteFileAtomic(P("final.crl"), *final_crl, 0644).ok());
+  ASSERT_TRUE(WriteFileAtomic(P("crl.pem"), *crl, 0644).ok());
+  auto old_ok = RunCommand({"openssl", "crl", "-noout", "-CAfile", P("old-ca.pem"), "-in", P("final.crl")});
+  EXPECT_NE(old_ok.output.find("verify OK"), std::string::npos) << old_ok.output;
+  auto new_ok = RunCommand({"openssl", "crl", "-noout", "-CAfile", P("host-ca.pem"), "-in", P("crl.pem")});
+  EXPECT_NE(new_ok.output.find("verify OK"), std::string::npos) << new_ok.output;
+}
+
 }  // namespace
 }  // namespace vtm::testing

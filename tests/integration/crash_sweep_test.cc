@@ -152,6 +152,19 @@ TEST(CrashSweepTest, EveryCrashPointOfTheLifecycleRecovers) {
   }
 }
 
+// A fleet root CA made by openssl in dir (fleet.key, fleet.pem) and the extensions it gives a
+// host CA certificate (ext.cnf).
+void MakeFleetCa(const std::string& dir) {
+  ASSERT_EQ(RunCommand({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-keyout", dir + "/fleet.key", "-out", dir + "/fleet.pem", "-subj", "/CN=fleet root", "-days",
+                        "30"})
+                .exit_code,
+            0);
+  ASSERT_TRUE(WriteFileAtomic(dir + "/ext.cnf",
+                              "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n", 0644)
+                  .ok());
+}
+
 // `vtmctl ca install` with a fleet chain, killed at each of its crash points (enumerated by a
 // traced installation): after the restart the host CA is either the old certificate without a
 // chain or the new one with its chain, never a mix, and what it issues verifies with openssl
@@ -160,13 +173,7 @@ TEST(CrashSweepTest, EveryCrashPointOfTheLifecycleRecovers) {
 TEST(CrashSweepTest, EveryCrashPointOfCaInstallRecovers) {
   TempDir t;
   auto p = [&](const std::string& n) { return t.path() + "/" + n; };
-  ASSERT_EQ(RunCommand({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                        "-keyout", p("fleet.key"), "-out", p("fleet.pem"), "-subj", "/CN=fleet root", "-days", "30"})
-                .exit_code,
-            0);
-  ASSERT_TRUE(WriteFileAtomic(p("ext.cnf"), "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
-                              0644)
-                  .ok());
+  ASSERT_NO_FATAL_FAILURE(MakeFleetCa(t.path()));
   // The fleet CA's certificate for f's CA key, at p(name).
   auto fleet_issue = [&](VtmdFixture& f, const std::string& name) {
     auto csr = f.Vtmctl({"ca", "csr"});
@@ -240,6 +247,223 @@ TEST(CrashSweepTest, EveryCrashPointOfCaInstallRecovers) {
       std::cerr << "---- vtmd log (crash at " << point << ") ----\n" << f.VtmdLog();
       break;
     }
+  }
+}
+
+// The crash points a trace file (VTM_CRASH_TRACE) names after its first `offset` bytes, each
+// once, in the order first reached.
+size_t TraceSize(const std::string& path) {
+  auto text = ReadFile(path);
+  return text.ok() ? text->size() : 0;
+}
+std::vector<std::string> PointsTracedSince(const std::string& path, size_t offset) {
+  std::vector<std::string> points;
+  auto text = ReadFile(path);
+  if (!text.ok() || text->size() < offset) return points;
+  std::istringstream in(text->substr(offset));
+  std::set<std::string> seen;
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty() && seen.insert(line).second) points.push_back(line);
+  }
+  return points;
+}
+
+// `vtmctl ca rotate` (self-signed host CA, two VMs), killed at each crash point it passes
+// (enumerated by a traced rotation: the key made, its certificate written, each file step of
+// the switch, each VM's re-issue, the revocation, the final CRL). After the restart the old CA
+// is still in use with nothing lost (its certificates verify with openssl as before) and
+// `ca rotate` run again completes the rotation, or vtmd completed it at start. Either way the
+// new key's certificates of both VMs verify with openssl, the old key's final CRL revokes the
+// old ones, and what the CA issues next verifies, also after another restart.
+void SweepCaRotation(const std::vector<std::string>& vtmd_args) {
+  TempDir t;
+  auto p = [&](const std::string& n) { return t.path() + "/" + n; };
+  auto setup = [](VtmdFixture& f) {
+    return f.Vtmctl({"create", "--name", "a"}).exit_code == 0 && f.Vtmctl({"create", "--name", "b"}).exit_code == 0;
+  };
+  auto openssl_ok = [](const std::vector<std::string>& args) {
+    std::vector<std::string> argv = {"openssl"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto r = RunCommand(argv);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return r.exit_code == 0;
+  };
+
+  std::vector<std::string> points;
+  {
+    VtmdFixture f;
+    f.SetVtmdEnvironment({"VTM_CRASH_TRACE=" + p("trace")});
+    ASSERT_TRUE(f.StartVtmd(vtmd_args)) << f.VtmdLog();
+    ASSERT_TRUE(setup(f)) << f.VtmdLog();
+    const size_t before = TraceSize(p("trace"));
+    ASSERT_EQ(f.Vtmctl({"ca", "rotate"}).exit_code, 0) << f.VtmdLog();
+    points = PointsTracedSince(p("trace"), before);
+  }
+  ASSERT_GE(points.size(), 8u);
+  for (const std::string& point : points) {
+    SCOPED_TRACE("crash at " + point);
+    VtmdFixture f;
+    f.SetVtmdEnvironment({"VTM_CRASH_AT=" + point});
+    ASSERT_TRUE(f.StartVtmd(vtmd_args)) << f.VtmdLog();
+    ASSERT_TRUE(setup(f)) << f.VtmdLog();
+    const std::string old_ca = f.Vtmctl({"ca", "show"}).output;
+    ASSERT_TRUE(WriteFileAtomic(p("old-ca.pem"), old_ca, 0644).ok());
+    ASSERT_TRUE(WriteFileAtomic(p("old-a.pem"), f.Vtmctl({"certs", "a", "--kind", "ek-ecc"}).output, 0644).ok());
+    EXPECT_NE(f.Vtmctl({"ca", "rotate"}).exit_code, 0);
+    const int st = f.WaitVtmdExit();
+    ASSERT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << DescribeWaitStatus(st);
+    f.SetVtmdEnvironment({});
+    ASSERT_TRUE(f.StartVtmd(vtmd_args)) << "vtmd does not start again\n" << f.VtmdLog();
+
+    std::string now = f.Vtmctl({"ca", "show"}).output;
+    if (now == old_ca) {
+      // The old CA, nothing lost; the command again completes the rotation.
+      openssl_ok({"verify", "-CAfile", p("old-ca.pem"), p("old-a.pem")});
+      auto again = f.Vtmctl({"ca", "rotate"});
+      ASSERT_EQ(again.exit_code, 0) << again.output << f.VtmdLog();
+      now = f.Vtmctl({"ca", "show"}).output;
+      ASSERT_NE(now, old_ca);
+    } else {
+      api::Response resp;
+      auto json = f.Vtmctl({"--json", "ca", "show"});
+      ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(json.output, &resp).ok()) << json.output;
+      EXPECT_EQ(resp.ca().rotation(), "") << "vtmd did not complete the interrupted rotation at start";
+    }
+    ASSERT_TRUE(WriteFileAtomic(p("ca-now.pem"), now, 0644).ok());
+    auto final_crl = f.Vtmctl({"ca", "crl", "--retired"});
+    ASSERT_EQ(final_crl.exit_code, 0) << final_crl.output;
+    ASSERT_TRUE(WriteFileAtomic(p("final.crl"), final_crl.output, 0644).ok());
+    ASSERT_TRUE(WriteFileAtomic(p("crl.pem"), f.Vtmctl({"ca", "crl"}).output, 0644).ok());
+    auto revoked = RunCommand(
+        {"openssl", "verify", "-crl_check", "-CRLfile", p("final.crl"), "-CAfile", p("old-ca.pem"), p("old-a.pem")});
+    EXPECT_NE(revoked.output.find("certificate revoked"), std::string::npos) << revoked.output;
+    for (const char* vm : {"a", "b"}) {
+      auto listed = f.Vtmctl({"certs", vm});
+      size_t valid = 0;
+      std::istringstream in(listed.output);
+      for (std::string line; std::getline(in, line);) {
+        if (line.rfind("# ", 0) == 0 && line.find("REVOKED") == std::string::npos) ++valid;
+      }
+      EXPECT_EQ(valid, 4u) << vm << "\n" << listed.output;
+      ASSERT_TRUE(WriteFileAtomic(p("ek.pem"), f.Vtmctl({"certs", vm, "--kind", "ek-ecc"}).output, 0644).ok());
+      openssl_ok({"verify", "-crl_check", "-CRLfile", p("crl.pem"), "-CAfile", p("ca-now.pem"), p("ek.pem")});
+    }
+    ASSERT_EQ(f.Vtmctl({"create", "--name", "after"}).exit_code, 0) << f.VtmdLog();
+    ASSERT_TRUE(WriteFileAtomic(p("after.pem"), f.Vtmctl({"certs", "after", "--kind", "ik"}).output, 0644).ok());
+    openssl_ok({"verify", "-CAfile", p("ca-now.pem"), p("after.pem")});
+    f.StopVtmd();
+    ASSERT_TRUE(f.StartVtmd(vtmd_args)) << f.VtmdLog();
+    EXPECT_EQ(f.Vtmctl({"ca", "show"}).output, now);
+    if (::testing::Test::HasFailure()) {
+      std::cerr << "---- vtmd log (crash at " << point << ") ----\n" << f.VtmdLog();
+      break;
+    }
+    std::cerr << "crash at " << point << ": recovered\n";
+  }
+}
+
+TEST(CrashSweepTest, EveryCrashPointOfCaRotationRecovers) { SweepCaRotation({}); }
+
+// In the `sealed` residency the key is two files (the wrapped key and its host quote), renamed
+// one after the other in the switch.
+TEST(CrashSweepTest, EveryCrashPointOfASealedCaRotationRecovers) { SweepCaRotation({"--ca-residency", "sealed"}); }
+
+// The same under a fleet CA, where the chain changes with the certificate: `ca rotate` (the
+// new key and its CSR), then `ca install` of the fleet's certificate for the new key, killed at
+// each point the two pass. After the restart the host CA is the old certificate with the old
+// chain and `ca csr --pending` / `ca install` (or, with no key pending, `ca rotate` first)
+// completes the rotation, or it is the new certificate with the fleet chain and complete; the
+// VM's new certificates chain to the fleet root (openssl) and the final CRL revokes the old.
+TEST(CrashSweepTest, EveryCrashPointOfAFleetCaRotationRecovers) {
+  TempDir t;
+  auto p = [&](const std::string& n) { return t.path() + "/" + n; };
+  ASSERT_NO_FATAL_FAILURE(MakeFleetCa(t.path()));
+  const std::string fleet_pem = *ReadFile(p("fleet.pem"));
+  auto fleet_sign = [&](const std::string& csr_text, const std::string& out) {
+    if (!WriteFileAtomic(p("req.csr"), csr_text, 0644).ok()) return false;
+    return RunCommand({"openssl", "x509", "-req", "-in", p("req.csr"), "-CA", p("fleet.pem"), "-CAkey", p("fleet.key"),
+                       "-CAcreateserial", "-out", out, "-days", "30", "-extfile", p("ext.cnf")})
+               .exit_code == 0;
+  };
+  // A host CA under the fleet, and one VM.
+  auto setup = [&](VtmdFixture& f) {
+    return fleet_sign(f.Vtmctl({"ca", "csr"}).output, p("old-ca.pem")) &&
+           f.Vtmctl({"ca", "install", p("old-ca.pem"), p("fleet.pem")}).exit_code == 0 &&
+           f.Vtmctl({"create", "--name", "a"}).exit_code == 0;
+  };
+  // ca rotate, then ca install of the fleet's certificate for the new key.
+  auto rotate = [&](VtmdFixture& f) {
+    auto csr = f.Vtmctl({"ca", "rotate"});
+    return csr.exit_code == 0 && fleet_sign(csr.output, p("new-ca.pem")) &&
+           f.Vtmctl({"ca", "install", p("new-ca.pem"), p("fleet.pem")}).exit_code == 0;
+  };
+  auto ca_info = [](VtmdFixture& f) {
+    api::Response resp;
+    auto json = f.Vtmctl({"--json", "ca", "show"});
+    EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(json.output, &resp).ok()) << json.output;
+    return resp.ca();
+  };
+
+  std::vector<std::string> points;
+  {
+    VtmdFixture f;
+    f.SetVtmdEnvironment({"VTM_CRASH_TRACE=" + p("trace")});
+    ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+    ASSERT_TRUE(setup(f)) << f.VtmdLog();
+    const size_t before = TraceSize(p("trace"));
+    ASSERT_TRUE(rotate(f)) << f.VtmdLog();
+    points = PointsTracedSince(p("trace"), before);
+  }
+  ASSERT_GE(points.size(), 8u);
+  for (const std::string& point : points) {
+    SCOPED_TRACE("crash at " + point);
+    VtmdFixture f;
+    f.SetVtmdEnvironment({"VTM_CRASH_AT=" + point});
+    ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+    ASSERT_TRUE(setup(f)) << f.VtmdLog();
+    const std::string old_ca = f.Vtmctl({"ca", "show"}).output;
+    ASSERT_TRUE(WriteFileAtomic(p("old-a.pem"), f.Vtmctl({"certs", "a", "--kind", "ik"}).output, 0644).ok());
+    EXPECT_FALSE(rotate(f));
+    const int st = f.WaitVtmdExit();
+    ASSERT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << DescribeWaitStatus(st);
+    f.SetVtmdEnvironment({});
+    ASSERT_TRUE(f.StartVtmd()) << "vtmd does not start again\n" << f.VtmdLog();
+
+    std::string now = f.Vtmctl({"ca", "show"}).output;
+    if (now == old_ca) {
+      EXPECT_EQ(ca_info(f).chain_pem(), fleet_pem) << "the old certificate without its chain";
+      if (ca_info(f).rotation() == "pending") {
+        ASSERT_TRUE(fleet_sign(f.Vtmctl({"ca", "csr", "--pending"}).output, p("new-ca.pem")));
+        auto installed = f.Vtmctl({"ca", "install", p("new-ca.pem"), p("fleet.pem")});
+        ASSERT_EQ(installed.exit_code, 0) << installed.output << f.VtmdLog();
+      } else {
+        ASSERT_TRUE(rotate(f)) << f.VtmdLog();
+      }
+      now = f.Vtmctl({"ca", "show"}).output;
+      ASSERT_NE(now, old_ca);
+    }
+    const api::CaInfo info = ca_info(f);
+    EXPECT_EQ(info.rotation(), "") << "the rotation is not complete";
+    EXPECT_EQ(info.chain_pem(), fleet_pem) << "certificate and chain disagree";
+    ASSERT_TRUE(WriteFileAtomic(p("ca-now.pem"), info.certificate_pem(), 0644).ok());
+    auto final_crl = f.Vtmctl({"ca", "crl", "--retired"});
+    ASSERT_EQ(final_crl.exit_code, 0) << final_crl.output;
+    ASSERT_TRUE(WriteFileAtomic(p("final.crl"), final_crl.output, 0644).ok());
+    auto revoked = RunCommand({"openssl", "verify", "-crl_check", "-CRLfile", p("final.crl"), "-CAfile", p("fleet.pem"),
+                               "-untrusted", p("old-ca.pem"), p("old-a.pem")});
+    EXPECT_NE(revoked.output.find("certificate revoked"), std::string::npos) << revoked.output;
+    ASSERT_TRUE(WriteFileAtomic(p("ik.pem"), f.Vtmctl({"certs", "a", "--kind", "ik"}).output, 0644).ok());
+    auto verified =
+        RunCommand({"openssl", "verify", "-CAfile", p("fleet.pem"), "-untrusted", p("ca-now.pem"), p("ik.pem")});
+    EXPECT_EQ(verified.exit_code, 0) << verified.output;
+    f.StopVtmd();
+    ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+    EXPECT_EQ(f.Vtmctl({"ca", "show"}).output, now);
+    if (::testing::Test::HasFailure()) {
+      std::cerr << "---- vtmd log (crash at " << point << ") ----\n" << f.VtmdLog();
+      break;
+    }
+    std::cerr << "crash at " << point << ": recovered\n";
   }
 }
 

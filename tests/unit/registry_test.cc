@@ -213,5 +213,36 @@ TEST(RegistryTest, TombstoneAndMigrationRecords) {
   EXPECT_FALSE((*reg)->Get(uuid)->nv_certificates_pending);
 }
 
+// A host CA key rotation's registry steps: every valid certificate of any owner, and revocation
+// of a set of serials in one write (already revoked ones keep their time).
+TEST(RegistryTest, ValidCertificatesAndRevocationBySerial) {
+  testing::TempDir dir;
+  auto reg = Registry::Open(dir.path() + "/r.db");
+  ASSERT_TRUE(reg.ok()) << reg.error().ToString();
+  std::vector<CertRecord> certs;
+  for (const char* owner : {"vm-a", "vm-a", "vtmd:host", "swtpm_setup:x"}) {
+    CertRecord c;
+    auto serial = (*reg)->NewSerial();
+    ASSERT_TRUE(serial.ok());
+    c.serial = *serial;
+    c.vm_uuid = owner;
+    c.kind = "ik";
+    c.der = "der";
+    certs.push_back(c);
+  }
+  ASSERT_TRUE((*reg)->AddCertificates(certs).ok());
+  ASSERT_EQ((*reg)->RevokeCertificatesOf("vm-a").value(), 2);
+  auto valid = (*reg)->ValidCertificates();
+  ASSERT_TRUE(valid.ok());
+  ASSERT_EQ(valid->size(), 2u);
+  // The two still valid and one already revoked: only the valid ones change.
+  auto revoked = (*reg)->RevokeCertificates({certs[0].serial, certs[2].serial, certs[3].serial});
+  ASSERT_TRUE(revoked.ok()) << revoked.error().ToString();
+  EXPECT_EQ(*revoked, 2);
+  EXPECT_TRUE((*reg)->ValidCertificates()->empty());
+  EXPECT_EQ((*reg)->RevokedCertificates()->size(), 4u);
+  EXPECT_EQ((*reg)->RevokeCertificates({}).value(), 0);
+}
+
 }  // namespace
 }  // namespace vtm

@@ -7,11 +7,12 @@
 #include <ctime>
 #include <set>
 
+#include "ca_rotation.h"
 #include "migration_engine.h"
 #include "vtm/hex.h"
 #include "vtm/log.h"
-#include "vtpm_provisioner.h"
 #include "vtm/x509.h"
+#include "vtpm_provisioner.h"
 
 namespace vtm {
 namespace {
@@ -74,6 +75,11 @@ Result<api::Request> ParseRequest(const std::string& bytes) {
     case api::Request::kCaShow:
     case api::Request::kCaCsr:
     case api::Request::kCaCrl: break;
+    case api::Request::kCaRotate:
+      if (req.ca_rotate().csr() && req.ca_rotate().cancel()) {
+        return Error(ErrorCode::kInvalidArgument, "ca rotate: --csr and --cancel exclude each other");
+      }
+      break;
     case api::Request::kActivateHostCredential:
       if (req.activate_host_credential().id_object().size() > 1024 ||
           req.activate_host_credential().encrypted_secret().size() > 1024) {
@@ -192,6 +198,13 @@ Status ApiService::HandleCa(const api::Request& req, const ApiCaller& caller, ap
         ca->set_ca_key_quote_attest(host_ca_->ca_key_quote().attest);
         ca->set_ca_key_quote_signature(host_ca_->ca_key_quote().signature);
       }
+      if (host_ca_->rotation_pending()) {
+        ca->set_rotation("pending");
+      } else if (!host_ca_->RetiredAwaitingFinalCrl().empty()) {
+        ca->set_rotation("incomplete");
+      }
+      VTM_ASSIGN_OR_RETURN(auto retired, host_ca_->RetiredCas());
+      for (const auto& r : retired) ca->add_retired_certificate_pem(ca::DerToPem(r.certificate));
       if (!host_ak_->ek_certificate().empty()) ca->set_host_ek_certificate_pem(ca::DerToPem(host_ak_->ek_certificate()));
       ca->set_host_ak_public_pem(ca::DerToPem(host_ak_->ak_public().spki_der, "PUBLIC KEY"));
       ca->set_host_ek_public_pem(ca::DerToPem(host_ak_->ek_public().spki_der, "PUBLIC KEY"));
@@ -199,12 +212,34 @@ Status ApiService::HandleCa(const api::Request& req, const ApiCaller& caller, ap
       return OkStatus();
     }
     case api::Request::kCaCsr: {
-      VTM_ASSIGN_OR_RETURN(std::string csr, host_ca_->CreateCsr());
+      VTM_ASSIGN_OR_RETURN(std::string csr, host_ca_->CreateCsr(req.ca_csr().pending()));
       resp->set_pem(ca::DerToPem(csr, "CERTIFICATE REQUEST"));
       return OkStatus();
     }
-    case api::Request::kCaInstall:
-      return host_ca_->InstallCertificate(req.ca_install().certificate_pem(), req.ca_install().chain_pem());
+    case api::Request::kCaInstall: {
+      bool rotated = false;
+      VTM_RETURN_IF_ERROR(
+          host_ca_->InstallCertificate(req.ca_install().certificate_pem(), req.ca_install().chain_pem(), &rotated));
+      if (rotated) return CompleteRotation(resp);
+      return OkStatus();
+    }
+    case api::Request::kCaRotate: {
+      const auto& r = req.ca_rotate();
+      if (r.cancel()) return host_ca_->CancelRotation();
+      // An interrupted rotation (switched, not complete) is completed, not begun anew.
+      if (!host_ca_->RetiredAwaitingFinalCrl().empty()) return CompleteRotation(resp);
+      const bool self_signed = !r.csr() && host_ca_->self_signed();
+      VTM_ASSIGN_OR_RETURN(std::string csr, host_ca_->BeginRotation(self_signed));
+      if (!self_signed) {
+        resp->set_pem(ca::DerToPem(csr, "CERTIFICATE REQUEST"));
+        resp->set_note(
+            "a new host CA key was created (in the residency of the current one) and waits for its certificate: have "
+            "the fleet CA certify this CSR (CA:TRUE, pathlen 0, keyCertSign|cRLSign), then `vtmctl ca install CERT "
+            "[CHAIN]`; the current CA key signs until then");
+        return OkStatus();
+      }
+      return CompleteRotation(resp);
+    }
     case api::Request::kIssueEkCert: {
       // The host CA would certify whatever public key it is given as a TPM EK: only root, who
       // could read the CA's residency anyway, may ask, and what it gets is marked as a key vtm
@@ -244,19 +279,47 @@ Status ApiService::HandleCa(const api::Request& req, const ApiCaller& caller, ap
       return OkStatus();
     }
     case api::Request::kCaCrl: {
+      VTM_ASSIGN_OR_RETURN(auto retired, host_ca_->RetiredCas());
+      if (req.ca_crl().retired()) {
+        if (retired.empty()) return Error(ErrorCode::kNotFound, "this host's CA key was never rotated: no retired CA");
+        std::string pems;
+        for (const auto& r : retired) pems += r.crl;
+        resp->set_pem(pems);
+        return OkStatus();
+      }
       VTM_ASSIGN_OR_RETURN(auto revoked, registry_.RevokedCertificates());
+      // After a rotation the registry also holds what retired keys issued: their final CRLs
+      // name those, this one only what the key in use issued.
+      const bool rotated = !retired.empty() || !host_ca_->RetiredAwaitingFinalCrl().empty();
+      const std::string ca_cert = host_ca_->ca_certificate();
       std::vector<ca::RevokedCert> list;
       list.reserve(revoked.size());
-      for (const auto& c : revoked) list.push_back({c.serial, static_cast<std::time_t>(c.revoked_unix)});
+      for (const auto& c : revoked) {
+        if (rotated && !IssuedBy(c.der, ca_cert)) continue;
+        list.push_back({c.serial, static_cast<std::time_t>(c.revoked_unix)});
+      }
       VTM_ASSIGN_OR_RETURN(uint64_t number, registry_.NextCrlNumber());
-      std::time_t now = std::time(nullptr);
-      VTM_ASSIGN_OR_RETURN(std::string crl, ca::CreateCrl(host_ca_->ca_signer(), host_ca_->ca_certificate(), list,
-                                                          number, now, now + std::time_t{7} * 24 * 3600));
+      VTM_ASSIGN_OR_RETURN(std::string crl, host_ca_->CreateCrl(list, number, std::time(nullptr)));
       resp->set_pem(ca::DerToPem(crl, "X509 CRL"));
       return OkStatus();
     }
     default: return Error(ErrorCode::kInvalidArgument, "not a CA request");
   }
+}
+
+Status ApiService::CompleteRotation(api::Response* resp) {
+  VTM_ASSIGN_OR_RETURN(CaRotationReport report, CompleteCaRotation(*host_ca_, manager_, registry_));
+  resp->mutable_ca()->set_certificate_pem(ca::DerToPem(host_ca_->ca_certificate()));
+  std::string note = "the host CA key was rotated: the new key signs from now on";
+  if (!report.retired.empty()) {
+    note += "; " + std::to_string(report.vms_renewed) +
+            " VMs' certificates re-issued by it (they reach each vTPM's NV at its next start), " +
+            std::to_string(report.revoked) + " other certificates of the old key revoked; the old CA certificate " +
+            "and its final CRL: `vtmctl ca crl --retired`. Restart vtmd so that its TLS endpoints present "
+            "certificates of the new key";
+  }
+  resp->set_note(note);
+  return OkStatus();
 }
 
 Status ApiService::HandleAttest(const api::Request& req, api::Response* resp) {
@@ -307,6 +370,7 @@ api::Response ApiService::Handle(const api::Request& req, const ApiCaller& calle
     case api::Request::kCaCsr:
     case api::Request::kCaInstall:
     case api::Request::kCaCrl:
+    case api::Request::kCaRotate:
     case api::Request::kIssueEkCert:
     case api::Request::kActivateHostCredential:
       if (Status st = HandleCa(req, caller, &resp); !st.ok()) fail(st.error());

@@ -59,6 +59,8 @@ class ApiService {
   void FillVm(const VmRecord& rec, api::Vm* out);
   Status HandleCa(const api::Request& req, const ApiCaller& caller, api::Response* resp);
   Status HandleAttest(const api::Request& req, api::Response* resp);
+  // Completes a host CA key rotation (ca_rotation.h) and says what it did in resp.
+  Status CompleteRotation(api::Response* resp);
   Status HandleMigrate(const api::MigrateRequest& req, const ApiCaller& caller, api::Response* resp);
   Status HandleReseal(const api::HostResealRequest& req, const ApiCaller& caller, api::Response* resp);
   Manager& manager_;

@@ -241,6 +241,10 @@ class Registry {
   Result<std::vector<CertRecord>> RevokedCertificates();
   // Marks every valid certificate of the VM revoked now; returns how many.
   Result<int> RevokeCertificatesOf(const std::string& vm_uuid);
+  // Every certificate not revoked, of any owner (a host CA key rotation's to-do list).
+  Result<std::vector<CertRecord>> ValidCertificates();
+  // Marks the certificates with these serials revoked now (in one transaction); returns how many.
+  Result<int> RevokeCertificates(const std::set<uint64_t>& serials);
   // Next CRL number (monotonic).
   Result<uint64_t> NextCrlNumber();
 

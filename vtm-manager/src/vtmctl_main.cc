@@ -54,9 +54,17 @@ Commands:
                                        expected after it (the PCRs not named: as now);
                                        vtmd adopts it at the first start where it unseals
   ca show                              print the host CA certificate (PEM)
-  ca csr                               print a CSR for the host CA key, for a fleet CA
+  ca csr [--pending]                   print a CSR for the host CA key (--pending: for the
+                                       new key of a rotation), for a fleet CA
   ca install CERT.pem [CHAIN.pem]      install the fleet CA's certificate for the CA key
-  ca crl                               print a CRL of every revoked vTPM certificate
+                                       (for the pending key: completes its rotation)
+  ca rotate [--csr | --cancel]         a new host CA key in the host TPM. Self-signed CA:
+                                       in use at once, every VM's certificates re-issued,
+                                       the old key's final CRL. Fleet CA (or --csr): prints
+                                       the new key's CSR; `ca install` completes. Run again
+                                       after an interruption: completes the rotation
+  ca crl [--retired]                   print a CRL of every revoked vTPM certificate
+                                       (--retired: the final CRLs of retired CA keys)
   ca activate-credential FILE          activate a tpm2_makecredential output made for the
                                        host AK with the host EK; prints the secret (hex)
   attest host --nonce HEX --output FILE
@@ -574,10 +582,14 @@ int Run(int argc, char** argv) {
     const std::string sub = args.size() > 1 ? args[1] : "";
     if (sub == "show" && args.size() == 2) {
       req.mutable_ca_show();
-    } else if (sub == "csr" && args.size() == 2) {
-      req.mutable_ca_csr();
-    } else if (sub == "crl" && args.size() == 2) {
-      req.mutable_ca_crl();
+    } else if (sub == "csr" && (args.size() == 2 || (args.size() == 3 && args[2] == "--pending"))) {
+      req.mutable_ca_csr()->set_pending(args.size() == 3);
+    } else if (sub == "crl" && (args.size() == 2 || (args.size() == 3 && args[2] == "--retired"))) {
+      req.mutable_ca_crl()->set_retired(args.size() == 3);
+    } else if (sub == "rotate" &&
+               (args.size() == 2 || (args.size() == 3 && (args[2] == "--csr" || args[2] == "--cancel")))) {
+      req.mutable_ca_rotate()->set_csr(args.size() == 3 && args[2] == "--csr");
+      req.mutable_ca_rotate()->set_cancel(args.size() == 3 && args[2] == "--cancel");
     } else if (sub == "activate-credential" && args.size() == 3) {
       std::ifstream f(args[2], std::ios::binary);
       std::string blob((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
@@ -601,8 +613,8 @@ int Run(int argc, char** argv) {
         else in->set_chain_pem(text);
       }
     } else {
-      std::cerr << "vtmctl ca: use 'ca show', 'ca csr', 'ca install CERT [CHAIN]', 'ca crl' or "
-                   "'ca activate-credential FILE'\n";
+      std::cerr << "vtmctl ca: use 'ca show', 'ca csr [--pending]', 'ca install CERT [CHAIN]', "
+                   "'ca rotate [--csr | --cancel]', 'ca crl [--retired]' or 'ca activate-credential FILE'\n";
       return kUsage_;
     }
   } else if (cmd == "attest") {
@@ -623,7 +635,9 @@ int Run(int argc, char** argv) {
     std::cerr << "vtmctl " << cmd << ": " << resp->error() << "\n";
     return ExitFor(resp->status());
   }
-  if (!resp->note().empty()) std::cerr << "vtmctl " << cmd << ": note: " << resp->note() << "\n";
+  // A rotation's account of what it did is its output, not a note.
+  const bool ca_rotation = cmd == "ca" && (args[1] == "rotate" || args[1] == "install");
+  if (!resp->note().empty() && !ca_rotation) std::cerr << "vtmctl " << cmd << ": note: " << resp->note() << "\n";
   if (json) return kOk;
 
   if (cmd == "list") {
@@ -673,11 +687,18 @@ int Run(int argc, char** argv) {
     }
   } else if (cmd == "ca") {
     if (args[1] == "show") std::cout << resp->ca().certificate_pem() << resp->ca().chain_pem();
-    else if (args[1] == "install") std::cout << "installed the fleet-CA-issued certificate for the host CA\n";
-    else if (args[1] == "activate-credential") {
+    else if (args[1] == "install") {
+      std::cout << "installed the fleet-CA-issued certificate for the host CA\n";
+      if (!resp->note().empty()) std::cout << resp->note() << "\n";
+    } else if (args[1] == "rotate" && resp->pem().empty()) {
+      std::cout << (resp->note().empty() ? "discarded the pending host CA key" : resp->note()) << "\n";
+    } else if (args[1] == "rotate") {
+      std::cerr << "vtmctl ca rotate: " << resp->note() << "\n";
+      std::cout << resp->pem();
+    } else if (args[1] == "activate-credential") {
       std::cout << HexEncode(resp->secret()) << "\n";
-    }
-    else std::cout << resp->pem();
+    } else
+      std::cout << resp->pem();
   } else if (!resp->vms().empty()) {
     PrintVm(resp->vms(0));
   }

@@ -10,8 +10,8 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <filesystem>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -24,28 +24,29 @@
 #include "api_service.h"
 #include "attestation_endpoint.h"
 #include "attestation_host.h"
+#include "ca_rotation.h"
 #include "host_attestation_key.h"
 #include "host_ca.h"
-#include "simulated_manufacturer.h"
-#include "swtpm_provisioner.h"
+#include "host_tls.h"
 #include "manager.h"
 #include "master_key.h"
 #include "measurement_log.h"
 #include "migration_engine.h"
 #include "migration_peer.h"
-#include "host_tls.h"
 #include "owner_auth.h"
 #include "registry.h"
 #include "rollback_counter.h"
+#include "simulated_manufacturer.h"
+#include "swtpm_provisioner.h"
 #include "vtm/digest.h"
-#include "vtm/libvirt.h"
 #include "vtm/fs.h"
 #include "vtm/host_tpm.h"
 #include "vtm/host_tpm_executor.h"
-#include "vtm/tpm.h"
+#include "vtm/libvirt.h"
 #include "vtm/log.h"
 #include "vtm/secret.h"
 #include "vtm/subprocess.h"
+#include "vtm/tpm.h"
 
 namespace vtm {
 namespace {
@@ -542,6 +543,13 @@ int Run(int argc, char** argv) {
   mc.qemu_peer_check = *instance::ParsePeerCheckMode(opts.qemu_peer_check);
   Manager manager(mc, **registry, *master, FindProgram("vtm-instance"), &provisioner, measurements->get());
   if (auto st = manager.Reconcile(); !st.ok()) return fatal(std::move(st).error().Context("reconciling the registry"));
+  // A host CA key rotation a crash (or a busy VM) interrupted after the switch is completed.
+  if (!(*host_ca)->RetiredAwaitingFinalCrl().empty()) {
+    auto completed = CompleteCaRotation(**host_ca, manager, **registry);
+    if (!completed.ok()) {
+      LOG_WARNING << "completing the host CA key rotation at start: " << completed.error().message();
+    }
+  }
   for (const std::string& vm : opts.accept_vm_state) {
     auto accepted = manager.AcceptStateRollback(vm);
     if (!accepted.ok()) return fatal(std::move(accepted).error().Context("--accept-vm-state-rollback " + vm));
