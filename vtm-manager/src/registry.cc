@@ -774,24 +774,21 @@ Result<std::vector<CertRecord>> Registry::ValidCertificates() {
 
 Result<int> Registry::RevokeCertificates(const std::set<uint64_t>& serials) {
   if (serials.empty()) return 0;
-  MutexLock write_lock(write_mu_);
-  MutexLock lock(mu_);
-  VTM_RETURN_IF_ERROR(CatchUpCounter());
-  Txn txn(db_);
-  if (!txn.ok()) return SqlError(db_, "begin");
-  const std::string now = NowUtc();
-  const auto now_unix = static_cast<int64_t>(std::time(nullptr));
-  int revoked = 0;
-  for (uint64_t serial : serials) {
-    Stmt up(db_, "UPDATE certificates SET revoked_at=?1, revoked_unix=?2 WHERE serial=?3 AND revoked_at=''");
-    up.Text(1, now);
-    up.Int(2, now_unix);
-    up.Int(3, static_cast<int64_t>(serial));
-    if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "revoking certificate " + std::to_string(serial));
-    revoked += sqlite3_changes(db_);
-  }
-  VTM_RETURN_IF_ERROR(Commit(txn));
-  return revoked;
+  return SealedWrite(/*lifecycle=*/false, [&]() -> Result<int> {
+    mu_.AssertHeld();
+    const std::string now = NowUtc();
+    const auto now_unix = static_cast<int64_t>(std::time(nullptr));
+    int revoked = 0;
+    for (uint64_t serial : serials) {
+      Stmt up(db_, "UPDATE certificates SET revoked_at=?1, revoked_unix=?2 WHERE serial=?3 AND revoked_at=''");
+      up.Text(1, now);
+      up.Int(2, now_unix);
+      up.Int(3, static_cast<int64_t>(serial));
+      if (sqlite3_step(up.get()) != SQLITE_DONE) return SqlError(db_, "revoking certificate " + std::to_string(serial));
+      revoked += sqlite3_changes(db_);
+    }
+    return revoked;
+  });
 }
 
 // Rollback protection.
