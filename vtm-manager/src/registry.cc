@@ -133,16 +133,17 @@ class Registry::Txn {
   bool done_ = false;
 };
 
-Result<std::unique_ptr<Registry>> Registry::Open(const std::string& path) {
+Result<std::unique_ptr<Registry>> Registry::Open(const std::string& path, Env* env) {
+  VTM_ASSIGN_OR_RETURN(std::unique_ptr<SqliteEnvVfs> vfs, SqliteEnvVfs::Register(env));
   sqlite3* db = nullptr;
   int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                           nullptr);
+                           vfs->name());
   if (rc != SQLITE_OK) {
     std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
     sqlite3_close(db);
     return Error(ErrorCode::kIo, "opening registry " + path + ": " + msg);
   }
-  std::unique_ptr<Registry> reg(new Registry(db, path));
+  std::unique_ptr<Registry> reg(new Registry(std::move(vfs), db, path));
   MutexLock lock(reg->mu_);
   VTM_RETURN_IF_ERROR(reg->InitSchema(path));
   return reg;

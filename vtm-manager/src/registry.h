@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "sqlite_env_vfs.h"
+#include "vtm/env.h"
 #include "vtm/error.h"
 #include "vtm/mutex.h"
 #include "vtm/secret.h"
@@ -148,7 +150,9 @@ struct AnchorReport {
 // counter; an edited one fails the HMAC; both are refused at start (Anchor).
 class Registry {
  public:
-  static Result<std::unique_ptr<Registry>> Open(const std::string& path);
+  // What the database's files change on disk goes through env (which must outlive the
+  // registry; sqlite_env_vfs.h).
+  static Result<std::unique_ptr<Registry>> Open(const std::string& path, Env* env = Env::Default());
   ~Registry();
   Registry(const Registry&) = delete;
   Registry& operator=(const Registry&) = delete;
@@ -233,7 +237,8 @@ class Registry {
 
  private:
   class Txn;  // BEGIN IMMEDIATE; rolls back unless committed
-  Registry(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+  Registry(std::unique_ptr<SqliteEnvVfs> vfs, sqlite3* db, std::string path)
+      : vfs_(std::move(vfs)), db_(db), path_(std::move(path)) {}
   Status Exec(const std::string& sql) REQUIRES(mu_);
   // Rollback protection: the counter catches up with the committed epoch before a write
   // (refusing the write if it cannot); Seal writes the next epoch and its HMAC into the open
@@ -264,6 +269,7 @@ class Registry {
   // during the increment, so reads do not wait for the TPM.
   Mutex write_mu_;
   Mutex mu_;
+  const std::unique_ptr<SqliteEnvVfs> vfs_;  // db_'s VFS: declared before db_, closed after it
   sqlite3* const db_ GUARDED_BY(mu_);
   const std::string path_;
   // Set by Anchor; until then writes are not sealed (only Open and Anchor run before it).
