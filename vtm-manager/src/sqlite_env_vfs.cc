@@ -16,6 +16,11 @@ struct EnvFile {
   sqlite3_file* host;
   DbFile* db;  // owned (deleted in Close); what writes, truncations and syncs go through
   int host_rc;  // the unix VFS's code for the last failed call, so SQLITE_FULL stays itself
+  // A journal or WAL this open created: at its first sync the unix VFS also syncs the
+  // directory (its name, and the removals before, become durable), and so do we, through the
+  // Env, so that a test Env sees it. Null once done, or for other files.
+  Env* sync_dir_env;
+  const char* name;  // SQLite's; valid until Close
 };
 constexpr int kHostOffset = (sizeof(EnvFile) + 7) & ~7;
 
@@ -76,9 +81,21 @@ int Truncate(sqlite3_file* file, sqlite3_int64 size) {
   EnvFile* f = AsEnvFile(file);
   return Code(f, f->db->Truncate(size), SQLITE_IOERR_TRUNCATE);
 }
+std::string DirOf(const char* path) {
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  return dir.empty() ? "." : dir;
+}
+
 int Sync(sqlite3_file* file, int flags) {
   EnvFile* f = AsEnvFile(file);
-  return Code(f, f->db->Sync((flags & SQLITE_SYNC_DATAONLY) != 0), SQLITE_IOERR_FSYNC);
+  if (int rc = Code(f, f->db->Sync((flags & SQLITE_SYNC_DATAONLY) != 0), SQLITE_IOERR_FSYNC); rc != SQLITE_OK) {
+    return rc;
+  }
+  if (f->sync_dir_env != nullptr) {
+    if (!f->sync_dir_env->SyncDir(DirOf(f->name)).ok()) return SQLITE_IOERR_DIR_FSYNC;
+    f->sync_dir_env = nullptr;
+  }
+  return SQLITE_OK;
 }
 int FileSize(sqlite3_file* file, sqlite3_int64* size) { return HostOf(file)->pMethods->xFileSize(HostOf(file), size); }
 int Lock(sqlite3_file* file, int level) { return HostOf(file)->pMethods->xLock(HostOf(file), level); }
@@ -150,6 +167,11 @@ int Open(sqlite3_vfs* vfs, const char* name, sqlite3_file* file, int flags, int*
       return SQLITE_CANTOPEN;
     }
     f->db = std::move(db).value().release();
+    constexpr int kJournals = SQLITE_OPEN_MAIN_JOURNAL | SQLITE_OPEN_SUPER_JOURNAL | SQLITE_OPEN_WAL;
+    if (!existed && (flags & kJournals) != 0) {
+      f->sync_dir_env = owner->env();
+      f->name = name;
+    }
   }
   file->pMethods = &kIoMethods;
   return SQLITE_OK;
@@ -158,10 +180,7 @@ int Open(sqlite3_vfs* vfs, const char* name, sqlite3_file* file, int flags, int*
 int Delete(sqlite3_vfs* vfs, const char* name, int sync_dir) {
   Env* env = Owner(vfs)->env();
   if (!env->RemoveFile(name).ok()) return SQLITE_IOERR_DELETE;
-  if (sync_dir != 0) {
-    std::string dir = std::filesystem::path(name).parent_path().string();
-    if (!env->SyncDir(dir.empty() ? "." : dir).ok()) return SQLITE_IOERR_DIR_FSYNC;
-  }
+  if (sync_dir != 0 && !env->SyncDir(DirOf(name)).ok()) return SQLITE_IOERR_DIR_FSYNC;
   return SQLITE_OK;
 }
 
