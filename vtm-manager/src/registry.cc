@@ -156,6 +156,11 @@ Status Registry::InitSchema(const std::string& path) {
   VTM_RETURN_IF_ERROR(Exec("PRAGMA journal_mode=WAL"));
   VTM_RETURN_IF_ERROR(Exec("PRAGMA synchronous=FULL"));
   VTM_RETURN_IF_ERROR(Exec("PRAGMA secure_delete=ON"));
+  // One transaction for the schema, new or upgraded: a crash half-way through would otherwise
+  // leave tables without their schema_version, which the next open cannot take up (found by
+  // a power cut at each sync point of a first open, through the Env).
+  Txn txn(db_);
+  if (!txn.ok()) return SqlError(db_, "begin");
   VTM_RETURN_IF_ERROR(Exec(
       "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
       "CREATE TABLE IF NOT EXISTS vms ("
@@ -198,13 +203,14 @@ Status Registry::InitSchema(const std::string& path) {
                                                        "; this vtmd understands version " +
                                                        std::to_string(kSchemaVersion));
     }
-    return OkStatus();
+    return txn.Commit();
   }
   // A new registry: the v1 tables above plus every later column.
   VTM_RETURN_IF_ERROR(Exec(kVtpmColumnsDdl));
   VTM_RETURN_IF_ERROR(Exec(kMigrationDdl));
   VTM_RETURN_IF_ERROR(Exec(kStateDigestDdl));
-  return Exec("INSERT INTO meta VALUES ('schema_version', '" + std::to_string(kSchemaVersion) + "')");
+  VTM_RETURN_IF_ERROR(Exec("INSERT INTO meta VALUES ('schema_version', '" + std::to_string(kSchemaVersion) + "')"));
+  return txn.Commit();
 }
 
 Registry::~Registry() { sqlite3_close(db_); }
