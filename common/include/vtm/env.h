@@ -9,10 +9,9 @@
 //   MakeDir, RemoveTree, RemoveFile not synced: a crash may undo a directory made, or bring
 //                                   back what was removed, until its parent directory is synced
 //                                   (SyncDir, or a WriteFileAtomic or RenameDurably into it).
-//
-//   DbFile::Write, Truncate        not synced: a crash may undo them until DbFile::Sync returns.
-//   (SQLite's files)               A removal (RemoveFile) is durable once the directory is synced;
-//                                  SQLite syncs it where it matters (see sqlite_env_vfs.h).
+//   DbFile::Write, Truncate         not synced: a crash may undo them until DbFile::Sync
+//   (SQLite's files)                returns. A file's name is durable once its directory is
+//                                   synced (SQLite's VFS does it at a journal's first sync).
 //
 // What is not behind it: the host TPM (HostTpm is its own seam), sockets, the instance's
 // manager channel, and of the registry's SQLite files their reads, locks and WAL index (SQLite's
