@@ -289,7 +289,7 @@ Result<Subprocess> FaultInjectionEnv::Spawn(const std::vector<std::string>& argv
 }
 
 Result<std::unique_ptr<DbFile>> FaultInjectionEnv::OpenDbFile(const std::string& path, bool created,
-                                                                std::unique_ptr<DbFile> host) {
+                                                              std::unique_ptr<DbFile> host) {
   if (auto e = Injected("OpenDbFile", path)) return *std::move(e);
   std::optional<std::string> durable;
   if (!created) {

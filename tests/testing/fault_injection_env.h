@@ -29,8 +29,7 @@ class FaultInjectionEnv : public EnvWrapper {
   // of SQLite's files: "WriteDbFile", "TruncateDbFile", "SyncDbFile") whose path (argv[0]
   // for Spawn) contains path_part fail with kIo and change nothing. times < 0: until
   // ClearFailures(). skip: the first `skip` such calls go through (to fail the n-th write).
-  void FailOperation(const std::string& op, const std::string& path_part, int times = -1, int skip = 0)
-      EXCLUDES(mu_);
+  void FailOperation(const std::string& op, const std::string& path_part, int times = -1, int skip = 0) EXCLUDES(mu_);
   void ClearFailures() EXCLUDES(mu_);
   // How often a failure was injected.
   int injected_failures() const EXCLUDES(mu_);

@@ -134,22 +134,27 @@ class RegistryPowerCutTest : public ::testing::Test {
     reg->reset();
     ASSERT_FALSE(std::filesystem::exists(template_dir_.path() + "/r.db-wal"));
     steps_ = {
-        {"insert B", [](RegistryPowerCutTest& t) {
+        {"insert B",
+         [](RegistryPowerCutTest& t) {
            VmRecord b = NewVm(kB, "b");
            return t.reg_->Insert(&b, 1000, 100);
          }},
-        {"transition A", [](RegistryPowerCutTest& t) {
+        {"transition A",
+         [](RegistryPowerCutTest& t) {
            return StatusOf(t.reg_->Transition(kA, 1, {VmState::kProvisioned}, VmState::kStopped, 0, "", "digest-a"));
          }},
-        {"certificates of B", [](RegistryPowerCutTest& t) {
+        {"certificates of B",
+         [](RegistryPowerCutTest& t) {
            return t.reg_->AddCertificates({Cert(11, kB, "ek-ecc"), Cert(12, kB, "ak")});
          }},
         {"reopen", [](RegistryPowerCutTest& t) { return t.Reopen(); }},
-        {"insert C", [](RegistryPowerCutTest& t) {
+        {"insert C",
+         [](RegistryPowerCutTest& t) {
            VmRecord c = NewVm(kC, "c");
            return t.reg_->Insert(&c, 1000, 100);
          }},
-        {"migration of A", [](RegistryPowerCutTest& t) {
+        {"migration of A",
+         [](RegistryPowerCutTest& t) {
            MigrationRecord m;
            m.id = "m1";
            m.vm_uuid = kA;
@@ -164,10 +169,12 @@ class RegistryPowerCutTest : public ::testing::Test {
         {"remove B", [](RegistryPowerCutTest& t) { return t.reg_->Remove(kB, 1); }},
         {"revoke B's certificates", [](RegistryPowerCutTest& t) { return StatusOf(t.reg_->RevokeCertificatesOf(kB)); }},
         {"reopen", [](RegistryPowerCutTest& t) { return t.Reopen(); }},
-        {"transition C", [](RegistryPowerCutTest& t) {
+        {"transition C",
+         [](RegistryPowerCutTest& t) {
            return StatusOf(t.reg_->Transition(kC, 1, {VmState::kProvisioned}, VmState::kStopped, 0, "", "digest-c"));
          }},
-        {"close", [](RegistryPowerCutTest& t) {
+        {"close",
+         [](RegistryPowerCutTest& t) {
            t.reg_.reset();  // a last checkpoint
            return OkStatus();
          }},
@@ -268,8 +275,8 @@ TEST_F(RegistryPowerCutTest, PowerCutAfterEachSyncKeepsExactlyTheWritesThatRetur
     ++cuts;
     reg_.reset();
     ASSERT_TRUE(env.DropUnsyncedData().ok());
-    ASSERT_NO_FATAL_FAILURE(CheckReopened(done, "power cut after sync " + std::to_string(sync) + " (in step " +
-                                                    std::to_string(done) + ")"));
+    ASSERT_NO_FATAL_FAILURE(CheckReopened(
+        done, "power cut after sync " + std::to_string(sync) + " (in step " + std::to_string(done) + ")"));
   }
   // Ten writes, two of them checkpoints: each commit syncs the WAL at least once.
   EXPECT_GE(cuts, 12);
@@ -280,8 +287,8 @@ TEST_F(RegistryPowerCutTest, PowerCutAfterEachSyncKeepsExactlyTheWritesThatRetur
 // so a write that returns before it is durable (not synced at commit) is seen lost.
 TEST_F(RegistryPowerCutTest, PowerCutRightAfterEachWriteReturnedKeepsIt) {
   for (size_t steps = 1; steps <= steps_.size(); ++steps) {
-    const std::string context = "power cut right after step " + std::to_string(steps - 1) + " (" +
-                                steps_[steps - 1].what + ") returned";
+    const std::string context =
+        "power cut right after step " + std::to_string(steps - 1) + " (" + steps_[steps - 1].what + ") returned";
     ASSERT_NO_FATAL_FAILURE(StartRun(/*faulty=*/true));
     for (size_t i = 0; i < steps; ++i) {
       Status st = steps_[i].run(*this);
@@ -300,7 +307,8 @@ TEST_F(RegistryPowerCutTest, FailedWriteOrSyncIsACleanErrorAndLeavesThePreviousC
       int failures = 0;
       int stood = 0;
       for (int nth = 0;; ++nth) {
-        const std::string context = std::string(op) + " #" + std::to_string(nth) + (power_cut ? ", then a power cut" : "");
+        const std::string context =
+            std::string(op) + " #" + std::to_string(nth) + (power_cut ? ", then a power cut" : "");
         ASSERT_NO_FATAL_FAILURE(StartRun(/*faulty=*/true));
         FaultInjectionEnv& env = *fault_env_;
         env.FailOperation(op, "/r.db", 1, nth);
@@ -309,7 +317,8 @@ TEST_F(RegistryPowerCutTest, FailedWriteOrSyncIsACleanErrorAndLeavesThePreviousC
           Status st = steps_[done].run(*this);
           if (!st.ok()) {
             EXPECT_EQ(st.error().code(), ErrorCode::kIo) << context;
-            EXPECT_NE(st.error().message().find("registry"), std::string::npos) << context << ": " << st.error().ToString();
+            EXPECT_NE(st.error().message().find("registry"), std::string::npos)
+                << context << ": " << st.error().ToString();
             // Nothing of the failed write is visible, and the registry still reads.
             if (reg_ != nullptr) {
               EXPECT_EQ(Dump(*reg_), expected_[done]) << context << " in " << steps_[done].what;

@@ -14,7 +14,7 @@ namespace {
 struct EnvFile {
   sqlite3_file base;  // first: SQLite sees an EnvFile as a sqlite3_file
   sqlite3_file* host;
-  DbFile* db;  // owned (deleted in Close); what writes, truncations and syncs go through
+  DbFile* db;   // owned (deleted in Close); what writes, truncations and syncs go through
   int host_rc;  // the unix VFS's code for the last failed call, so SQLITE_FULL stays itself
   // A journal or WAL this open created: at its first sync the unix VFS also syncs the
   // directory (its name, and the removals before, become durable), and so do we, through the
@@ -39,16 +39,15 @@ class HostDbFile final : public DbFile {
   Status Truncate(int64_t size) override { return Check(host_->pMethods->xTruncate(host_, size), "truncating"); }
   // SQLITE_SYNC_FULL differs from NORMAL only on macOS (F_FULLFSYNC).
   Status Sync(bool data_only) override {
-    return Check(host_->pMethods->xSync(host_, SQLITE_SYNC_NORMAL | (data_only ? SQLITE_SYNC_DATAONLY : 0)),
-                 "syncing");
+    return Check(host_->pMethods->xSync(host_, SQLITE_SYNC_NORMAL | (data_only ? SQLITE_SYNC_DATAONLY : 0)), "syncing");
   }
 
  private:
   Status Check(int rc, const char* what) {
     if (rc == SQLITE_OK) return OkStatus();
     *host_rc_ = rc;
-    return Error(ErrorCode::kIo, std::string(what) + " " + (path_.empty() ? "a temporary file" : path_) + ": " +
-                                     sqlite3_errstr(rc));
+    return Error(ErrorCode::kIo,
+                 std::string(what) + " " + (path_.empty() ? "a temporary file" : path_) + ": " + sqlite3_errstr(rc));
   }
   const std::string path_;
   sqlite3_file* const host_;
@@ -107,9 +106,7 @@ int FileControl(sqlite3_file* file, int op, void* arg) {
   return HostOf(file)->pMethods->xFileControl(HostOf(file), op, arg);
 }
 int SectorSize(sqlite3_file* file) { return HostOf(file)->pMethods->xSectorSize(HostOf(file)); }
-int DeviceCharacteristics(sqlite3_file* file) {
-  return HostOf(file)->pMethods->xDeviceCharacteristics(HostOf(file));
-}
+int DeviceCharacteristics(sqlite3_file* file) { return HostOf(file)->pMethods->xDeviceCharacteristics(HostOf(file)); }
 // The WAL index (shared memory) stays the unix VFS's: it is rebuilt from the WAL whenever the
 // first connection opens the database, so no power cut can leave it behind the files.
 int ShmMap(sqlite3_file* file, int page, int size, int extend, void volatile** out) {
@@ -140,8 +137,25 @@ int Unfetch(sqlite3_file* file, sqlite3_int64 offset, void* page) {
 }
 
 const sqlite3_io_methods kIoMethods = {
-    3,         Close,     Read,   Write,    Truncate,   Sync,     FileSize,    Lock,    Unlock, CheckReservedLock,
-    FileControl, SectorSize, DeviceCharacteristics, ShmMap, ShmLock, ShmBarrier, ShmUnmap, Fetch, Unfetch,
+    3,
+    Close,
+    Read,
+    Write,
+    Truncate,
+    Sync,
+    FileSize,
+    Lock,
+    Unlock,
+    CheckReservedLock,
+    FileControl,
+    SectorSize,
+    DeviceCharacteristics,
+    ShmMap,
+    ShmLock,
+    ShmBarrier,
+    ShmUnmap,
+    Fetch,
+    Unfetch,
 };
 
 int Open(sqlite3_vfs* vfs, const char* name, sqlite3_file* file, int flags, int* out_flags) {
