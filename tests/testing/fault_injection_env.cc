@@ -165,11 +165,6 @@ bool FaultInjectionEnv::power_off() const {
   return power_off_;
 }
 
-int FaultInjectionEnv::syncs() const {
-  MutexLock lock(mu_);
-  return syncs_;
-}
-
 std::vector<std::string> FaultInjectionEnv::UnsyncedDirectories() const {
   MutexLock lock(mu_);
   return {unsynced_dirs_.begin(), unsynced_dirs_.end()};

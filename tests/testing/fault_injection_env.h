@@ -48,8 +48,6 @@ class FaultInjectionEnv : public EnvWrapper {
   // on every operation fails with kIo and changes nothing, until DropUnsyncedData.
   void CutPowerAfterSyncs(int syncs) EXCLUDES(mu_);
   bool power_off() const EXCLUDES(mu_);
-  // How many operations made something durable so far.
-  int syncs() const EXCLUDES(mu_);
   // The directories DropUnsyncedData would remove now.
   std::vector<std::string> UnsyncedDirectories() const EXCLUDES(mu_);
 

@@ -269,7 +269,7 @@ class Registry {
   // during the increment, so reads do not wait for the TPM.
   Mutex write_mu_;
   Mutex mu_;
-  const std::unique_ptr<SqliteEnvVfs> vfs_;  // db_'s VFS: declared before db_, closed after it
+  const std::unique_ptr<SqliteEnvVfs> vfs_;  // db_'s VFS, unregistered after ~Registry closed db_
   sqlite3* const db_ GUARDED_BY(mu_);
   const std::string path_;
   // Set by Anchor; until then writes are not sealed (only Open and Anchor run before it).
