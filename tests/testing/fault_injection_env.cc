@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 
 namespace vtm::testing {
 namespace {
@@ -47,6 +48,32 @@ void CopyTree(const std::string& from, const std::string& to) {
 
 }  // namespace
 
+// What SQLite writes, truncates and syncs, on its way to the host's file.
+class FaultInjectionEnv::FaultDbFile final : public DbFile {
+ public:
+  FaultDbFile(FaultInjectionEnv* env, std::string path, std::unique_ptr<DbFile> host)
+      : env_(env), path_(std::move(path)), host_(std::move(host)) {}
+  Status Write(int64_t offset, const void* data, size_t size) override {
+    if (auto e = env_->Injected("WriteDbFile", path_)) return *std::move(e);
+    return host_->Write(offset, data, size);
+  }
+  Status Truncate(int64_t size) override {
+    if (auto e = env_->Injected("TruncateDbFile", path_)) return *std::move(e);
+    return host_->Truncate(size);
+  }
+  Status Sync(bool data_only) override {
+    if (auto e = env_->Injected("SyncDbFile", path_)) return *std::move(e);
+    VTM_RETURN_IF_ERROR(host_->Sync(data_only));
+    env_->DbFileSynced(path_);
+    return OkStatus();
+  }
+
+ private:
+  FaultInjectionEnv* const env_;
+  const std::string path_;
+  const std::unique_ptr<DbFile> host_;
+};
+
 FaultInjectionEnv::FaultInjectionEnv(Env* target) : EnvWrapper(target) {
   const char* base = std::getenv("TMPDIR");
   std::string tmpl = std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/vtm-fault-env-XXXXXX";
@@ -57,9 +84,9 @@ FaultInjectionEnv::~FaultInjectionEnv() {
   if (!copies_dir_.empty()) (void)target()->RemoveTree(copies_dir_);
 }
 
-void FaultInjectionEnv::FailOperation(const std::string& op, const std::string& path_part, int times) {
+void FaultInjectionEnv::FailOperation(const std::string& op, const std::string& path_part, int times, int skip) {
   MutexLock lock(mu_);
-  failures_.push_back(Failure{op, path_part, times});
+  failures_.push_back(Failure{op, path_part, times, skip});
 }
 
 void FaultInjectionEnv::ClearFailures() {
@@ -74,8 +101,13 @@ int FaultInjectionEnv::injected_failures() const {
 
 std::optional<Error> FaultInjectionEnv::Injected(const std::string& op, const std::string& path) {
   MutexLock lock(mu_);
+  if (power_off_) return Error(ErrorCode::kIo, op + " " + path + ": the power is off");
   for (Failure& f : failures_) {
     if (f.op != op || f.times == 0 || path.find(f.path_part) == std::string::npos) continue;
+    if (f.skip > 0) {
+      --f.skip;
+      continue;
+    }
     if (f.times > 0) --f.times;
     ++injected_;
     std::string message = op;
@@ -93,6 +125,44 @@ void FaultInjectionEnv::MarkSynced(const std::string& dir) {
   for (auto it = unsynced_removals_.begin(); it != unsynced_removals_.end();) {
     it = ParentOf(it->first) == dir ? unsynced_removals_.erase(it) : std::next(it);
   }
+  for (auto it = db_files_.begin(); it != db_files_.end();) {
+    it = it->second.removed && ParentOf(it->first) == dir ? db_files_.erase(it) : std::next(it);
+  }
+}
+
+void FaultInjectionEnv::Synced() {
+  MutexLock lock(mu_);
+  ++syncs_;
+  if (power_off_after_ >= 0 && syncs_ >= power_off_after_) {
+    power_off_ = true;
+    power_off_after_ = -1;
+  }
+}
+
+void FaultInjectionEnv::DbFileSynced(const std::string& path) {
+  Result<std::string> content = target()->ReadFile(path);
+  {
+    MutexLock lock(mu_);
+    DbFileRecord& record = db_files_[path];
+    // A file that cannot be read back keeps what was synced before (the test sees the difference).
+    if (content.ok()) record.synced = std::move(content).value();
+    record.removed = false;
+  }
+  Synced();
+}
+
+void FaultInjectionEnv::CutPowerAfterSyncs(int syncs) {
+  MutexLock lock(mu_);
+  if (syncs <= 0) {
+    power_off_ = true;
+  } else {
+    power_off_after_ = syncs_ + syncs;
+  }
+}
+
+bool FaultInjectionEnv::power_off() const {
+  MutexLock lock(mu_);
+  return power_off_;
 }
 
 std::vector<std::string> FaultInjectionEnv::UnsyncedDirectories() const {
@@ -103,10 +173,23 @@ std::vector<std::string> FaultInjectionEnv::UnsyncedDirectories() const {
 Status FaultInjectionEnv::DropUnsyncedData() {
   std::set<std::string> lost;
   std::map<std::string, std::string> back;
+  std::map<std::string, DbFileRecord> db_files;
   {
     MutexLock lock(mu_);
     lost.swap(unsynced_dirs_);
     back.swap(unsynced_removals_);
+    db_files.swap(db_files_);
+    power_off_ = false;
+    power_off_after_ = -1;
+  }
+  for (const auto& [path, record] : db_files) {
+    if (!record.synced) {
+      VTM_RETURN_IF_ERROR(target()->RemoveFile(path));
+      continue;
+    }
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << *record.synced;
+    if (!out.flush()) return Error(ErrorCode::kIo, "putting back what was synced of " + path);
   }
   for (const std::string& dir : lost) VTM_RETURN_IF_ERROR(target()->RemoveTree(dir));
   for (const auto& [path, copy] : back) {
@@ -129,6 +212,7 @@ Status FaultInjectionEnv::WriteFileAtomic(const std::string& path, const std::st
   if (auto e = Injected("WriteFileAtomic", path)) return *std::move(e);
   VTM_RETURN_IF_ERROR(target()->WriteFileAtomic(path, data, mode));
   MarkSynced(ParentOf(path));
+  Synced();
   return OkStatus();
 }
 
@@ -136,6 +220,7 @@ Status FaultInjectionEnv::RenameDurably(const std::string& from, const std::stri
   if (auto e = Injected("RenameDurably", to)) return *std::move(e);
   VTM_RETURN_IF_ERROR(target()->RenameDurably(from, to));
   MarkSynced(ParentOf(to));
+  Synced();
   return OkStatus();
 }
 
@@ -143,6 +228,7 @@ Status FaultInjectionEnv::SyncDir(const std::string& path) {
   if (auto e = Injected("SyncDir", path)) return *std::move(e);
   VTM_RETURN_IF_ERROR(target()->SyncDir(path));
   MarkSynced(path);
+  Synced();
   return OkStatus();
 }
 
@@ -174,7 +260,17 @@ Status FaultInjectionEnv::RemoveTree(const std::string& path) {
 
 Status FaultInjectionEnv::RemoveFile(const std::string& path) {
   if (auto e = Injected("RemoveFile", path)) return *std::move(e);
-  return target()->RemoveFile(path);
+  VTM_RETURN_IF_ERROR(target()->RemoveFile(path));
+  MutexLock lock(mu_);
+  if (auto it = db_files_.find(path); it != db_files_.end()) {
+    // What was synced of it comes back if the power is cut before its directory is synced.
+    if (it->second.synced) {
+      it->second.removed = true;
+    } else {
+      db_files_.erase(it);
+    }
+  }
+  return OkStatus();
 }
 
 Status FaultInjectionEnv::ChangeOwner(const std::string& path, uid_t uid, gid_t gid) {
@@ -185,6 +281,26 @@ Status FaultInjectionEnv::ChangeOwner(const std::string& path, uid_t uid, gid_t 
 Result<Subprocess> FaultInjectionEnv::Spawn(const std::vector<std::string>& argv, const SpawnOptions& options) {
   if (auto e = Injected("Spawn", argv.empty() ? "" : argv[0])) return *std::move(e);
   return target()->Spawn(argv, options);
+}
+
+Result<std::unique_ptr<DbFile>> FaultInjectionEnv::OpenDbFile(const std::string& path, bool created,
+                                                              std::unique_ptr<DbFile> host) {
+  if (auto e = Injected("OpenDbFile", path)) return *std::move(e);
+  std::optional<std::string> durable;
+  if (!created) {
+    // A file from before it was first opened here counts as synced.
+    VTM_ASSIGN_OR_RETURN(durable, target()->ReadFile(path));
+  }
+  {
+    MutexLock lock(mu_);
+    auto [it, inserted] = db_files_.try_emplace(path);
+    if (inserted) {
+      it->second.synced = std::move(durable);
+    } else {
+      it->second.removed = false;  // made again: until its next sync, a crash may bring back the old one
+    }
+  }
+  return std::unique_ptr<DbFile>(std::make_unique<FaultDbFile>(this, path, std::move(host)));
 }
 
 Result<Subprocess> StandInInstanceEnv::Spawn(const std::vector<std::string>& argv, const SpawnOptions& options) {

@@ -137,6 +137,11 @@ template <typename Fn>
 auto Registry::SealedWrite(bool lifecycle, Fn&& body) -> decltype(body()) {
   MutexLock write_lock(write_mu_);
   MutexLock lock(mu_);
+  if (!failed_commit_.empty()) {
+    return Error(ErrorCode::kUnavailable,
+                 "the registry " + path_ + " takes no more writes: an earlier commit failed (" + failed_commit_ +
+                     ") and may or may not be on disk; restart vtmd, whose start-up check settles it");
+  }
   VTM_RETURN_IF_ERROR(CatchUpCounter());
   Txn txn(db_);
   if (!txn.ok()) return SqlError(db_, "begin");
@@ -146,16 +151,17 @@ auto Registry::SealedWrite(bool lifecycle, Fn&& body) -> decltype(body()) {
   return result;
 }
 
-Result<std::unique_ptr<Registry>> Registry::Open(const std::string& path) {
+Result<std::unique_ptr<Registry>> Registry::Open(const std::string& path, Env* env) {
+  VTM_ASSIGN_OR_RETURN(std::unique_ptr<SqliteEnvVfs> vfs, SqliteEnvVfs::Register(env));
   sqlite3* db = nullptr;
   int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                           nullptr);
+                           vfs->name());
   if (rc != SQLITE_OK) {
     std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
     sqlite3_close(db);
     return Error(ErrorCode::kIo, "opening registry " + path + ": " + msg);
   }
-  std::unique_ptr<Registry> reg(new Registry(db, path));
+  std::unique_ptr<Registry> reg(new Registry(std::move(vfs), db, path));
   MutexLock lock(reg->mu_);
   VTM_RETURN_IF_ERROR(reg->InitSchema(path));
   return reg;
@@ -168,6 +174,11 @@ Status Registry::InitSchema(const std::string& path) {
   VTM_RETURN_IF_ERROR(Exec("PRAGMA journal_mode=WAL"));
   VTM_RETURN_IF_ERROR(Exec("PRAGMA synchronous=FULL"));
   VTM_RETURN_IF_ERROR(Exec("PRAGMA secure_delete=ON"));
+  // One transaction for the schema, new or upgraded: a crash half-way through would otherwise
+  // leave tables without their schema_version, which the next open cannot take up (found by
+  // a power cut at each sync point of a first open, through the Env).
+  Txn txn(db_);
+  if (!txn.ok()) return SqlError(db_, "begin");
   VTM_RETURN_IF_ERROR(Exec(
       "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
       "CREATE TABLE IF NOT EXISTS vms ("
@@ -210,13 +221,14 @@ Status Registry::InitSchema(const std::string& path) {
                                                        "; this vtmd understands version " +
                                                        std::to_string(kSchemaVersion));
     }
-    return OkStatus();
+    return txn.Commit();
   }
   // A new registry: the v1 tables above plus every later column.
   VTM_RETURN_IF_ERROR(Exec(kVtpmColumnsDdl));
   VTM_RETURN_IF_ERROR(Exec(kMigrationDdl));
   VTM_RETURN_IF_ERROR(Exec(kStateDigestDdl));
-  return Exec("INSERT INTO meta VALUES ('schema_version', '" + std::to_string(kSchemaVersion) + "')");
+  VTM_RETURN_IF_ERROR(Exec("INSERT INTO meta VALUES ('schema_version', '" + std::to_string(kSchemaVersion) + "')"));
+  return txn.Commit();
 }
 
 Registry::~Registry() {
@@ -1009,7 +1021,11 @@ Status Registry::Commit(Txn& txn, bool lifecycle) {
   const uint64_t epoch = epoch_ + 1;
   VTM_RETURN_IF_ERROR(Seal(epoch));
   if (Status committed = txn.Commit(); !committed.ok()) {
-    sums_valid_ = false;  // they count rows the rollback took back: summed anew at the next seal
+    // A commit whose WAL write or fsync failed may still reach the disk (its frames were
+    // written; a later sync makes them durable), so its outcome is unknown until a restart
+    // reads the disk: no write may build on it meanwhile (leveldb's sticky background error).
+    failed_commit_ = committed.error().message();
+    sums_valid_ = false;
     return committed;
   }
   epoch_ = epoch;

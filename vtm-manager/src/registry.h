@@ -27,6 +27,8 @@
 #include <utility>
 #include <vector>
 
+#include "sqlite_env_vfs.h"
+#include "vtm/env.h"
 #include "vtm/error.h"
 #include "vtm/mutex.h"
 #include "vtm/secret.h"
@@ -158,7 +160,9 @@ struct AnchorReport {
 // at most one behind, for as long as one NV write takes; closing the registry finishes it.
 class Registry {
  public:
-  static Result<std::unique_ptr<Registry>> Open(const std::string& path);
+  // What the database's files change on disk goes through env (which must outlive the
+  // registry; sqlite_env_vfs.h).
+  static Result<std::unique_ptr<Registry>> Open(const std::string& path, Env* env = Env::Default());
   ~Registry();
   Registry(const Registry&) = delete;
   Registry& operator=(const Registry&) = delete;
@@ -253,7 +257,8 @@ class Registry {
 
  private:
   class Txn;  // BEGIN IMMEDIATE; rolls back unless committed
-  Registry(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+  Registry(std::unique_ptr<SqliteEnvVfs> vfs, sqlite3* db, std::string path)
+      : vfs_(std::move(vfs)), db_(db), path_(std::move(path)) {}
   Status Exec(const std::string& sql) REQUIRES(mu_);
   // Every write: the write lock, the counter's catch-up, then body (with mu_ held) in one
   // transaction, sealed and committed if body succeeds and rolled back if not. body returns
@@ -299,6 +304,7 @@ class Registry {
   // during the increment, so reads do not wait for the TPM.
   Mutex write_mu_;
   Mutex mu_;
+  const std::unique_ptr<SqliteEnvVfs> vfs_;  // db_'s VFS, unregistered after ~Registry closed db_
   sqlite3* const db_ GUARDED_BY(mu_);
   const std::string path_;
   // Set by Anchor; until then writes are not sealed (only Open and Anchor run before it).
@@ -317,6 +323,7 @@ class Registry {
   std::map<std::string, TableSum> sums_ GUARDED_BY(mu_);
   std::set<std::pair<std::string, int64_t>> touched_ GUARDED_BY(mu_);  // (table, rowid) since the last seal
   bool sums_valid_ GUARDED_BY(mu_) = false;
+  std::string failed_commit_ GUARDED_BY(mu_);  // set by a failed commit: every later write is refused
 };
 
 }  // namespace vtm

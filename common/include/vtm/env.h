@@ -9,10 +9,13 @@
 //   MakeDir, RemoveTree, RemoveFile not synced: a crash may undo a directory made, or bring
 //                                   back what was removed, until its parent directory is synced
 //                                   (SyncDir, or a WriteFileAtomic or RenameDurably into it).
+//   DbFile::Write, Truncate         not synced: a crash may undo them until DbFile::Sync
+//   (SQLite's files)                returns. A file's name is durable once its directory is
+//                                   synced (SQLite's VFS does it at a journal's first sync).
 //
-// What is not behind it: the registry (SQLite does its own I/O; docs/architecture.md says how
-// it is kept durable), the host TPM (HostTpm is its own seam), sockets and the instance's
-// manager channel.
+// What is not behind it: the host TPM (HostTpm is its own seam), sockets, the instance's
+// manager channel, and of the registry's SQLite files their reads, locks and WAL index (SQLite's
+// unix VFS does those; what changes a file on disk comes through here).
 //
 // Thread safety: every method may be called from any thread; implementations must allow it.
 #pragma once
@@ -21,6 +24,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -30,6 +34,23 @@
 #include "vtm/unique_fd.h"
 
 namespace vtm {
+
+// A file SQLite opened for the registry (its database, WAL or a journal), as far as what
+// reaches the disk goes: SQLite's unix VFS opens, reads, locks and maps it; its writes,
+// truncations and syncs come through here (vtm-manager's sqlite_env_vfs.h). Not thread-safe:
+// SQLite serializes the calls on one file.
+class DbFile {
+ public:
+  DbFile() = default;
+  virtual ~DbFile() = default;
+  DbFile(const DbFile&) = delete;
+  DbFile& operator=(const DbFile&) = delete;
+  virtual Status Write(int64_t offset, const void* data, size_t size) = 0;
+  virtual Status Truncate(int64_t size) = 0;
+  // The file's data (and, unless data_only, its size and metadata) reach the disk; SQLite's unix
+  // VFS also syncs the directory at the first sync of a WAL or journal it created.
+  virtual Status Sync(bool data_only) = 0;
+};
 
 class Env {
  public:
@@ -59,6 +80,11 @@ class Env {
   // The names of the regular files directly in dir (not sorted).
   virtual Result<std::vector<std::string>> ListFiles(const std::string& dir) = 0;
   virtual Status ChangeOwner(const std::string& path, uid_t uid, gid_t gid) = 0;
+  // SQLite opened path (created: it did not exist before); host is the host's file. Returns
+  // what SQLite's writes, truncations and syncs of it go through: the host Env returns host as
+  // it is, a test Env wraps it. SQLite removes its files with RemoveFile (and SyncDir).
+  virtual Result<std::unique_ptr<DbFile>> OpenDbFile(const std::string& path, bool created,
+                                                     std::unique_ptr<DbFile> host) = 0;
 
   // Clock.
   // For timeouts and deadlines.
@@ -102,6 +128,10 @@ class EnvWrapper : public Env {
   Result<std::vector<std::string>> ListFiles(const std::string& dir) override { return target_->ListFiles(dir); }
   Status ChangeOwner(const std::string& path, uid_t uid, gid_t gid) override {
     return target_->ChangeOwner(path, uid, gid);
+  }
+  Result<std::unique_ptr<DbFile>> OpenDbFile(const std::string& path, bool created,
+                                             std::unique_ptr<DbFile> host) override {
+    return target_->OpenDbFile(path, created, std::move(host));
   }
   std::chrono::steady_clock::time_point SteadyNow() override { return target_->SteadyNow(); }
   int64_t UnixSeconds() override { return target_->UnixSeconds(); }
