@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -302,9 +303,17 @@ TEST_F(RegistryAnchorTest, CostOfOneWriteWithALargeRegistry) {
   ASSERT_TRUE((*reg)->AddCertificates(certs).ok());
   VmRecord last = NewVm(kB, "b");
   ASSERT_TRUE((*reg)->Insert(&last, 1000, 2 * kVms).ok());
-  const double large = time_one_write(kB, last.generation);
-  std::cerr << "cost: one sealed registry write: " << small << " ms with 1 VM, " << large << " ms with " << kVms + 1
-            << " VMs and " << certs.size() << " certificates (fake counter: digest, HMAC, SQLite only)\n";
+  // The median of 11 writes: the first after a large insert also pays SQLite's checkpoint.
+  std::vector<double> large;
+  for (int i = 1; i <= 11; ++i) {
+    char uuid[40];
+    std::snprintf(uuid, sizeof uuid, "00000000-0000-4000-8000-%012d", i);
+    large.push_back(time_one_write(uuid, 1));
+  }
+  std::sort(large.begin(), large.end());
+  std::cerr << "cost: one sealed registry write: " << small << " ms with 1 VM, " << large[large.size() / 2]
+            << " ms (median of 11) with " << kVms + 1 << " VMs and " << certs.size()
+            << " certificates (fake counter: digest, HMAC, SQLite only)\n";
 }
 
 }  // namespace
