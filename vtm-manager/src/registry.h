@@ -264,7 +264,7 @@ class Registry {
   // transaction, sealed and committed if body succeeds and rolled back if not. body returns
   // Status or Result<T>; lifecycle: a VM's insert, transition or removal (the crash point).
   template <typename Fn>
-  auto SealedWrite(bool lifecycle, Fn&& body) -> decltype(body()) EXCLUDES(write_mu_, mu_);
+  auto SealedWrite(bool lifecycle, Fn&& body) -> decltype(body());  // takes write_mu_, then mu_
   // Rollback protection: the counter catches up with the committed epoch before a write
   // (refusing the write if it cannot); Seal writes the next epoch and its HMAC into the open
   // transaction; Commit seals and commits, then hands the increment to the counter thread.
