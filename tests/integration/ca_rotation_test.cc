@@ -53,13 +53,19 @@ class CaRotationTest : public ::testing::Test {
 };
 
 TEST_F(CaRotationTest, SelfSignedRotationReissuesUnderANewKeyAndTheOldKeysFinalCrlRevokesTheOld) {
-  ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+  ASSERT_TRUE(f.StartVtmd({"--group", "daemon"})) << f.VtmdLog();  // gid 1, base-passwd
   ASSERT_EQ(f.Vtmctl({"create", "--name", "rest"}).exit_code, 0) << f.VtmdLog();
   ASSERT_EQ(f.Vtmctl({"create", "--name", "live"}).exit_code, 0) << f.VtmdLog();
   ASSERT_EQ(f.Vtmctl({"start", "live"}).exit_code, 0) << f.VtmdLog();
   WriteText(P("old-ca.pem"), f.Vtmctl({"ca", "show"}).output);
   for (const char* vm : {"rest", "live"}) SaveCerts(vm, "old");
   EXPECT_EQ(f.Vtmctl({"ca", "crl", "--retired"}).exit_code, 3) << "no retired CA before a rotation";
+  // A member of vtmd's group may use vtmd, but replacing the key every certificate hangs on is
+  // root's decision.
+  auto member = f.VtmctlAs({"--reuid=65534", "--regid=65534", "--groups=daemon"}, {"ca", "rotate"});
+  EXPECT_EQ(member.exit_code, 5) << member.output;
+  EXPECT_NE(member.output.find("replacing the host CA key is for root only; uid 65534 may not"), std::string::npos)
+      << member.output;
 
   auto rotated = f.Vtmctl({"ca", "rotate"});
   ASSERT_EQ(rotated.exit_code, 0) << rotated.output << f.VtmdLog();

@@ -224,6 +224,14 @@ Status ApiService::HandleCa(const api::Request& req, const ApiCaller& caller, ap
       return OkStatus();
     }
     case api::Request::kCaRotate: {
+      // Every certificate of every VM hangs on the CA key: replacing it is the host
+      // administrator's decision, as re-sealing the master key is.
+      if (!caller.uid || *caller.uid != 0) {
+        return Error(ErrorCode::kPermissionDenied,
+                     "replacing the host CA key is for root only; " +
+                         (caller.uid ? "uid " + std::to_string(*caller.uid) : std::string("a remote caller")) +
+                         " may not");
+      }
       const auto& r = req.ca_rotate();
       if (r.cancel()) return host_ca_->CancelRotation();
       // An interrupted rotation (switched, not complete) is completed, not begun anew.
