@@ -48,7 +48,7 @@ bool Ok(const CommandResult& r, const std::string& what, std::string* error) {
 
 bool MigrationRig::SetUp(std::string* error) {
   if (!Ok(RunCommand({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                      "-keyout", P("fleet.key"), "-out", P("fleet.pem"), "-subj", "/CN=fleet root", "-days", "2"}),
+                      "-keyout", P("fleet.key"), "-out", P("fleet.pem"), "-subj", "/CN=fleet root", "-days", "90"}),
           "making the fleet CA", error)) {
     return false;
   }
@@ -90,7 +90,7 @@ bool MigrationRig::JoinFleet(VtmdFixture& f, const std::string& tag, std::string
   if (!Ok(csr, "vtmctl ca csr", error)) return false;
   if (!WriteFileAtomic(P(tag + ".csr"), csr.output, 0644).ok()) return false;
   if (!Ok(RunCommand({"openssl", "x509", "-req", "-in", P(tag + ".csr"), "-CA", P("fleet.pem"), "-CAkey", P("fleet.key"),
-                      "-CAcreateserial", "-out", P(tag + "-ca.pem"), "-days", "2", "-extfile", P("ca-ext.cnf"),
+                      "-CAcreateserial", "-out", P(tag + "-ca.pem"), "-days", "90", "-extfile", P("ca-ext.cnf"),
                       // The CSR carries the TPM2_Certify evidence of the CA key: verifiers need it.
                       "-copy_extensions", "copy"}),
           "signing the host CA", error)) {
@@ -144,7 +144,7 @@ TlsCredentials MigrationRig::FleetPeer(const std::string& name, const std::strin
   (void)RunCommand({"openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
                     P(name + ".key"), "-out", P(name + ".csr"), "-subj", "/CN=" + cn + "/O=vtm"});
   (void)RunCommand({"openssl", "x509", "-req", "-in", P(name + ".csr"), "-CA", P("fleet.pem"), "-CAkey", P("fleet.key"),
-                    "-CAcreateserial", "-out", P(name + ".pem"), "-days", "2", "-extfile", P(name + ".ext")});
+                    "-CAcreateserial", "-out", P(name + ".pem"), "-days", "90", "-extfile", P(name + ".ext")});
   auto creds = ReadTlsCredentialFiles(P(name + ".pem"), P(name + ".key"), P("fleet.pem"));
   return creds.ok() ? std::move(creds).value() : TlsCredentials{};
 }
