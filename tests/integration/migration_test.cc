@@ -249,6 +249,40 @@ TEST_F(MigrationTest, ConcurrentPreparesOfOneVmOpenExactlyOneMigration) {
   EXPECT_EQ(a.Vtmctl({"show", uuid}).exit_code, 3);
 }
 
+// Two orchestrators: one commits a sent migration while the other aborts it. One of them wins
+// and the other is refused; the migration ends the same on both hosts, and the VM is on exactly
+// one of them. Repeated, so both orders (and both overlapping) happen.
+TEST_F(MigrationTest, CommitAndAbortAtTheSameMomentSettleOneWay) {
+  int committed = 0, aborted = 0;
+  for (int round = 0; round < 6; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    const std::string name = "race" + std::to_string(round);
+    ASSERT_EQ(a.Vtmctl({"create", "--name", name}).exit_code, 0);
+    const std::string uuid = Field(a.Vtmctl({"show", name}).output, "uuid");
+    auto prepared = a.Vtmctl({"--json", "migrate", "prepare", name, "--to", destination, "--cold"});
+    ASSERT_EQ(prepared.exit_code, 0) << prepared.output;
+    const std::string id = MigrationIdIn(prepared.output);
+    ASSERT_EQ(a.Vtmctl({"migrate", "send", id}).exit_code, 0);
+    CommandResult commit, abort;
+    std::thread committer([&] { commit = a.Vtmctl({"migrate", "commit", id}); });
+    std::thread aborter([&] { abort = a.Vtmctl({"migrate", "abort", id}); });
+    committer.join();
+    aborter.join();
+    ASSERT_NE(commit.exit_code == 0, abort.exit_code == 0) << commit.output << "\n---\n" << abort.output;
+    const bool moved = commit.exit_code == 0;
+    (moved ? committed : aborted) += 1;
+    const std::string state = moved ? "committed" : "aborted";
+    EXPECT_EQ(LastMigrationOf(a, uuid).second, state);
+    EXPECT_EQ(LastMigrationOf(b, uuid).second, state);
+    auto here = a.Vtmctl({"show", uuid});
+    auto there = b.Vtmctl({"show", uuid});
+    EXPECT_EQ(here.exit_code == 0, !moved) << here.output;
+    EXPECT_EQ(there.exit_code == 0, moved) << there.output;
+    EXPECT_EQ(Field((moved ? there : here).output, "state"), moved ? "stopped" : "provisioned");
+  }
+  std::cerr << "commit won " << committed << " times, abort " << aborted << " times\n";
+}
+
 TEST_F(MigrationTest, PrepareTheSourceLetExpireIsAbortedAndItsKeyDropped) {
   std::string error;
   ASSERT_TRUE(rig.RestartDestination(&error, true, {"--migration-prepare-ttl", "1"})) << error;

@@ -592,6 +592,13 @@ Status Manager::FenceOutgoing(const std::string& uuid, uint64_t generation) {
   return FenceInstance(PathsFor(uuid).manager_socket, "migration of VM " + uuid + " is committing");
 }
 
+Result<bool> Manager::OutgoingInstanceUnfenced(const std::string& uuid) const {
+  VTM_ASSIGN_OR_RETURN(VmRecord rec, registry_.Get(uuid));
+  if (rec.state != VmState::kMigratingOut || !IsInstanceOf(*config_.env, rec.instance_pid, uuid)) return false;
+  VTM_ASSIGN_OR_RETURN(instance_api::StatusResponse status, InstanceStatus(PathsFor(uuid).manager_socket));
+  return status.mode() != instance_api::MODE_FENCED;
+}
+
 Status Manager::FinishMigrationOut(const std::string& uuid, uint64_t generation, const Tombstone& tombstone) {
   VTM_ASSIGN_OR_RETURN(VmClaim claim, Claim(uuid));
   VTM_ASSIGN_OR_RETURN(VmRecord rec, registry_.Get(uuid));

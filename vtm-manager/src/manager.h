@@ -151,6 +151,10 @@ class Manager {
   // Source, commit: fences a live instance (its QEMU session ends, no INIT or state export for
   // the rest of its life). Idempotent.
   Status FenceOutgoing(const std::string& uuid, uint64_t generation);
+  // Source: true if uuid's instance lives and was never fenced (a fenced instance stays fenced
+  // until it ends, and no instance of a migrating-out VM is started), so no commit can have
+  // activated the destination; false if it is fenced or gone.
+  Result<bool> OutgoingInstanceUnfenced(const std::string& uuid) const;
   // Source, commit: stops the instance, revokes the certificates, destroys state and keys and
   // leaves the tombstone, in that order.
   Status FinishMigrationOut(const std::string& uuid, uint64_t generation, const Tombstone& tombstone);

@@ -302,6 +302,43 @@ Result<api::Migration> MigrationEngine::OpenCommitChannel(const std::string& id)
   return Describe(m);
 }
 
+MigrationEngine::Turn::~Turn() {
+  if (engine_ == nullptr) return;
+  MutexLock lock(engine_->turns_mu_);
+  engine_->turns_.erase(id_);
+}
+
+Result<MigrationEngine::Turn> MigrationEngine::TakeTurn(const std::string& id) {
+  MutexLock lock(turns_mu_);
+  if (!turns_.insert(id).second) {
+    return Error(ErrorCode::kFailedPrecondition, "a commit or abort of migration " + id +
+                                                     " is in progress; repeat this when it has finished");
+  }
+  return Turn(this, id);
+}
+
+Status MigrationEngine::ReturnToSentUnlessReady(const MigrationRecord& m,
+                                                const Result<migration_api::PeerResponse>& there) {
+  // Called while this host's instance is not fenced: no commit can have reached the
+  // destination (it is activated only after the fence), so going back to `sent` is safe.
+  if (!there.ok()) {
+    (void)registry_.UpdateMigration(m.id, {"committing"}, "sent", there.error().message());
+    return Error(there.error()).Context("asking the destination whether it can take over migration " + m.id +
+                                 " (the migration is sent again; nothing was changed)");
+  }
+  const auto& st = there->status_result();
+  std::string not_ready;
+  if (st.migration().state() != "received" && st.migration().state() != "committed") {
+    not_ready = "the destination's migration " + m.id + " is " + st.migration().state() + ", not received";
+  } else if (m.mode == "live" && !st.state_received()) {
+    not_ready = "the destination's vTPM has not received the state yet: commit after QEMU's migration has "
+                "completed (query-migrate: completed); nothing was changed";
+  }
+  if (not_ready.empty()) return OkStatus();
+  (void)registry_.UpdateMigration(m.id, {"committing"}, "sent", not_ready);
+  return Error(ErrorCode::kFailedPrecondition, not_ready);
+}
+
 Result<api::Migration> MigrationEngine::Commit(const std::string& id, bool activate_only) {
   // Each phase's duration goes to the log: on a live migration the guest waits for this.
   const auto t0 = std::chrono::steady_clock::now();
@@ -310,6 +347,14 @@ Result<api::Migration> MigrationEngine::Commit(const std::string& id, bool activ
     timings += std::string(timings.empty() ? "" : ", ") + what + " " +
                std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count() / 1000.0).substr(0, 6) + " ms";
   };
+  {
+    FILE* f = fopen("/tmp/vtmtrace.log", "a");
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    fprintf(f, "%ld.%06ld vtmd-commit-start\n", static_cast<long>(ts.tv_sec), ts.tv_nsec / 1000);
+    fclose(f);
+  }
+  VTM_ASSIGN_OR_RETURN(Turn turn, TakeTurn(id));
   VTM_ASSIGN_OR_RETURN(MigrationRecord m, SourceMigration(id));
   if (m.state == "committed") return Describe(m);
   if (m.state != "sent" && m.state != "committing" && m.state != "activated") {
@@ -336,25 +381,27 @@ Result<api::Migration> MigrationEngine::Commit(const std::string& id, bool activ
     mark("reconnected");
     return peer->Call(request);
   };
+  migration_api::PeerRequest ask;
+  ask.mutable_status()->set_migration_id(id);
   if (m.state == "sent") {
-    // Fencing here is irreversible; first make sure the destination can take over.
-    migration_api::PeerRequest ask;
-    ask.mutable_status()->set_migration_id(id);
-    VTM_ASSIGN_OR_RETURN(auto there, call(ask));
-    const auto& st = there.status_result();
-    if (st.migration().state() != "received" && st.migration().state() != "committed") {
-      return Error(ErrorCode::kFailedPrecondition,
-                   "the destination's migration " + id + " is " + st.migration().state() + ", not received");
-    }
-    if (m.mode == "live" && !st.state_received()) {
-      return Error(ErrorCode::kFailedPrecondition,
-                   "the destination's vTPM has not received the state yet: commit after QEMU's migration has "
-                   "completed (query-migrate: completed); nothing was changed");
-    }
-    mark("destination ready");
+    // Fencing is irreversible, so the destination must be able to take over first. The question
+    // goes out now and its answer is read once `committing` is durable: the round trip overlaps
+    // the fsync. Nothing irreversible happens before the answer, and a destination that cannot
+    // take over returns the migration to `sent`.
+    const Status asked = peer->Send(ask);
     VTM_ASSIGN_OR_RETURN(m, registry_.UpdateMigration(id, {"sent"}, "committing"));
     mark("recorded");
     CrashPoint("migrate.source-committing");
+    auto there = asked.ok() ? peer->Receive() : Result<migration_api::PeerResponse>(asked.error());
+    if (!there.ok() && reconnect) there = call(ask);  // the open channel had gone stale
+    VTM_RETURN_IF_ERROR(ReturnToSentUnlessReady(m, there));
+    mark("destination ready");
+    CrashPoint("migrate.source-destination-ready");
+  } else if (m.state == "committing") {
+    // A commit that ended (or whose vtmd died) between recording `committing` and the fence:
+    // the same question, answered before the fence.
+    auto unfenced = manager_.OutgoingInstanceUnfenced(m.vm_uuid);
+    if (unfenced.ok() && *unfenced) VTM_RETURN_IF_ERROR(ReturnToSentUnlessReady(m, call(ask)));
   }
   // From here the migration only goes forward: every step below is repeatable.
   if (m.state == "committing") {
@@ -375,8 +422,15 @@ Result<api::Migration> MigrationEngine::Commit(const std::string& id, bool activ
       // the migration: from `committing` it repeats the fence and the activation (both answer
       // at once when done) and records it. The two states ask for the same recovery (repeat
       // commit) and both refuse an abort; `committing`, durable before the fence, is what
-      // decides that the migration goes forward.
+      // decides that the migration goes forward once the fence is done.
       LOG_INFO << "migration " << id << " activated on the destination, the guest may continue there: " << timings;
+      {
+        FILE* f = fopen("/tmp/vtmtrace.log", "a");
+        timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        fprintf(f, "%ld.%06ld vtmd-commit-end %s\n", static_cast<long>(ts.tv_sec), ts.tv_nsec / 1000, timings.c_str());
+        fclose(f);
+      }
       return Describe(m);
     }
     VTM_ASSIGN_OR_RETURN(m, registry_.UpdateMigration(id, {"committing"}, "activated", ""));
@@ -406,6 +460,7 @@ Result<api::Migration> MigrationEngine::Commit(const std::string& id, bool activ
 }
 
 Result<api::Migration> MigrationEngine::Abort(const std::string& id) {
+  VTM_ASSIGN_OR_RETURN(Turn turn, TakeTurn(id));
   VTM_ASSIGN_OR_RETURN(MigrationRecord m, registry_.GetMigration(id));
   TakeCommitChannel(id).reset();  // no commit follows an abort
   if (m.role == kDestination) {
@@ -422,8 +477,9 @@ Result<api::Migration> MigrationEngine::Abort(const std::string& id) {
   if (m.state == "committing" || m.state == "activated" || m.state == "committed") {
     return Error(ErrorCode::kFailedPrecondition,
                  "migration " + id + " is " + m.state +
-                     ": the source instance is fenced and the destination may be active; it can only be completed "
-                     "(`vtmctl migrate commit " + id + "`)");
+                     ": the destination may be active; repeat `vtmctl migrate commit " + id +
+                     "`: it completes the migration or, if the destination cannot take over and this host's "
+                     "instance was not fenced, returns it to sent, which can be aborted");
   }
   std::string note;
   auto peer = Connect(m.peer);

@@ -22,6 +22,7 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -85,6 +86,9 @@ class MigrationEngine {
   // The channel OpenCommitChannel left for migration id (null if none), now the caller's.
   std::unique_ptr<MigrationPeerClient> TakeCommitChannel(const std::string& id);
   Result<MigrationRecord> SourceMigration(const std::string& id);
+  // Source, commit, before the fence: OK if `there` (the destination's status) says it can take
+  // over m; otherwise m goes back from `committing` to `sent` and the error says why.
+  Status ReturnToSentUnlessReady(const MigrationRecord& m, const Result<migration_api::PeerResponse>& there);
   Result<VmRecord> OwnedVm(const MigrationRecord& m);
   api::Migration Describe(const MigrationRecord& m);
 
@@ -113,6 +117,23 @@ class MigrationEngine {
     std::unique_ptr<MigrationPeerClient> peer;
     std::chrono::steady_clock::time_point opened;
   };
+  // Commit and abort of one migration, one at a time: a commit may take `committing` back to
+  // `sent`, which an abort running beside it must not see half-way.
+  class Turn {
+   public:
+    Turn(MigrationEngine* engine, std::string id) : engine_(engine), id_(std::move(id)) {}
+    Turn(Turn&& other) noexcept : engine_(std::exchange(other.engine_, nullptr)), id_(std::move(other.id_)) {}
+    Turn& operator=(Turn&&) = delete;
+    ~Turn();
+
+   private:
+    MigrationEngine* engine_;
+    std::string id_;
+  };
+  Result<Turn> TakeTurn(const std::string& id) EXCLUDES(turns_mu_);
+  Mutex turns_mu_;
+  std::set<std::string> turns_ GUARDED_BY(turns_mu_);
+
   Mutex channels_mu_;
   std::map<std::string, CommitChannel> commit_channels_ GUARDED_BY(channels_mu_);  // by migration ID
 };

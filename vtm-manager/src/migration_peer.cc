@@ -148,8 +148,17 @@ Result<std::unique_ptr<MigrationPeerClient>> MigrationPeerClient::Connect(const 
 }
 
 Result<migration_api::PeerResponse> MigrationPeerClient::Call(const migration_api::PeerRequest& request) {
+  VTM_RETURN_IF_ERROR(Send(request));
+  return Receive();
+}
+
+Status MigrationPeerClient::Send(const migration_api::PeerRequest& request) {
   auto sent = WriteFrame(*stream_, request.SerializeAsString(), kMaxMigrationFrameLen);
   if (!sent.ok()) return std::move(sent).error().Context("sending to the destination " + address_);
+  return OkStatus();
+}
+
+Result<migration_api::PeerResponse> MigrationPeerClient::Receive() {
   auto frame = ReadFrame(*stream_, kMaxMigrationFrameLen);
   if (!frame.ok()) return std::move(frame).error().Context("reading the destination's answer (" + address_ + ")");
   migration_api::PeerResponse resp;

@@ -62,6 +62,10 @@ class MigrationPeerClient {
                                                               std::chrono::milliseconds timeout);
   // One step; the destination's refusal comes back as its Error (code and message).
   Result<migration_api::PeerResponse> Call(const migration_api::PeerRequest& request);
+  // Call in two halves, for a caller with something to do while the destination answers: Send
+  // the request, then Receive its answer (one Receive per Send, in order).
+  Status Send(const migration_api::PeerRequest& request);
+  Result<migration_api::PeerResponse> Receive();
   const std::string& peer_certificate_der() const { return stream_->peer_certificate_der(); }
   const std::string& peer_host() const { return peer_host_; }
 
