@@ -199,6 +199,14 @@ TEST(CrashSweepTest, EveryCrashPointOfTheLifecycleRecovers) {
                         }});
 }
 
+// The host CA as `vtmctl --json ca show` reports it.
+api::CaInfo CaInfoOf(VtmdFixture& f) {
+  api::Response resp;
+  auto json = f.Vtmctl({"--json", "ca", "show"});
+  EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(json.output, &resp).ok()) << json.output;
+  return resp.ca();
+}
+
 // A fleet root CA made by openssl in dir (fleet.key, fleet.pem) and the extensions it gives a
 // host CA certificate (ext.cnf).
 void MakeFleetCa(const std::string& dir) {
@@ -223,12 +231,6 @@ TEST(CrashSweepTest, EveryCrashPointOfCaInstallRecovers) {
   auto p = [&](const std::string& n) { return t.path() + "/" + n; };
   ASSERT_NO_FATAL_FAILURE(MakeFleetCa(t.path()));
   const std::string fleet_pem = *ReadFile(p("fleet.pem"));
-  auto chain_of = [](VtmdFixture& f) {
-    api::Response resp;
-    auto json = f.Vtmctl({"--json", "ca", "show"});
-    EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(json.output, &resp).ok()) << json.output;
-    return resp.ca().chain_pem();
-  };
   std::string self_signed;
   SweepCrashPoints({
       .min_points = 2,
@@ -256,7 +258,7 @@ TEST(CrashSweepTest, EveryCrashPointOfCaInstallRecovers) {
             if (!installed) {
               EXPECT_EQ(now, self_signed);
             }
-            EXPECT_EQ(chain_of(f), installed ? fleet_pem : "") << "certificate and chain disagree";
+            EXPECT_EQ(CaInfoOf(f).chain_pem(), installed ? fleet_pem : "") << "certificate and chain disagree";
             ASSERT_EQ(f.Vtmctl({"create", "--name", "after"}).exit_code, 0) << f.VtmdLog();
             ASSERT_TRUE(WriteFileAtomic(p("ca-now.pem"), now, 0644).ok());
             auto listed = f.Vtmctl({"certs", "after", "--kind", "ek-ecc"});
@@ -268,14 +270,14 @@ TEST(CrashSweepTest, EveryCrashPointOfCaInstallRecovers) {
 
             // Repeating the installation finishes it; the self-signed certificate again drops the chain.
             ASSERT_EQ(f.Vtmctl({"ca", "install", p("host-ca.pem"), p("fleet.pem")}).exit_code, 0) << f.VtmdLog();
-            EXPECT_EQ(chain_of(f), fleet_pem);
+            EXPECT_EQ(CaInfoOf(f).chain_pem(), fleet_pem);
             ASSERT_TRUE(WriteFileAtomic(p("self.pem"), self_signed, 0644).ok());
             ASSERT_EQ(f.Vtmctl({"ca", "install", p("self.pem")}).exit_code, 0) << f.VtmdLog();
-            EXPECT_EQ(chain_of(f), "");
+            EXPECT_EQ(CaInfoOf(f).chain_pem(), "");
             f.StopVtmd();
             ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
             EXPECT_EQ(f.Vtmctl({"ca", "show"}).output, self_signed);
-            EXPECT_EQ(chain_of(f), "") << "a stale fleet chain came back after a restart";
+            EXPECT_EQ(CaInfoOf(f).chain_pem(), "") << "a stale fleet chain came back after a restart";
           },
   });
 }
@@ -327,10 +329,7 @@ void SweepCaRotation(const std::vector<std::string>& vtmd_args) {
               now = f.Vtmctl({"ca", "show"}).output;
               ASSERT_NE(now, old_ca);
             } else {
-              api::Response resp;
-              auto json = f.Vtmctl({"--json", "ca", "show"});
-              ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(json.output, &resp).ok()) << json.output;
-              EXPECT_EQ(resp.ca().rotation(), "") << "vtmd did not complete the interrupted rotation at start";
+              EXPECT_EQ(CaInfoOf(f).rotation(), "") << "vtmd did not complete the interrupted rotation at start";
             }
             ASSERT_TRUE(WriteFileAtomic(p("ca-now.pem"), now, 0644).ok());
             auto final_crl = f.Vtmctl({"ca", "crl", "--retired"});
@@ -391,12 +390,6 @@ TEST(CrashSweepTest, EveryCrashPointOfAFleetCaRotationRecovers) {
     return csr.exit_code == 0 && fleet_sign(csr.output, p("new-ca.pem")) &&
            f.Vtmctl({"ca", "install", p("new-ca.pem"), p("fleet.pem")}).exit_code == 0;
   };
-  auto ca_info = [](VtmdFixture& f) {
-    api::Response resp;
-    auto json = f.Vtmctl({"--json", "ca", "show"});
-    EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(json.output, &resp).ok()) << json.output;
-    return resp.ca();
-  };
   std::string old_ca;
   SweepCrashPoints({
       .min_points = 8,
@@ -416,8 +409,8 @@ TEST(CrashSweepTest, EveryCrashPointOfAFleetCaRotationRecovers) {
           [&](VtmdFixture& f, const std::string&) {
             std::string now = f.Vtmctl({"ca", "show"}).output;
             if (now == old_ca) {
-              EXPECT_EQ(ca_info(f).chain_pem(), fleet_pem) << "the old certificate without its chain";
-              if (ca_info(f).rotation() == "pending") {
+              EXPECT_EQ(CaInfoOf(f).chain_pem(), fleet_pem) << "the old certificate without its chain";
+              if (CaInfoOf(f).rotation() == "pending") {
                 ASSERT_TRUE(fleet_sign(f.Vtmctl({"ca", "csr", "--pending"}).output, p("new-ca.pem")));
                 auto installed = f.Vtmctl({"ca", "install", p("new-ca.pem"), p("fleet.pem")});
                 ASSERT_EQ(installed.exit_code, 0) << installed.output << f.VtmdLog();
@@ -427,7 +420,7 @@ TEST(CrashSweepTest, EveryCrashPointOfAFleetCaRotationRecovers) {
               now = f.Vtmctl({"ca", "show"}).output;
               ASSERT_NE(now, old_ca);
             }
-            const api::CaInfo info = ca_info(f);
+            const api::CaInfo info = CaInfoOf(f);
             EXPECT_EQ(info.rotation(), "") << "the rotation is not complete";
             EXPECT_EQ(info.chain_pem(), fleet_pem) << "certificate and chain disagree";
             ASSERT_TRUE(WriteFileAtomic(p("ca-now.pem"), info.certificate_pem(), 0644).ok());
