@@ -7,9 +7,12 @@
 #include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
+#include <latch>
 #include <map>
 #include <sstream>
+#include <thread>
 
 #include "vtm.pb.h"
 #include "vtm/fs.h"
@@ -216,6 +219,72 @@ TEST_F(CaRotationTest, FleetCaRotationWaitsForTheFleetsCertificateAndRefusesWron
   f.StopVtmd();
   ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
   EXPECT_EQ(f.Vtmctl({"ca", "show"}).output, *ReadFile(P("new-ca.pem")) + *ReadFile(P("fleet.pem")));
+}
+
+// Two `vtmctl ca rotate` at the same moment (HostCa takes one rotation step at a time): one new
+// key, not two. The caller that loses either gets an error that says what to do or reports the
+// same rotation; nothing of a second key is left in host-identity/, the VMs' certificates and
+// what the CA issues next verify under the new CA certificate, and a restart finds it so.
+TEST_F(CaRotationTest, TwoRotationsAtOnceMakeOneNewKey) {
+  ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+  for (const char* vm : {"vm1", "vm2", "vm3"}) {
+    ASSERT_EQ(f.Vtmctl({"create", "--name", vm}).exit_code, 0) << f.VtmdLog();
+  }
+  WriteText(P("old-ca.pem"), f.Vtmctl({"ca", "show"}).output);
+
+  CommandResult results[2];
+  {
+    std::latch go(2);
+    std::vector<std::thread> callers;
+    for (CommandResult& result : results) {
+      callers.emplace_back([&] {
+        go.arrive_and_wait();
+        result = f.Vtmctl({"ca", "rotate"});
+      });
+    }
+    for (std::thread& caller : callers) caller.join();
+  }
+  for (const CommandResult& r : results) std::cerr << "ca rotate: exit " << r.exit_code << ": " << r.output << "\n";
+  ASSERT_TRUE(results[0].exit_code == 0 || results[1].exit_code == 0)
+      << results[0].output << results[1].output << f.VtmdLog();
+  for (const CommandResult& r : results) {
+    if (r.exit_code == 0) continue;
+    EXPECT_EQ(r.exit_code, 4) << r.output;
+    EXPECT_NE(r.output.find("`vtmctl ca rotate`"), std::string::npos) << "the refusal says what to do: " << r.output;
+  }
+
+  // One new key: one retired CA (the old one), nothing pending, no second key beside it.
+  WriteText(P("new-ca.pem"), f.Vtmctl({"ca", "show"}).output);
+  EXPECT_NE(PublicKeyOf(P("new-ca.pem")), PublicKeyOf(P("old-ca.pem")));
+  api::CaInfo info = CaInfoOf(f);
+  EXPECT_EQ(info.rotation(), "");
+  ASSERT_EQ(info.retired_certificate_pem_size(), 1) << "more than one rotation";
+  EXPECT_EQ(info.retired_certificate_pem(0), *ReadFile(P("old-ca.pem")));
+  for (const auto& entry : std::filesystem::directory_iterator(f.state_dir() + "/host-identity")) {
+    EXPECT_EQ(entry.path().filename().string().find("-next"), std::string::npos) << entry.path();
+  }
+  WriteText(P("crl.pem"), f.Vtmctl({"ca", "crl"}).output);
+  auto verify_under_new_ca = [&](const std::string& vm) {
+    SaveCerts(vm, "new");
+    for (const char* kind : kKinds) {
+      auto ok = RunCommand({"openssl", "verify", "-crl_check", "-CRLfile", P("crl.pem"), "-CAfile", P("new-ca.pem"),
+                            P("new-" + vm + "-" + kind + ".pem")});
+      EXPECT_EQ(ok.exit_code, 0) << vm << " " << kind << ": " << ok.output;
+    }
+  };
+  for (const char* vm : {"vm1", "vm2", "vm3"}) verify_under_new_ca(vm);
+  ASSERT_EQ(f.Vtmctl({"create", "--name", "after"}).exit_code, 0) << f.VtmdLog();
+  verify_under_new_ca("after");
+
+  // A restart finds the same CA, the rotation complete, and the new key signing.
+  f.StopVtmd();
+  ASSERT_TRUE(f.StartVtmd()) << f.VtmdLog();
+  EXPECT_EQ(f.Vtmctl({"ca", "show"}).output, *ReadFile(P("new-ca.pem")));
+  info = CaInfoOf(f);
+  EXPECT_EQ(info.rotation(), "");
+  EXPECT_EQ(info.retired_certificate_pem_size(), 1);
+  ASSERT_EQ(f.Vtmctl({"create", "--name", "restarted"}).exit_code, 0) << f.VtmdLog();
+  verify_under_new_ca("restarted");
 }
 
 TEST_F(CaRotationTest, SealedResidencyRotatesToANewSealedKey) {

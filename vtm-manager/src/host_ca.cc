@@ -109,8 +109,9 @@ Result<std::unique_ptr<HostCa>> HostCa::LoadOrCreate(HostAttestationKey& ak, con
     if (const std::time_t end = id->ca_not_after(); end != 0) {
       const std::time_t left = end - std::time(nullptr);
       if (left <= 0) {
-        LOG_ERROR << "the host CA certificate " << cert_path << " expired at " << FormatUtc(end)
-                  << ": vtmd refuses to issue certificates until a renewed one is installed (vtmctl ca csr, ca install)";
+        LOG_ERROR
+            << "the host CA certificate " << cert_path << " expired at " << FormatUtc(end)
+            << ": vtmd refuses to issue certificates until a renewed one is installed (vtmctl ca csr, ca install)";
       } else if (constexpr std::time_t kDay = std::time_t{24} * 3600; left < 30 * kDay) {
         LOG_WARNING << "the host CA certificate " << cert_path << " expires at " << FormatUtc(end) << ", in "
                     << left / kDay << " days: install a renewed one (vtmctl ca csr, ca install)";
@@ -240,7 +241,8 @@ Status HostCa::LoadCertificate(const std::string& cert_path, const std::string& 
                    cert_path + ": its TPM2_Certify evidence does not verify: " + st.error().message());
     }
     if (evidence->ak_tpm2b_public != ak_.ak_public().tpm2b_public) {
-      return Error(ErrorCode::kDataLoss, cert_path + ": its TPM2_Certify evidence was made by another AK, not this host's");
+      return Error(ErrorCode::kDataLoss,
+                   cert_path + ": its TPM2_Certify evidence was made by another AK, not this host's");
     }
   } else if (evidence.error().code() == ErrorCode::kNotFound) {
     if (residency_ == CaResidency::kTpm) {
@@ -405,7 +407,8 @@ Status HostCa::InstallCertificate(const std::string& cert_pem, const std::string
                      (pending_spki.empty() ? "" : " nor the pending key of its rotation (`vtmctl ca csr --pending`)") +
                      " (subject " + info.subject + ")");
   }
-  if (!info.is_ca) return Error(ErrorCode::kInvalidArgument, "the certificate is not a CA certificate (basicConstraints)");
+  if (!info.is_ca)
+    return Error(ErrorCode::kInvalidArgument, "the certificate is not a CA certificate (basicConstraints)");
   if (info.not_after != 0 && info.not_after <= std::time(nullptr)) {
     return Error(ErrorCode::kInvalidArgument, "the certificate expired at " + FormatUtc(info.not_after));
   }
@@ -469,9 +472,11 @@ Result<std::string> HostCa::BeginRotation(bool self_signed) {
                  "CERT [CHAIN]`), or discard it with `vtmctl ca rotate --cancel`");
   }
   if (!RetiredAwaitingFinalCrl().empty()) {
+    // Also what a `ca rotate` gets that waited above for another one to switch keys.
     return Error(ErrorCode::kFailedPrecondition,
-                 "the previous host CA key rotation is not complete (its VMs' certificates or the old CA's final CRL "
-                 "are missing): vtmd completes it when asked; see the vtmd log for what stopped it");
+                 "the previous host CA key rotation is not complete yet (its VMs' certificates or the old CA's final "
+                 "CRL are missing), so no other new key is made: another `vtmctl ca rotate` may be completing it at "
+                 "this moment; otherwise `vtmctl ca rotate` again completes it (the vtmd log says what stopped it)");
   }
   // The new key, and its self-signed certificate or its CSR, while the TPM's third object slot
   // is free of the key in use.
