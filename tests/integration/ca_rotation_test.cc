@@ -7,6 +7,7 @@
 #include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <latch>
@@ -258,8 +259,14 @@ TEST_F(CaRotationTest, TwoRotationsAtOnceMakeOneNewKey) {
   EXPECT_NE(PublicKeyOf(P("new-ca.pem")), PublicKeyOf(P("old-ca.pem")));
   api::CaInfo info = CaInfoOf(f);
   EXPECT_EQ(info.rotation(), "");
-  ASSERT_EQ(info.retired_certificate_pem_size(), 1) << "more than one rotation";
-  EXPECT_EQ(info.retired_certificate_pem(0), *ReadFile(P("old-ca.pem")));
+  // Two rotations only if both callers succeeded, one after the other (the second reached vtmd
+  // once the first had finished: on a busy machine it can).
+  const bool both = results[0].exit_code == 0 && results[1].exit_code == 0;
+  const int rotations = info.retired_certificate_pem_size();
+  ASSERT_TRUE(rotations == 1 || (both && rotations == 2)) << rotations << " rotations";
+  const std::string old_ca = *ReadFile(P("old-ca.pem"));
+  EXPECT_TRUE(std::find(info.retired_certificate_pem().begin(), info.retired_certificate_pem().end(), old_ca) !=
+              info.retired_certificate_pem().end());
   for (const auto& entry : std::filesystem::directory_iterator(f.state_dir() + "/host-identity")) {
     EXPECT_EQ(entry.path().filename().string().find("-next"), std::string::npos) << entry.path();
   }
@@ -282,7 +289,7 @@ TEST_F(CaRotationTest, TwoRotationsAtOnceMakeOneNewKey) {
   EXPECT_EQ(f.Vtmctl({"ca", "show"}).output, *ReadFile(P("new-ca.pem")));
   info = CaInfoOf(f);
   EXPECT_EQ(info.rotation(), "");
-  EXPECT_EQ(info.retired_certificate_pem_size(), 1);
+  EXPECT_EQ(info.retired_certificate_pem_size(), rotations);
   ASSERT_EQ(f.Vtmctl({"create", "--name", "restarted"}).exit_code, 0) << f.VtmdLog();
   verify_under_new_ca("restarted");
 }
