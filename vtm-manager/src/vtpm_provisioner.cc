@@ -3,7 +3,6 @@
 
 #include <openssl/crypto.h>
 
-#include <algorithm>
 #include <utility>
 
 #include "vtm/crash_point.h"
@@ -49,7 +48,8 @@ Result<VtpmSpkis> SpkisOfCertificates(const std::vector<KindAndCertificate>& cer
   const std::pair<const char*, std::string*> kinds[] = {
       {"ek-ecc", &spkis.ek_ecc}, {"ek-rsa", &spkis.ek_rsa}, {"ak", &spkis.ak}, {"ik", &spkis.ik}};
   for (const auto& [kind, spki] : kinds) {
-    auto cert = std::find_if(certs.begin(), certs.end(), [&](const KindAndCertificate& c) { return c.first == kind; });
+    auto cert = certs.begin();
+    while (cert != certs.end() && cert->first != kind) ++cert;
     if (cert == certs.end()) {
       return Error(ErrorCode::kFailedPrecondition,
                    std::string("no ") + kind + " certificate (a vTPM has one of each kind: ek-ecc, ek-rsa, ak, ik)");
