@@ -31,7 +31,6 @@ Result<std::string> NewMigrationId() {
   return "mig-" + HexEncode(AsString(random));
 }
 
-// The SPKI of the certificate of `kind` among certs (empty if there is none).
 // Seconds since a registry timestamp ("YYYY-MM-DDTHH:MM:SSZ"); 0 if it does not parse.
 int64_t AgeSeconds(const std::string& utc, std::time_t now) {
   std::tm tm{};
@@ -40,13 +39,15 @@ int64_t AgeSeconds(const std::string& utc, std::time_t now) {
   return static_cast<int64_t>(now - timegm(&tm));
 }
 
-Result<std::string> SpkiOfKind(const google::protobuf::RepeatedPtrField<api::Certificate>& certs, const std::string& kind) {
-  for (const auto& c : certs) {
-    if (c.kind() != kind) continue;
-    VTM_ASSIGN_OR_RETURN(ca::CertificateInfo info, ca::ParseCertificate(c.pem()));
-    return info.spki_der;
+// The public keys the vTPM certificates the source sent certify, one of each kind.
+Result<VtpmSpkis> SpkisSentBySource(const google::protobuf::RepeatedPtrField<api::Certificate>& certs) {
+  std::vector<KindAndCertificate> sent;
+  for (const auto& c : certs) sent.emplace_back(c.kind(), c.pem());
+  auto spkis = SpkisOfCertificates(sent);
+  if (!spkis.ok()) {
+    return Error(ErrorCode::kInvalidArgument, "the vTPM certificates the source sent: " + spkis.error().message());
   }
-  return Error(ErrorCode::kInvalidArgument, "the source sent no " + kind + " certificate of the vTPM");
+  return spkis;
 }
 
 migration_api::PeerResponse Failed(const Error& e) {
@@ -685,13 +686,10 @@ Result<migration_api::TransferResponse> MigrationEngine::OnTransfer(const migrat
                          return ActivateWithImportKey(host_ak_, blob, credential);
                        }));
   // The certificates to re-issue must certify the very keys the package names.
-  VTM_ASSIGN_OR_RETURN(std::string ek_spki, SpkiOfKind(req.certificates(), "ek-ecc"));
-  VTM_ASSIGN_OR_RETURN(std::string ak_spki, SpkiOfKind(req.certificates(), "ak"));
-  VTM_RETURN_IF_ERROR(SpkiOfKind(req.certificates(), "ek-rsa"));
-  VTM_RETURN_IF_ERROR(SpkiOfKind(req.certificates(), "ik"));
+  VTM_ASSIGN_OR_RETURN(VtpmSpkis sent, SpkisSentBySource(req.certificates()));
   VTM_ASSIGN_OR_RETURN(std::string ek_from_package, SpkiFromTpmPublic(payload.ek_public));
   VTM_ASSIGN_OR_RETURN(std::string ak_from_package, SpkiFromTpmPublic(payload.ak_public));
-  if (ek_spki != ek_from_package || ak_spki != ak_from_package) {
+  if (sent.ek_ecc != ek_from_package || sent.ak != ak_from_package) {
     return Error(ErrorCode::kPermissionDenied,
                  "the certificates sent with migration " + m.id + " are not for the vTPM's EK and AK in its package");
   }
@@ -749,11 +747,7 @@ Result<migration_api::CommitResponse> MigrationEngine::OnCommit(const migration_
   bool issued = false;
   for (const auto& c : certs) issued = issued || (c.revoked_at.empty() && NvIndexOfCertKind(c.kind) != 0);
   if (!issued) {
-    VtpmSpkis spkis;
-    VTM_ASSIGN_OR_RETURN(spkis.ek_ecc, SpkiOfKind(record.source_certificates(), "ek-ecc"));
-    VTM_ASSIGN_OR_RETURN(spkis.ek_rsa, SpkiOfKind(record.source_certificates(), "ek-rsa"));
-    VTM_ASSIGN_OR_RETURN(spkis.ak, SpkiOfKind(record.source_certificates(), "ak"));
-    VTM_ASSIGN_OR_RETURN(spkis.ik, SpkiOfKind(record.source_certificates(), "ik"));
+    VTM_ASSIGN_OR_RETURN(VtpmSpkis spkis, SpkisSentBySource(record.source_certificates()));
     VTM_ASSIGN_OR_RETURN(certs, IssueVtpmCertificates(host_ca_, registry_, rec.uuid, rec.service, spkis));
     // The import key has done its work: what re-derives it is dropped.
     record.clear_import_key_private();

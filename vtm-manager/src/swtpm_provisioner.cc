@@ -26,8 +26,7 @@ ProvisioningSwtpmOptions OptionsFor(const VmRecord& vm, const VmPaths& paths, co
 }  // namespace
 
 Result<ProvisionedVtpm> SwtpmProvisioner::Provision(const VmRecord& vm, const VmPaths& paths,
-                                                            const SecretBytes& state_key,
-                                                            const SecretBytes& migration_key) {
+                                                    const SecretBytes& state_key, const SecretBytes& migration_key) {
   ProvisioningSwtpmOptions o = OptionsFor(vm, paths, state_key, migration_key, env_);
   VTM_ASSIGN_OR_RETURN(auto swtpm, ProvisioningSwtpm::Start(o));
   CrashPoint("create.provisioning-swtpm-started");
@@ -38,7 +37,6 @@ Result<ProvisionedVtpm> SwtpmProvisioner::Provision(const VmRecord& vm, const Vm
   if (!down.ok()) return std::move(down).error().Context("saving the provisioned state of " + o.label);
   return provisioned;
 }
-
 
 Status SwtpmProvisioner::WriteCertificates(const VmRecord& vm, const VmPaths& paths, const SecretBytes& state_key,
                                            const SecretBytes& migration_key, const std::vector<CertRecord>& certs) {
@@ -53,23 +51,13 @@ Status SwtpmProvisioner::WriteCertificates(const VmRecord& vm, const VmPaths& pa
 
 Result<std::vector<CertRecord>> SwtpmProvisioner::Reissue(const VmRecord& vm) {
   VTM_ASSIGN_OR_RETURN(auto certs, registry_.CertificatesOf(vm.uuid));
-  VtpmSpkis spkis;
+  std::vector<KindAndCertificate> valid;
   for (const auto& c : certs) {
-    if (!c.revoked_at.empty()) continue;
-    std::string* spki = c.kind == "ek-ecc" ? &spkis.ek_ecc
-                        : c.kind == "ek-rsa" ? &spkis.ek_rsa
-                        : c.kind == "ak"     ? &spkis.ak
-                        : c.kind == "ik"     ? &spkis.ik
-                                             : nullptr;
-    if (spki == nullptr) continue;
-    VTM_ASSIGN_OR_RETURN(ca::CertificateInfo info, ca::ParseCertificate(c.der));
-    *spki = std::move(info.spki_der);
+    if (c.revoked_at.empty()) valid.emplace_back(c.kind, c.der);
   }
-  if (spkis.ek_ecc.empty() || spkis.ek_rsa.empty() || spkis.ak.empty() || spkis.ik.empty()) {
-    return Error(ErrorCode::kFailedPrecondition,
-                 "VM " + vm.uuid + " has not a valid certificate of each kind (ek-ecc, ek-rsa, ak, ik) to renew");
-  }
-  return IssueVtpmCertificates(host_ca_, registry_, vm.uuid, vm.service, spkis);
+  auto spkis = SpkisOfCertificates(valid);
+  if (!spkis.ok()) return std::move(spkis).error().Context("renewing the valid certificates of VM " + vm.uuid);
+  return IssueVtpmCertificates(host_ca_, registry_, vm.uuid, vm.service, *spkis);
 }
 
 }  // namespace vtm

@@ -3,6 +3,8 @@
 
 #include <openssl/crypto.h>
 
+#include <utility>
+
 #include "vtm/crash_point.h"
 #include "vtm/log.h"
 #include "vtm/utc.h"
@@ -39,6 +41,24 @@ void ToApiCertificate(const CertRecord& c, api::Certificate* out) {
   if (auto info = ca::ParseCertificate(c.der); info.ok() && info->not_after != 0) {
     out->set_not_after(FormatUtc(info->not_after));
   }
+}
+
+Result<VtpmSpkis> SpkisOfCertificates(const std::vector<KindAndCertificate>& certs) {
+  VtpmSpkis spkis;
+  const std::pair<const char*, std::string*> kinds[] = {
+      {"ek-ecc", &spkis.ek_ecc}, {"ek-rsa", &spkis.ek_rsa}, {"ak", &spkis.ak}, {"ik", &spkis.ik}};
+  for (const auto& [kind, spki] : kinds) {
+    auto cert = certs.begin();
+    while (cert != certs.end() && cert->first != kind) ++cert;
+    if (cert == certs.end()) {
+      return Error(ErrorCode::kFailedPrecondition,
+                   std::string("no ") + kind + " certificate (a vTPM has one of each kind: ek-ecc, ek-rsa, ak, ik)");
+    }
+    auto info = ca::ParseCertificate(cert->second);
+    if (!info.ok()) return std::move(info).error().Context(std::string("the ") + kind + " certificate");
+    *spki = std::move(info->spki_der);
+  }
+  return spkis;
 }
 
 Result<std::vector<CertRecord>> IssueVtpmCertificates(HostCa& host_ca, Registry& registry, const std::string& vm_uuid,
@@ -87,9 +107,8 @@ Status WriteVtpmCertificates(Tpm& vtpm, HostCa& host_ca, const std::vector<CertR
   return vtpm.WriteNvCertificate(kNvCaChain, host_ca.ca_chain_der());
 }
 
-Result<ProvisionedVtpm> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, HostCa& host_ca,
-                                              Registry& registry, const std::string& vm_uuid,
-                                              const std::string& service, Env& env) {
+Result<ProvisionedVtpm> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, HostCa& host_ca, Registry& registry,
+                                      const std::string& vm_uuid, const std::string& service, Env& env) {
   // vTPMs have three transient object slots: each object is flushed at the end of its scope.
   TpmKeyPublic ek_ecc_pub, ek_rsa_pub, ak_pub, ik_pub;
   TpmAttestation ik_certify;

@@ -12,15 +12,16 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "host_ca.h"
-#include "vtm/host_tpm_executor.h"
 #include "manager.h"
 #include "registry.h"
-#include "vtm/env.h"
-#include "vtm/tpm.h"
 #include "vtm.pb.h"
+#include "vtm/env.h"
+#include "vtm/host_tpm_executor.h"
+#include "vtm/tpm.h"
 
 namespace vtm {
 
@@ -41,6 +42,13 @@ void ToApiCertificate(const CertRecord& c, api::Certificate* out);
 struct VtpmSpkis {
   std::string ek_ecc, ek_rsa, ak, ik;
 };
+// A vTPM certificate as its kind ("ek-ecc", "ek-rsa", "ak", "ik") and its DER or PEM: what the
+// registry's CertRecord and the API's Certificate both carry.
+using KindAndCertificate = std::pair<std::string, std::string>;
+// The public keys of the first certificate of each of the four kinds among certs (certificates
+// of other kinds are passed over). kFailedPrecondition naming the kind that has none; the
+// parser's error, naming the kind, for one that does not parse.
+Result<VtpmSpkis> SpkisOfCertificates(const std::vector<KindAndCertificate>& certs);
 // The four certificates of a vTPM from this host's CA (each recorded in the registry):
 // ek-ecc, ek-rsa, ak, ik, in that order. At provisioning, and when a VM arrives by migration.
 // env's clock dates them.
@@ -53,8 +61,8 @@ Status WriteVtpmCertificates(Tpm& vtpm, HostCa& host_ca, const std::vector<CertR
 // Runs the whole provisioning against vtpm and returns the certificates it issued (each already
 // recorded in the registry by HostCa::Issue) and the vTPM's public identity. host_tpm makes the
 // credential-activation challenge.
-Result<ProvisionedVtpm> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, HostCa& host_ca,
-                                              Registry& registry, const std::string& vm_uuid,
-                                              const std::string& service, Env& env = *Env::Default());
+Result<ProvisionedVtpm> ProvisionVtpm(Tpm& vtpm, HostTpmExecutor& host_tpm, HostCa& host_ca, Registry& registry,
+                                      const std::string& vm_uuid, const std::string& service,
+                                      Env& env = *Env::Default());
 
 }  // namespace vtm
