@@ -141,7 +141,7 @@ Result<std::unique_ptr<MigrationPeerClient>> MigrationPeerClient::Connect(const 
 }
 
 Result<std::unique_ptr<MigrationPeerClient>> MigrationPeerClient::Connect(const std::string& host_port,
-                                                                          std::shared_ptr<const TlsContext> ctx,
+                                                                          const std::shared_ptr<const TlsContext>& ctx,
                                                                           std::chrono::milliseconds timeout) {
   auto fd = ConnectTcp(host_port);
   if (!fd.ok()) {

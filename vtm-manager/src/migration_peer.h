@@ -65,7 +65,7 @@ class MigrationPeerClient {
                                                               std::chrono::milliseconds timeout);
   // The same with a client context made already (HostTlsIdentity::client_context).
   static Result<std::unique_ptr<MigrationPeerClient>> Connect(const std::string& host_port,
-                                                              std::shared_ptr<const TlsContext> context,
+                                                              const std::shared_ptr<const TlsContext>& context,
                                                               std::chrono::milliseconds timeout);
   // One step; the destination's refusal comes back as its Error (code and message).
   Result<migration_api::PeerResponse> Call(const migration_api::PeerRequest& request);
