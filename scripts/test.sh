@@ -44,7 +44,7 @@ if [[ -z ${VTM_SKIP_SANITIZERS:-} ]]; then
   # (VtmdFixture reads the log; a race injected into vtmd's API server was caught this way);
   # the test binaries stop at their own first report. The load run is small (16 clients of 25
   # operations).
-  tsan_tests=(listener_test registry_test registry_anchor_test vtmd_test vtmd_load_test migration_test)
+  tsan_tests=(listener_test registry_test registry_anchor_test vtmd_test vtmd_load_test migration_test host_tls_test)
   VTM_BUILD_TARGETS="vtmd vtmctl vtm-instance vtm-verify ${tsan_tests[*]}" \
     "$repo/scripts/setup.sh" "$repo/build-tsan" -DVTM_SANITIZE=thread -DCMAKE_BUILD_TYPE=Debug
   export TSAN_OPTIONS=halt_on_error=1:exitcode=66:second_deadlock_stack=1

@@ -8,6 +8,8 @@
 // fleet certificate that is no vtmd's, a replayed transfer, a package for another migration,
 // a start of the migrated VM on the source, and two prepares of one VM at the same moment.
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include <chrono>
@@ -17,13 +19,13 @@
 
 #include "migration.pb.h"
 #include "migration_peer.h"
+#include "migration_rig.h"
+#include "vtm/framing.h"
 #include "vtm/fs.h"
+#include "vtm/listener.h"
 #include "vtm/tls.h"
 #include "vtm/verifier.h"
 #include "vtm/x509.h"
-#include "migration_rig.h"
-#include "vtm/framing.h"
-#include "vtm/listener.h"
 #include "vtmd_fixture.h"
 
 namespace vtm::testing {
@@ -157,6 +159,89 @@ TEST_F(MigrationTest, PeersOtherThanFleetVtmdsAreRefused) {
   ASSERT_TRUE(resp.ParseFromString(*frame));
   EXPECT_EQ(resp.status(), api::STATUS_PERMISSION_DENIED);
   EXPECT_NE(resp.error().find("not a vtmd migration certificate"), std::string::npos) << resp.error();
+}
+
+// A fleet CA rotation of a host CA key (`vtmctl ca rotate`, the fleet's certificate for the new
+// key, `vtmctl ca install`) switches vtmd's migration identity in place, with no restart: the
+// destination's endpoint presents a certificate of its new key to new connections (so the
+// source's channel binding, the endpoint's certificate issued by the host CA in the
+// destination's evidence, holds and a migration goes through), and the source presents one of
+// its new key when it connects to a peer.
+TEST_F(MigrationTest, AfterHostCaKeyRotationsBothPeersPresentCertificatesOfTheNewKeysWithoutARestart) {
+  auto rotate = [&](VtmdFixture& host, const std::string& tag) {
+    auto begun = host.Vtmctl({"ca", "rotate"});
+    ASSERT_EQ(begun.exit_code, 0) << begun.output;
+    ASSERT_TRUE(WriteFileAtomic(P(tag + "-next.csr"), begun.output, 0644).ok());
+    auto signed_by_fleet = RunCommand({"openssl", "x509", "-req", "-in", P(tag + "-next.csr"), "-CA", P("fleet.pem"),
+                                       "-CAkey", P("fleet.key"), "-CAcreateserial", "-out", P(tag + "-next-ca.pem"),
+                                       "-days", "90", "-extfile", P("ca-ext.cnf"), "-copy_extensions", "copy"});
+    ASSERT_EQ(signed_by_fleet.exit_code, 0) << signed_by_fleet.output;
+    auto installed = host.Vtmctl({"ca", "install", P(tag + "-next-ca.pem"), P("fleet.pem")});
+    ASSERT_EQ(installed.exit_code, 0) << installed.output;
+    EXPECT_NE(installed.output.find("vtmd's migration endpoint presents TLS certificates of the new key"),
+              std::string::npos)
+        << installed.output;
+    EXPECT_EQ(installed.output.find("estart vtmd"), std::string::npos) << installed.output;
+  };
+  // Whether the certificate (DER) chains to the fleet CA through the host CA certificate at ca_pem.
+  auto chains_through = [&](const std::string& der, const std::string& ca_pem) {
+    EXPECT_TRUE(WriteFileAtomic(P("presented.pem"), ca::DerToPem(der), 0644).ok());
+    return RunCommand({"openssl", "verify", "-CAfile", P("fleet.pem"), "-untrusted", P(ca_pem), P("presented.pem")})
+               .exit_code == 0;
+  };
+  // What the destination's endpoint presents to a new connection (a fleet client of the test's).
+  const TlsCredentials probe = rig.FleetPeer("probe", "probe vtmd migration", "vtm:host:probe");
+  auto presented_by_destination = [&]() -> std::string {
+    auto ctx = TlsContext::Create(TlsContext::Role::kClient, probe);
+    auto fd = ConnectTcp(destination);
+    if (!ctx.ok() || !fd.ok()) return "";
+    auto tls = (*ctx)->Connect(std::move(fd).value(), std::chrono::seconds(20));
+    return tls.ok() ? (*tls)->peer_certificate_der() : std::string();
+  };
+
+  const std::string b_before = presented_by_destination();
+  ASSERT_TRUE(chains_through(b_before, "b-ca.pem"));
+  rotate(b, "b");
+  if (HasFatalFailure()) return;
+  const std::string b_after = presented_by_destination();
+  EXPECT_NE(b_after, b_before);
+  EXPECT_TRUE(chains_through(b_after, "b-next-ca.pem")) << "the destination presents a certificate of its new key";
+  EXPECT_FALSE(chains_through(b_after, "b-ca.pem"));
+
+  // The source, rotated too, connecting to a listener of the test's making (a fleet "vtmd
+  // migration" identity) that keeps the certificate the source presents and hangs up.
+  rotate(a, "a");
+  if (HasFatalFailure()) return;
+  auto server_ctx = TlsContext::Create(TlsContext::Role::kServer,
+                                       rig.FleetPeer("fake-b", "fake-b vtmd migration", "vtm:host:fake-b"));
+  ASSERT_TRUE(server_ctx.ok()) << server_ctx.error().ToString();
+  auto listening = ListenTcp("127.0.0.1:0");
+  ASSERT_TRUE(listening.ok()) << listening.error().ToString();
+  auto fake_port = BoundTcpPort(listening->get());
+  ASSERT_TRUE(fake_port.ok());
+  std::string a_presented;
+  std::thread taker([&, fd = std::move(listening).value()]() mutable {
+    pollfd p{fd.get(), POLLIN, 0};
+    if (poll(&p, 1, 60000) != 1) return;
+    UniqueFd conn(accept4(fd.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    fd.reset();  // a retry of the source is refused at once
+    if (!conn.valid()) return;
+    auto tls = (*server_ctx)->Accept(std::move(conn), std::chrono::seconds(20));
+    if (tls.ok()) a_presented = (*tls)->peer_certificate_der();
+  });
+  ASSERT_EQ(a.Vtmctl({"create", "--name", "vm6"}).exit_code, 0);
+  auto to_fake = a.Vtmctl({"migrate", "prepare", "vm6", "--to", "127.0.0.1:" + std::to_string(*fake_port), "--cold"});
+  taker.join();
+  EXPECT_NE(to_fake.exit_code, 0) << to_fake.output;
+  ASSERT_FALSE(a_presented.empty()) << to_fake.output;
+  EXPECT_TRUE(chains_through(a_presented, "a-next-ca.pem")) << "the source presents a certificate of its new key";
+  EXPECT_FALSE(chains_through(a_presented, "a-ca.pem"));
+
+  // Both rotated, no restart: a migration between them goes through.
+  EXPECT_EQ(Field(a.Vtmctl({"show", "vm6"}).output, "state"), "provisioned");
+  auto moved = a.Vtmctl({"migrate", "cold", "vm6", "--to", destination});
+  EXPECT_EQ(moved.exit_code, 0) << moved.output;
+  EXPECT_NE(moved.output.find("state:         committed"), std::string::npos) << moved.output;
 }
 
 TEST_F(MigrationTest, ReplayedOrForeignTransfersAreRefused) {

@@ -316,6 +316,20 @@ Status ApiService::HandleCa(const api::Request& req, const ApiCaller& caller, ap
 }
 
 Status ApiService::CompleteRotation(api::Response* resp) {
+  // The endpoints first: once the completion has revoked their old certificates, new
+  // connections already get the new ones. (A crash in between: the next start issues them.)
+  std::string endpoints;
+  std::string endpoint_errors;
+  for (HostTlsIdentity* identity : tls_identities_) {
+    bool reissued = false;
+    Status st = identity->ReissueIfStale(&reissued);
+    if (!st.ok()) {
+      LOG_WARNING << st.error().message();
+      endpoint_errors += (endpoint_errors.empty() ? "" : "; ") + st.error().message();
+    } else if (reissued) {
+      endpoints += (endpoints.empty() ? "" : " and ") + identity->purpose();
+    }
+  }
   VTM_ASSIGN_OR_RETURN(CaRotationReport report, CompleteCaRotation(*host_ca_, manager_, registry_));
   resp->mutable_ca()->set_certificate_pem(ca::DerToPem(host_ca_->ca_certificate()));
   std::string note = "the host CA key was rotated: the new key signs from now on";
@@ -323,8 +337,15 @@ Status ApiService::CompleteRotation(api::Response* resp) {
     note += "; " + std::to_string(report.vms_renewed) +
             " VMs' certificates re-issued by it (they reach each vTPM's NV at its next start), " +
             std::to_string(report.revoked) + " other certificates of the old key revoked; the old CA certificate " +
-            "and its final CRL: `vtmctl ca crl --retired`. Restart vtmd so that its TLS endpoints present "
-            "certificates of the new key";
+            "and its final CRL: `vtmctl ca crl --retired`";
+  }
+  if (!endpoints.empty()) {
+    const bool several = endpoints.find(" and ") != std::string::npos;
+    note += "; vtmd's " + endpoints + (several ? " endpoints present" : " endpoint presents") +
+            " TLS certificates of the new key to new connections (open ones finish on the old), no restart needed";
+  }
+  if (!endpoint_errors.empty()) {
+    note += "; WARNING: " + endpoint_errors + ": restart vtmd to issue them";
   }
   resp->set_note(note);
   return OkStatus();

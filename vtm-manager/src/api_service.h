@@ -8,10 +8,12 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "api_status.h"
 #include "host_attestation_key.h"
 #include "host_ca.h"
+#include "host_tls.h"
 #include "manager.h"
 #include "master_key.h"
 #include "measurement_log.h"
@@ -54,6 +56,10 @@ class ApiService {
   // MasterKey::PrepareReseal in the host TPM's executor. host_reseal is refused until set.
   using ResealFn = std::function<Result<PreparedReseal>(const std::map<int, std::string>& expected)>;
   void SetReseal(ResealFn reseal) { reseal_ = std::move(reseal); }
+  // The TLS identities of vtmd's endpoints, issued again by the new key once a host CA key
+  // rotation has switched to it (they are made after the service, hence not in its constructor).
+  // Each must outlive the service.
+  void SetTlsIdentities(std::vector<HostTlsIdentity*> identities) { tls_identities_ = std::move(identities); }
 
  private:
   void FillVm(const VmRecord& rec, api::Vm* out);
@@ -71,6 +77,7 @@ class ApiService {
   RaClient* ra_;
   MigrationEngine* migration_ = nullptr;
   ResealFn reseal_;
+  std::vector<HostTlsIdentity*> tls_identities_;
 };
 
 }  // namespace vtm

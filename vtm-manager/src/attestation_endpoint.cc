@@ -31,26 +31,23 @@ Result<std::unique_ptr<AttestationEndpoint>> AttestationEndpoint::Start(const At
   if (!trusted.ok()) {
     return std::move(trusted).error().Context("reading the verifier CA (--attest-verifier-ca) " + config.verifier_ca_path);
   }
-  uint64_t serial = 0;
-  VTM_ASSIGN_OR_RETURN(TlsCredentials creds, IssueHostTlsCredentials(ca, registry, config.host_name, "attestation",
-                                                                     std::move(trusted).value(), &serial));
-  const std::string certificate_der = creds.certificate_der;
   std::unique_ptr<AttestationEndpoint> ep(new AttestationEndpoint(service));
-  VTM_ASSIGN_OR_RETURN(ep->tls_, TlsContext::Create(TlsContext::Role::kServer, creds));
+  VTM_ASSIGN_OR_RETURN(
+      ep->tls_, HostTlsIdentity::Issue(ca, registry, config.host_name, "attestation", std::move(trusted).value()));
   VTM_ASSIGN_OR_RETURN(UniqueFd fd, ListenTcp(config.listen));
   VTM_ASSIGN_OR_RETURN(ep->port_, BoundTcpPort(fd.get()));
-  ep->certificate_der_ = certificate_der;
   AttestationEndpoint* self = ep.get();
   ep->listener_ = std::make_unique<Listener>(
       std::move(fd), [self](UniqueFd conn) { self->HandleConnection(std::move(conn)); }, config.max_connections,
       [](UniqueFd) {});  // a busy endpoint closes before the handshake; the verifier retries
   LOG_INFO << "attestation endpoint on " << config.listen << " (port " << ep->port_ << "), certificate serial "
-           << serial << ", verifiers from " << config.verifier_ca_path;
+           << ep->tls_->serial() << ", verifiers from " << config.verifier_ca_path;
   return ep;
 }
 
 void AttestationEndpoint::HandleConnection(UniqueFd conn) {
-  auto tls = tls_->Accept(std::move(conn), kHandshakeTimeout);
+  // The identity now: a rotation of the host CA key may have replaced it since the last connection.
+  auto tls = tls_->server_context()->Accept(std::move(conn), kHandshakeTimeout);
   if (!tls.ok()) {
     LOG_WARNING << "attestation endpoint: refused a connection: " << tls.error().message();
     return;

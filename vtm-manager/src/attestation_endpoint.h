@@ -1,7 +1,8 @@
 // vtmd's network attestation service (ISO/IEC 27070 5.3, 6.4; ISO/IEC 27071 6.5): remote
 // verifiers reach the RA client over mutual TLS 1.3. vtmd presents a certificate its host CA
-// issues at each start for a fresh P-256 key that exists only in vtmd's memory (so a verifier
-// can tie the channel to the host CA it appraises in the evidence); a verifier must present a
+// issues at each start, and again after a rotation of the host CA key, for a fresh P-256 key that
+// exists only in vtmd's memory (so a verifier can tie the channel to the host CA it appraises in
+// the evidence; host_tls.h); a verifier must present a
 // certificate that chains to the configured verifier CA. A connection carries framed
 // api::Request / api::Response messages, the same as the local socket, restricted to what a
 // verifier may ask: attest_host, attest_deep, activate_host_credential and ca_crl (relying
@@ -16,6 +17,7 @@
 
 #include "api_service.h"
 #include "host_ca.h"
+#include "host_tls.h"
 #include "registry.h"
 #include "vtm/listener.h"
 #include "vtm/tls.h"
@@ -39,7 +41,8 @@ class AttestationEndpoint {
   static Result<std::unique_ptr<AttestationEndpoint>> Start(const AttestationEndpointConfig& config, ApiService& service,
                                                             HostCa& ca, Registry& registry);
   int port() const { return port_; }
-  const std::string& certificate_der() const { return certificate_der_; }
+  // What the endpoint presents; ReissueIfStale on it after a host CA key rotation.
+  HostTlsIdentity& tls_identity() { return *tls_; }
   void Serve() { listener_->Serve(); }
   void Shutdown() { listener_->Shutdown(); }
 
@@ -48,9 +51,8 @@ class AttestationEndpoint {
   void HandleConnection(UniqueFd conn);
 
   ApiService& service_;
-  std::shared_ptr<TlsContext> tls_;
+  std::unique_ptr<HostTlsIdentity> tls_;
   std::unique_ptr<Listener> listener_;
-  std::string certificate_der_;
   int port_ = 0;
 };
 

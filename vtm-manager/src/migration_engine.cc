@@ -90,7 +90,7 @@ api::Migration MigrationEngine::Describe(const MigrationRecord& m) {
 }
 
 Result<std::unique_ptr<MigrationPeerClient>> MigrationEngine::Connect(const std::string& destination) {
-  return MigrationPeerClient::Connect(destination, config_.peer_credentials, config_.timeout);
+  return MigrationPeerClient::Connect(destination, config_.peer_identity->client_context(), config_.timeout);
 }
 
 std::unique_ptr<MigrationPeerClient> MigrationEngine::TakeCommitChannel(const std::string& id) {

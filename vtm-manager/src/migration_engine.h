@@ -28,6 +28,7 @@
 
 #include "host_attestation_key.h"
 #include "host_ca.h"
+#include "host_tls.h"
 #include "manager.h"
 #include "migration.pb.h"
 #include "migration_peer.h"
@@ -42,7 +43,9 @@ namespace vtm {
 
 struct MigrationConfig {
   std::string host_name;
-  TlsCredentials peer_credentials;  // this vtmd's migration certificate; the fleet CA it trusts
+  // This vtmd's migration certificate and the fleet CA it trusts (replaced after a host CA key
+  // rotation; each connection to a peer takes the one in use then). Must outlive the engine.
+  const HostTlsIdentity* peer_identity = nullptr;
   std::chrono::milliseconds timeout{30000};
   // Destination: a prepared migration not sent within this time is aborted (its import key
   // dropped), so that sources that went away leave nothing usable behind.

@@ -5,6 +5,7 @@
 #include <cctype>
 
 #include "api_status.h"
+#include "host_tls.h"
 #include "manager.h"
 #include "vtm/framing.h"
 #include "vtm/log.h"
@@ -86,10 +87,9 @@ Result<std::string> MigrationPeerHost(const std::string& der) {
 }
 
 Result<std::unique_ptr<MigrationEndpoint>> MigrationEndpoint::Start(const std::string& listen,
-                                                                    const TlsCredentials& credentials, Handler handler,
+                                                                    const HostTlsIdentity& identity, Handler handler,
                                                                     int max_connections) {
-  std::unique_ptr<MigrationEndpoint> ep(new MigrationEndpoint(std::move(handler)));
-  VTM_ASSIGN_OR_RETURN(ep->tls_, TlsContext::Create(TlsContext::Role::kServer, credentials));
+  std::unique_ptr<MigrationEndpoint> ep(new MigrationEndpoint(identity, std::move(handler)));
   VTM_ASSIGN_OR_RETURN(UniqueFd fd, ListenTcp(listen));
   VTM_ASSIGN_OR_RETURN(ep->port_, BoundTcpPort(fd.get()));
   MigrationEndpoint* self = ep.get();
@@ -101,7 +101,8 @@ Result<std::unique_ptr<MigrationEndpoint>> MigrationEndpoint::Start(const std::s
 }
 
 void MigrationEndpoint::HandleConnection(UniqueFd conn) {
-  auto tls = tls_->Accept(std::move(conn), kHandshakeTimeout);
+  // The identity now: a rotation of the host CA key may have replaced it since the last connection.
+  auto tls = tls_.server_context()->Accept(std::move(conn), kHandshakeTimeout);
   if (!tls.ok()) {
     LOG_WARNING << "migration endpoint: refused a connection: " << tls.error().message();
     return;
@@ -135,7 +136,13 @@ void MigrationEndpoint::HandleConnection(UniqueFd conn) {
 Result<std::unique_ptr<MigrationPeerClient>> MigrationPeerClient::Connect(const std::string& host_port,
                                                                           const TlsCredentials& credentials,
                                                                           std::chrono::milliseconds timeout) {
-  VTM_ASSIGN_OR_RETURN(auto ctx, TlsContext::Create(TlsContext::Role::kClient, credentials));
+  VTM_ASSIGN_OR_RETURN(std::shared_ptr<TlsContext> ctx, TlsContext::Create(TlsContext::Role::kClient, credentials));
+  return Connect(host_port, std::shared_ptr<const TlsContext>(std::move(ctx)), timeout);
+}
+
+Result<std::unique_ptr<MigrationPeerClient>> MigrationPeerClient::Connect(const std::string& host_port,
+                                                                          const std::shared_ptr<const TlsContext>& ctx,
+                                                                          std::chrono::milliseconds timeout) {
   auto fd = ConnectTcp(host_port);
   if (!fd.ok()) {
     return Error(ErrorCode::kUnavailable, "cannot reach the destination's migration endpoint " + host_port + ": " +

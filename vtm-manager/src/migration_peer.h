@@ -1,10 +1,10 @@
 // The manager-to-manager channel of sealed migration (ISO/IEC 27070 5.3, 6.6): mutual TLS 1.3
 // between vtmd peers, each presenting the "migration" certificate its host CA issued at start
-// (host_tls.h) and accepting only a peer whose certificate chains to the fleet CA AND is a vtmd
-// migration certificate (so a VM's IK certificate under the same fleet CA is no peer). Framed
-// migration_api::PeerRequest / PeerResponse messages (proto/migration.proto), one per step.
-// The MigrationEndpoint is the destination's listener; the MigrationPeerClient the source's
-// connection. What a step does is the MigrationEngine's business.
+// or after the last rotation of its key (host_tls.h) and accepting only a peer whose
+// certificate chains to the fleet CA AND is a vtmd migration certificate (so a VM's IK
+// certificate under the same fleet CA is no peer). Framed migration_api::PeerRequest / PeerResponse messages
+// (proto/migration.proto), one per step. The MigrationEndpoint is the destination's listener; the MigrationPeerClient
+// the source's connection. What a step does is the MigrationEngine's business.
 //
 // Thread safety: MigrationEndpoint::Serve blocks until Shutdown (from any thread) and joins
 // every connection; one MigrationPeerClient per thread.
@@ -22,6 +22,8 @@
 
 namespace vtm {
 
+class HostTlsIdentity;  // host_tls.h
+
 // Cold packages carry the vTPM's state; larger than the API's frames.
 constexpr size_t kMaxMigrationFrameLen = 16u << 20;
 
@@ -38,17 +40,18 @@ class MigrationEndpoint {
  public:
   // peer_host: the host name in the source's verified certificate.
   using Handler = std::function<migration_api::PeerResponse(const migration_api::PeerRequest&, const std::string& peer_host)>;
-  static Result<std::unique_ptr<MigrationEndpoint>> Start(const std::string& listen, const TlsCredentials& credentials,
+  // identity must outlive the endpoint; each connection is accepted with its identity then.
+  static Result<std::unique_ptr<MigrationEndpoint>> Start(const std::string& listen, const HostTlsIdentity& identity,
                                                           Handler handler, int max_connections = 16);
   int port() const { return port_; }
   void Serve() { listener_->Serve(); }
   void Shutdown() { listener_->Shutdown(); }
 
  private:
-  explicit MigrationEndpoint(Handler handler) : handler_(std::move(handler)) {}
+  MigrationEndpoint(const HostTlsIdentity& identity, Handler handler) : tls_(identity), handler_(std::move(handler)) {}
   void HandleConnection(UniqueFd conn);
+  const HostTlsIdentity& tls_;
   Handler handler_;
-  std::shared_ptr<TlsContext> tls_;
   std::unique_ptr<Listener> listener_;
   int port_ = 0;
 };
@@ -59,6 +62,10 @@ class MigrationPeerClient {
   // reached, kPermissionDenied if its certificate is no vtmd migration certificate of the fleet.
   static Result<std::unique_ptr<MigrationPeerClient>> Connect(const std::string& host_port,
                                                               const TlsCredentials& credentials,
+                                                              std::chrono::milliseconds timeout);
+  // The same with a client context made already (HostTlsIdentity::client_context).
+  static Result<std::unique_ptr<MigrationPeerClient>> Connect(const std::string& host_port,
+                                                              const std::shared_ptr<const TlsContext>& context,
                                                               std::chrono::milliseconds timeout);
   // One step; the destination's refusal comes back as its Error (code and message).
   Result<migration_api::PeerResponse> Call(const migration_api::PeerRequest& request);

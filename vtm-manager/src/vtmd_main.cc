@@ -19,6 +19,7 @@
 #include <optional>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "api_server.h"
 #include "api_service.h"
@@ -596,13 +597,15 @@ int Run(int argc, char** argv) {
     endpoint = std::move(started).value();
   }
   // Sealed migration: the engine, and the endpoint destinations listen on.
+  std::unique_ptr<HostTlsIdentity> migration_identity;
   std::unique_ptr<MigrationEngine> migration;
   std::unique_ptr<MigrationEndpoint> migration_endpoint;
   if (!opts.migration_peer_ca.empty()) {
     auto fleet = ReadFile(opts.migration_peer_ca);
     if (!fleet.ok()) return fatal(std::move(fleet).error().Context("--migration-peer-ca"));
-    auto creds = IssueHostTlsCredentials(**host_ca, **registry, hostname, "migration", std::move(fleet).value());
-    if (!creds.ok()) return fatal(std::move(creds).error().Context("issuing the migration certificate"));
+    auto issued = HostTlsIdentity::Issue(**host_ca, **registry, hostname, "migration", std::move(fleet).value());
+    if (!issued.ok()) return fatal(std::move(issued).error().Context("issuing the migration certificate"));
+    migration_identity = std::move(issued).value();
     std::unique_ptr<attest::Verifier> verifier;
     if (!opts.migration_policy.empty()) {
       auto text = ReadFile(opts.migration_policy);
@@ -616,17 +619,14 @@ int Run(int argc, char** argv) {
     MigrationConfig mig_config;
     mig_config.host_name = hostname;
     mig_config.prepare_ttl = std::chrono::seconds(opts.migration_prepare_ttl);
-    mig_config.peer_credentials.certificate_der = creds->certificate_der;
-    mig_config.peer_credentials.chain_der = creds->chain_der;
-    mig_config.peer_credentials.private_key = creds->private_key.Clone();
-    mig_config.peer_credentials.trusted_ca_pem = creds->trusted_ca_pem;
+    mig_config.peer_identity = migration_identity.get();
     migration = std::make_unique<MigrationEngine>(std::move(mig_config), manager, **registry, **host_ak, **host_ca, ra,
                                                   std::move(verifier));
     if (auto st = migration->Reconcile(); !st.ok()) return fatal(std::move(st).error().Context("reconciling migrations"));
     service.SetMigrationEngine(migration.get());
     if (!opts.migration_listen.empty()) {
       MigrationEngine* engine = migration.get();
-      auto started = MigrationEndpoint::Start(opts.migration_listen, *creds,
+      auto started = MigrationEndpoint::Start(opts.migration_listen, *migration_identity,
                                               [engine](const migration_api::PeerRequest& req, const std::string& peer) {
                                                 return engine->HandlePeer(req, peer);
                                               });
@@ -638,6 +638,11 @@ int Run(int argc, char** argv) {
                        "--migration-listen and --migration-policy need --migration-peer-ca: the fleet CA whose vtmd "
                        "peers may take part"));
   }
+  // After a host CA key rotation the endpoints present certificates of the new key, without a restart.
+  std::vector<HostTlsIdentity*> tls_identities;
+  if (endpoint) tls_identities.push_back(&endpoint->tls_identity());
+  if (migration_identity) tls_identities.push_back(migration_identity.get());
+  service.SetTlsIdentities(std::move(tls_identities));
   // The API socket last: once it exists vtmd is ready, the network endpoint included.
   ApiServer server(service, group, group_name);
   if (auto st = server.Listen(opts.socket); !st.ok()) return fatal(st.error());
