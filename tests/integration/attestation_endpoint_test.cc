@@ -336,5 +336,32 @@ TEST_F(AttestationEndpointTest, AfterACaKeyRotationNewConnectionsGetACertificate
   EXPECT_EQ(verdict, "Verify return code: 0 (ok)");
 }
 
+// Joining a fleet (`ca install` of a fleet certificate for the current key) needs no restart
+// either: new connections get a certificate whose chain leads to the fleet CA.
+TEST_F(AttestationEndpointTest, AfterJoiningAFleetNewConnectionsPresentTheFleetChain) {
+  std::string verdict;
+  ASSERT_FALSE(PresentedCertificate(server, P("verifier.pem"), P("verifier.key"), P("host-ca.pem"), &verdict).empty());
+  ASSERT_EQ(RunCommand({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-keyout", P("fleet.key"), "-out", P("fleet.pem"), "-subj", "/CN=fleet root", "-days", "30"})
+                .exit_code,
+            0);
+  ASSERT_TRUE(WriteFileAtomic(P("ca-ext.cnf"), "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
+                              0644)
+                  .ok());
+  ASSERT_TRUE(WriteFileAtomic(P("host.csr"), f.Vtmctl({"ca", "csr"}).output, 0644).ok());
+  auto signed_ca = RunCommand({"openssl", "x509", "-req", "-in", P("host.csr"), "-CA", P("fleet.pem"), "-CAkey",
+                               P("fleet.key"), "-CAcreateserial", "-out", P("fleet-host-ca.pem"), "-days", "30",
+                               "-extfile", P("ca-ext.cnf"), "-copy_extensions", "copy"});
+  ASSERT_EQ(signed_ca.exit_code, 0) << signed_ca.output;
+  // Before the install the fleet CA does not vouch for the endpoint.
+  (void)PresentedCertificate(server, P("verifier.pem"), P("verifier.key"), P("fleet.pem"), &verdict);
+  EXPECT_NE(verdict, "Verify return code: 0 (ok)");
+  auto installed = f.Vtmctl({"ca", "install", P("fleet-host-ca.pem"), P("fleet.pem")});
+  ASSERT_EQ(installed.exit_code, 0) << installed.output << f.VtmdLog();
+  const std::string after = PresentedCertificate(server, P("verifier.pem"), P("verifier.key"), P("fleet.pem"), &verdict);
+  ASSERT_FALSE(after.empty()) << verdict;
+  EXPECT_EQ(verdict, "Verify return code: 0 (ok)");
+}
+
 }  // namespace
 }  // namespace vtm::testing

@@ -221,6 +221,14 @@ Status ApiService::HandleCa(const api::Request& req, const ApiCaller& caller, ap
       VTM_RETURN_IF_ERROR(
           host_ca_->InstallCertificate(req.ca_install().certificate_pem(), req.ca_install().chain_pem(), &rotated));
       if (rotated) return CompleteRotation(resp);
+      // A certificate for the current key (joining a fleet): new connections get the new chain.
+      std::string errors;
+      const std::string endpoints = RefreshEndpointCertificates(&errors);
+      if (!endpoints.empty()) resp->set_note("vtmd's " + endpoints + " TLS certificates re-issued under the new chain");
+      if (!errors.empty()) {
+        resp->set_note("WARNING: re-issuing vtmd's TLS certificates failed (" + errors +
+                       "); restart vtmd so that its endpoints present the new chain");
+      }
       return OkStatus();
     }
     case api::Request::kCaRotate: {
@@ -315,21 +323,26 @@ Status ApiService::HandleCa(const api::Request& req, const ApiCaller& caller, ap
   }
 }
 
-Status ApiService::CompleteRotation(api::Response* resp) {
-  // The endpoints first: once the completion has revoked their old certificates, new
-  // connections already get the new ones. (A crash in between: the next start issues them.)
+std::string ApiService::RefreshEndpointCertificates(std::string* errors) {
   std::string endpoints;
-  std::string endpoint_errors;
   for (HostTlsIdentity* identity : tls_identities_) {
     bool reissued = false;
     Status st = identity->ReissueIfStale(&reissued);
     if (!st.ok()) {
       LOG_WARNING << st.error().message();
-      endpoint_errors += (endpoint_errors.empty() ? "" : "; ") + st.error().message();
+      *errors += (errors->empty() ? "" : "; ") + st.error().message();
     } else if (reissued) {
       endpoints += (endpoints.empty() ? "" : " and ") + identity->purpose();
     }
   }
+  return endpoints;
+}
+
+Status ApiService::CompleteRotation(api::Response* resp) {
+  // The endpoints first: once the completion has revoked their old certificates, new
+  // connections already get the new ones. (A crash in between: the next start issues them.)
+  std::string endpoint_errors;
+  const std::string endpoints = RefreshEndpointCertificates(&endpoint_errors);
   VTM_ASSIGN_OR_RETURN(CaRotationReport report, CompleteCaRotation(*host_ca_, manager_, registry_));
   resp->mutable_ca()->set_certificate_pem(ca::DerToPem(host_ca_->ca_certificate()));
   std::string note = "the host CA key was rotated: the new key signs from now on";

@@ -67,6 +67,9 @@ class ApiService {
   Status HandleAttest(const api::Request& req, api::Response* resp);
   // Completes a host CA key rotation (ca_rotation.h) and says what it did in resp.
   Status CompleteRotation(api::Response* resp);
+  // Re-issues the TLS certificates of vtmd's endpoints whose CA chain changed; returns the
+  // endpoints re-issued ("attestation and migration"), their errors in *errors.
+  std::string RefreshEndpointCertificates(std::string* errors);
   Status HandleMigrate(const api::MigrateRequest& req, const ApiCaller& caller, api::Response* resp);
   Status HandleReseal(const api::HostResealRequest& req, const ApiCaller& caller, api::Response* resp);
   Manager& manager_;

@@ -298,9 +298,14 @@ Result<api::Migration> MigrationEngine::OpenCommitChannel(const std::string& id)
       idle.push_back(std::move(it->second.peer));
       it = commit_channels_.erase(it);
     }
-    commit_channels_[id] = CommitChannel{std::move(peer), now};
   }
+  KeepCommitChannel(id, std::move(peer));
   return Describe(m);
+}
+
+void MigrationEngine::KeepCommitChannel(const std::string& id, std::unique_ptr<MigrationPeerClient> peer) {
+  MutexLock lock(channels_mu_);
+  commit_channels_[id] = CommitChannel{std::move(peer), std::chrono::steady_clock::now()};
 }
 
 MigrationEngine::Turn::~Turn() {
@@ -432,6 +437,8 @@ Result<api::Migration> MigrationEngine::Commit(const std::string& id, bool activ
         fprintf(f, "%ld.%06ld vtmd-commit-end %s\n", static_cast<long>(ts.tv_sec), ts.tv_nsec / 1000, timings.c_str());
         fclose(f);
       }
+      // The completing commit follows: it takes the channel (its TLS teardown is not the guest's).
+      KeepCommitChannel(id, std::move(peer));
       return Describe(m);
     }
     VTM_ASSIGN_OR_RETURN(m, registry_.UpdateMigration(id, {"committing"}, "activated", ""));

@@ -88,6 +88,8 @@ class MigrationEngine {
   Result<std::unique_ptr<MigrationPeerClient>> Connect(const std::string& destination);
   // The channel OpenCommitChannel left for migration id (null if none), now the caller's.
   std::unique_ptr<MigrationPeerClient> TakeCommitChannel(const std::string& id);
+  // Leaves peer as migration id's channel for its next commit.
+  void KeepCommitChannel(const std::string& id, std::unique_ptr<MigrationPeerClient> peer) EXCLUDES(channels_mu_);
   Result<MigrationRecord> SourceMigration(const std::string& id);
   // Source, commit, before the fence: OK if `there` (the destination's status) says it can take
   // over m; otherwise m goes back from `committing` to `sent` and the error says why.
