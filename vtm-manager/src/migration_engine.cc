@@ -353,13 +353,6 @@ Result<api::Migration> MigrationEngine::Commit(const std::string& id, bool activ
     timings += std::string(timings.empty() ? "" : ", ") + what + " " +
                std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count() / 1000.0).substr(0, 6) + " ms";
   };
-  {
-    FILE* f = fopen("/tmp/vtmtrace.log", "a");
-    timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    fprintf(f, "%ld.%06ld vtmd-commit-start\n", static_cast<long>(ts.tv_sec), ts.tv_nsec / 1000);
-    fclose(f);
-  }
   VTM_ASSIGN_OR_RETURN(Turn turn, TakeTurn(id));
   VTM_ASSIGN_OR_RETURN(MigrationRecord m, SourceMigration(id));
   if (m.state == "committed") return Describe(m);
@@ -430,13 +423,6 @@ Result<api::Migration> MigrationEngine::Commit(const std::string& id, bool activ
       // commit) and both refuse an abort; `committing`, durable before the fence, is what
       // decides that the migration goes forward once the fence is done.
       LOG_INFO << "migration " << id << " activated on the destination, the guest may continue there: " << timings;
-      {
-        FILE* f = fopen("/tmp/vtmtrace.log", "a");
-        timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        fprintf(f, "%ld.%06ld vtmd-commit-end %s\n", static_cast<long>(ts.tv_sec), ts.tv_nsec / 1000, timings.c_str());
-        fclose(f);
-      }
       // The completing commit follows: it takes the channel (its TLS teardown is not the guest's).
       KeepCommitChannel(id, std::move(peer));
       return Describe(m);

@@ -4,8 +4,6 @@
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 #include <poll.h>
-#include <time.h>
-#include <cstdio>
 #include <unistd.h>
 
 #include <algorithm>
@@ -348,14 +346,6 @@ int ReportMigrateStep(const std::string& sub, const Result<api::Response>& resp,
 // connection. So the guest's pause holds neither the start of a process nor a TLS handshake.
 // stdin closed before that line: nothing is committed (exit 1). With --json the answer is one
 // line, written before vtmctl exits, so the orchestrator need not wait for the exit.
-void TraceMark(const char* what) {
-  FILE* f = fopen("/tmp/vtmtrace.log", "a");
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  fprintf(f, "%ld.%06ld %s\n", static_cast<long>(ts.tv_sec), ts.tv_nsec / 1000, what);
-  fclose(f);
-}
-
 int RunCommitOnCue(const api::MigrateRequest& commit, const std::string& socket, bool json) {
   constexpr int kKeepAliveMs = 5000;
   auto conn = VtmdConnection::Open(socket, std::chrono::seconds(120));
@@ -407,12 +397,7 @@ int RunCommitOnCue(const api::MigrateRequest& commit, const std::string& socket,
   api::Request req;
   *req.mutable_migrate() = commit;
   req.mutable_migrate()->set_step(api::MigrateRequest::STEP_COMMIT);
-  TraceMark("ctl-read");
-  auto r = conn->Call(req);
-  TraceMark("ctl-answer");
-  int rc = ReportMigrateStep("commit", r, json);
-  TraceMark("ctl-printed");
-  return rc;
+  return ReportMigrateStep("commit", conn->Call(req), json);
 }
 
 // `migrate ...`: one request per step; `migrate cold` runs prepare, send and commit, saying
