@@ -345,7 +345,8 @@ TEST_F(AttestationEndpointTest, AfterJoiningAFleetNewConnectionsPresentTheFleetC
                         "-keyout", P("fleet.key"), "-out", P("fleet.pem"), "-subj", "/CN=fleet root", "-days", "30"})
                 .exit_code,
             0);
-  ASSERT_TRUE(WriteFileAtomic(P("ca-ext.cnf"), "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
+  ASSERT_TRUE(WriteFileAtomic(P("ca-ext.cnf"),
+                              "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
                               0644)
                   .ok());
   ASSERT_TRUE(WriteFileAtomic(P("host.csr"), f.Vtmctl({"ca", "csr"}).output, 0644).ok());
@@ -358,7 +359,8 @@ TEST_F(AttestationEndpointTest, AfterJoiningAFleetNewConnectionsPresentTheFleetC
   EXPECT_NE(verdict, "Verify return code: 0 (ok)");
   auto installed = f.Vtmctl({"ca", "install", P("fleet-host-ca.pem"), P("fleet.pem")});
   ASSERT_EQ(installed.exit_code, 0) << installed.output << f.VtmdLog();
-  const std::string after = PresentedCertificate(server, P("verifier.pem"), P("verifier.key"), P("fleet.pem"), &verdict);
+  const std::string after =
+      PresentedCertificate(server, P("verifier.pem"), P("verifier.key"), P("fleet.pem"), &verdict);
   ASSERT_FALSE(after.empty()) << verdict;
   EXPECT_EQ(verdict, "Verify return code: 0 (ok)");
 }

@@ -317,8 +317,8 @@ MigrationEngine::Turn::~Turn() {
 Result<MigrationEngine::Turn> MigrationEngine::TakeTurn(const std::string& id) {
   MutexLock lock(turns_mu_);
   if (!turns_.insert(id).second) {
-    return Error(ErrorCode::kFailedPrecondition, "a commit or abort of migration " + id +
-                                                     " is in progress; repeat this when it has finished");
+    return Error(ErrorCode::kFailedPrecondition,
+                 "a commit or abort of migration " + id + " is in progress; repeat this when it has finished");
   }
   return Turn(this, id);
 }
@@ -329,16 +329,18 @@ Status MigrationEngine::ReturnToSentUnlessReady(const MigrationRecord& m,
   // destination (it is activated only after the fence), so going back to `sent` is safe.
   if (!there.ok()) {
     (void)registry_.UpdateMigration(m.id, {"committing"}, "sent", there.error().message());
-    return Error(there.error()).Context("asking the destination whether it can take over migration " + m.id +
-                                 " (the migration is sent again; nothing was changed)");
+    return Error(there.error())
+        .Context("asking the destination whether it can take over migration " + m.id +
+                 " (the migration is sent again; nothing was changed)");
   }
   const auto& st = there->status_result();
   std::string not_ready;
   if (st.migration().state() != "received" && st.migration().state() != "committed") {
     not_ready = "the destination's migration " + m.id + " is " + st.migration().state() + ", not received";
   } else if (m.mode == "live" && !st.state_received()) {
-    not_ready = "the destination's vTPM has not received the state yet: commit after QEMU's migration has "
-                "completed (query-migrate: completed); nothing was changed";
+    not_ready =
+        "the destination's vTPM has not received the state yet: commit after QEMU's migration has "
+        "completed (query-migrate: completed); nothing was changed";
   }
   if (not_ready.empty()) return OkStatus();
   (void)registry_.UpdateMigration(m.id, {"committing"}, "sent", not_ready);
