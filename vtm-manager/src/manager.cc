@@ -2,13 +2,13 @@
 #include "manager.h"
 
 #include <openssl/rand.h>
-
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
+#include <set>
 #include <thread>
 
 #include "instance_channel.h"
@@ -134,19 +134,13 @@ VmPaths Manager::PathsFor(const std::string& uuid) const {
   return p;
 }
 
-Manager::VmClaim::~VmClaim() {
-  if (manager_ == nullptr) return;
-  MutexLock lock(manager_->mu_);
-  manager_->claimed_.erase(uuid_);
-}
-
 Result<Manager::VmClaim> Manager::Claim(const std::string& uuid) {
-  MutexLock lock(mu_);
-  if (!claimed_.insert(uuid).second) {
+  std::optional<VmClaim> claim = claimed_.Try(uuid);
+  if (!claim) {
     return Error(ErrorCode::kFailedPrecondition, "another operation on the vTPM of VM " + uuid +
                                                      " is in progress; try again when it has finished");
   }
-  return VmClaim(this, uuid);
+  return std::move(*claim);
 }
 
 Result<Manager::OwnedVm> Manager::ClaimVm(const std::string& vm) {

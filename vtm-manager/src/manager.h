@@ -15,7 +15,6 @@
 #include <map>
 #include <memory>
 #include <optional>
-#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,6 +24,7 @@
 #include "measurement_log.h"
 #include "peer_check.h"
 #include "registry.h"
+#include "vtm/claims.h"
 #include "vtm/env.h"
 #include "vtm/error.h"
 #include "vtm/mutex.h"
@@ -173,28 +173,16 @@ class Manager {
 
  private:
   // This process's claim on one VM for the length of an operation; released on destruction.
-  class VmClaim {
-   public:
-    VmClaim(Manager* manager, std::string uuid) : manager_(manager), uuid_(std::move(uuid)) {}
-    VmClaim(VmClaim&& other) noexcept : manager_(std::exchange(other.manager_, nullptr)), uuid_(std::move(other.uuid_)) {}
-    VmClaim& operator=(VmClaim&&) = delete;
-    VmClaim(const VmClaim&) = delete;
-    VmClaim& operator=(const VmClaim&) = delete;
-    ~VmClaim();
-
-   private:
-    Manager* manager_;
-    std::string uuid_;
-  };
+  using VmClaim = Claims::Claim;
   // A claimed VM as read after the claim (its generation is the token for the first
   // transition).
   struct OwnedVm {
     VmClaim claim;
     VmRecord record;
   };
-  Result<VmClaim> Claim(const std::string& uuid) EXCLUDES(mu_);
+  Result<VmClaim> Claim(const std::string& uuid);
   // Resolves a UUID or name, claims the VM and reads it.
-  Result<OwnedVm> ClaimVm(const std::string& vm) EXCLUDES(mu_);
+  Result<OwnedVm> ClaimVm(const std::string& vm);
 
   void OnInstanceExit(const std::string& uuid, const std::string& how);
   // Removes a VM's files and row (its certificates are revoked), if the VM is still at
@@ -219,8 +207,7 @@ class Manager {
 
   VtpmProvisioner* provisioner_;
   HostMeasurementLog* measurements_;
-  Mutex mu_;
-  std::set<std::string> claimed_ GUARDED_BY(mu_);  // VM uuids an operation in this process owns
+  Claims claimed_;  // VM uuids an operation in this process owns
   // Last: its monitor thread calls OnInstanceExit, so it is destroyed (joined) first.
   InstanceSupervisor supervisor_;
 };

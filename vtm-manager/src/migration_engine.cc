@@ -308,19 +308,13 @@ void MigrationEngine::KeepCommitChannel(const std::string& id, std::unique_ptr<M
   commit_channels_[id] = CommitChannel{std::move(peer), std::chrono::steady_clock::now()};
 }
 
-MigrationEngine::Turn::~Turn() {
-  if (engine_ == nullptr) return;
-  MutexLock lock(engine_->turns_mu_);
-  engine_->turns_.erase(id_);
-}
-
-Result<MigrationEngine::Turn> MigrationEngine::TakeTurn(const std::string& id) {
-  MutexLock lock(turns_mu_);
-  if (!turns_.insert(id).second) {
+Result<Claims::Claim> MigrationEngine::TakeTurn(const std::string& id) {
+  std::optional<Claims::Claim> turn = turns_.Try(id);
+  if (!turn) {
     return Error(ErrorCode::kFailedPrecondition,
                  "a commit or abort of migration " + id + " is in progress; repeat this when it has finished");
   }
-  return Turn(this, id);
+  return std::move(*turn);
 }
 
 Status MigrationEngine::ReturnToSentUnlessReady(const MigrationRecord& m,
@@ -355,7 +349,7 @@ Result<api::Migration> MigrationEngine::Commit(const std::string& id, bool activ
     timings += std::string(timings.empty() ? "" : ", ") + what + " " +
                std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count() / 1000.0).substr(0, 6) + " ms";
   };
-  VTM_ASSIGN_OR_RETURN(Turn turn, TakeTurn(id));
+  VTM_ASSIGN_OR_RETURN(Claims::Claim turn, TakeTurn(id));
   VTM_ASSIGN_OR_RETURN(MigrationRecord m, SourceMigration(id));
   if (m.state == "committed") return Describe(m);
   if (m.state != "sent" && m.state != "committing" && m.state != "activated") {
@@ -456,7 +450,7 @@ Result<api::Migration> MigrationEngine::Commit(const std::string& id, bool activ
 }
 
 Result<api::Migration> MigrationEngine::Abort(const std::string& id) {
-  VTM_ASSIGN_OR_RETURN(Turn turn, TakeTurn(id));
+  VTM_ASSIGN_OR_RETURN(Claims::Claim turn, TakeTurn(id));
   VTM_ASSIGN_OR_RETURN(MigrationRecord m, registry_.GetMigration(id));
   TakeCommitChannel(id).reset();  // no commit follows an abort
   if (m.role == kDestination) {

@@ -22,7 +22,6 @@
 #include <chrono>
 #include <map>
 #include <memory>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -35,6 +34,7 @@
 #include "ra_client.h"
 #include "registry.h"
 #include "vtm.pb.h"
+#include "vtm/claims.h"
 #include "vtm/mutex.h"
 #include "vtm/tls.h"
 #include "vtm/verifier.h"
@@ -124,20 +124,8 @@ class MigrationEngine {
   };
   // Commit and abort of one migration, one at a time: a commit may take `committing` back to
   // `sent`, which an abort running beside it must not see half-way.
-  class Turn {
-   public:
-    Turn(MigrationEngine* engine, std::string id) : engine_(engine), id_(std::move(id)) {}
-    Turn(Turn&& other) noexcept : engine_(std::exchange(other.engine_, nullptr)), id_(std::move(other.id_)) {}
-    Turn& operator=(Turn&&) = delete;
-    ~Turn();
-
-   private:
-    MigrationEngine* engine_;
-    std::string id_;
-  };
-  Result<Turn> TakeTurn(const std::string& id) EXCLUDES(turns_mu_);
-  Mutex turns_mu_;
-  std::set<std::string> turns_ GUARDED_BY(turns_mu_);
+  Result<Claims::Claim> TakeTurn(const std::string& id);
+  Claims turns_;
 
   Mutex channels_mu_;
   std::map<std::string, CommitChannel> commit_channels_ GUARDED_BY(channels_mu_);  // by migration ID
