@@ -150,6 +150,15 @@ std::string VtmdFixture::VtmdLog() const {
   return text.ok() ? *text : "";
 }
 
+bool VtmdFixture::WaitForVtmdLog(const std::string& text, std::chrono::milliseconds timeout) const {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (VtmdLog().find(text) == std::string::npos) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return true;
+}
+
 long ProcessUid(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   std::string line;

@@ -48,6 +48,9 @@ class VtmdFixture {
   CommandResult RunBuiltAs(const std::vector<std::string>& setpriv_args, const std::string& build_path,
                            const std::vector<std::string>& args);
   std::string VtmdLog() const;
+  // Waits up to `timeout` for vtmd's log to hold `text`, for what vtmd logs after the client
+  // already has its answer (e.g. a refused TLS handshake, which the client sees first).
+  bool WaitForVtmdLog(const std::string& text, std::chrono::milliseconds timeout = std::chrono::seconds(10)) const;
   // The public key (PEM) of a VM's vTPM certificate of kind "ak", "ik", "ek-ecc" or "ek-rsa",
   // read with `openssl x509 -pubkey` from `vtmctl certs`; "" (and a test failure) if missing.
   std::string CertificatePublicKeyPem(const std::string& vm, const std::string& kind);
