@@ -93,7 +93,7 @@ std::string Migrate(const std::string& dir, const std::string& src_socket, const
     if (!prepared.dst_socket.empty()) {
       dst = std::thread([&] { dst_run = RunGuest(Options(dir + "/b", prepared.dst_socket, true)); });
       for (int i = 0; i < 100 && !PathExists(dir + "/b/qmp.sock"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      std::vector<std::string> argv = {std::string(VTM_SOURCE_DIR) + "/migration/vtm-live-migrate"};
+      std::vector<std::string> argv = {BuildPath("sbin/vtm-live-migrate")};
       argv.insert(argv.end(), prepared.finish_args.begin(), prepared.finish_args.end());
       argv.insert(argv.end(), {"--source-qmp", dir + "/a/qmp.sock", "--destination-qmp", dir + "/b/qmp.sock", "--uri",
                                "unix:" + dir + "/b/migrate.sock"});
@@ -187,7 +187,7 @@ int main() {
     const std::string uuid = vtm::testing::Field(started.output, "uuid");
     Row row{"vtm"};
     auto prepare = [&]() -> Prepared {
-      std::vector<std::string> argv = {std::string(VTM_SOURCE_DIR) + "/migration/vtm-live-migrate"};
+      std::vector<std::string> argv = {BuildPath("sbin/vtm-live-migrate")};
       argv.insert(argv.end(), script_opts.begin(), script_opts.end());
       argv.insert(argv.end(), {"start", name, "--to", rig.destination});
       auto begun = RunCommand(argv);

@@ -15,7 +15,7 @@ packages=(
   swtpm swtpm-tools swtpm-dev tpm2-tools tpm2-openssl
   qemu-system-x86 busybox-static cpio
   libvirt-daemon-system libvirt-clients
-  clang libclang-rt-14-dev clang-tidy openssl python3 apparmor
+  clang libclang-rt-14-dev clang-tidy openssl python3 python3-protobuf apparmor
 )
 
 missing=()

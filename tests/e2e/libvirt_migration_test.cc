@@ -193,7 +193,7 @@ class LibvirtMigrationTest : public GuestImageTest {
   size_t Instances(const VtmdFixture& f) const { return FindProcesses({"vtm-instance", uuid_, f.run_dir()}).size(); }
 
   CommandResult Migrate(const std::vector<std::string>& extra) {
-    std::vector<std::string> argv = {std::string(VTM_SOURCE_DIR) + "/migration/vtm-live-migrate",
+    std::vector<std::string> argv = {BuildPath("sbin/vtm-live-migrate"),
                                      "--vtmctl",
                                      BuildPath("vtm-manager/vtmctl"),
                                      "--socket",
@@ -310,9 +310,11 @@ TEST_F(LibvirtMigrationTest, VirshLiveMigrationMovesTheVtpmWithTheDomain) {
   const auto t_failed = std::chrono::steady_clock::now();
 
   // The migration: the guest waits on its serial port meanwhile.
-  auto migrated = Migrate({"--migrateuri", "tcp://127.0.0.1", "--persistent"});
+  // The vtmctl way of arming the commit (the script's fallback), so both ways run end to end.
+  auto migrated = Migrate({"--migrateuri", "tcp://127.0.0.1", "--persistent", "--commit-via", "vtmctl"});
   std::cerr << migrated.output;
   ASSERT_EQ(migrated.exit_code, 0) << migrated.output;
+  EXPECT_NE(migrated.output.find("commit armed through vtmctl --on-stdin"), std::string::npos) << migrated.output;
   const auto t_migrated = std::chrono::steady_clock::now();
   EXPECT_EQ(DomainState(*destination_), "running");
   // --persistent: the domain is defined on the destination and undefined on the source.

@@ -45,7 +45,7 @@ class MigrationGuestTest : public GuestImageTest {
     if (HasFailure()) std::cerr << rig.Logs();
   }
   CommandResult Script(std::vector<std::string> args) {
-    std::vector<std::string> argv = {std::string(VTM_SOURCE_DIR) + "/migration/vtm-live-migrate", "--vtmctl",
+    std::vector<std::string> argv = {BuildPath("sbin/vtm-live-migrate"), "--vtmctl",
                                      BuildPath("vtm-manager/vtmctl"), "--socket", rig.a.socket()};
     argv.insert(argv.end(), args.begin(), args.end());
     return RunCommand(argv);
@@ -145,6 +145,9 @@ TEST_F(MigrationGuestTest, LiveMigrationKeepsNvPcrsAndIdentityWithOneActiveInsta
            << file(a.state_dir() + "/vms/" + uuid + "/log/instance.log") << "\nsource swtpm: "
            << file(a.state_dir() + "/vms/" + uuid + "/log/swtpm.log");
   }
+  // The commit went over vtmd's API socket (the Python bindings built from proto/vtm.proto),
+  // not the slower vtmctl fallback, which the script takes (and logs) when they cannot load.
+  EXPECT_NE(finished.output.find("commit armed on vtmd's API socket"), std::string::npos) << finished.output;
   // The guest, on the destination now, reads its vTPM.
   EXPECT_TRUE(SendToSocket(dst_dir + "/ctl.sock", "go\n"));
   EXPECT_TRUE(WaitForText(dst_dir + "/console.log", "VTM-GUEST: exit", std::chrono::seconds(120)));

@@ -21,7 +21,8 @@ echo "built $(basename "$deb") ($(stat -c %s "$deb") bytes)"
 contents=$(dpkg-deb -c "$deb")
 for f in ./usr/sbin/vtmd ./usr/sbin/vtmctl ./usr/sbin/vtm-instance ./usr/bin/vtm-verify ./usr/sbin/vtm-live-migrate \
          ./usr/lib/systemd/system/vtmd.service ./etc/vtm/vtmd.conf ./etc/libvirt/hooks/qemu.d/vtm \
-         ./usr/share/vtm/apparmor/libvirt-qemu ./usr/share/doc/vtm/operator-guide.md; do
+         ./usr/share/vtm/apparmor/libvirt-qemu ./usr/share/doc/vtm/operator-guide.md \
+         ./usr/lib/vtm/python/vtm_pb2.py ./usr/lib/vtm/python/attestation_pb2.py; do
   grep -q " $f\$" <<<"$contents" || fail "package lacks $f"
 done
 grep -E ' \./etc/libvirt/hooks/qemu\.d/vtm$' <<<"$contents" | grep -q '^-rwxr-xr-x' ||
@@ -69,6 +70,13 @@ grep -q '^exec /usr/sbin/vtmctl libvirt hook "\$@"$' "$hook" || fail "the hook d
 sed "s|/usr/sbin/vtmctl|$root/usr/sbin/vtmctl --socket $root/no-vtmd.sock|" "$hook" >"$work/hook"
 xml='<domain type="kvm"><name>plain</name><uuid>0f3c1a52-8f5e-4a1e-9d7b-3e2a1b0c9d8e</uuid></domain>'
 out=$(echo "$xml" | sh "$work/hook" plain prepare begin - 2>&1) || fail "the installed hook failed an unmarked domain: $out"
+# The installed vtm-live-migrate loads the installed API bindings (its commit's fast path).
+out=$(/usr/bin/python3 -c '
+import importlib.machinery, sys
+script = importlib.machinery.SourceFileLoader("vtm_live_migrate", sys.argv[1]).load_module()
+pb, why = script.api_bindings()
+print(pb.__file__ if pb else why)' "$root/usr/sbin/vtm-live-migrate" 2>&1) || fail "loading the installed vtm-live-migrate: $out"
+[[ $out == "$root/usr/lib/vtm/python/vtm_pb2.py" ]] || fail "the installed vtm-live-migrate does not load its API bindings: $out"
 grep -q '^vtm:x:[0-9]*:$' "$root/etc/group" || fail "no vtm group: $(cat "$root/etc/group")"
 [[ $(stat -c %a "$root/var/lib/vtm") == 711 ]] || fail "/var/lib/vtm is not 0711"
 aa=$root/etc/apparmor.d/local/abstractions/libvirt-qemu
