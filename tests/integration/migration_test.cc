@@ -6,7 +6,8 @@
 // provisioning swtpm), what the source keeps (a tombstone, revoked certificates in its CRL);
 // and the refusals: a destination failing the source's policy, a peer from an untrusted CA, a
 // fleet certificate that is no vtmd's, a replayed transfer, a package for another migration,
-// a start of the migrated VM on the source, and two prepares of one VM at the same moment.
+// a start of the migrated VM on the source, two prepares of one VM at the same moment, and a
+// commit while the destination vtmd is down (repeated once it is back).
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -14,6 +15,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <functional>
 #include <regex>
 #include <thread>
 
@@ -48,6 +50,49 @@ class MigrationTest : public ::testing::Test {
   }
   std::string Pubkey(VtmdFixture& f, const std::string& vm, const std::string& kind) {
     return f.CertificatePublicKeyPem(vm, kind);
+  }
+  // Creates VM `name` on the source and migrates it cold to the destination up to `sent`; the
+  // migration's ID (empty if a step failed).
+  std::string PrepareAndSend(const std::string& name) {
+    EXPECT_EQ(a.Vtmctl({"create", "--name", name}).exit_code, 0);
+    auto prepared = a.Vtmctl({"--json", "migrate", "prepare", name, "--to", destination, "--cold"});
+    const std::string id = MigrationIdIn(prepared.output);
+    EXPECT_FALSE(id.empty()) << prepared.output;
+    auto sent = a.Vtmctl({"migrate", "send", id});
+    EXPECT_EQ(sent.exit_code, 0) << sent.output;
+    return id;
+  }
+  // `vtmctl migrate commit ID --on-stdin` on the source, its stdin a fifo: once it said "ready"
+  // (vtmd has opened the channel to the destination) before_cue runs, then the cue follows. Its
+  // output: stdout, then stderr. No cue if it ended without "ready" (the write would raise
+  // SIGPIPE). before_cue has until vtmctl's next keep-alive (5 s), which would replace the channel.
+  CommandResult CommitOnCueAfter(const std::string& id, const std::function<void()>& before_cue) {
+    const std::string cue = P(id + ".cue");
+    const std::string said = P(id + ".stdout");
+    EXPECT_EQ(mkfifo(cue.c_str(), 0600), 0);
+    CommandResult cued;
+    std::thread commit([&] {
+      cued = RunCommand({"sh", "-c", "exec \"$0\" --socket \"$1\" migrate commit \"$2\" --on-stdin < \"$3\" > \"$4\"",
+                         BuildPath("vtm-manager/vtmctl"), a.socket(), id, cue, said});
+    });
+    {
+      std::ofstream to_vtmctl(cue);  // opens once vtmctl's shell opened the other end
+      bool ready = false;
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      while (!ready && std::chrono::steady_clock::now() < deadline) {
+        auto out = ReadFile(said);
+        ready = out.ok() && out->find("ready") != std::string::npos;
+        if (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      if (ready) {
+        before_cue();
+        to_vtmctl << "commit" << std::endl;
+      }
+    }
+    commit.join();
+    auto out = ReadFile(said);
+    cued.output = (out.ok() ? *out : std::string()) + cued.output;
+    return cued;
   }
 
   MigrationRig rig;
@@ -397,15 +442,6 @@ TEST_F(MigrationTest, PrepareTheSourceLetExpireIsAbortedAndItsKeyDropped) {
 // destination's 10 s idle limit while it waits; a channel that went stale (the destination
 // vtmd restarted) is replaced and the commit still goes through.
 TEST_F(MigrationTest, CommitOnStdinWaitsForItsCueOverAChannelKeptOpen) {
-  auto prepare_and_send = [&](const std::string& name) {
-    EXPECT_EQ(a.Vtmctl({"create", "--name", name}).exit_code, 0);
-    auto prepared = a.Vtmctl({"--json", "migrate", "prepare", name, "--to", destination, "--cold"});
-    const std::string id = MigrationIdIn(prepared.output);
-    EXPECT_FALSE(id.empty()) << prepared.output;
-    auto sent = a.Vtmctl({"migrate", "send", id});
-    EXPECT_EQ(sent.exit_code, 0) << sent.output;
-    return id;
-  };
   // "commit" on stdin after `delay`; the shell's exit status is vtmctl's.
   auto commit_on_cue = [&](const std::string& id, const std::string& delay) {
     return RunCommand({"sh", "-c",
@@ -413,7 +449,7 @@ TEST_F(MigrationTest, CommitOnStdinWaitsForItsCueOverAChannelKeptOpen) {
                        BuildPath("vtm-manager/vtmctl"), a.socket(), id});
   };
 
-  const std::string first = prepare_and_send("vm6");
+  const std::string first = PrepareAndSend("vm6");
   ASSERT_FALSE(first.empty());
   // stdin closed before the cue: nothing happens.
   auto uncued = a.Vtmctl({"migrate", "commit", first, "--on-stdin"});
@@ -430,28 +466,77 @@ TEST_F(MigrationTest, CommitOnStdinWaitsForItsCueOverAChannelKeptOpen) {
   EXPECT_NE(a.Vtmctl({"migrate", "status", first}).output.find(" committed "), std::string::npos);
 
   // The destination restarts after the channel was opened, before the cue: the commit reconnects.
-  const std::string second = prepare_and_send("vm7");
+  const std::string second = PrepareAndSend("vm7");
   ASSERT_FALSE(second.empty());
-  const std::string cue = P("cue.fifo");
-  ASSERT_EQ(mkfifo(cue.c_str(), 0600), 0);
-  CommandResult cued;
-  std::thread commit([&] {
-    cued = RunCommand({"sh", "-c", "exec \"$0\" --socket \"$1\" migrate commit \"$2\" --on-stdin < \"$3\"",
-                       BuildPath("vtm-manager/vtmctl"), a.socket(), second, cue});
-  });
-  {
-    // Opens once vtmctl's shell opened the other end.
-    std::ofstream to_vtmctl(cue);
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // it connects meanwhile
+  auto cued = CommitOnCueAfter(second, [&] {
     std::string error;
     EXPECT_TRUE(rig.RestartDestination(&error)) << error;
-    to_vtmctl << "commit" << std::endl;
-  }
-  commit.join();
+  });
+  EXPECT_EQ(cued.output.rfind("ready\n", 0), 0u) << cued.output;
   EXPECT_EQ(cued.exit_code, 0) << cued.output;
   EXPECT_NE(a.VtmdLog().find("migration " + second + ": the commit channel failed"), std::string::npos) << a.VtmdLog();
   EXPECT_NE(a.Vtmctl({"migrate", "status", second}).output.find(" committed "), std::string::npos);
   EXPECT_EQ(Field(b.Vtmctl({"show", "vm7"}).output, "state"), "stopped");
+}
+
+// The destination's vtmd is down when the source commits: the commit is refused, naming the
+// destination it cannot reach, and nothing changes: the migration is `sent`, the VM stays on the
+// source (its files, no tombstone) and what arrived stays on the destination. Both when the
+// commit cannot connect, and when a channel opened before (`--on-stdin`) meets the destination
+// gone at the readiness question, after `committing` was recorded: the migration returns to
+// `sent` with that reason as its last error. Once the destination is back, the commit goes through.
+TEST_F(MigrationTest, CommitWhileTheDestinationIsDownChangesNothingAndGoesThroughOnceItIsBack) {
+  const std::string id = PrepareAndSend("vm8");
+  ASSERT_FALSE(id.empty());
+  const std::string uuid = Field(a.Vtmctl({"show", "vm8"}).output, "uuid");
+  const std::string unreachable = "cannot reach the destination's migration endpoint " + destination;
+  // What a refused commit leaves; recorded_error: what the migration's last error contains.
+  auto expect_unchanged = [&](const std::string& recorded_error) {
+    const std::string status = a.Vtmctl({"--json", "migrate", "status", id}).output;
+    EXPECT_NE(status.find("\"state\": \"sent\""), std::string::npos) << status;
+    std::smatch last_error;
+    ASSERT_TRUE(std::regex_search(status, last_error, std::regex("\"last_error\": \"([^\"]*)\""))) << status;
+    EXPECT_NE(last_error[1].str().find(recorded_error), std::string::npos) << status;
+    auto here = a.Vtmctl({"show", uuid});
+    EXPECT_EQ(here.exit_code, 0) << here.output;
+    EXPECT_EQ(Field(here.output, "state"), "migrating-out");
+    EXPECT_TRUE(PathExists(a.state_dir() + "/vms/" + uuid));
+    EXPECT_TRUE(PathExists(b.state_dir() + "/vms/" + uuid));
+  };
+
+  // Down before the commit connects.
+  b.StopVtmd();
+  auto refused = a.Vtmctl({"migrate", "commit", id});
+  EXPECT_EQ(refused.exit_code, 6) << refused.output;
+  EXPECT_NE(refused.output.find(unreachable), std::string::npos) << refused.output;
+  expect_unchanged("");
+  std::string error;
+  ASSERT_TRUE(rig.RestartDestination(&error, /*running=*/false)) << error;
+  EXPECT_EQ(Field(b.Vtmctl({"show", uuid}).output, "state"), "incoming");
+  EXPECT_EQ(LastMigrationOf(b, uuid).second, "received");
+
+  // Down after the commit's channel was opened: the readiness question finds it gone.
+  auto cued = CommitOnCueAfter(id, [&] { b.StopVtmd(); });
+  ASSERT_EQ(cued.output.rfind("ready\n", 0), 0u) << cued.output;
+  EXPECT_EQ(cued.exit_code, 6) << cued.output;
+  EXPECT_NE(cued.output.find("asking the destination whether it can take over migration " + id), std::string::npos)
+      << cued.output;
+  EXPECT_NE(cued.output.find(unreachable), std::string::npos) << cued.output;
+  EXPECT_NE(a.VtmdLog().find("migration " + id + ": the commit channel failed"), std::string::npos) << a.VtmdLog();
+  expect_unchanged(unreachable);
+
+  // Back (same state directory): the commit goes through.
+  ASSERT_TRUE(rig.RestartDestination(&error, /*running=*/false)) << error;
+  auto committed = a.Vtmctl({"migrate", "commit", id});
+  ASSERT_EQ(committed.exit_code, 0) << committed.output;
+  EXPECT_EQ(Field(committed.output, "state"), "committed");
+  EXPECT_EQ(LastMigrationOf(a, uuid).second, "committed");
+  EXPECT_EQ(LastMigrationOf(b, uuid).second, "committed");
+  auto gone = a.Vtmctl({"show", uuid});
+  EXPECT_EQ(gone.exit_code, 3) << gone.output;
+  EXPECT_NE(gone.output.find("migrated from this host to host-b"), std::string::npos) << gone.output;
+  EXPECT_FALSE(PathExists(a.state_dir() + "/vms/" + uuid));
+  EXPECT_EQ(Field(b.Vtmctl({"show", uuid}).output, "state"), "stopped");
 }
 
 // vtm-live-migrate's own way of arming the commit (ApiCommit: vtmd's API spoken from Python with
@@ -459,11 +544,8 @@ TEST_F(MigrationTest, CommitOnStdinWaitsForItsCueOverAChannelKeptOpen) {
 // functions: it arms on the API socket, not through vtmctl; its keep-alive thread holds the
 // channel past the destination's 10 s idle limit; the commit goes over that channel.
 TEST_F(MigrationTest, TheScriptArmsTheCommitOnVtmdsApiSocketAndKeepsTheChannelOpen) {
-  EXPECT_EQ(a.Vtmctl({"create", "--name", "vm8"}).exit_code, 0);
-  auto prepared = a.Vtmctl({"--json", "migrate", "prepare", "vm8", "--to", destination, "--cold"});
-  const std::string id = MigrationIdIn(prepared.output);
-  ASSERT_FALSE(id.empty()) << prepared.output;
-  ASSERT_EQ(a.Vtmctl({"migrate", "send", id}).exit_code, 0);
+  const std::string id = PrepareAndSend("vm9");
+  ASSERT_FALSE(id.empty());
   const char* kDrive = R"(
 import importlib.machinery, sys, time, types
 script = importlib.machinery.SourceFileLoader("vtm_live_migrate", sys.argv[1]).load_module()
@@ -491,7 +573,7 @@ print("fired", flush=True)
   auto completed = a.Vtmctl({"migrate", "commit", id});
   EXPECT_EQ(completed.exit_code, 0) << completed.output;
   EXPECT_NE(a.Vtmctl({"migrate", "status", id}).output.find(" committed "), std::string::npos);
-  EXPECT_EQ(a.Vtmctl({"show", "vm8"}).exit_code, 3);
+  EXPECT_EQ(a.Vtmctl({"show", "vm9"}).exit_code, 3);
 }
 
 // libvirt's qemu hook on both hosts during a live migration, called as libvirtd calls it when
