@@ -358,7 +358,13 @@ Result<api::Migration> MigrationEngine::Commit(const std::string& id, bool activ
   std::unique_ptr<MigrationPeerClient> peer = TakeCommitChannel(id);
   bool reconnect = peer != nullptr;
   if (peer == nullptr) {
-    VTM_ASSIGN_OR_RETURN(peer, Connect(m.peer));
+    auto connected = Connect(m.peer);
+    if (!connected.ok()) {
+      // Nothing changed; `migrate status` says why the commit did not go through.
+      (void)registry_.UpdateMigration(id, {m.state}, m.state, connected.error().message());
+      return std::move(connected).error();
+    }
+    peer = std::move(*connected);
     mark("connected");
   } else {
     mark("channel open");
