@@ -540,41 +540,79 @@ TEST_F(MigrationTest, CommitWhileTheDestinationIsDownChangesNothingAndGoesThroug
   EXPECT_EQ(Field(b.Vtmctl({"show", uuid}).output, "state"), "stopped");
 }
 
-// vtm-live-migrate's own way of arming the commit (ApiCommit: vtmd's API spoken from Python with
-// the bindings the build generates from proto/vtm.proto), driven through the script's own
-// functions: it arms on the API socket, not through vtmctl; its keep-alive thread holds the
+// Drives vtm-live-migrate's own functions as `finish` does, without QEMU: arm_commit (on vtmd's
+// API socket: ApiCommit, the bindings the build generates from proto/vtm.proto), a wait, then
+// commit() (fire, "resume", the completing commit through vtmctl). `wait` is "sleep:SECONDS", or
+// a path: the script creates PATH.armed once armed and fires when PATH exists.
+class ScriptCommitTest : public MigrationTest {
+ protected:
+  CommandResult DriveScript(const std::string& id, const std::string& wait) {
+    static const char* kDrive = R"(
+import importlib.machinery, os, sys, time, types
+path, sock, mid, vtmctl, wait = sys.argv[1:6]
+script = importlib.machinery.SourceFileLoader("vtm_live_migrate", path).load_module()
+opts = types.SimpleNamespace(socket=sock, vtmctl=vtmctl, commit_via="api")
+armed = script.arm_commit(opts, mid)
+print("armed:", type(armed).__name__, flush=True)
+if wait.startswith("sleep:"):
+    time.sleep(float(wait[6:]))
+else:
+    open(wait + ".armed", "w").close()
+    while not os.path.exists(wait):
+        time.sleep(0.05)
+print("ended early:", armed.ended_early(), flush=True)
+times = script.commit(opts, mid, lambda: print("resumed", flush=True), "nothing to roll back", armed)
+print("committed:", times is not None, flush=True)
+)";
+    return RunCommand({"/usr/bin/python3", "-c", kDrive, BuildPath("sbin/vtm-live-migrate"), a.socket(), id,
+                       BuildPath("vtm-manager/vtmctl"), wait});
+  }
+};
+
+// The script arms on vtmd's API socket, not through vtmctl; its keep-alive thread holds the
 // channel past the destination's 10 s idle limit; the commit goes over that channel.
-TEST_F(MigrationTest, TheScriptArmsTheCommitOnVtmdsApiSocketAndKeepsTheChannelOpen) {
+TEST_F(ScriptCommitTest, ArmsTheCommitOnVtmdsApiSocketAndKeepsTheChannelOpen) {
   const std::string id = PrepareAndSend("vm9");
   ASSERT_FALSE(id.empty());
-  const char* kDrive = R"(
-import importlib.machinery, sys, time, types
-script = importlib.machinery.SourceFileLoader("vtm_live_migrate", sys.argv[1]).load_module()
-opts = types.SimpleNamespace(socket=sys.argv[2], vtmctl="/nonexistent/vtmctl", commit_via="api")
-armed = script.arm_commit(opts, sys.argv[3])
-print("armed:", type(armed).__name__, flush=True)
-time.sleep(12)
-print("ended early:", armed.ended_early(), flush=True)
-armed.fire()
-armed.reap()
-print("fired", flush=True)
-)";
-  auto drove = RunCommand({"/usr/bin/python3", "-c", kDrive, BuildPath("sbin/vtm-live-migrate"), a.socket(), id});
+  auto drove = DriveScript(id, "sleep:12");
   EXPECT_EQ(drove.exit_code, 0) << drove.output;
   EXPECT_NE(drove.output.find("commit armed on vtmd's API socket " + a.socket()), std::string::npos) << drove.output;
   EXPECT_NE(drove.output.find("armed: ApiCommit"), std::string::npos) << drove.output;
   EXPECT_NE(drove.output.find("ended early: None"), std::string::npos) << drove.output;
-  EXPECT_NE(drove.output.find("fired"), std::string::npos) << drove.output;
+  EXPECT_NE(drove.output.find("resumed"), std::string::npos) << drove.output;
+  EXPECT_NE(drove.output.find("committed: True"), std::string::npos) << drove.output;
   const std::string log = a.VtmdLog();
   EXPECT_NE(log.find("migration " + id + " activated on the destination, the guest may continue there: channel open"),
             std::string::npos)
       << log;
   EXPECT_EQ(log.find("migration " + id + ": the commit channel failed"), std::string::npos) << log;
-  // The completing commit, as the script runs it after `cont`.
-  auto completed = a.Vtmctl({"migrate", "commit", id});
-  EXPECT_EQ(completed.exit_code, 0) << completed.output;
   EXPECT_NE(a.Vtmctl({"migrate", "status", id}).output.find(" committed "), std::string::npos);
   EXPECT_EQ(a.Vtmctl({"show", "vm9"}).exit_code, 3);
+}
+
+// The source vtmd restarts after the commit was armed (its API connection is gone): the script
+// says so and commits once more through vtmctl; the migration completes.
+TEST_F(ScriptCommitTest, ACommitArmedBeforeTheSourceVtmdRestartedGoesThroughAfterIt) {
+  const std::string id = PrepareAndSend("vm10");
+  ASSERT_FALSE(id.empty());
+  const std::string go = P("go");
+  CommandResult drove;
+  std::thread script([&] { drove = DriveScript(id, go); });
+  for (int i = 0; i < 600 && !PathExists(go + ".armed"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_TRUE(PathExists(go + ".armed"));
+  std::string error;
+  EXPECT_TRUE(rig.RestartSource(P("policy.json"), &error)) << error;
+  EXPECT_TRUE(WriteFileAtomic(go, "", 0644).ok());
+  script.join();
+  EXPECT_EQ(drove.exit_code, 0) << drove.output;
+  EXPECT_NE(drove.output.find("armed: ApiCommit"), std::string::npos) << drove.output;
+  // Found broken at the commit, or by a keep-alive before it: either way through vtmctl.
+  EXPECT_TRUE(drove.output.find("the armed commit's connection to vtmd failed") != std::string::npos ||
+              drove.output.find("the prepared commit ended early") != std::string::npos)
+      << drove.output;
+  EXPECT_NE(drove.output.find("committed: True"), std::string::npos) << drove.output;
+  EXPECT_NE(a.Vtmctl({"migrate", "status", id}).output.find(" committed "), std::string::npos);
+  EXPECT_EQ(Field(b.Vtmctl({"show", "vm10"}).output, "state"), "stopped");
 }
 
 // libvirt's qemu hook on both hosts during a live migration, called as libvirtd calls it when
