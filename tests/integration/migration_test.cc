@@ -598,7 +598,9 @@ TEST_F(ScriptCommitTest, ACommitArmedBeforeTheSourceVtmdRestartedGoesThroughAfte
   const std::string go = P("go");
   CommandResult drove;
   std::thread script([&] { drove = DriveScript(id, go); });
-  for (int i = 0; i < 600 && !PathExists(go + ".armed"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  for (int i = 0; i < 600 && !PathExists(go + ".armed"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   EXPECT_TRUE(PathExists(go + ".armed"));
   std::string error;
   EXPECT_TRUE(rig.RestartSource(P("policy.json"), &error)) << error;
