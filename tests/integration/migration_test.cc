@@ -540,6 +540,29 @@ TEST_F(MigrationTest, CommitWhileTheDestinationIsDownChangesNothingAndGoesThroug
   EXPECT_EQ(Field(b.Vtmctl({"show", uuid}).output, "state"), "stopped");
 }
 
+// The destination's vtmd is down when the source sends: refused with the destination named,
+// the migration stays `prepared` with that reason as its last error; sent once it is back.
+TEST_F(MigrationTest, SendWhileTheDestinationIsDownRecordsWhyAndGoesThroughOnceItIsBack) {
+  ASSERT_EQ(a.Vtmctl({"create", "--name", "vm11"}).exit_code, 0);
+  auto prepared = a.Vtmctl({"--json", "migrate", "prepare", "vm11", "--to", destination, "--cold"});
+  const std::string id = MigrationIdIn(prepared.output);
+  ASSERT_FALSE(id.empty()) << prepared.output;
+  b.StopVtmd();
+  auto refused = a.Vtmctl({"migrate", "send", id});
+  EXPECT_EQ(refused.exit_code, 6) << refused.output;
+  const std::string unreachable = "cannot reach the destination's migration endpoint " + destination;
+  EXPECT_NE(refused.output.find(unreachable), std::string::npos) << refused.output;
+  const std::string status = a.Vtmctl({"--json", "migrate", "status", id}).output;
+  EXPECT_NE(status.find("\"state\": \"prepared\""), std::string::npos) << status;
+  EXPECT_NE(status.find("\"last_error\": \"" + unreachable), std::string::npos) << status;
+  std::string error;
+  ASSERT_TRUE(rig.RestartDestination(&error, /*running=*/false)) << error;
+  auto sent = a.Vtmctl({"migrate", "send", id});
+  EXPECT_EQ(sent.exit_code, 0) << sent.output;
+  EXPECT_NE(a.Vtmctl({"migrate", "status", id}).output.find(" sent "), std::string::npos);
+  EXPECT_EQ(a.Vtmctl({"migrate", "commit", id}).exit_code, 0);
+}
+
 // Drives vtm-live-migrate's own functions as `finish` does, without QEMU: arm_commit (on vtmd's
 // API socket: ApiCommit, the bindings the build generates from proto/vtm.proto), a wait, then
 // commit() (fire, "resume", the completing commit through vtmctl). `wait` is "sleep:SECONDS", or

@@ -93,6 +93,12 @@ Result<std::unique_ptr<MigrationPeerClient>> MigrationEngine::Connect(const std:
   return MigrationPeerClient::Connect(destination, config_.peer_identity->client_context(), config_.timeout);
 }
 
+Result<std::unique_ptr<MigrationPeerClient>> MigrationEngine::ConnectFor(const MigrationRecord& m) {
+  auto peer = Connect(m.peer);
+  if (!peer.ok()) (void)registry_.UpdateMigration(m.id, {m.state}, m.state, peer.error().message());
+  return peer;
+}
+
 std::unique_ptr<MigrationPeerClient> MigrationEngine::TakeCommitChannel(const std::string& id) {
   MutexLock lock(channels_mu_);
   auto it = commit_channels_.find(id);
@@ -255,7 +261,7 @@ Result<api::Migration> MigrationEngine::Send(const std::string& id) {
   for (const auto& c : certs) {
     if (c.revoked_at.empty() && NvIndexOfCertKind(c.kind) != 0) ToApiCertificate(c, t->add_certificates());
   }
-  VTM_ASSIGN_OR_RETURN(auto peer, Connect(m.peer));
+  VTM_ASSIGN_OR_RETURN(auto peer, ConnectFor(m));
   auto answer = peer->Call(req);
   if (!answer.ok()) {
     (void)registry_.UpdateMigration(id, {"prepared"}, "prepared", answer.error().message());
@@ -358,13 +364,7 @@ Result<api::Migration> MigrationEngine::Commit(const std::string& id, bool activ
   std::unique_ptr<MigrationPeerClient> peer = TakeCommitChannel(id);
   bool reconnect = peer != nullptr;
   if (peer == nullptr) {
-    auto connected = Connect(m.peer);
-    if (!connected.ok()) {
-      // Nothing changed; `migrate status` says why the commit did not go through.
-      (void)registry_.UpdateMigration(id, {m.state}, m.state, connected.error().message());
-      return std::move(connected).error();
-    }
-    peer = std::move(*connected);
+    VTM_ASSIGN_OR_RETURN(peer, ConnectFor(m));
     mark("connected");
   } else {
     mark("channel open");

@@ -86,6 +86,9 @@ class MigrationEngine {
 
  private:
   Result<std::unique_ptr<MigrationPeerClient>> Connect(const std::string& destination);
+  // Connect to a source migration's destination; a failure becomes the migration's last_error
+  // (its state unchanged), so that `migrate status` says why the step did not go through.
+  Result<std::unique_ptr<MigrationPeerClient>> ConnectFor(const MigrationRecord& m);
   // The channel OpenCommitChannel left for migration id (null if none), now the caller's.
   std::unique_ptr<MigrationPeerClient> TakeCommitChannel(const std::string& id);
   // Leaves peer as migration id's channel for its next commit.
