@@ -339,6 +339,7 @@ std::string ApiService::RefreshEndpointCertificates(std::string* errors) {
 }
 
 Status ApiService::CompleteRotation(api::Response* resp) {
+  MutexLock one_at_a_time(completion_mu_);
   // The endpoints first: once the completion has revoked their old certificates, new
   // connections already get the new ones. (A crash in between: the next start issues them.)
   std::string endpoint_errors;

@@ -19,6 +19,7 @@
 #include "measurement_log.h"
 #include "ra_client.h"
 #include "vtm.pb.h"
+#include "vtm/mutex.h"
 
 namespace vtm {
 
@@ -81,6 +82,10 @@ class ApiService {
   MigrationEngine* migration_ = nullptr;
   ResealFn reseal_;
   std::vector<HostTlsIdentity*> tls_identities_;
+  // One completion of a CA key rotation at a time: two at once would each find the other's
+  // claim on the VMs it re-issues and both report the rotation incomplete. The second waits
+  // and finds the rotation complete.
+  Mutex completion_mu_;
 };
 
 }  // namespace vtm
