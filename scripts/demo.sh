@@ -84,6 +84,7 @@ openssl x509 -in "$demo/ik.pem" -noout -subject -ext subjectAltName
 step "Starting the vTPM"
 vtmctl start demo-vm
 socket=$(vtmctl --json show demo-vm | sed -n 's/.*"tpm_socket": "\(.*\)".*/\1/p')
+uuid=$(vtmctl --json show demo-vm | sed -n 's/.*"uuid": "\(.*\)".*/\1/p')
 vtmctl list
 
 step "Booting a QEMU guest (TCG) attached to $socket"
@@ -177,7 +178,7 @@ start_vtmd vtmd_pid "$demo" --host-name host-a --migration-peer-ca "$demo/fleet.
 openssl x509 -in "$demo/ik.pem" -noout -pubkey >"$demo/ik-before.pub"
 vtmctl migrate cold demo-vm --to "127.0.0.1:$port"
 echo "on host A now:"
-vtmctl show demo-vm 2>&1 | sed 's/^/  /' || true
+vtmctl show "$uuid" 2>&1 | sed 's/^/  /' || true  # by UUID: the tombstone says where it went
 vtmctl migrate status | sed 's/^/  /'
 echo "on host B now:"
 vtmctl_b show demo-vm | sed 's/^/  /'
