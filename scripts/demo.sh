@@ -161,6 +161,7 @@ join_fleet vtmctl host-a
 mkdir -p "$demo/host-b"
 start_vtmd vtmd_b_pid "$demo/host-b" --host-name host-b
 join_fleet vtmctl_b host-b
+shred -u "$demo/fleet.key"  # the demo's fleet CA has signed what it needs to; its key is gone
 stop_vtmd vtmd_b_pid
 start_vtmd vtmd_b_pid "$demo/host-b" --host-name host-b --migration-peer-ca "$demo/fleet.pem" \
   --migration-listen 127.0.0.1:0

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <csignal>
+#include <filesystem>
 #include <string>
 #include <thread>
 
@@ -50,6 +51,7 @@ TEST(DemoTest, TheReadmesDemoRunsToTheEndShowsEveryStepAndLeavesNothingRunning) 
   EXPECT_NE(run.output.find("/demo/ik.pem: OK"), std::string::npos) << run.output;
   EXPECT_NE(run.output.find("/demo/ik-host-b.pem: OK"), std::string::npos) << run.output;
   EXPECT_TRUE(FindProcesses({demo}).empty()) << "the demo left processes running";
+  EXPECT_FALSE(std::filesystem::exists(demo + "/fleet.key")) << "the demo's fleet CA key outlived its use";
 }
 
 }  // namespace
